@@ -1,0 +1,29 @@
+//! mqtt2es: an MQTT to Elasticsearch telemetry bridge whose promise is that an acknowledged
+//! reading is a durable reading.
+//!
+//! Messages come in from an upstream broker (or, later, the embedded broker), run through the
+//! pipelines configured in YAML, and are written to Elasticsearch data streams with `_bulk`.
+//! The MQTT acknowledgement for QoS 1 and 2 is sent only after the document is stored or
+//! dead-lettered, so every failure in between is covered by MQTT's own redelivery.
+//!
+//! # Layout
+//! - `main.rs`   — CLI: parse, init logs, load config, run, map errors to exit codes.
+//! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
+//! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
+//! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
+//! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
+//! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
+//! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
+//! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
+//! - `elastic`   — Elasticsearch client construction and setup (templates).
+//! - `upstream`  — the rumqttc subscriber with ordered manual acks.
+
+pub mod app;
+pub mod config;
+pub mod document;
+pub mod elastic;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod topic;
+pub mod upstream;

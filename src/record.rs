@@ -1,0 +1,128 @@
+//! The one type that flows through the system: a `Record` is an MQTT message plus the handle
+//! that acknowledges it once it is durable.
+//!
+//! The ack handle is deliberately transport-neutral: it carries only a token and a channel
+//! back to whoever produced the record (the upstream subscriber today, the embedded broker and
+//! the spool later). The producer decides what "ack" means on its side (a PUBACK in arrival
+//! order, a PUBREC, an fsync'd spool offset); the sink only reports how the record settled.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+/// MQTT quality of service, independent of any client library's enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum QoS {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An MQTT application message as it arrived, before any pipeline touched it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    /// Shared so that a dead letter written late (after a 400 from Elasticsearch) still has the
+    /// raw bytes without the pipeline having copied them.
+    pub payload: Arc<[u8]>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub received_at: DateTime<Utc>,
+    /// MQTT 5 user properties, in the order the client sent them.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// How a record ended up durable. Every variant means "the producer may acknowledge it".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Elasticsearch confirmed the document (or already held it under the same deterministic id).
+    Stored,
+    /// The record went to the dead-letter store (Elasticsearch stream or local file) with a reason.
+    DeadLettered,
+    /// A pipeline's drop condition discarded it on purpose.
+    Dropped,
+}
+
+/// Sent back to the producer when a record settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub token: u64,
+    pub how: Settlement,
+}
+
+/// The producer's side of acknowledgement: the receiver for this sender lives in the task that
+/// owns the MQTT connection (or broker session). Unbounded on purpose: the number of tokens
+/// outstanding is already bounded by MQTT flow control and the pipeline channels, and a settle
+/// must never block the sink.
+pub type SettledSender = mpsc::UnboundedSender<Settled>;
+
+/// Acknowledges one record when it is durable. Not `Clone`: exactly one party settles it.
+///
+/// Dropping an ack without settling it means "not durable": nothing is sent, and the producer
+/// never acknowledges the message, so the MQTT peer redelivers it (persistent session, or the
+/// device's own retry). That is what happens to in-flight records at shutdown.
+#[derive(Debug)]
+#[must_use = "an ack that is dropped without settle() leaves the message unacknowledged"]
+pub struct Ack {
+    route: Option<(SettledSender, u64)>,
+}
+
+impl Ack {
+    /// For QoS 0 messages and tools (`mqtt2es try`): nobody waits for this one.
+    pub fn none() -> Self {
+        Ack { route: None }
+    }
+
+    pub fn new(to: SettledSender, token: u64) -> Self {
+        Ack {
+            route: Some((to, token)),
+        }
+    }
+
+    /// Reports the record as durable. A producer that went away (connection closed) is not an
+    /// error: its broker will redeliver, and the deterministic id makes that harmless.
+    pub fn settle(self, how: Settlement) {
+        if let Some((to, token)) = self.route {
+            let _ = to.send(Settled { token, how });
+        }
+    }
+}
+
+/// A message and its ack handle.
+#[derive(Debug)]
+pub struct Record {
+    pub message: Message,
+    pub ack: Ack,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settling_an_ack_reports_its_token_and_outcome() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        Ack::new(tx, 7).settle(Settlement::Stored);
+        assert_eq!(
+            rx.try_recv().expect("a settlement"),
+            Settled {
+                token: 7,
+                how: Settlement::Stored
+            }
+        );
+    }
+
+    #[test]
+    fn dropping_an_ack_reports_nothing() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Settled>();
+        drop(Ack::new(tx, 1));
+        assert!(rx.try_recv().is_err());
+    }
+}
