@@ -24,6 +24,7 @@ pub mod document;
 pub mod elastic;
 pub mod pipeline;
 pub mod record;
+pub mod secret;
 pub mod sink;
 pub mod topic;
 pub mod upstream;

@@ -1,0 +1,130 @@
+//! The driver of one upstream connection: owns the ack queue and the client handle.
+//!
+//! It forwards publishes into the pipeline (awaiting channel capacity, which is the
+//! backpressure), and releases PUBACK/PUBREC in arrival order as records settle. On shutdown it
+//! stops forwarding, waits until every ack it handed out is settled or dropped, acks what
+//! settled, then sends DISCONNECT behind those acks. Publishes that arrive after intake stopped
+//! are not acked, so a persistent session redelivers them on the next start.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::acks::AckQueue;
+use super::session::{AckKey, Client, Inbound, log_inbound_state};
+use crate::record::{Ack, QoS, Record, Settled};
+
+pub struct Driver {
+    connection: usize,
+    client: Client,
+    filters: Arc<[String]>,
+    qos: QoS,
+    /// `None` once intake stopped: dropping it tells the pipeline no more records come from here.
+    records: Option<mpsc::Sender<Record>>,
+    /// Cloned into each `Ack`. Dropped with intake, so `settled` closes when the last ack is gone.
+    settle_to: Option<mpsc::UnboundedSender<Settled>>,
+    queue: AckQueue<AckKey>,
+}
+
+impl Driver {
+    pub fn new(
+        connection: usize,
+        client: Client,
+        filters: Arc<[String]>,
+        qos: u8,
+        records: mpsc::Sender<Record>,
+    ) -> Self {
+        Driver {
+            connection,
+            client,
+            filters,
+            qos: match qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            records: Some(records),
+            settle_to: None,
+            queue: AckQueue::default(),
+        }
+    }
+
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, intake: CancellationToken) {
+        let (settle_to, mut settled) = mpsc::unbounded_channel();
+        self.settle_to = Some(settle_to);
+        let mut settled_open = true;
+        let mut inbound_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                outcome = settled.recv(), if settled_open => match outcome {
+                    Some(done) => self.settle(done),
+                    None => {
+                        settled_open = false;
+                        debug!(connection = self.connection, "every record settled; disconnecting");
+                        if let Err(error) = self.client.disconnect().await {
+                            debug!(connection = self.connection, %error, "disconnect not sent");
+                            break;
+                        }
+                    }
+                },
+                _ = intake.cancelled(), if self.records.is_some() => {
+                    info!(connection = self.connection, outstanding = self.queue.outstanding(), "stopping intake");
+                    self.records = None;
+                    self.settle_to = None;
+                },
+                event = inbound.recv(), if inbound_open => match event {
+                    Some(event) => self.handle(event).await,
+                    None => inbound_open = false,
+                },
+                else => break,
+            }
+            if !inbound_open && !settled_open {
+                break;
+            }
+        }
+    }
+
+    fn settle(&mut self, done: Settled) {
+        self.queue.settle(done.token);
+        for key in self.queue.pop_ready() {
+            if let Err(error) = self.client.ack(key) {
+                error!(connection = self.connection, pkid = key.pkid, %error, "ack not queued; the broker will redeliver");
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: Inbound) {
+        log_inbound_state(self.connection, &event);
+        match event {
+            Inbound::Connected { session_present } => {
+                // A new connection: acks for the old one's packet ids must not be sent on it.
+                self.queue.reset();
+                if !session_present && self.records.is_some() {
+                    match self.client.subscribe(&self.filters, self.qos) {
+                        Ok(()) => info!(connection = self.connection, filters = ?self.filters, "subscribing"),
+                        Err(error) => error!(connection = self.connection, %error, "subscribe not queued"),
+                    }
+                }
+            }
+            Inbound::Publish { message, key } => {
+                let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
+                    debug!(connection = self.connection, topic = %message.topic, "publish after intake stopped; left unacknowledged for redelivery");
+                    return;
+                };
+                let ack = match key {
+                    Some(key) => Ack::new(settle_to.clone(), self.queue.push(key)),
+                    None => Ack::none(),
+                };
+                if records.send(Record { message, ack }).await.is_err() {
+                    warn!(connection = self.connection, "pipeline closed; stopping intake");
+                    self.records = None;
+                    self.settle_to = None;
+                }
+            }
+            Inbound::SubscribeRefused { .. } | Inbound::Disconnected { .. } => {}
+        }
+    }
+}

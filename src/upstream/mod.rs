@@ -1,0 +1,67 @@
+//! The upstream subscriber: mqtt2es as a client of an existing broker (Mosquitto, VerneMQ,
+//! EMQX, HiveMQ), with manual acks sent only once a record is durable.
+//!
+//! Each connection is two tasks: a pump that polls rumqttc's event loop (see `session`) and a
+//! driver that turns publishes into records and releases acks in arrival order (see `acks`).
+//! Several connections may share one `$share` group: the broker's in-flight window applies per
+//! connection, so N connections give N windows while every ack still means "durable".
+
+mod acks;
+mod driver;
+pub mod session;
+pub mod settings;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use settings::{Protocol, TlsSettings, UpstreamSettings};
+
+use crate::record::Record;
+use crate::secret::Secret;
+use session::SessionError;
+
+/// Events buffered between a pump and its driver. Small: the broker's flow control and TCP are
+/// the real buffers, and a full channel is how a slow pipeline slows the socket.
+const INBOUND_CAPACITY: usize = 256;
+
+/// Runs every configured connection until `intake` is cancelled and each connection has acked
+/// what settled and disconnected (or, if the broker is unreachable then, until the caller gives
+/// up waiting). Records go to `records`; each connection drops its clone when intake stops,
+/// which is how the pipeline downstream learns that no more records will come.
+pub async fn run(
+    settings: UpstreamSettings,
+    password: Option<Secret>,
+    filters: Vec<String>,
+    records: mpsc::Sender<Record>,
+    intake: CancellationToken,
+) -> Result<(), SessionError> {
+    let settings = Arc::new(settings);
+    let filters: Arc<[String]> = filters
+        .iter()
+        .map(|f| settings.subscription_for(f))
+        .collect();
+    let mut tasks = JoinSet::new();
+    for connection in 0..settings.connections.max(1) {
+        let (client, pump) = session::open(&settings, connection, password.as_ref())?;
+        let (to_driver, inbound) = mpsc::channel(INBOUND_CAPACITY);
+        tasks.spawn(pump.run(Arc::clone(&settings), to_driver));
+        tasks.spawn(
+            driver::Driver::new(
+                connection,
+                client,
+                Arc::clone(&filters),
+                settings.qos,
+                records.clone(),
+            )
+            .run(inbound, intake.clone())
+            .instrument(tracing::info_span!("upstream", connection)),
+        );
+    }
+    drop(records);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! One MQTT connection to the upstream broker, hiding whether it speaks 3.1.1 or 5.
+//!
+//! rumqttc has separate types per protocol version; everything above this module sees only
+//! [`Client`], [`Pump`] and [`Inbound`]. The pump owns the event loop and is never cancelled
+//! while a connection lives: dropping `EventLoop::poll` midway can lose an outgoing packet it
+//! already took (a PUBCOMP, say), so the poll loop runs in its own task and hands events over a
+//! bounded channel, which is also where backpressure from the pipeline reaches the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::v5;
+use rumqttc::{Transport, TlsConfiguration};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_retry::strategy::{ExponentialBackoff, jitter};
+use tracing::{debug, info, warn};
+
+use super::settings::{Protocol, UpstreamSettings};
+use crate::record::{Message, QoS};
+use crate::secret::Secret;
+
+/// What the pump reports to the connection's driver.
+#[derive(Debug)]
+pub enum Inbound {
+    /// CONNACK received; without a session the broker forgot our subscriptions.
+    Connected { session_present: bool },
+    /// `key` is `None` for QoS 0 (nothing to acknowledge).
+    Publish {
+        message: Message,
+        key: Option<AckKey>,
+    },
+    /// The broker refused `refused` of the filters in a SUBSCRIBE (ACL, invalid shared group...).
+    SubscribeRefused { refused: usize },
+    /// The connection failed; the pump reconnects after a backoff delay.
+    Disconnected { error: String },
+}
+
+/// What a PUBACK/PUBREC needs: the packet id and which of the two to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckKey {
+    pub qos: QoS,
+    pub pkid: u16,
+}
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("cannot read {what} file {path:?}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tls.client_cert_file and tls.client_key_file must be given together")]
+    HalfClientAuth,
+    #[error("upstream client request queue: {0}")]
+    Client(String),
+}
+
+/// The request side of a connection: acks, subscriptions, disconnect.
+#[derive(Clone)]
+pub enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The event loop side of a connection; see the module doc for why it runs on its own.
+pub enum Pump {
+    V311(rumqttc::EventLoop),
+    V5(v5::EventLoop),
+}
+
+/// Rumqttc's request queue: acks and subscriptions wait here for the event loop. Acks are bounded
+/// by the in-flight window, so this never fills in practice; a full queue is logged, not awaited.
+const REQUEST_CAPACITY: usize = 4096;
+
+pub fn open(
+    settings: &UpstreamSettings,
+    connection: usize,
+    password: Option<&Secret>,
+) -> Result<(Client, Pump), SessionError> {
+    let client_id = settings.client_id_for(connection);
+    let transport = transport(settings)?;
+    let keep_alive = Duration::from_secs(settings.keep_alive_s.max(5));
+    Ok(match settings.protocol {
+        Protocol::V311 => {
+            let mut options = rumqttc::MqttOptions::new(client_id, &settings.host, settings.port);
+            options
+                .set_keep_alive(keep_alive)
+                .set_clean_session(settings.clean_session)
+                .set_manual_acks(true)
+                .set_max_packet_size(settings.max_packet_bytes, 64 * 1024)
+                .set_transport(transport);
+            if let Some(user) = &settings.username {
+                options.set_credentials(user, password.map(Secret::expose).unwrap_or(""));
+            }
+            let (client, eventloop) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
+            (Client::V311(client), Pump::V311(eventloop))
+        }
+        Protocol::V5 => {
+            let mut options = v5::MqttOptions::new(client_id, &settings.host, settings.port);
+            let expiry = if settings.clean_session {
+                None
+            } else {
+                Some(settings.session_expiry_s)
+            };
+            options
+                .set_keep_alive(keep_alive)
+                .set_clean_start(settings.clean_session)
+                .set_session_expiry_interval(expiry)
+                .set_receive_maximum(Some(settings.receive_maximum))
+                .set_max_packet_size(u32::try_from(settings.max_packet_bytes).ok())
+                .set_manual_acks(true)
+                .set_transport(transport);
+            if let Some(user) = &settings.username {
+                options.set_credentials(user, password.map(Secret::expose).unwrap_or(""));
+            }
+            let (client, eventloop) = v5::AsyncClient::new(options, REQUEST_CAPACITY);
+            (Client::V5(client), Pump::V5(eventloop))
+        }
+    })
+}
+
+fn transport(settings: &UpstreamSettings) -> Result<Transport, SessionError> {
+    let Some(tls) = &settings.tls else {
+        return Ok(Transport::tcp());
+    };
+    let read = |what: &'static str, path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| SessionError::ReadFile {
+            what,
+            path: path.clone(),
+            source,
+        })
+    };
+    let ca = read("tls.ca_file", &tls.ca_file)?;
+    let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => Some((
+            read("tls.client_cert_file", cert)?,
+            read("tls.client_key_file", key)?,
+        )),
+        (None, None) => None,
+        _ => return Err(SessionError::HalfClientAuth),
+    };
+    Ok(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+impl Client {
+    /// Queues a PUBACK (QoS 1) or PUBREC (QoS 2) without waiting: the caller is the connection's
+    /// driver, and waiting here on the event loop's queue would stall settlements.
+    pub fn ack(&self, key: AckKey) -> Result<(), SessionError> {
+        let result = match self {
+            Client::V311(client) => {
+                let mut publish =
+                    rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Vec::<u8>::new());
+                publish.qos = v4_qos(key.qos);
+                publish.pkid = key.pkid;
+                client.try_ack(&publish).map_err(|e| e.to_string())
+            }
+            Client::V5(client) => {
+                let mut publish = v5::mqttbytes::v5::Publish::new(
+                    "",
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    Vec::<u8>::new(),
+                    None,
+                );
+                publish.qos = v5_qos(key.qos);
+                publish.pkid = key.pkid;
+                client.try_ack(&publish).map_err(|e| e.to_string())
+            }
+        };
+        result.map_err(SessionError::Client)
+    }
+
+    pub fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), SessionError> {
+        let result = match self {
+            Client::V311(client) => client.try_subscribe_many(
+                filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), v4_qos(qos))),
+            )
+            .map_err(|e| e.to_string()),
+            Client::V5(client) => client.try_subscribe_many(
+                filters
+                    .iter()
+                    .map(|f| v5::mqttbytes::v5::Filter::new(f.clone(), v5_qos(qos))),
+            )
+            .map_err(|e| e.to_string()),
+        };
+        result.map_err(SessionError::Client)
+    }
+
+    /// Queues a DISCONNECT behind every ack already queued, so those reach the broker first.
+    pub async fn disconnect(&self) -> Result<(), SessionError> {
+        let result = match self {
+            Client::V311(client) => client.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(client) => client.disconnect().await.map_err(|e| e.to_string()),
+        };
+        result.map_err(SessionError::Client)
+    }
+}
+
+/// Reconnect delays: capped exponential with full jitter, so a fleet of bridges does not hammer
+/// a restarted broker in lockstep.
+fn backoff(settings: &UpstreamSettings) -> impl Iterator<Item = Duration> + use<> {
+    let initial = settings.reconnect_initial_ms.max(1);
+    ExponentialBackoff::from_millis(2)
+        .factor(initial / 2 + 1)
+        .max_delay(Duration::from_millis(settings.reconnect_max_ms.max(initial)))
+        .map(jitter)
+}
+
+impl Pump {
+    /// Polls the connection until the driver goes away or our DISCONNECT has been sent.
+    pub async fn run(self, settings: Arc<UpstreamSettings>, to_driver: mpsc::Sender<Inbound>) {
+        match self {
+            Pump::V311(eventloop) => run_v311(eventloop, settings, to_driver).await,
+            Pump::V5(eventloop) => run_v5(eventloop, settings, to_driver).await,
+        }
+    }
+}
+
+async fn run_v311(
+    mut eventloop: rumqttc::EventLoop,
+    settings: Arc<UpstreamSettings>,
+    to_driver: mpsc::Sender<Inbound>,
+) {
+    use rumqttc::{Event, Outgoing, Packet};
+    let mut delays = backoff(&settings);
+    loop {
+        let inbound = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                delays = backoff(&settings);
+                Inbound::Connected {
+                    session_present: connack.session_present,
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let qos = qos_from_level(publish.qos as u8);
+                Inbound::Publish {
+                    key: ack_key(qos, publish.pkid),
+                    message: Message {
+                        topic: publish.topic,
+                        payload: Arc::from(publish.payload.as_ref()),
+                        qos,
+                        retain: publish.retain,
+                        received_at: Utc::now(),
+                        user_properties: Vec::new(),
+                    },
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                let refused = suback
+                    .return_codes
+                    .iter()
+                    .filter(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
+                    .count();
+                if refused == 0 {
+                    continue;
+                }
+                Inbound::SubscribeRefused { refused }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                if !disconnected(&to_driver, error.to_string(), &mut delays).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if to_driver.send(inbound).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_v5(
+    mut eventloop: v5::EventLoop,
+    settings: Arc<UpstreamSettings>,
+    to_driver: mpsc::Sender<Inbound>,
+) {
+    use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+    use rumqttc::Outgoing;
+    use v5::Event;
+    let mut delays = backoff(&settings);
+    loop {
+        let inbound = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                delays = backoff(&settings);
+                Inbound::Connected {
+                    session_present: connack.session_present,
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let qos = qos_from_level(publish.qos as u8);
+                Inbound::Publish {
+                    key: ack_key(qos, publish.pkid),
+                    message: Message {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        payload: Arc::from(publish.payload.as_ref()),
+                        qos,
+                        retain: publish.retain,
+                        received_at: Utc::now(),
+                        user_properties: publish
+                            .properties
+                            .map(|p| p.user_properties)
+                            .unwrap_or_default(),
+                    },
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                let refused = suback
+                    .return_codes
+                    .iter()
+                    .filter(|code| {
+!matches!(code, SubscribeReasonCode::Success(_))
+                    })
+                    .count();
+                if refused == 0 {
+                    continue;
+                }
+                Inbound::SubscribeRefused { refused }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(v5::ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                if !disconnected(&to_driver, error.to_string(), &mut delays).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if to_driver.send(inbound).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reports a failed connection and waits out the backoff; false when the driver is gone.
+async fn disconnected(
+    to_driver: &mpsc::Sender<Inbound>,
+    error: String,
+    delays: &mut impl Iterator<Item = Duration>,
+) -> bool {
+    if to_driver
+        .send(Inbound::Disconnected { error })
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+    debug!(delay_ms = delay.as_millis() as u64, "reconnecting after delay");
+    tokio::time::sleep(delay).await;
+    true
+}
+
+fn ack_key(qos: QoS, pkid: u16) -> Option<AckKey> {
+    (qos != QoS::AtMostOnce).then_some(AckKey { qos, pkid })
+}
+
+fn qos_from_level(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn v4_qos(qos: QoS) -> rumqttc::QoS {
+    match qos {
+        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// Logs a connection state change at the right level.
+pub fn log_inbound_state(connection: usize, inbound: &Inbound) {
+    match inbound {
+        Inbound::Connected { session_present } => {
+            info!(connection, session_present, "connected to upstream broker")
+        }
+        Inbound::Disconnected { error } => {
+            warn!(connection, %error, "upstream connection lost; reconnecting")
+        }
+        Inbound::SubscribeRefused { refused } => {
+            warn!(connection, refused, "upstream broker refused subscriptions")
+        }
+        Inbound::Publish { .. } => {}
+    }
+}

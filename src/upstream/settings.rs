@@ -1,0 +1,131 @@
+//! The `upstream:` config section: which broker to subscribe to and how.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// MQTT protocol version spoken to the upstream broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Connection `i` (0-based) uses `client_id` when there is one connection, else `client_id-i`.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Read the password from this file (trailing newline trimmed) instead of `password`.
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<TlsSettings>,
+    /// Persistent sessions are what make ack-after-durable work across reconnects: keep false.
+    pub clean_session: bool,
+    /// MQTT 5 session expiry; must be > 0 for the broker to keep the session.
+    pub session_expiry_s: u32,
+    pub keep_alive_s: u64,
+    /// Maximum QoS requested in SUBSCRIBE.
+    pub qos: u8,
+    /// Subscribe as `$share/<group>/<filter>`: instances (and connections) in one group split the stream.
+    pub shared_group: Option<String>,
+    /// Parallel subscriber connections in the shared group. One connection is limited by the
+    /// broker's in-flight window (Mosquitto: 20 unacknowledged QoS 1 messages) divided by flush
+    /// latency; several connections multiply that window without weakening the guarantee.
+    pub connections: usize,
+    /// Largest MQTT packet accepted from the broker. Larger packets cannot be read at all, so keep
+    /// this above `pipeline.max_payload_bytes`: payloads between the two become dead letters.
+    pub max_packet_bytes: usize,
+    /// MQTT 5 receive maximum advertised to the broker (QoS 1/2 messages in flight to us).
+    pub receive_maximum: u16,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// Optional client certificate and key (PEM) for brokers that require them.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            host: "localhost".into(),
+            port: 1883,
+            protocol: Protocol::V311,
+            client_id: "mqtt2es".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
+            clean_session: false,
+            session_expiry_s: 7 * 24 * 3600,
+            keep_alive_s: 30,
+            qos: 1,
+            shared_group: None,
+            connections: 1,
+            max_packet_bytes: 16 * 1024 * 1024,
+            receive_maximum: 1000,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl UpstreamSettings {
+    pub fn client_id_for(&self, connection: usize) -> String {
+        if self.connections <= 1 {
+            self.client_id.clone()
+        } else {
+            format!("{}-{connection}", self.client_id)
+        }
+    }
+
+    /// The filter string to subscribe with, shared-group prefix applied.
+    pub fn subscription_for(&self, filter: &str) -> String {
+        match &self.shared_group {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_in_a_group_get_distinct_client_ids() {
+        let settings = UpstreamSettings {
+            connections: 3,
+            ..Default::default()
+        };
+        assert_eq!(settings.client_id_for(2), "mqtt2es-2");
+        assert_eq!(UpstreamSettings::default().client_id_for(0), "mqtt2es");
+    }
+
+    #[test]
+    fn a_shared_group_prefixes_every_filter() {
+        let settings = UpstreamSettings {
+            shared_group: Some("bridge".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            settings.subscription_for("sensors/#"),
+            "$share/bridge/sensors/#"
+        );
+    }
+}
