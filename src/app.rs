@@ -1,1 +1,312 @@
-//! (in progress)
+//! Wires the edges together and owns startup and the shutdown order.
+//!
+//! ```text
+//! upstream ──Record──► process ──Routed──► sink ──► Elasticsearch
+//!     ▲                                      │
+//!     └──────── Settled (ack in order) ◄─────┘
+//! ```
+//! Shutdown flows downstream: a signal stops intake at the upstream connections, which drop
+//! their record senders; the processor drains and drops its sender; the sink flushes and
+//! returns. Acks settle along the way and the connections send them before disconnecting. If
+//! the sink cannot finish within `shutdown.grace_ms` (Elasticsearch down), it is told to
+//! abandon: what is not stored stays unacknowledged and the broker redelivers it next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Secrets};
+use crate::document::{Processed, Rejection};
+use crate::elastic;
+use crate::pipeline::Pipelines;
+use crate::record::{Ack, Message, QoS, Record};
+use crate::sink::{self, Routed};
+use crate::upstream;
+
+/// Records waiting between the connections and the processor, and between processor and sink.
+/// Enough to keep a bulk request's worth in motion; small enough that a stalled Elasticsearch
+/// stops intake within a second's worth of traffic.
+const CHANNEL_CAPACITY: usize = 2048;
+
+/// After the sink gave up, how long the connections get to send their last acks and DISCONNECT.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+
+fn load_pipelines(config: &Config) -> anyhow::Result<Pipelines> {
+    Ok(Pipelines::load_dir(
+        &config.pipelines.dir,
+        &config.index,
+        &config.pipelines.decode,
+    )?)
+}
+
+/// `mqtt2es check`: everything `run` would verify before connecting anywhere.
+pub fn check(config: &Config) -> anyhow::Result<String> {
+    let upstream = config.upstream()?;
+    let pipelines = load_pipelines(config)?;
+    elastic::build_client(&config.elasticsearch)?;
+    let filters = pipelines.topic_filters();
+    Ok(format!(
+        "configuration ok: {} pipeline(s) [{}] from {:?}; subscribing to {} as {:?} on {}:{}; writing to {}",
+        pipelines.names().len(),
+        pipelines.names().join(", "),
+        config.pipelines.dir,
+        filters
+            .iter()
+            .map(|f| upstream.subscription_for(f))
+            .collect::<Vec<_>>()
+            .join(", "),
+        upstream.client_id,
+        upstream.host,
+        upstream.port,
+        config.elasticsearch.url,
+    ))
+}
+
+/// A message given on the command line to `mqtt2es try`.
+pub struct Sample {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub pipeline: Option<String>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// `mqtt2es try`: what the pipelines make of one message, as pretty JSON.
+pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
+    let pipelines = load_pipelines(config)?;
+    let message = Message {
+        topic: sample.topic,
+        payload: Arc::from(sample.payload),
+        qos: match sample.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        },
+        retain: sample.retain,
+        received_at: Utc::now(),
+        user_properties: Vec::new(),
+    };
+    let processed = match &sample.pipeline {
+        Some(name) => pipelines.process_with(name, &message).with_context(|| {
+            format!(
+                "no pipeline named {name:?}; there are: {}",
+                pipelines.names().join(", ")
+            )
+        })?,
+        None => process(&pipelines, config.pipelines.max_payload_bytes, &message),
+    };
+    let shown = match processed {
+        Processed::Document(doc) => serde_json::json!({
+            "pipeline": doc.pipeline,
+            "index": doc.index,
+            "id": doc.id,
+            "document": doc.source,
+        }),
+        Processed::Dropped { pipeline, stage } => serde_json::json!({
+            "dropped": {"pipeline": pipeline, "stage": stage},
+        }),
+        Processed::Rejected(rejection) => serde_json::json!({
+            "dead_letter": {
+                "pipeline": rejection.pipeline,
+                "stage": rejection.stage,
+                "reason": rejection.reason,
+                "detail": rejection.detail,
+            },
+        }),
+    };
+    Ok(serde_json::to_string_pretty(&shown)?)
+}
+
+/// `mqtt2es setup`: index templates, idempotently.
+pub async fn setup(config: &Config) -> anyhow::Result<()> {
+    let client = elastic::build_client(&config.elasticsearch)?;
+    elastic::install_templates(&client, &config.index.prefix, &config.dead_letter.index)
+        .await
+        .context("installing index templates")?;
+    info!("index templates installed");
+    Ok(())
+}
+
+/// Runs one message through the pipelines, refusing oversized payloads before any parsing.
+fn process(pipelines: &Pipelines, max_payload_bytes: usize, message: &Message) -> Processed {
+    if message.payload.len() > max_payload_bytes {
+        return Processed::Rejected(Rejection {
+            pipeline: None,
+            stage: Some("decode".into()),
+            reason: "payload_too_large".into(),
+            detail: format!(
+                "payload of {} bytes exceeds pipelines.max_payload_bytes ({max_payload_bytes})",
+                message.payload.len()
+            ),
+        });
+    }
+    pipelines.process(message)
+}
+
+/// The processor task: pure pipeline work between the two channels. Ends when every upstream
+/// connection dropped its sender; dropping `routed` then tells the sink to flush and finish.
+async fn run_processor(
+    pipelines: Arc<Pipelines>,
+    max_payload_bytes: usize,
+    mut records: mpsc::Receiver<Record>,
+    routed: mpsc::Sender<Routed>,
+) {
+    while let Some(Record { message, ack }) = records.recv().await {
+        let processed = process(&pipelines, max_payload_bytes, &message);
+        let item = Routed {
+            message,
+            processed,
+            ack,
+        };
+        if routed.send(item).await.is_err() {
+            warn!("sink stopped; processor ends");
+            return;
+        }
+    }
+}
+
+/// `mqtt2es run`.
+pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
+    let upstream_settings = config.upstream()?.clone();
+    let pipelines = Arc::new(load_pipelines(&config)?);
+    let client = elastic::build_client(&config.elasticsearch)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    if config.setup.on_start {
+        install_templates_until_done(&client, &config, &shutdown).await?;
+    }
+
+    let filters = pipelines.topic_filters();
+    info!(
+        pipelines = ?pipelines.names(),
+        filters = ?filters,
+        broker = %format!("{}:{}", upstream_settings.host, upstream_settings.port),
+        elasticsearch = %config.elasticsearch.url,
+        "mqtt2es starting"
+    );
+
+    let (records_tx, records_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (routed_tx, routed_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let abandon = CancellationToken::new();
+
+    let writer = sink::Writer::new(
+        client,
+        config.batch.clone(),
+        config.retry.clone(),
+        config.dead_letter.clone(),
+    );
+    let mut sink_task = tokio::spawn(sink::run(routed_rx, writer, abandon.clone()));
+    let processor = tokio::spawn(run_processor(
+        Arc::clone(&pipelines),
+        config.pipelines.max_payload_bytes,
+        records_rx,
+        routed_tx,
+    ));
+    let mut upstream_task = tokio::spawn(upstream::run(
+        upstream_settings,
+        secrets.upstream_password,
+        filters,
+        records_tx,
+        shutdown.clone(),
+    ));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {},
+        result = &mut upstream_task => {
+            shutdown.cancel();
+            match result {
+                Ok(Ok(())) => bail!("upstream connections ended unexpectedly"),
+                Ok(Err(error)) => return Err(error).context("upstream subscriber"),
+                Err(error) => bail!("upstream subscriber failed: {error}"),
+            }
+        }
+        result = &mut sink_task => {
+            shutdown.cancel();
+            bail!("sink ended unexpectedly: {result:?}");
+        }
+    }
+
+    let grace = Duration::from_millis(config.shutdown.grace_ms);
+    info!(grace_ms = config.shutdown.grace_ms, "shutting down: flushing what was received");
+    let report = match tokio::time::timeout(grace, &mut sink_task).await {
+        Ok(report) => report,
+        Err(_) => {
+            warn!("grace period over: records not yet stored stay unacknowledged for redelivery");
+            abandon.cancel();
+            sink_task.await
+        }
+    };
+    match report {
+        Ok(Ok(report)) => info!(?report, "sink flushed"),
+        Ok(Err(error)) => error!(%error, "sink failed while flushing"),
+        Err(error) => error!(%error, "sink task failed"),
+    }
+    processor.abort();
+    match tokio::time::timeout(DISCONNECT_GRACE, &mut upstream_task).await {
+        Ok(_) => info!("upstream connections closed; bye"),
+        Err(_) => {
+            warn!("upstream broker did not take the disconnect in time; closing anyway");
+            upstream_task.abort();
+        }
+    }
+    Ok(())
+}
+
+/// Elasticsearch may still be starting (compose, reboot): keep trying until it answers or we are
+/// told to stop. Configuration errors it reports (401, 403, a bad template) end the start.
+async fn install_templates_until_done(
+    client: &elasticsearch::Elasticsearch,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match elastic::install_templates(client, &config.index.prefix, &config.dead_letter.index)
+            .await
+        {
+            Ok(()) => {
+                info!("index templates installed");
+                return Ok(());
+            }
+            Err(error) if error.is_retryable() => {
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "elasticsearch not ready for setup");
+            }
+            Err(error) => return Err(error).context("installing index templates"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = shutdown.cancelled() => bail!("stopped before elasticsearch was ready"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// SIGTERM (docker stop, systemd) and SIGINT (Ctrl-C) both mean "stop intake and flush".
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            error!(%error, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+    }
+    shutdown.cancel();
+}
+
+/// Used by tests and tools that feed records without a broker: a record nobody acks.
+pub fn unacked(message: Message) -> Record {
+    Record {
+        message,
+        ack: Ack::none(),
+    }
+}

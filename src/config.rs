@@ -1,1 +1,310 @@
-//! (in progress)
+//! Typed configuration, loaded once and fully checked before anything starts.
+//!
+//! Sources, later ones winning: built-in defaults, the YAML file, then environment variables
+//! `MQTT2ES_<SECTION>__<KEY>` (for example `MQTT2ES_UPSTREAM__HOST`). Every key lives in a
+//! section, so only variables with a `__` are configuration; `MQTT2ES_CONFIG` and friends belong
+//! to the command line. Unknown keys are errors everywhere, so a typo never silently becomes a
+//! default. Relative paths are resolved against the config file's directory, which is what makes
+//! `mqtt2es run --config /etc/mqtt2es/mqtt2es.yaml` find `pipelines/` beside it from any cwd.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::elastic::ElasticsearchSettings;
+use crate::pipeline::{DecodeLimits, IndexPolicy};
+use crate::secret::Secret;
+use crate::sink::{BatchSettings, DeadLetterSettings, RetrySettings};
+use crate::upstream::UpstreamSettings;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The broker to subscribe to. Required until the embedded broker exists.
+    pub upstream: Option<UpstreamSettings>,
+    pub elasticsearch: ElasticsearchSettings,
+    pub pipelines: PipelineSettings,
+    pub index: IndexPolicy,
+    pub batch: BatchSettings,
+    pub retry: RetrySettings,
+    pub dead_letter: DeadLetterSettings,
+    pub setup: SetupSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Directory holding one pipeline per `*.yaml` file.
+    pub dir: PathBuf,
+    /// Payloads larger than this become dead letters (`payload_too_large`) instead of documents.
+    pub max_payload_bytes: usize,
+    #[serde(flatten)]
+    pub decode: DecodeLimits,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            dir: PathBuf::from("pipelines"),
+            max_payload_bytes: 1024 * 1024,
+            decode: DecodeLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SetupSettings {
+    /// Install index templates when `run` starts (idempotent).
+    pub on_start: bool,
+}
+
+impl Default for SetupSettings {
+    fn default() -> Self {
+        SetupSettings { on_start: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// After SIGTERM: how long to keep flushing and retrying before giving up on what is not
+    /// stored yet (it stays unacknowledged and is redelivered on the next start).
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { grace_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `mqtt2es=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path:?} not found")]
+    Missing { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{key}: {message}")]
+    Key { key: &'static str, message: String },
+    #[error("{key}: cannot read {path:?}: {source}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn key_error(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Secrets read from files at load time, kept apart from the settings so `Debug` of the
+/// settings never needs to reason about them.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub upstream_password: Option<Secret>,
+}
+
+impl Config {
+    /// The broker to subscribe to; only `run` needs one.
+    pub fn upstream(&self) -> Result<&UpstreamSettings, ConfigError> {
+        self.upstream.as_ref().ok_or_else(|| {
+            key_error(
+                "upstream",
+                "no source configured: set upstream.host (and port) to the MQTT broker to subscribe to",
+            )
+        })
+    }
+
+    /// Loads `path` (which must exist) merged with defaults and the environment.
+    pub fn load(path: &Path) -> Result<(Config, Secrets), ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::extract(Figment::new().merge(Yaml::file_exact(path)), &base)
+    }
+
+    /// Loads from a YAML string (tests, `mqtt2es check` on stdin) merged with the environment.
+    pub fn from_yaml(yaml: &str, base: &Path) -> Result<(Config, Secrets), ConfigError> {
+        Self::extract(Figment::new().merge(Yaml::string(yaml)), base)
+    }
+
+    fn extract(figment: Figment, base: &Path) -> Result<(Config, Secrets), ConfigError> {
+        let env = Env::prefixed("MQTT2ES_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        let mut config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.resolve_paths(base);
+        let secrets = config.check()?;
+        Ok((config, secrets))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.pipelines.dir);
+        resolve(&mut self.dead_letter.file);
+        if let Some(upstream) = &mut self.upstream {
+            if let Some(file) = &mut upstream.password_file {
+                resolve(file);
+            }
+            if let Some(tls) = &mut upstream.tls {
+                resolve(&mut tls.ca_file);
+                if let Some(file) = &mut tls.client_cert_file {
+                    resolve(file);
+                }
+                if let Some(file) = &mut tls.client_key_file {
+                    resolve(file);
+                }
+            }
+        }
+        self.elasticsearch.resolve_paths(base);
+    }
+
+    /// Cross-field rules serde cannot express; also reads secret files.
+    fn check(&self) -> Result<Secrets, ConfigError> {
+        let mut secrets = Secrets::default();
+        let Some(upstream) = &self.upstream else {
+            return Ok(secrets);
+        };
+        if upstream.qos > 2 {
+            return Err(key_error(
+                "upstream.qos",
+                format!("must be 0, 1 or 2, not {}", upstream.qos),
+            ));
+        }
+        if upstream.connections == 0 {
+            return Err(key_error("upstream.connections", "must be at least 1"));
+        }
+        if upstream.connections > 1 && upstream.shared_group.is_none() {
+            return Err(key_error(
+                "upstream.connections",
+                format!(
+                    "{} connections need upstream.shared_group, otherwise each one receives every message",
+                    upstream.connections
+                ),
+            ));
+        }
+        if let Some(group) = &upstream.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            return Err(key_error(
+                "upstream.shared_group",
+                format!("{group:?} must be non-empty and contain no '/', '+' or '#'"),
+            ));
+        }
+        if upstream.client_id.is_empty() {
+            return Err(key_error(
+                "upstream.client_id",
+                "must not be empty: a persistent session needs a stable client id",
+            ));
+        }
+        if upstream.max_packet_bytes < self.pipelines.max_payload_bytes {
+            return Err(key_error(
+                "upstream.max_packet_bytes",
+                format!(
+                    "{} is below pipelines.max_payload_bytes ({}); oversized payloads could then not even be dead-lettered",
+                    upstream.max_packet_bytes, self.pipelines.max_payload_bytes
+                ),
+            ));
+        }
+        if upstream.password.is_some() && upstream.password_file.is_some() {
+            return Err(key_error(
+                "upstream.password_file",
+                "give either password or password_file, not both",
+            ));
+        }
+        secrets.upstream_password = match &upstream.password_file {
+            Some(path) => Some(read_secret("upstream.password_file", path)?),
+            None => upstream.password.clone(),
+        };
+        if secrets.upstream_password.is_some() && upstream.username.is_none() {
+            return Err(key_error(
+                "upstream.username",
+                "a password is configured but no username",
+            ));
+        }
+        if self.shutdown.grace_ms == 0 {
+            return Err(key_error(
+                "shutdown.grace_ms",
+                "must be above 0 to flush what was received",
+            ));
+        }
+        Ok(secrets)
+    }
+}
+
+/// Reads a secret from a file, trimming the trailing newline editors and `echo` add.
+pub fn read_secret(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+/// Figment's errors name the key path and the offending value; keep each on its own line.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{path}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
