@@ -24,7 +24,7 @@ use crate::config::{Config, Secrets};
 use crate::document::{Processed, Rejection};
 use crate::elastic;
 use crate::pipeline::Pipelines;
-use crate::record::{Ack, Message, QoS, Record};
+use crate::record::{Message, QoS, Record};
 use crate::sink::{self, Routed};
 use crate::upstream;
 
@@ -233,7 +233,10 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     }
 
     let grace = Duration::from_millis(config.shutdown.grace_ms);
-    info!(grace_ms = config.shutdown.grace_ms, "shutting down: flushing what was received");
+    info!(
+        grace_ms = config.shutdown.grace_ms,
+        "shutting down: flushing what was received"
+    );
     let report = match tokio::time::timeout(grace, &mut sink_task).await {
         Ok(report) => report,
         Err(_) => {
@@ -301,12 +304,4 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => info!("interrupt received"),
     }
     shutdown.cancel();
-}
-
-/// Used by tests and tools that feed records without a broker: a record nobody acks.
-pub fn unacked(message: Message) -> Record {
-    Record {
-        message,
-        ack: Ack::none(),
-    }
 }

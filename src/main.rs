@@ -22,7 +22,13 @@ use tracing_subscriber::EnvFilter;
 #[command(version, about, long_about)]
 struct Cli {
     /// The configuration file. Relative paths inside it are resolved against its directory.
-    #[arg(long, short, global = true, env = "MQTT2ES_CONFIG", default_value = "mqtt2es.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "MQTT2ES_CONFIG",
+        default_value = "mqtt2es.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -61,7 +67,10 @@ fn main() -> ExitCode {
     let (config, secrets) = match Config::load(&cli.config) {
         Ok(loaded) => loaded,
         Err(error) => {
-            eprintln!("mqtt2es: invalid configuration in {:?}:\n{error}", cli.config);
+            eprintln!(
+                "mqtt2es: invalid configuration in {:?}:\n{error}",
+                cli.config
+            );
             return ExitCode::from(2);
         }
     };

@@ -104,8 +104,12 @@ impl Driver {
                 self.queue.reset();
                 if !session_present && self.records.is_some() {
                     match self.client.subscribe(&self.filters, self.qos) {
-                        Ok(()) => info!(connection = self.connection, filters = ?self.filters, "subscribing"),
-                        Err(error) => error!(connection = self.connection, %error, "subscribe not queued"),
+                        Ok(()) => {
+                            info!(connection = self.connection, filters = ?self.filters, "subscribing")
+                        }
+                        Err(error) => {
+                            error!(connection = self.connection, %error, "subscribe not queued")
+                        }
                     }
                 }
             }
@@ -119,12 +123,15 @@ impl Driver {
                     None => Ack::none(),
                 };
                 if records.send(Record { message, ack }).await.is_err() {
-                    warn!(connection = self.connection, "pipeline closed; stopping intake");
+                    warn!(
+                        connection = self.connection,
+                        "pipeline closed; stopping intake"
+                    );
                     self.records = None;
                     self.settle_to = None;
                 }
             }
-            Inbound::SubscribeRefused { .. } | Inbound::Disconnected { .. } => {}
+            Inbound::Subscribed { .. } | Inbound::Disconnected { .. } => {}
         }
     }
 }

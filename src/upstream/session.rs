@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::v5;
-use rumqttc::{Transport, TlsConfiguration};
+use rumqttc::{TlsConfiguration, Transport};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_retry::strategy::{ExponentialBackoff, jitter};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::settings::{Protocol, UpstreamSettings};
 use crate::record::{Message, QoS};
@@ -31,8 +31,8 @@ pub enum Inbound {
         message: Message,
         key: Option<AckKey>,
     },
-    /// The broker refused `refused` of the filters in a SUBSCRIBE (ACL, invalid shared group...).
-    SubscribeRefused { refused: usize },
+    /// SUBACK: the broker granted `granted` filters and refused `refused` (ACL, bad shared group...).
+    Subscribed { granted: usize, refused: usize },
     /// The connection failed; the pump reconnects after a backoff delay.
     Disconnected { error: String },
 }
@@ -178,18 +178,20 @@ impl Client {
 
     pub fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), SessionError> {
         let result = match self {
-            Client::V311(client) => client.try_subscribe_many(
-                filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), v4_qos(qos))),
-            )
-            .map_err(|e| e.to_string()),
-            Client::V5(client) => client.try_subscribe_many(
-                filters
-                    .iter()
-                    .map(|f| v5::mqttbytes::v5::Filter::new(f.clone(), v5_qos(qos))),
-            )
-            .map_err(|e| e.to_string()),
+            Client::V311(client) => client
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), v4_qos(qos))),
+                )
+                .map_err(|e| e.to_string()),
+            Client::V5(client) => client
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| v5::mqttbytes::v5::Filter::new(f.clone(), v5_qos(qos))),
+                )
+                .map_err(|e| e.to_string()),
         };
         result.map_err(SessionError::Client)
     }
@@ -210,7 +212,9 @@ fn backoff(settings: &UpstreamSettings) -> impl Iterator<Item = Duration> + use<
     let initial = settings.reconnect_initial_ms.max(1);
     ExponentialBackoff::from_millis(2)
         .factor(initial / 2 + 1)
-        .max_delay(Duration::from_millis(settings.reconnect_max_ms.max(initial)))
+        .max_delay(Duration::from_millis(
+            settings.reconnect_max_ms.max(initial),
+        ))
         .map(jitter)
 }
 
@@ -259,10 +263,10 @@ async fn run_v311(
                     .iter()
                     .filter(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
                     .count();
-                if refused == 0 {
-                    continue;
+                Inbound::Subscribed {
+                    granted: suback.return_codes.len() - refused,
+                    refused,
                 }
-                Inbound::SubscribeRefused { refused }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
@@ -285,9 +289,9 @@ async fn run_v5(
     settings: Arc<UpstreamSettings>,
     to_driver: mpsc::Sender<Inbound>,
 ) {
-    use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
     use rumqttc::Outgoing;
     use v5::Event;
+    use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
     let mut delays = backoff(&settings);
     loop {
         let inbound = match eventloop.poll().await {
@@ -318,14 +322,12 @@ async fn run_v5(
                 let refused = suback
                     .return_codes
                     .iter()
-                    .filter(|code| {
-!matches!(code, SubscribeReasonCode::Success(_))
-                    })
+                    .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
                     .count();
-                if refused == 0 {
-                    continue;
+                Inbound::Subscribed {
+                    granted: suback.return_codes.len() - refused,
+                    refused,
                 }
-                Inbound::SubscribeRefused { refused }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
@@ -357,7 +359,10 @@ async fn disconnected(
         return false;
     }
     let delay = delays.next().unwrap_or(Duration::from_secs(1));
-    debug!(delay_ms = delay.as_millis() as u64, "reconnecting after delay");
+    debug!(
+        delay_ms = delay.as_millis() as u64,
+        "reconnecting after delay"
+    );
     tokio::time::sleep(delay).await;
     true
 }
@@ -399,8 +404,19 @@ pub fn log_inbound_state(connection: usize, inbound: &Inbound) {
         Inbound::Disconnected { error } => {
             warn!(connection, %error, "upstream connection lost; reconnecting")
         }
-        Inbound::SubscribeRefused { refused } => {
-            warn!(connection, refused, "upstream broker refused subscriptions")
+        Inbound::Subscribed {
+            granted,
+            refused: 0,
+        } => {
+            info!(connection, granted, "subscribed")
+        }
+        Inbound::Subscribed { granted, refused } => {
+            error!(
+                connection,
+                granted,
+                refused,
+                "upstream broker refused subscriptions; check its ACLs and the filters"
+            )
         }
         Inbound::Publish { .. } => {}
     }

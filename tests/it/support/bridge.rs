@@ -1,0 +1,215 @@
+//! The real `mqtt2es` binary as a child process, configured in its own temporary directory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// What a test wants its bridge to be: a broker port, a search node URL, pipelines, and any
+/// extra YAML sections (appended verbatim, so a test may override whole sections).
+pub struct BridgeSpec {
+    pub broker_port: u16,
+    pub search_url: String,
+    pub pipelines: Vec<(&'static str, String)>,
+    /// Extra YAML lines inside the `upstream:` section (indented by the caller with two spaces).
+    pub upstream_extra: String,
+    /// Extra top-level YAML sections.
+    pub extra: String,
+}
+
+impl BridgeSpec {
+    pub fn new(broker_port: u16, search_url: &str) -> Self {
+        BridgeSpec {
+            broker_port,
+            search_url: search_url.to_string(),
+            pipelines: Vec::new(),
+            upstream_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn pipeline(mut self, file: &'static str, yaml: impl Into<String>) -> Self {
+        self.pipelines.push((file, yaml.into()));
+        self
+    }
+}
+
+/// A unique data stream prefix per bridge, so tests share one search node without colliding.
+pub fn unique_prefix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("mqtt2es-t{:05x}{:03x}-", (std::process::id() ^ nanos) & 0xfffff, n & 0xfff)
+}
+
+pub struct Bridge {
+    child: Option<Child>,
+    dir: TempDir,
+    spec_prefix: String,
+    client_id: String,
+}
+
+impl Bridge {
+    /// Writes the config and starts the binary. A fresh prefix (and client id) unless `reuse`
+    /// names an earlier bridge's directory to restart with the same state.
+    pub fn start(spec: &BridgeSpec) -> Bridge {
+        let dir = tempfile::tempdir().expect("temp dir for the bridge");
+        let prefix = unique_prefix();
+        let client_id = format!("it-{}", prefix.trim_end_matches('-'));
+        write_config(dir.path(), spec, &prefix, &client_id);
+        let mut bridge = Bridge {
+            child: None,
+            dir,
+            spec_prefix: prefix,
+            client_id,
+        };
+        bridge.spawn();
+        bridge
+    }
+
+    /// Starts the binary again with the same directory, config, prefix and client id (so the
+    /// broker's persistent session and the already stored documents carry over).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() needs a stopped bridge");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("bridge log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("mqtt2es.yaml"))
+            .env("RUST_LOG", "mqtt2es=debug,info")
+            .env_remove("MQTT2ES_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start mqtt2es");
+        self.child = Some(child);
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.spec_prefix
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The data stream of dead letters for this bridge.
+    pub fn dead_letter_index(&self) -> String {
+        format!("{}deadletter", self.spec_prefix)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mqtt2es.log")
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.log_path()) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Waits until the log contains `needle` `count` times; panics with the log on timeout.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().matches(needle).count() >= count {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("mqtt2es exited ({status}) before logging {needle:?}:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mqtt2es did not log {needle:?} within {timeout:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every upstream connection has its subscription granted.
+    pub fn wait_subscribed(&mut self) {
+        self.wait_for_log(" subscribed", 1, Duration::from_secs(30));
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("a running bridge");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for mqtt2es") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mqtt2es did not exit within {timeout:?} of SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no flush, no acks.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn write_config(dir: &Path, spec: &BridgeSpec, prefix: &str, client_id: &str) {
+    let pipelines = dir.join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("pipelines dir");
+    for (file, yaml) in &spec.pipelines {
+        std::fs::write(pipelines.join(file), yaml).expect("write pipeline");
+    }
+    let config = format!(
+        "upstream:\n  host: 127.0.0.1\n  port: {port}\n  client_id: {client_id}\n  reconnect_initial_ms: 50\n  reconnect_max_ms: 1000\n{upstream_extra}\
+elasticsearch:\n  url: {url}\n\
+index:\n  prefix: {prefix}\n  default_index: {prefix}default\n\
+dead_letter:\n  index: {prefix}deadletter\n  file: deadletter.ndjson\n\
+batch:\n  flush_interval_ms: 200\n\
+retry:\n  initial_backoff_ms: 50\n  max_backoff_ms: 1000\n\
+shutdown:\n  grace_ms: 10000\n\
+{extra}",
+        port = spec.broker_port,
+        url = spec.search_url,
+        upstream_extra = spec.upstream_extra,
+        extra = spec.extra,
+    );
+    std::fs::write(dir.join("mqtt2es.yaml"), config).expect("write config");
+}
