@@ -100,7 +100,7 @@ impl ConfigError {
 /// Why one message could not become a document.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StageError {
-    #[error("invalid utf-8 in payload after byte {valid_up_to}")]
+    #[error("invalid utf-8 in payload at byte {valid_up_to}")]
     InvalidUtf8 { valid_up_to: usize },
     #[error("invalid json: {0}")]
     InvalidJson(String),
