@@ -61,25 +61,36 @@ const OPERATORS: &str = "equals, not_equals, exists, missing, gt, gte, lt, lte, 
 impl Condition {
     /// Parses a condition found under `key` (for error messages, e.g. `if` or `if.all[1]`).
     pub fn parse(key: &str, config: Value) -> Result<Condition, ConfigError> {
-        let raw: Raw = serde_json::from_value(config)
+        let Raw {
+            field,
+            equals,
+            not_equals,
+            exists,
+            missing,
+            gt,
+            gte,
+            lt,
+            lte,
+            all,
+            any,
+        } = serde_json::from_value(config)
             .map_err(|e| ConfigError::Shape(format!("{key}: {e}")))?;
-        let mut operators = Vec::new();
-        let mut add = |name: &'static str, set: bool| {
-            if set {
-                operators.push(name);
-            }
-        };
-        add("equals", raw.equals.is_some());
-        add("not_equals", raw.not_equals.is_some());
-        add("exists", raw.exists.is_some());
-        add("missing", raw.missing.is_some());
-        add("gt", raw.gt.is_some());
-        add("gte", raw.gte.is_some());
-        add("lt", raw.lt.is_some());
-        add("lte", raw.lte.is_some());
-        add("all", raw.all.is_some());
-        add("any", raw.any.is_some());
-        let operator = match operators.as_slice() {
+        let given: Vec<&str> = [
+            ("equals", equals.is_some()),
+            ("not_equals", not_equals.is_some()),
+            ("exists", exists.is_some()),
+            ("missing", missing.is_some()),
+            ("gt", gt.is_some()),
+            ("gte", gte.is_some()),
+            ("lt", lt.is_some()),
+            ("lte", lte.is_some()),
+            ("all", all.is_some()),
+            ("any", any.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        let operator = match given.as_slice() {
             [one] => *one,
             [] => {
                 return Err(ConfigError::invalid(
@@ -95,8 +106,9 @@ impl Condition {
             }
         };
         let takes_field = !matches!(operator, "exists" | "missing" | "all" | "any");
-        let field = match (&raw.field, takes_field) {
-            (Some(field), true) => Some(path(key, "field", field)?),
+        let field = match (field, takes_field) {
+            (Some(field), true) => Some(path(key, "field", &field)?),
+            (None, false) => None,
             (None, true) => {
                 return Err(ConfigError::invalid(
                     key,
@@ -109,36 +121,29 @@ impl Condition {
                     format!("{operator} does not take a field (found \"{field}\")"),
                 ));
             }
-            (None, false) => None,
         };
-        let compare = |op, limit| field.clone().map(|f| Condition::Compare(f, op, limit));
-        let condition = match raw {
-            Raw {
-                equals: Some(v), ..
-            } => field.map(|f| Condition::Equals(f, v)),
-            Raw {
-                not_equals: Some(v),
-                ..
-            } => field.map(|f| Condition::NotEquals(f, v)),
-            Raw {
-                exists: Some(p), ..
-            } => Some(Condition::Exists(path(key, "exists", &p)?)),
-            Raw {
-                missing: Some(p), ..
-            } => Some(Condition::Missing(path(key, "missing", &p)?)),
-            Raw { gt: Some(n), .. } => compare(Comparison::Gt, n),
-            Raw { gte: Some(n), .. } => compare(Comparison::Gte, n),
-            Raw { lt: Some(n), .. } => compare(Comparison::Lt, n),
-            Raw { lte: Some(n), .. } => compare(Comparison::Lte, n),
-            Raw {
-                all: Some(list), ..
-            } => Some(Condition::All(parse_list(key, "all", list)?)),
-            Raw {
-                any: Some(list), ..
-            } => Some(Condition::Any(parse_list(key, "any", list)?)),
-            _ => None,
+        // Exactly one operator is set, and `field` is `Some` exactly when it takes one.
+        let condition = match (field, equals, not_equals, gt, gte, lt, lte) {
+            (Some(f), Some(v), ..) => Condition::Equals(f, v),
+            (Some(f), _, Some(v), ..) => Condition::NotEquals(f, v),
+            (Some(f), _, _, Some(n), ..) => Condition::Compare(f, Comparison::Gt, n),
+            (Some(f), _, _, _, Some(n), ..) => Condition::Compare(f, Comparison::Gte, n),
+            (Some(f), _, _, _, _, Some(n), _) => Condition::Compare(f, Comparison::Lt, n),
+            (Some(f), _, _, _, _, _, Some(n)) => Condition::Compare(f, Comparison::Lte, n),
+            _ => match (exists, missing, all, any) {
+                (Some(p), ..) => Condition::Exists(path(key, "exists", &p)?),
+                (_, Some(p), ..) => Condition::Missing(path(key, "missing", &p)?),
+                (_, _, Some(list), _) => Condition::All(parse_list(key, "all", list)?),
+                (_, _, _, Some(list)) => Condition::Any(parse_list(key, "any", list)?),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("needs one of {OPERATORS}"),
+                    ));
+                }
+            },
         };
-        condition.ok_or_else(|| ConfigError::invalid(key, format!("needs one of {OPERATORS}")))
+        Ok(condition)
     }
 
     pub fn matches(&self, doc: &Map<String, Value>) -> bool {
