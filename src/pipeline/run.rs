@@ -1,0 +1,108 @@
+//! One loaded pipeline and what it does to a message: decode, add MQTT metadata, run the
+//! stages in order, and settle on a document, a drop or a rejection.
+//!
+//! Metadata goes in *before* the stages, so stages can read it (`{{mqtt.topic}}`) and replace
+//! it (a `timestamp` stage writes `@timestamp`). It also means metadata wins over payload keys
+//! of the same name: a payload's own `mqtt` or `@timestamp` is overwritten, because every
+//! document in a data stream must have a well-typed `@timestamp`. Devices send their own time
+//! under another key (`ts`) and a `timestamp` stage moves it, as the shipped pipelines do.
+
+use chrono::SecondsFormat;
+use serde_json::{Map, Value, json};
+
+use super::decode::{DecodeLimits, Payload};
+use super::error::StageError;
+use super::stages::{Draft, Flow, Stage};
+use crate::document::{Document, Processed, Rejection};
+use crate::record::Message;
+use crate::topic::TopicFilter;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub(super) name: String,
+    /// Where it was loaded from, for errors about it.
+    pub(super) file: String,
+    pub(super) topics: Vec<TopicFilter>,
+    pub(super) payload: Payload,
+    pub(super) limits: DecodeLimits,
+    pub(super) stages: Vec<Stage>,
+    pub(super) default_index: String,
+}
+
+impl Pipeline {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn topics(&self) -> &[TopicFilter] {
+        &self.topics
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        self.topics.iter().any(|filter| filter.matches(topic))
+    }
+
+    /// Runs the message through this pipeline, whether or not its topics match.
+    pub fn process(&self, message: &Message) -> Processed {
+        let source = match self.payload.decode(&message.payload, &self.limits) {
+            Ok(source) => source,
+            Err(err) => return self.reject("decode", &err),
+        };
+        let mut draft = Draft {
+            source,
+            index: None,
+            id: None,
+        };
+        add_metadata(&mut draft.source, message);
+        for stage in &self.stages {
+            match stage.apply(&mut draft, message) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Drop) => {
+                    return Processed::Dropped {
+                        pipeline: self.name.clone(),
+                        stage: stage.key().to_owned(),
+                    };
+                }
+                Err(err) => return self.reject(stage.key(), &err),
+            }
+        }
+        Processed::Document(Document {
+            pipeline: self.name.clone(),
+            index: draft.index.unwrap_or_else(|| self.default_index.clone()),
+            id: draft.id,
+            source: draft.source,
+        })
+    }
+
+    fn reject(&self, stage: &str, err: &StageError) -> Processed {
+        Processed::Rejected(Rejection {
+            pipeline: Some(self.name.clone()),
+            stage: Some(stage.to_owned()),
+            reason: err.reason().to_owned(),
+            detail: err.to_string(),
+        })
+    }
+}
+
+/// `@timestamp` (receive time, RFC 3339 UTC with milliseconds) and `mqtt.{topic, qos, retain,
+/// user_properties}`. User properties are a list of `{key, value}` objects: MQTT allows a key
+/// to repeat, and keys chosen by devices must not become Elasticsearch field names.
+fn add_metadata(source: &mut Map<String, Value>, message: &Message) {
+    let mut mqtt = Map::new();
+    mqtt.insert("topic".to_owned(), Value::from(message.topic.as_str()));
+    mqtt.insert("qos".to_owned(), Value::from(message.qos.level()));
+    mqtt.insert("retain".to_owned(), Value::from(message.retain));
+    if !message.user_properties.is_empty() {
+        let properties = message
+            .user_properties
+            .iter()
+            .map(|(key, value)| json!({"key": key, "value": value}))
+            .collect();
+        mqtt.insert("user_properties".to_owned(), Value::Array(properties));
+    }
+    let received = message
+        .received_at
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    source.insert("@timestamp".to_owned(), Value::String(received));
+    source.insert("mqtt".to_owned(), Value::Object(mqtt));
+}
