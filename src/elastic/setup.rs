@@ -253,4 +253,77 @@ mod tests {
         );
         assert_eq!(error_reason("Bad Gateway"), "\"Bad Gateway\"");
     }
+
+    // ---- install_templates against the stand-in (faults a real node will not show on cue) ----
+
+    use crate::{
+        elastic::{ElasticsearchSettings, build_client},
+        sink::stand_in::{Reply, StandIn},
+    };
+
+    fn client(url: &str) -> Elasticsearch {
+        build_client(&ElasticsearchSettings {
+            url: url.to_owned(),
+            gzip: false,
+            ..ElasticsearchSettings::default()
+        })
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn installing_puts_each_template_under_its_name() {
+        let es = StandIn::start(|_, _| Reply::Json(200, r#"{"acknowledged":true}"#.into())).await;
+        install_templates(&client(&es.url), "mqtt2es-", "mqtt2es-deadletter")
+            .await
+            .expect("installed");
+
+        let requests = es.requests();
+        let sent: Vec<(&str, &str)> = requests
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("PUT", "/_index_template/mqtt2es-streams"),
+                ("PUT", "/_index_template/mqtt2es-deadletter"),
+            ]
+        );
+        let body: Value = serde_json::from_str(&requests[0].body).expect("json");
+        assert_eq!(body["index_patterns"], json!(["mqtt2es-*"]));
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_reported_as_unauthorized_and_not_retryable() {
+        let es = StandIn::start(|_, _| {
+            Reply::Json(
+                403,
+                r#"{"error":{"type":"security_exception","reason":"action [indices:admin/index_template/put] is unauthorized for user [writer]"},"status":403}"#.into(),
+            )
+        })
+        .await;
+        let err = install_templates(&client(&es.url), "mqtt2es-", "mqtt2es-deadletter")
+            .await
+            .expect_err("unauthorized");
+        assert!(matches!(err, SetupError::Unauthorized { status: 403, .. }));
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(text.contains("\"mqtt2es-streams\""), "{text}");
+        assert!(text.contains("unauthorized for user [writer]"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_reported_as_retryable() {
+        let url = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            format!("http://{}", listener.local_addr().expect("address"))
+        };
+        let err = install_templates(&client(&url), "mqtt2es-", "mqtt2es-deadletter")
+            .await
+            .expect_err("unreachable");
+        assert!(matches!(err, SetupError::Unreachable { .. }), "{err}");
+        assert!(err.is_retryable());
+    }
 }

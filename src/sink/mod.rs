@@ -33,6 +33,8 @@ use crate::{
 pub mod batcher;
 pub mod bulk;
 pub mod dead_letter;
+#[cfg(test)]
+pub(crate) mod stand_in;
 pub mod writer;
 
 pub use batcher::{Batch, Batcher};

@@ -1,27 +1,14 @@
-//! Writer tests against a fault-injection stand-in for Elasticsearch.
-//!
-//! A stand-in is used on purpose: a real node cannot be made to answer 429, 413, 503, hang, or
-//! drop a connection on cue. It is a tokio `TcpListener` on 127.0.0.1:0 speaking just enough
-//! HTTP/1.1 to serve `_bulk`, answering each request with whatever the test's handler says.
+//! Writer tests against the fault-injection stand-in for Elasticsearch (`sink::stand_in`):
+//! a real node cannot be made to answer 429, 413, 503, hang, or drop a connection on cue.
 //! End-to-end behaviour against a real node is tested elsewhere.
 //!
 //! Tests synchronise on `run` returning and on the settlements it sent, never on sleeps;
 //! backoffs are set to a millisecond so retries cost nothing.
 
-use std::{
-    num::NonZeroUsize,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::num::NonZeroUsize;
 
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -30,179 +17,11 @@ use crate::{
     elastic::{ElasticsearchSettings, build_client},
     record::{Ack, Settled, Settlement},
     sink::{
-        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings, dead_letter::tests::message,
+        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
+        dead_letter::tests::message,
+        stand_in::{Reply, Request, StandIn},
     },
 };
-
-// ---- the stand-in ----
-
-#[derive(Debug, Clone)]
-struct Request {
-    path: String,
-    body: String,
-}
-
-impl Request {
-    /// The `(action, source)` pairs of a bulk body.
-    fn ops(&self) -> Vec<(Value, Value)> {
-        let lines: Vec<Value> = self
-            .body
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        lines
-            .chunks(2)
-            .map(|pair| (pair[0].clone(), pair[1].clone()))
-            .collect()
-    }
-
-    fn indices(&self) -> Vec<String> {
-        self.ops()
-            .iter()
-            .map(|(action, _)| action["create"]["_index"].as_str().unwrap_or("").to_owned())
-            .collect()
-    }
-}
-
-enum Reply {
-    Json(u16, String),
-    /// Never answer: the client's request timeout must fire.
-    Hang,
-    /// Close the connection without a response.
-    Drop,
-}
-
-type Handler = Box<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
-
-struct StandIn {
-    url: String,
-    requests: Arc<Mutex<Vec<Request>>>,
-}
-
-impl StandIn {
-    async fn start(handler: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(Box::new(handler));
-        let count = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&requests);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (handler, count, seen) =
-                    (Arc::clone(&handler), Arc::clone(&count), Arc::clone(&seen));
-                tokio::spawn(serve(stream, handler, count, seen));
-            }
-        });
-        StandIn { url, requests }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().expect("lock").clone()
-    }
-}
-
-async fn serve(
-    mut stream: TcpStream,
-    handler: Arc<Handler>,
-    count: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Request>>>,
-) {
-    let mut buffer = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut stream, &mut buffer).await else {
-            return;
-        };
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        seen.lock().expect("lock").push(request.clone());
-        match handler(n, &request) {
-            Reply::Json(status, body) => {
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\n\r\n",
-                    body.len()
-                );
-                let sent = async {
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(body.as_bytes()).await
-                };
-                if sent.await.is_err() {
-                    return;
-                }
-            }
-            Reply::Hang => std::future::pending::<()>().await,
-            Reply::Drop => return,
-        }
-    }
-}
-
-/// Reads one request (headers and a content-length or chunked body); None at end of stream.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Request> {
-    let head_end = loop {
-        if let Some(at) = find(buffer, b"\r\n\r\n") {
-            break at;
-        }
-        fill(stream, buffer).await?;
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-    buffer.drain(..head_end + 4);
-    let path = head.split_whitespace().nth(1)?.to_owned();
-    let header = |name: &str| {
-        head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_owned())
-        })
-    };
-    let mut body = Vec::new();
-    if let Some(length) = header("content-length") {
-        let length: usize = length.parse().ok()?;
-        while buffer.len() < length {
-            fill(stream, buffer).await?;
-        }
-        body.extend(buffer.drain(..length));
-    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            let line_end = loop {
-                if let Some(at) = find(buffer, b"\r\n") {
-                    break at;
-                }
-                fill(stream, buffer).await?;
-            };
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&buffer[..line_end]).trim(), 16)
-                    .ok()?;
-            buffer.drain(..line_end + 2);
-            while buffer.len() < size + 2 {
-                fill(stream, buffer).await?;
-            }
-            body.extend(buffer.drain(..size));
-            buffer.drain(..2);
-            if size == 0 {
-                break;
-            }
-        }
-    }
-    Some(Request {
-        path,
-        body: String::from_utf8(body).expect("a utf-8 body (gzip is off in these tests)"),
-    })
-}
-
-async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 8192];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buffer.extend_from_slice(&chunk[..n]);
-            Some(())
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
 
 /// A bulk response with these item statuses, shaped as `filter_path` leaves it.
 fn items(statuses: &[u16]) -> Reply {
