@@ -197,9 +197,11 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
 
     let writer = sink::Writer::new(
         client,
-        config.batch.clone(),
-        config.retry.clone(),
-        config.dead_letter.clone(),
+        sink::SinkSettings {
+            batch: config.batch.clone(),
+            retry: config.retry.clone(),
+            dead_letter: config.dead_letter.clone(),
+        },
     );
     let mut sink_task = tokio::spawn(sink::run(routed_rx, writer, abandon.clone()));
     let processor = tokio::spawn(run_processor(

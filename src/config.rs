@@ -201,7 +201,13 @@ impl Config {
                 }
             }
         }
-        self.elasticsearch.resolve_paths(base);
+        let es = &mut self.elasticsearch;
+        for file in [&mut es.password_file, &mut es.api_key_file, &mut es.ca_file]
+            .into_iter()
+            .flatten()
+        {
+            resolve(file);
+        }
     }
 
     /// Cross-field rules serde cannot express; also reads secret files.

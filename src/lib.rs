@@ -12,6 +12,7 @@
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
+//! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
 //! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
 //! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.

@@ -1,0 +1,719 @@
+//! The `_bulk` protocol without the I/O: turning routed records into NDJSON `create` ops, and
+//! turning Elasticsearch's answer into one decision per item.
+//!
+//! Classification is a pure function of (HTTP status, response body, which items carry a
+//! deterministic id), so every row of the table is tested against canned responses. The one
+//! decision a reader might question: anything we cannot positively classify as stored or as
+//! the document's own fault is *retried*, never dropped, because an acknowledged MQTT message
+//! must be durable. Unknown and security failures are retried with an error-level log, so an
+//! operator sees them while the backpressure holds intake.
+//!
+//! Requests are sent with `filter_path=errors,items.*.status,items.*.error` to keep responses
+//! small. Filtering keeps the `items` array in request order, so results are matched to items
+//! by position, which is also what Elasticsearch documents for `_bulk`.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Routed, dead_letter};
+use crate::{
+    document::{Processed, Rejection},
+    record::{Ack, Message},
+};
+
+/// The response filter for every bulk request.
+pub const FILTER_PATH: &[&str] = &["errors", "items.*.status", "items.*.error"];
+
+/// Dead-letter reason: the encoded document is larger than a bulk request may be.
+pub const DOCUMENT_TOO_LARGE: &str = "document_too_large";
+/// Dead-letter reason: the document does not fit the data stream's mappings.
+pub const MAPPING_CONFLICT: &str = "mapping_conflict";
+/// Dead-letter reason: any other per-document refusal (400, 404, conflict without our id).
+pub const REJECTED_BY_ELASTICSEARCH: &str = "rejected_by_elasticsearch";
+
+/// What an item is: a document, or the dead letter of a message that could not be one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Document { pipeline: String, has_id: bool },
+    DeadLetter { reason: String },
+}
+
+/// One `create` op on its way to Elasticsearch, with what it needs to settle or be
+/// dead-lettered later.
+#[derive(Debug)]
+pub struct Item {
+    pub kind: Kind,
+    /// Kept (the payload is shared, not copied) so a document refused by Elasticsearch can
+    /// still become a dead letter with its original topic and payload.
+    pub message: Message,
+    pub ack: Ack,
+    /// Retryable failures so far; dead letters go to the local file after a few.
+    pub failures: u32,
+    ndjson: Vec<u8>,
+    source_at: usize,
+}
+
+impl Item {
+    /// Encoded size in the bulk body (both lines and their newlines).
+    pub fn bytes(&self) -> usize {
+        self.ndjson.len()
+    }
+
+    /// The document's JSON alone, without a newline: a line of the dead-letter file.
+    pub fn source(&self) -> &[u8] {
+        &self.ndjson[self.source_at..self.ndjson.len() - 1]
+    }
+
+    pub fn has_id(&self) -> bool {
+        matches!(self.kind, Kind::Document { has_id: true, .. })
+    }
+}
+
+/// What to do with a routed record before batching.
+#[derive(Debug)]
+pub enum Prepared {
+    /// A pipeline dropped it on purpose: settle now.
+    Drop(Ack),
+    /// Batch it.
+    Send(Item),
+    /// A dead letter too large for any bulk request: straight to the local file.
+    ToFile(Item),
+}
+
+/// Encodes a routed record, dead-lettering documents too large to ever be sent.
+pub fn prepare(routed: Routed, dead_letter_index: &str, max_bytes: usize) -> Prepared {
+    let Routed {
+        message,
+        processed,
+        ack,
+    } = routed;
+    match processed {
+        Processed::Dropped { .. } => Prepared::Drop(ack),
+        Processed::Rejected(rejection) => send_or_file(
+            dead_letter_item(message, ack, &rejection, dead_letter_index),
+            max_bytes,
+        ),
+        Processed::Document(doc) => {
+            let (ndjson, source_at) = encode(&doc.index, doc.id.as_deref(), &doc.source);
+            if ndjson.len() > max_bytes {
+                let rejection = Rejection {
+                    pipeline: Some(doc.pipeline),
+                    stage: Some("bulk".to_owned()),
+                    reason: DOCUMENT_TOO_LARGE.to_owned(),
+                    detail: format!(
+                        "the document encodes to {} bytes, more than max_bytes {max_bytes}",
+                        ndjson.len()
+                    ),
+                };
+                return send_or_file(
+                    dead_letter_item(message, ack, &rejection, dead_letter_index),
+                    max_bytes,
+                );
+            }
+            Prepared::Send(Item {
+                kind: Kind::Document {
+                    pipeline: doc.pipeline,
+                    has_id: doc.id.is_some(),
+                },
+                message,
+                ack,
+                failures: 0,
+                ndjson,
+                source_at,
+            })
+        }
+    }
+}
+
+/// The dead letter of `message` as an item for the dead-letter stream.
+pub fn dead_letter_item(
+    message: Message,
+    ack: Ack,
+    rejection: &Rejection,
+    dead_letter_index: &str,
+) -> Item {
+    let source = dead_letter::document(&message, rejection);
+    let (ndjson, source_at) = encode(dead_letter_index, None, &source);
+    Item {
+        kind: Kind::DeadLetter {
+            reason: rejection.reason.clone(),
+        },
+        message,
+        ack,
+        failures: 0,
+        ndjson,
+        source_at,
+    }
+}
+
+/// A dead letter too large for any bulk request goes straight to the file.
+fn send_or_file(letter: Item, max_bytes: usize) -> Prepared {
+    if letter.bytes() > max_bytes {
+        Prepared::ToFile(letter)
+    } else {
+        Prepared::Send(letter)
+    }
+}
+
+/// `{"create":{"_index":..,"_id":..}}\n{source}\n`, and where the source starts.
+fn encode(index: &str, id: Option<&str>, source: &Map<String, Value>) -> (Vec<u8>, usize) {
+    let action = match id {
+        Some(id) => json!({ "create": { "_index": index, "_id": id } }),
+        None => json!({ "create": { "_index": index } }),
+    };
+    let mut out = Vec::with_capacity(128);
+    // Serialising a `Value` or a string-keyed map into memory has no failure mode.
+    serde_json::to_writer(&mut out, &action).expect("a JSON value always serialises");
+    out.push(b'\n');
+    let source_at = out.len();
+    serde_json::to_writer(&mut out, source).expect("a JSON map always serialises");
+    out.push(b'\n');
+    (out, source_at)
+}
+
+/// The NDJSON body for these items, in order.
+pub fn body(items: &[Item]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.iter().map(Item::bytes).sum());
+    for item in items {
+        out.extend_from_slice(&item.ndjson);
+    }
+    out
+}
+
+/// The decision for one item of a bulk response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    /// 409 on our deterministic id: a redelivery of something already durable.
+    AlreadyStored,
+    /// Send it again after a backoff. `loud`: not a load or availability problem, so an
+    /// operator must act (security, unknown status).
+    Retry {
+        reason: String,
+        loud: bool,
+    },
+    /// The document's own fault: dead-letter it with this reason and detail.
+    Reject {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// The decision for a whole bulk request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// One outcome per item, in request order.
+    Items(Vec<Outcome>),
+    /// 413 for several items: send each half on its own.
+    Split,
+    /// 413 for a single item: it can never be sent.
+    TooLarge,
+    /// Nothing was stored; send the whole request again after a backoff.
+    RetryAll { reason: String, loud: bool },
+}
+
+/// Classifies a bulk response. `has_id[i]` tells whether item `i` carries a deterministic id.
+pub fn classify(status: u16, body: &[u8], has_id: &[bool]) -> Plan {
+    match status {
+        200..=299 => classify_items(body, has_id),
+        413 if has_id.len() > 1 => Plan::Split,
+        413 => Plan::TooLarge,
+        429 | 500..=599 => Plan::RetryAll {
+            reason: describe(status, request_error(body).as_ref()),
+            loud: false,
+        },
+        _ => {
+            let error = request_error(body);
+            Plan::RetryAll {
+                loud: !is_cluster_block(error.as_ref()),
+                reason: describe(status, error.as_ref()),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    errors: bool,
+    #[serde(default)]
+    items: Vec<HashMap<String, ItemResult>>,
+}
+
+#[derive(Deserialize)]
+struct ItemResult {
+    status: u16,
+    error: Option<Value>,
+}
+
+fn classify_items(body: &[u8], has_id: &[bool]) -> Plan {
+    let response: BulkResponse = match serde_json::from_slice(body) {
+        Ok(response) => response,
+        Err(e) => {
+            return Plan::RetryAll {
+                reason: format!("unreadable bulk response: {e}"),
+                loud: true,
+            };
+        }
+    };
+    if !response.errors && response.items.is_empty() {
+        return Plan::Items(vec![Outcome::Stored; has_id.len()]);
+    }
+    let outcomes = has_id
+        .iter()
+        .enumerate()
+        .map(
+            |(i, &has_id)| match response.items.get(i).and_then(|op| op.values().next()) {
+                Some(result) => item_outcome(result.status, result.error.as_ref(), has_id),
+                None => Outcome::Retry {
+                    reason: format!(
+                        "the bulk response has {} items for {} sent",
+                        response.items.len(),
+                        i + 1
+                    ),
+                    loud: true,
+                },
+            },
+        )
+        .collect();
+    Plan::Items(outcomes)
+}
+
+fn item_outcome(status: u16, error: Option<&Value>, has_id: bool) -> Outcome {
+    match status {
+        200..=299 => Outcome::Stored,
+        409 if has_id => Outcome::AlreadyStored,
+        429 | 500..=599 => Outcome::Retry {
+            reason: describe(status, error),
+            loud: false,
+        },
+        400 | 404 | 409 => Outcome::Reject {
+            reason: if status == 400 && is_mapping_error(error) {
+                MAPPING_CONFLICT
+            } else {
+                REJECTED_BY_ELASTICSEARCH
+            },
+            detail: describe(status, error),
+        },
+        _ => Outcome::Retry {
+            loud: !is_cluster_block(error),
+            reason: describe(status, error),
+        },
+    }
+}
+
+fn error_type(error: Option<&Value>) -> Option<&str> {
+    error?.get("type")?.as_str()
+}
+
+fn is_mapping_error(error: Option<&Value>) -> bool {
+    matches!(
+        error_type(error),
+        Some(
+            "document_parsing_exception"
+                | "mapper_parsing_exception"
+                | "strict_dynamic_mapping_exception"
+                | "mapper_exception"
+        )
+    )
+}
+
+/// A cluster block (read-only after the flood-stage disk watermark, no master) is an
+/// availability problem that resolves itself, whatever status it comes with.
+fn is_cluster_block(error: Option<&Value>) -> bool {
+    error_type(error) == Some("cluster_block_exception")
+}
+
+/// The `error` object of a whole-request failure, if the body is an Elasticsearch error.
+fn request_error(body: &[u8]) -> Option<Value> {
+    let mut parsed: Value = serde_json::from_slice(body).ok()?;
+    Some(parsed.get_mut("error")?.take())
+}
+
+/// Longest reason kept from Elasticsearch: some (`es_rejected_execution_exception`) run to
+/// kilobytes of thread-pool state.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `http 400 document_parsing_exception: "[1:9] failed to parse ..." (caused by ...)`.
+fn describe(status: u16, error: Option<&Value>) -> String {
+    let mut text = format!("http {status}");
+    let mut cause = error;
+    let mut first = true;
+    while let Some(error) = cause {
+        let ty = error.get("type").and_then(Value::as_str);
+        let reason = error
+            .get("reason")
+            .and_then(Value::as_str)
+            .or_else(|| error.as_str());
+        let part = match (ty, reason) {
+            (Some(ty), Some(reason)) => format!("{ty}: {:?}", truncate(reason)),
+            (Some(ty), None) => ty.to_owned(),
+            (None, Some(reason)) => format!("{:?}", truncate(reason)),
+            (None, None) => break,
+        };
+        if first {
+            text.push(' ');
+            text.push_str(&part);
+        } else {
+            text.push_str(&format!(" (caused by {part})"));
+        }
+        first = false;
+        cause = error.get("caused_by");
+    }
+    text
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(MAX_REASON_CHARS) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{document::Document, record::Ack, sink::dead_letter::tests::message};
+
+    fn routed(processed: Processed) -> Routed {
+        Routed {
+            message: message(b"{\"t\":21.5}"),
+            processed,
+            ack: Ack::none(),
+        }
+    }
+
+    fn document(id: Option<&str>) -> Processed {
+        let source = json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 21.5});
+        Processed::Document(Document {
+            pipeline: "thermometers".to_owned(),
+            index: "mqtt2es-temp".to_owned(),
+            id: id.map(str::to_owned),
+            source: source.as_object().expect("an object").clone(),
+        })
+    }
+
+    fn lines(bytes: &[u8]) -> Vec<Value> {
+        std::str::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
+
+    fn sent(prepared: Prepared) -> Item {
+        match prepared {
+            Prepared::Send(item) => item,
+            other => panic!("expected an item to send, got {other:?}"),
+        }
+    }
+
+    // ---- encoding ----
+
+    #[test]
+    fn a_document_with_an_id_becomes_a_create_op_with_that_id() {
+        let item = sent(prepare(routed(document(Some("abc"))), "dl", 1 << 20));
+        assert_eq!(
+            lines(&body(&[item])),
+            [
+                json!({"create": {"_index": "mqtt2es-temp", "_id": "abc"}}),
+                json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 21.5}),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_document_without_an_id_lets_elasticsearch_choose_one() {
+        let item = sent(prepare(routed(document(None)), "dl", 1 << 20));
+        assert!(!item.has_id());
+        assert_eq!(
+            lines(&body(&[item]))[0],
+            json!({"create": {"_index": "mqtt2es-temp"}})
+        );
+    }
+
+    #[test]
+    fn the_body_is_the_items_in_order_each_line_newline_terminated() {
+        let a = sent(prepare(routed(document(Some("a"))), "dl", 1 << 20));
+        let b = sent(prepare(routed(document(Some("b"))), "dl", 1 << 20));
+        let total = a.bytes() + b.bytes();
+        let body = body(&[a, b]);
+        assert_eq!(body.len(), total);
+        assert!(body.ends_with(b"\n"));
+        let ids: Vec<_> = lines(&body)
+            .iter()
+            .step_by(2)
+            .map(|op| op["create"]["_id"].clone())
+            .collect();
+        assert_eq!(ids, [json!("a"), json!("b")]);
+    }
+
+    #[test]
+    fn the_source_of_an_item_is_its_json_line_without_newline() {
+        let item = sent(prepare(routed(document(None)), "dl", 1 << 20));
+        let source: Value = serde_json::from_slice(item.source()).expect("json");
+        assert_eq!(source["t"], json!(21.5));
+        assert!(!item.source().ends_with(b"\n"));
+    }
+
+    #[test]
+    fn a_rejection_becomes_a_dead_letter_op_into_the_dead_letter_stream() {
+        let rejection = Rejection {
+            pipeline: Some("thermometers".to_owned()),
+            stage: Some("decode".to_owned()),
+            reason: "invalid_json".to_owned(),
+            detail: "bad".to_owned(),
+        };
+        let item = sent(prepare(
+            routed(Processed::Rejected(rejection)),
+            "mqtt2es-deadletter",
+            1 << 20,
+        ));
+        assert_eq!(
+            item.kind,
+            Kind::DeadLetter {
+                reason: "invalid_json".to_owned()
+            }
+        );
+        let lines = lines(&body(&[item]));
+        assert_eq!(
+            lines[0],
+            json!({"create": {"_index": "mqtt2es-deadletter"}})
+        );
+        assert_eq!(lines[1]["payload"], "{\"t\":21.5}");
+    }
+
+    #[test]
+    fn a_dropped_record_is_settled_without_encoding() {
+        let prepared = prepare(
+            routed(Processed::Dropped {
+                pipeline: "p".to_owned(),
+                stage: "drop".to_owned(),
+            }),
+            "dl",
+            1 << 20,
+        );
+        assert!(matches!(prepared, Prepared::Drop(_)));
+    }
+
+    #[test]
+    fn a_document_larger_than_max_bytes_becomes_a_document_too_large_dead_letter() {
+        let Processed::Document(mut doc) = document(Some("a")) else {
+            unreachable!("document() makes a document")
+        };
+        doc.source
+            .insert("blob".to_owned(), json!("x".repeat(1000)));
+        let item = sent(prepare(routed(Processed::Document(doc)), "dl", 900));
+        assert_eq!(
+            item.kind,
+            Kind::DeadLetter {
+                reason: DOCUMENT_TOO_LARGE.to_owned()
+            }
+        );
+        let letter: Value = serde_json::from_slice(item.source()).expect("json");
+        assert_eq!(letter["pipeline"], "thermometers");
+        assert_eq!(letter["stage"], "bulk");
+        assert!(
+            letter["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("more than max_bytes 900")),
+            "{letter}"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_any_request_goes_straight_to_the_file() {
+        let prepared = prepare(routed(document(Some("a"))), "dl", 50);
+        match prepared {
+            Prepared::ToFile(item) => assert_eq!(
+                item.kind,
+                Kind::DeadLetter {
+                    reason: DOCUMENT_TOO_LARGE.to_owned()
+                }
+            ),
+            other => panic!("expected the file, got {other:?}"),
+        }
+    }
+
+    // ---- classification: canned responses in the shapes Elasticsearch sends with
+    // filter_path=errors,items.*.status,items.*.error ----
+
+    const ALL_CREATED: &str =
+        r#"{"errors":false,"items":[{"create":{"status":201}},{"create":{"status":201}}]}"#;
+
+    const MIXED: &str = r#"{"errors":true,"items":[
+        {"create":{"status":201}},
+        {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[abc]: version conflict, document already exists (current version [1])","index_uuid":"x","shard":"0","index":".ds-mqtt2es-temp-2025.03.01-000001"}}},
+        {"create":{"status":400,"error":{"type":"document_parsing_exception","reason":"[1:43] failed to parse field [t] of type [float] in document with id 'def'. Preview of field's value: 'hot'","caused_by":{"type":"number_format_exception","reason":"For input string: \"hot\""}}}},
+        {"create":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0, all_bytes=0, coordinating_operation_bytes=110, max_coordinating_and_primary_bytes=0]"}}},
+        {"create":{"status":503,"error":{"type":"unavailable_shards_exception","reason":"[.ds-mqtt2es-temp-2025.03.01-000001][0] primary shard is not active Timeout: [1m]"}}},
+        {"create":{"status":403,"error":{"type":"cluster_block_exception","reason":"index [.ds-mqtt2es-temp-2025.03.01-000001] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"}}},
+        {"create":{"status":404,"error":{"type":"index_not_found_exception","reason":"no such index [mqtt2es-temp] and [require_data_stream] request flag is [true] and [mqtt2es-temp] is not a data stream","index":"mqtt2es-temp"}}},
+        {"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"only write ops with an op_type of create are allowed in data streams"}}},
+        {"create":{"status":403,"error":{"type":"security_exception","reason":"action [indices:data/write/bulk[s]] is unauthorized for user [writer] with effective roles [reader] on indices [mqtt2es-temp]"}}},
+        {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[x]: version conflict"}}}
+    ]}"#;
+
+    #[test]
+    fn every_item_created_is_stored() {
+        assert_eq!(
+            classify(200, ALL_CREATED.as_bytes(), &[true, false]),
+            Plan::Items(vec![Outcome::Stored, Outcome::Stored])
+        );
+    }
+
+    #[test]
+    fn a_response_without_errors_and_without_items_stores_everything() {
+        assert_eq!(
+            classify(200, br#"{"errors":false}"#, &[true, true, true]),
+            Plan::Items(vec![Outcome::Stored; 3])
+        );
+    }
+
+    #[test]
+    fn each_item_status_maps_to_its_row_of_the_table() {
+        let has_id = [true, true, true, true, true, true, true, true, true, false];
+        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &has_id) else {
+            panic!("expected per-item outcomes");
+        };
+        let short: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Stored => "stored".to_owned(),
+                Outcome::AlreadyStored => "already_stored".to_owned(),
+                Outcome::Retry { loud: false, .. } => "retry".to_owned(),
+                Outcome::Retry { loud: true, .. } => "retry_loudly".to_owned(),
+                Outcome::Reject { reason, .. } => format!("reject {reason}"),
+            })
+            .collect();
+        assert_eq!(
+            short,
+            [
+                "stored",
+                "already_stored",
+                "reject mapping_conflict",
+                "retry",
+                "retry",
+                "retry",
+                "reject rejected_by_elasticsearch",
+                "reject rejected_by_elasticsearch",
+                "retry_loudly",
+                // 409 on an id Elasticsearch chose is not a redelivery we caused.
+                "reject rejected_by_elasticsearch",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mapping_conflict_detail_quotes_the_error_type_reason_and_cause() {
+        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &[true; 10]) else {
+            panic!("expected per-item outcomes");
+        };
+        let Outcome::Reject { detail, .. } = &outcomes[2] else {
+            panic!("expected a rejection, got {:?}", outcomes[2]);
+        };
+        assert_eq!(
+            detail,
+            "http 400 document_parsing_exception: \"[1:43] failed to parse field [t] of type \
+             [float] in document with id 'def'. Preview of field's value: 'hot'\" \
+             (caused by number_format_exception: \"For input string: \\\"hot\\\"\")"
+        );
+    }
+
+    #[test]
+    fn a_mapper_parsing_exception_is_a_mapping_conflict_too() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [t]"}}}]}"#;
+        assert!(matches!(
+            classify(200, body.as_bytes(), &[false]),
+            Plan::Items(o) if matches!(o[0], Outcome::Reject { reason: MAPPING_CONFLICT, .. })
+        ));
+    }
+
+    #[test]
+    fn items_missing_from_the_response_are_retried_loudly_not_assumed_stored() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":201}}]}"#;
+        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[true, true]) else {
+            panic!("expected per-item outcomes");
+        };
+        assert_eq!(outcomes[0], Outcome::Stored);
+        assert!(matches!(outcomes[1], Outcome::Retry { loud: true, .. }));
+    }
+
+    #[test]
+    fn an_unreadable_success_body_retries_the_whole_request_loudly() {
+        assert!(matches!(
+            classify(200, b"<html>proxy</html>", &[true]),
+            Plan::RetryAll { loud: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_413_for_several_items_splits_the_batch() {
+        assert_eq!(classify(413, b"", &[true, true, true]), Plan::Split);
+    }
+
+    #[test]
+    fn a_413_for_a_single_item_means_it_is_too_large() {
+        assert_eq!(classify(413, b"", &[true]), Plan::TooLarge);
+    }
+
+    #[test]
+    fn a_whole_request_429_or_5xx_retries_everything_quietly() {
+        let body = r#"{"error":{"root_cause":[],"type":"es_rejected_execution_exception","reason":"rejected execution"},"status":429}"#;
+        assert_eq!(
+            classify(429, body.as_bytes(), &[true]),
+            Plan::RetryAll {
+                reason: "http 429 es_rejected_execution_exception: \"rejected execution\""
+                    .to_owned(),
+                loud: false
+            }
+        );
+        for status in [500, 502, 503, 504] {
+            assert!(matches!(
+                classify(status, b"Bad Gateway", &[true]),
+                Plan::RetryAll { loud: false, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_whole_request_security_failure_retries_everything_loudly() {
+        let body = r#"{"error":{"root_cause":[{"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]"}],"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]","header":{"WWW-Authenticate":"Basic realm=\"security\", charset=\"UTF-8\""}},"status":401}"#;
+        assert!(matches!(
+            classify(401, body.as_bytes(), &[true]),
+            Plan::RetryAll { loud: true, reason } if reason.contains("unable to authenticate")
+        ));
+        assert!(matches!(
+            classify(403, b"", &[true]),
+            Plan::RetryAll { loud: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_whole_request_cluster_block_retries_everything_quietly() {
+        let body = r#"{"error":{"root_cause":[],"type":"cluster_block_exception","reason":"blocked by: [SERVICE_UNAVAILABLE/2/no master];"},"status":403}"#;
+        assert!(matches!(
+            classify(403, body.as_bytes(), &[true]),
+            Plan::RetryAll { loud: false, .. }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_whole_request_status_retries_loudly_rather_than_dropping() {
+        for status in [400, 404, 418] {
+            assert!(matches!(
+                classify(status, b"", &[true]),
+                Plan::RetryAll { loud: true, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn very_long_reasons_are_truncated() {
+        let long = "x".repeat(5000);
+        let error = json!({"type": "t", "reason": long});
+        assert!(describe(500, Some(&error)).len() < MAX_REASON_CHARS + 50);
+    }
+}

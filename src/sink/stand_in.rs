@@ -1,0 +1,190 @@
+//! A fault-injection stand-in for Elasticsearch, for tests only.
+//!
+//! Used on purpose where a real node cannot produce the fault on cue: 429, 413, 503, a hung
+//! request, a dropped connection, a refused credential. It is a tokio `TcpListener` on
+//! 127.0.0.1:0 speaking just enough HTTP/1.1 (content-length or chunked bodies, keep-alive),
+//! answering each request with whatever the test's handler returns. Bodies must be plain:
+//! tests build their clients with `gzip: false`.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+impl Request {
+    /// The `(action, source)` pairs of a bulk body.
+    pub fn ops(&self) -> Vec<(Value, Value)> {
+        let lines: Vec<Value> = self
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        lines
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect()
+    }
+
+    pub fn indices(&self) -> Vec<String> {
+        self.ops()
+            .iter()
+            .map(|(action, _)| action["create"]["_index"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+pub enum Reply {
+    Json(u16, String),
+    /// Never answer: the client's request timeout must fire.
+    Hang,
+    /// Close the connection without a response.
+    Drop,
+}
+
+type Handler = Box<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
+
+pub struct StandIn {
+    pub url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl StandIn {
+    pub async fn start(handler: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(Box::new(handler));
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (handler, count, seen) =
+                    (Arc::clone(&handler), Arc::clone(&count), Arc::clone(&seen));
+                tokio::spawn(serve(stream, handler, count, seen));
+            }
+        });
+        StandIn { url, requests }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    handler: Arc<Handler>,
+    count: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Request>>>,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut stream, &mut buffer).await else {
+            return;
+        };
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        seen.lock().expect("lock").push(request.clone());
+        match handler(n, &request) {
+            Reply::Json(status, body) => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let sent = async {
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(body.as_bytes()).await
+                };
+                if sent.await.is_err() {
+                    return;
+                }
+            }
+            Reply::Hang => std::future::pending::<()>().await,
+            Reply::Drop => return,
+        }
+    }
+}
+
+/// Reads one request (headers and a content-length or chunked body); None at end of stream.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Request> {
+    let head_end = loop {
+        if let Some(at) = find(buffer, b"\r\n\r\n") {
+            break at;
+        }
+        fill(stream, buffer).await?;
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    buffer.drain(..head_end + 4);
+    let mut words = head.split_whitespace();
+    let method = words.next()?.to_owned();
+    let path = words.next()?.to_owned();
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    };
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length") {
+        let length: usize = length.parse().ok()?;
+        while buffer.len() < length {
+            fill(stream, buffer).await?;
+        }
+        body.extend(buffer.drain(..length));
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(at) = find(buffer, b"\r\n") {
+                    break at;
+                }
+                fill(stream, buffer).await?;
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&buffer[..line_end]).trim(), 16)
+                    .ok()?;
+            buffer.drain(..line_end + 2);
+            while buffer.len() < size + 2 {
+                fill(stream, buffer).await?;
+            }
+            body.extend(buffer.drain(..size));
+            buffer.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some(Request {
+        method,
+        path,
+        body: String::from_utf8(body).expect("a utf-8 body (gzip is off in these tests)"),
+    })
+}
+
+async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -1,0 +1,529 @@
+//! The writer task: takes routed records from a channel, batches them, keeps up to
+//! `concurrent_requests` bulk requests in flight, and settles each record the moment it is
+//! durable.
+//!
+//! Settlement order is deliberately not this task's concern: the producer acknowledges MQTT
+//! messages in arrival order itself (it holds back a settled record until those before it
+//! settle), so the writer settles as soon as it can and never waits on a slower request.
+//!
+//! Each closed batch is delivered by its own task, which owns the batch until every item is
+//! stored or dead-lettered: retryable items loop there with backoff, refused documents become
+//! dead letters sent right away, 413 splits the batch in halves. Because such a task may loop
+//! for as long as Elasticsearch is down, only the abandon signal can end it; aborting it drops
+//! its unsettled acks, which is the "not durable, redeliver later" outcome.
+
+use std::{sync::Arc, time::Duration};
+
+use elasticsearch::{BulkParts, Elasticsearch};
+use tokio::{
+    sync::mpsc,
+    task::{JoinError, JoinSet},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    Routed, SinkReport, SinkSettings, SinkStats,
+    batcher::{Batch, Batcher},
+    bulk::{self, DOCUMENT_TOO_LARGE, Item, Kind, Outcome, Plan, Prepared},
+    bump,
+    dead_letter::{self, DeadLetterFile},
+};
+use crate::{document::Rejection, record::Settlement, sink::RetrySettings};
+
+/// Everything the writer task needs; built once at startup.
+#[derive(Debug)]
+pub struct Writer {
+    client: Elasticsearch,
+    settings: SinkSettings,
+    stats: Arc<SinkStats>,
+}
+
+impl Writer {
+    /// `client` should come from `elastic::build_client`, which sets the request timeout and
+    /// gzip.
+    pub fn new(client: Elasticsearch, settings: SinkSettings) -> Self {
+        Writer {
+            client,
+            settings,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters, for periodic logging or metrics while the writer runs.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+/// What ends the writer with an error. Failures of records never do (they are retried or
+/// dead-lettered); only a bug does.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("a bulk delivery task panicked: {0}")]
+    Panicked(#[source] JoinError),
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Runs the writer until its input is drained or it is told to abandon.
+///
+/// Closing semantics:
+/// - `rx` is closed by its sender (the pipeline stage) when intake has stopped. The writer
+///   then flushes the open batch at once, waits for every in-flight delivery (which may keep
+///   retrying), and returns the final report.
+/// - `abandon` is fired by the app when the shutdown grace period runs out. The writer then
+///   aborts in-flight deliveries and retries, drops every unsettled ack (open batch and in
+///   flight alike; MQTT redelivers those messages later and deterministic ids make that
+///   harmless) and returns promptly. The report's `pending` counts what was left. Dropping
+///   `rx` on return makes further sends fail, which the sender takes as "sink gone".
+#[tracing::instrument(name = "sink", skip_all)]
+pub async fn run(
+    mut rx: mpsc::Receiver<Routed>,
+    writer: Writer,
+    abandon: CancellationToken,
+) -> Result<SinkReport, SinkError> {
+    let Writer {
+        client,
+        settings,
+        stats,
+    } = writer;
+    let shared = Arc::new(Shared {
+        client,
+        retry: settings.retry,
+        dead_letter_index: settings.dead_letter.index,
+        file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
+        max_bytes: settings.batch.max_bytes.get(),
+        stats: Arc::clone(&stats),
+    });
+    let concurrency = settings.batch.concurrent_requests.get();
+    let mut batcher = Batcher::new(&settings.batch);
+    let mut deliveries = JoinSet::new();
+    // A closed batch waiting for a free delivery slot. While it waits, intake pauses: that is
+    // the backpressure that reaches MQTT.
+    let mut ready: Option<Batch<Item>> = None;
+    let mut intake_open = true;
+
+    loop {
+        if ready.is_none() && !intake_open {
+            ready = closed(&stats, batcher.take());
+        }
+        if deliveries.len() < concurrency
+            && let Some(batch) = ready.take()
+        {
+            let span = tracing::debug_span!("bulk", docs = batch.items.len(), bytes = batch.bytes);
+            deliveries.spawn(deliver(Arc::clone(&shared), batch.items).instrument(span));
+        }
+        if !intake_open && ready.is_none() && deliveries.is_empty() {
+            break;
+        }
+        let deadline = batcher.deadline();
+        tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                deliveries.abort_all();
+                while deliveries.join_next().await.is_some() {}
+                let report = stats.snapshot();
+                tracing::warn!(
+                    unsettled = report.pending,
+                    "shutdown grace period over: abandoning records that are not durable yet; \
+                     they stay unacknowledged and MQTT will redeliver them"
+                );
+                return Ok(report);
+            }
+            Some(joined) = deliveries.join_next(), if !deliveries.is_empty() => {
+                if let Err(e) = joined
+                    && e.is_panic()
+                {
+                    deliveries.abort_all();
+                    return Err(SinkError::Panicked(e));
+                }
+            }
+            routed = rx.recv(), if intake_open && ready.is_none() => match routed {
+                None => intake_open = false,
+                Some(routed) => match bulk::prepare(routed, &shared.dead_letter_index, shared.max_bytes) {
+                    Prepared::Drop(ack) => {
+                        bump(&stats.dropped, 1);
+                        ack.settle(Settlement::Dropped);
+                    }
+                    Prepared::Send(item) => {
+                        bump(&stats.pending, 1);
+                        let bytes = item.bytes();
+                        ready = closed(&stats, batcher.push(item, bytes, Instant::now()));
+                    }
+                    Prepared::ToFile(item) => {
+                        bump(&stats.pending, 1);
+                        let shared = Arc::clone(&shared);
+                        deliveries.spawn(async move { shared.to_file(vec![item]).await });
+                    }
+                },
+            },
+            () = sleep_until(deadline), if deadline.is_some() && ready.is_none() => {
+                ready = closed(&stats, batcher.expired(Instant::now()));
+            }
+        }
+    }
+    let report = stats.snapshot();
+    tracing::info!(
+        stored = report.stored,
+        already_stored = report.already_stored,
+        dropped = report.dropped,
+        dead_lettered = ?report.dead_lettered,
+        requests = report.requests,
+        "sink drained"
+    );
+    Ok(report)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn closed(stats: &SinkStats, batch: Option<Batch<Item>>) -> Option<Batch<Item>> {
+    if batch.is_some() {
+        bump(&stats.batches, 1);
+    }
+    batch
+}
+
+/// What every delivery task shares.
+#[derive(Debug)]
+struct Shared {
+    client: Elasticsearch,
+    retry: RetrySettings,
+    dead_letter_index: String,
+    file: Arc<DeadLetterFile>,
+    max_bytes: usize,
+    stats: Arc<SinkStats>,
+}
+
+/// The capped, jittered delays of one delivery; restarts after a round without retries.
+struct Backoff<'a> {
+    settings: &'a RetrySettings,
+    delays: Box<dyn Iterator<Item = Duration> + Send + 'a>,
+    attempt: u32,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(settings: &'a RetrySettings) -> Self {
+        Backoff {
+            settings,
+            delays: Box::new(settings.backoff()),
+            attempt: 0,
+        }
+    }
+
+    fn next(&mut self) -> (u32, Duration) {
+        self.attempt += 1;
+        let max = Duration::from_millis(self.settings.max_backoff_ms);
+        (self.attempt, self.delays.next().unwrap_or(max))
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::new(self.settings);
+    }
+}
+
+/// Sends one batch until every item in it has settled.
+async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
+    let mut backoff = Backoff::new(&shared.retry);
+    // Chunks still to send, the last one next, each with the delay to wait before sending it.
+    let mut queue = vec![(items, Duration::ZERO)];
+    while let Some((mut chunk, delay)) = queue.pop() {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match shared.send(&chunk).await {
+            Plan::Items(outcomes) => {
+                let round = shared.sort(chunk, outcomes);
+                if round.retry.is_empty() {
+                    backoff.reset();
+                } else {
+                    let (attempt, delay) = backoff.next();
+                    bump(&shared.stats.retries, round.retry.len() as u64);
+                    log_retry(
+                        attempt,
+                        delay,
+                        round.retry.len(),
+                        &round.first_retry,
+                        round.loud,
+                    );
+                    queue.push((round.retry, delay));
+                }
+                if !round.dead_letters.is_empty() {
+                    queue.push((round.dead_letters, Duration::ZERO));
+                }
+                if !round.to_file.is_empty() {
+                    shared.to_file(round.to_file).await;
+                }
+            }
+            Plan::Split => {
+                let second = chunk.split_off(chunk.len() / 2);
+                tracing::debug!(
+                    halves = ?(chunk.len(), second.len()),
+                    "bulk request too large for elasticsearch (http 413): splitting"
+                );
+                queue.push((second, Duration::ZERO));
+                queue.push((chunk, Duration::ZERO));
+            }
+            Plan::TooLarge => {
+                let mut round = Round::default();
+                let count = chunk.len();
+                for item in chunk {
+                    let detail = format!(
+                        "elasticsearch refused a bulk request holding only this document \
+                         ({} bytes) with http 413",
+                        item.bytes()
+                    );
+                    shared.reject(item, DOCUMENT_TOO_LARGE, detail, &mut round);
+                }
+                tracing::warn!(
+                    count,
+                    "document too large for elasticsearch (http 413): dead-lettering it"
+                );
+                if !round.dead_letters.is_empty() {
+                    queue.push((round.dead_letters, Duration::ZERO));
+                }
+                if !round.to_file.is_empty() {
+                    shared.to_file(round.to_file).await;
+                }
+            }
+            Plan::RetryAll { reason, loud } => {
+                let (retry, to_file) = shared.fail(chunk);
+                if !retry.is_empty() {
+                    let (attempt, delay) = backoff.next();
+                    bump(&shared.stats.retries, retry.len() as u64);
+                    log_retry(attempt, delay, retry.len(), &reason, loud);
+                    queue.push((retry, delay));
+                }
+                if !to_file.is_empty() {
+                    shared.to_file(to_file).await;
+                }
+            }
+        }
+    }
+}
+
+/// One round's items that did not settle, by what happens to them next.
+#[derive(Default)]
+struct Round {
+    retry: Vec<Item>,
+    first_retry: String,
+    loud: bool,
+    dead_letters: Vec<Item>,
+    to_file: Vec<Item>,
+}
+
+impl Shared {
+    async fn send(&self, chunk: &[Item]) -> Plan {
+        bump(&self.stats.requests, 1);
+        let has_id: Vec<bool> = chunk.iter().map(Item::has_id).collect();
+        let sent = self
+            .client
+            .bulk(BulkParts::None)
+            .filter_path(bulk::FILTER_PATH)
+            .body(vec![bulk::body(chunk)])
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                return Plan::RetryAll {
+                    reason: format!("bulk request failed: {}", chain(&e)),
+                    loud: false,
+                };
+            }
+        };
+        let status = response.status_code().as_u16();
+        match response.bytes().await {
+            Ok(body) => bulk::classify(status, &body, &has_id),
+            Err(e) => Plan::RetryAll {
+                reason: format!("reading the bulk response failed: {}", chain(&e)),
+                loud: false,
+            },
+        }
+    }
+
+    /// Settles what is durable and sorts the rest.
+    fn sort(&self, chunk: Vec<Item>, outcomes: Vec<Outcome>) -> Round {
+        let mut round = Round::default();
+        let mut refused = 0;
+        let mut first_refusal = None;
+        let mut failed = Vec::new();
+        for (item, outcome) in chunk.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Stored => self.settle(item, false),
+                Outcome::AlreadyStored => self.settle(item, true),
+                Outcome::Retry { reason, loud } => {
+                    if failed.is_empty() {
+                        round.first_retry = reason;
+                    }
+                    round.loud |= loud;
+                    failed.push(item);
+                }
+                Outcome::Reject { reason, detail } => {
+                    refused += 1;
+                    if first_refusal.is_none() {
+                        first_refusal = Some(detail.clone());
+                    }
+                    self.reject(item, reason, detail, &mut round);
+                }
+            }
+        }
+        if let Some(first) = first_refusal {
+            tracing::warn!(
+                count = refused,
+                first_reason = %first,
+                "elasticsearch refused documents: dead-lettering them"
+            );
+        }
+        let (retry, to_file) = self.fail(failed);
+        round.retry = retry;
+        round.to_file.extend(to_file);
+        round
+    }
+
+    /// Counts a retryable failure on each item; dead letters out of attempts go to the file.
+    fn fail(&self, items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
+        let mut retry = Vec::with_capacity(items.len());
+        let mut to_file = Vec::new();
+        for mut item in items {
+            item.failures += 1;
+            match item.kind {
+                Kind::DeadLetter { .. } if item.failures >= dead_letter::ELASTICSEARCH_ATTEMPTS => {
+                    to_file.push(item)
+                }
+                _ => retry.push(item),
+            }
+        }
+        (retry, to_file)
+    }
+
+    /// Turns a document Elasticsearch refused into its dead letter, keeping the original
+    /// message. A refused dead letter goes to the file: it would be refused again.
+    fn reject(&self, item: Item, reason: &str, detail: String, round: &mut Round) {
+        let pipeline = match &item.kind {
+            Kind::Document { pipeline, .. } => pipeline.clone(),
+            Kind::DeadLetter { .. } => return round.to_file.push(item),
+        };
+        let rejection = Rejection {
+            pipeline: Some(pipeline),
+            stage: Some("bulk".to_owned()),
+            reason: reason.to_owned(),
+            detail,
+        };
+        let letter =
+            bulk::dead_letter_item(item.message, item.ack, &rejection, &self.dead_letter_index);
+        if letter.bytes() > self.max_bytes {
+            round.to_file.push(letter);
+        } else {
+            round.dead_letters.push(letter);
+        }
+    }
+
+    /// Elasticsearch confirmed the item.
+    fn settle(&self, item: Item, already_there: bool) {
+        let how = match &item.kind {
+            Kind::Document { .. } => {
+                let counter = if already_there {
+                    &self.stats.already_stored
+                } else {
+                    &self.stats.stored
+                };
+                bump(counter, 1);
+                Settlement::Stored
+            }
+            Kind::DeadLetter { reason } => {
+                self.stats.dead_lettered(reason, false);
+                Settlement::DeadLettered
+            }
+        };
+        self.stats.settled(1);
+        item.ack.settle(how);
+    }
+
+    /// Appends dead letters to the local file and settles them once fsynced. Retries for as
+    /// long as the file cannot be written: settling without it would lose the records.
+    async fn to_file(&self, items: Vec<Item>) {
+        let lines: Vec<Vec<u8>> = items.iter().map(|item| item.source().to_vec()).collect();
+        let mut backoff = Backoff::new(&self.retry);
+        loop {
+            match self.file.append(lines.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let (attempt, delay) = backoff.next();
+                    tracing::error!(
+                        path = %self.file.path().display(),
+                        error = %e,
+                        count = items.len(),
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "cannot write the dead-letter file; the records stay unacknowledged"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        tracing::warn!(
+            path = %self.file.path().display(),
+            count = items.len(),
+            "dead letters written to the local file, not to elasticsearch"
+        );
+        for item in items {
+            let Item { kind, ack, .. } = item;
+            if let Kind::DeadLetter { reason } = &kind {
+                self.stats.dead_lettered(reason, true);
+            }
+            self.stats.settled(1);
+            ack.settle(Settlement::DeadLettered);
+        }
+    }
+}
+
+fn log_retry(attempt: u32, delay: Duration, items: usize, reason: &str, loud: bool) {
+    let delay_ms = delay.as_millis() as u64;
+    if loud {
+        tracing::error!(
+            attempt,
+            items,
+            delay_ms,
+            first_reason = %reason,
+            "bulk write failed in a way that needs an operator; retrying, intake is held back"
+        );
+    } else {
+        tracing::warn!(
+            attempt,
+            items,
+            delay_ms,
+            first_reason = %reason,
+            "bulk write failed; retrying"
+        );
+    }
+}
+
+/// An error and its sources, `a: b: c`: the elasticsearch client's own message alone rarely
+/// says whether the connection was refused or timed out.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

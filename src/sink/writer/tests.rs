@@ -1,0 +1,569 @@
+//! Writer tests against the fault-injection stand-in for Elasticsearch (`sink::stand_in`):
+//! a real node cannot be made to answer 429, 413, 503, hang, or drop a connection on cue.
+//! End-to-end behaviour against a real node is tested elsewhere.
+//!
+//! Tests synchronise on `run` returning and on the settlements it sent, never on sleeps;
+//! backoffs are set to a millisecond so retries cost nothing.
+
+use std::num::NonZeroUsize;
+
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{
+    document::{Document, Processed, Rejection},
+    elastic::{ElasticsearchSettings, build_client},
+    record::{Ack, Settled, Settlement},
+    sink::{
+        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
+        dead_letter::tests::message,
+        stand_in::{Reply, Request, StandIn},
+    },
+};
+
+/// A bulk response with these item statuses, shaped as `filter_path` leaves it.
+fn items(statuses: &[u16]) -> Reply {
+    let items: Vec<Value> = statuses
+        .iter()
+        .map(|&status| match status {
+            200..=299 => json!({"create": {"status": status}}),
+            400 => json!({"create": {"status": 400, "error": {
+                "type": "document_parsing_exception",
+                "reason": "[1:6] failed to parse field [t] of type [float]"}}}),
+            409 => json!({"create": {"status": 409, "error": {
+                "type": "version_conflict_engine_exception",
+                "reason": "version conflict, document already exists"}}}),
+            _ => json!({"create": {"status": status, "error": {
+                "type": "es_rejected_execution_exception", "reason": "busy"}}}),
+        })
+        .collect();
+    let errors = statuses.iter().any(|s| !(200..300).contains(s));
+    Reply::Json(200, json!({"errors": errors, "items": items}).to_string())
+}
+
+fn all_created(request: &Request) -> Reply {
+    items(&vec![201; request.ops().len()])
+}
+
+fn error(status: u16, ty: &str) -> Reply {
+    Reply::Json(
+        status,
+        json!({"error": {"type": ty, "reason": "injected"}, "status": status}).to_string(),
+    )
+}
+
+// ---- the harness ----
+
+struct Setup {
+    max_docs: usize,
+    max_bytes: usize,
+    flush_interval_ms: u64,
+    request_timeout_ms: u64,
+    dead_letter_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Setup {
+            max_docs: 1000,
+            max_bytes: 1 << 20,
+            // Long: batches close on size or when the channel closes unless a test says so.
+            flush_interval_ms: 60_000,
+            request_timeout_ms: 5_000,
+            dead_letter_file: dir.path().join("dead.ndjson"),
+            _dir: dir,
+        }
+    }
+
+    fn writer(&self, url: &str) -> Writer {
+        let client = build_client(&ElasticsearchSettings {
+            url: url.to_owned(),
+            gzip: false,
+            request_timeout_ms: self.request_timeout_ms,
+            ..ElasticsearchSettings::default()
+        })
+        .expect("client");
+        Writer::new(
+            client,
+            SinkSettings {
+                batch: BatchSettings {
+                    max_docs: NonZeroUsize::new(self.max_docs).expect("non-zero"),
+                    max_bytes: NonZeroUsize::new(self.max_bytes).expect("non-zero"),
+                    flush_interval_ms: self.flush_interval_ms,
+                    concurrent_requests: NonZeroUsize::new(2).expect("non-zero"),
+                },
+                retry: RetrySettings {
+                    initial_backoff_ms: 1,
+                    max_backoff_ms: 2,
+                },
+                dead_letter: DeadLetterSettings {
+                    index: "mqtt2es-deadletter".to_owned(),
+                    file: self.dead_letter_file.clone(),
+                },
+            },
+        )
+    }
+
+    fn dead_letter_file(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.dead_letter_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+fn doc(n: usize) -> Processed {
+    Processed::Document(Document {
+        pipeline: "thermometers".to_owned(),
+        index: "mqtt2es-temp".to_owned(),
+        id: Some(format!("id-{n}")),
+        source: json!({"@timestamp": "2025-03-01T12:00:00Z", "n": n})
+            .as_object()
+            .expect("an object")
+            .clone(),
+    })
+}
+
+/// Sends these records (token = position) and closes the channel; returns the settlements.
+async fn run_all(
+    writer: Writer,
+    records: Vec<Processed>,
+) -> (SinkReport, Vec<Settled>, mpsc::UnboundedReceiver<Settled>) {
+    let (tx, rx) = mpsc::channel(records.len().max(1));
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    for (token, processed) in records.into_iter().enumerate() {
+        tx.send(Routed {
+            message: message(b"{\"t\":21.5}"),
+            processed,
+            ack: Ack::new(settled_tx.clone(), token as u64),
+        })
+        .await
+        .expect("the channel has room");
+    }
+    drop(tx);
+    let report = run(rx, writer, CancellationToken::new())
+        .await
+        .expect("the writer ends cleanly");
+    let mut settled = Vec::new();
+    while let Ok(s) = settled_rx.try_recv() {
+        settled.push(s);
+    }
+    settled.sort_by_key(|s| s.token);
+    (report, settled, settled_rx)
+}
+
+fn hows(settled: &[Settled]) -> Vec<Settlement> {
+    settled.iter().map(|s| s.how).collect()
+}
+
+// ---- the tests ----
+
+#[tokio::test]
+async fn closing_the_channel_flushes_the_open_batch_and_settles_every_record_stored() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..3).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 3]);
+    let requests = es.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].path.starts_with("/_bulk?"),
+        "{}",
+        requests[0].path
+    );
+    assert!(
+        requests[0]
+            .path
+            .contains("filter_path=errors%2Citems.*.status%2Citems.*.error")
+            || requests[0]
+                .path
+                .contains("filter_path=errors,items.*.status,items.*.error"),
+        "{}",
+        requests[0].path
+    );
+    assert_eq!(
+        requests[0].ops()[1],
+        (
+            json!({"create": {"_index": "mqtt2es-temp", "_id": "id-1"}}),
+            json!({"@timestamp": "2025-03-01T12:00:00Z", "n": 1})
+        )
+    );
+    assert_eq!((report.stored, report.pending, report.requests), (3, 0, 1));
+}
+
+#[tokio::test]
+async fn batches_close_at_max_docs() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let mut setup = Setup::new();
+    setup.max_docs = 2;
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..5).map(doc).collect()).await;
+
+    assert_eq!(settled.len(), 5);
+    let mut sizes: Vec<usize> = es.requests().iter().map(|r| r.ops().len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, [1, 2, 2]);
+    assert_eq!(report.batches, 3);
+}
+
+#[tokio::test]
+async fn a_batch_is_sent_when_its_age_runs_out_while_the_channel_stays_open() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let mut setup = Setup::new();
+    setup.flush_interval_ms = 5;
+    let (tx, rx) = mpsc::channel(4);
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    let sink = tokio::spawn(run(rx, setup.writer(&es.url), CancellationToken::new()));
+    tx.send(Routed {
+        message: message(b"{}"),
+        processed: doc(0),
+        ack: Ack::new(settled_tx, 0),
+    })
+    .await
+    .expect("send");
+
+    let settled = settled_rx
+        .recv()
+        .await
+        .expect("settled before the channel closes");
+    assert_eq!(settled.how, Settlement::Stored);
+    drop(tx);
+    sink.await.expect("join").expect("clean end");
+}
+
+#[tokio::test]
+async fn a_whole_request_429_is_retried_until_stored() {
+    let es = StandIn::start(|n, r| {
+        if n < 2 {
+            error(429, "es_rejected_execution_exception")
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..2).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 2]);
+    assert_eq!(es.requests().len(), 3);
+    assert_eq!(report.retries, 4);
+}
+
+#[tokio::test]
+async fn a_503_then_success_stores_everything() {
+    let es = StandIn::start(|n, r| {
+        if n == 0 {
+            Reply::Json(503, "Service Unavailable".to_owned())
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (_, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+    assert_eq!(hows(&settled), [Settlement::Stored]);
+}
+
+#[tokio::test]
+async fn only_the_items_that_failed_retryably_are_sent_again() {
+    let es = StandIn::start(|n, r| {
+        if n == 0 {
+            items(&[201, 429, 201, 503])
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..4).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 4]);
+    let requests = es.requests();
+    assert_eq!(requests.len(), 2);
+    let retried: Vec<Value> = requests[1]
+        .ops()
+        .iter()
+        .map(|(action, _)| action["create"]["_id"].clone())
+        .collect();
+    assert_eq!(retried, [json!("id-1"), json!("id-3")]);
+    assert_eq!(report.retries, 2);
+}
+
+#[tokio::test]
+async fn a_409_on_a_deterministic_id_counts_as_already_stored() {
+    let es = StandIn::start(|_, _| items(&[409, 201])).await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..2).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 2]);
+    assert_eq!((report.stored, report.already_stored), (1, 1));
+}
+
+#[tokio::test]
+async fn a_413_splits_the_batch_until_the_halves_fit() {
+    let es = StandIn::start(|_, r| {
+        if r.ops().len() > 2 {
+            error(413, "content_too_long_exception")
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..5).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 5]);
+    let sizes: Vec<usize> = es.requests().iter().map(|r| r.ops().len()).collect();
+    // 5 -> 2 + 3 -> 3 -> 1 + 2
+    assert_eq!(sizes, [5, 2, 3, 1, 2]);
+    assert_eq!(report.stored, 5);
+}
+
+#[tokio::test]
+async fn a_single_document_that_still_gets_413_is_dead_lettered_as_too_large() {
+    let es = StandIn::start(|_, r| {
+        if r.indices().iter().any(|i| i == "mqtt2es-temp") {
+            error(413, "content_too_long_exception")
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..2).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered; 2]);
+    let letters: Vec<Value> = es
+        .requests()
+        .iter()
+        .flat_map(|r| r.ops())
+        .filter(|(action, _)| action["create"]["_index"] == "mqtt2es-deadletter")
+        .map(|(_, source)| source)
+        .collect();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["reason"], "document_too_large");
+    assert_eq!(letters[0]["mqtt"]["topic"], "site/a/temp");
+    assert_eq!(report.dead_lettered["document_too_large"], 2);
+}
+
+#[tokio::test]
+async fn a_document_refused_with_400_becomes_a_dead_letter_with_its_original_payload() {
+    let es = StandIn::start(|n, r| {
+        if n == 0 {
+            items(&[201, 400])
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..2).map(doc).collect()).await;
+
+    assert_eq!(
+        hows(&settled),
+        [Settlement::Stored, Settlement::DeadLettered]
+    );
+    let requests = es.requests();
+    assert_eq!(requests.len(), 2);
+    let (action, letter) = &requests[1].ops()[0];
+    assert_eq!(action, &json!({"create": {"_index": "mqtt2es-deadletter"}}));
+    assert_eq!(letter["reason"], "mapping_conflict");
+    assert_eq!(letter["pipeline"], "thermometers");
+    assert_eq!(letter["stage"], "bulk");
+    assert_eq!(letter["payload"], "{\"t\":21.5}");
+    assert!(
+        letter["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("document_parsing_exception")),
+        "{letter}"
+    );
+    assert_eq!(report.dead_lettered["mapping_conflict"], 1);
+    assert_eq!(report.dead_lettered_to_file, 0);
+}
+
+#[tokio::test]
+async fn a_rejected_record_is_written_to_the_dead_letter_stream() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let setup = Setup::new();
+    let rejected = Processed::Rejected(Rejection {
+        pipeline: None,
+        stage: Some("decode".to_owned()),
+        reason: "invalid_json".to_owned(),
+        detail: "expected value".to_owned(),
+    });
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![rejected]).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered]);
+    assert_eq!(es.requests()[0].indices(), ["mqtt2es-deadletter"]);
+    assert_eq!(report.dead_lettered["invalid_json"], 1);
+}
+
+#[tokio::test]
+async fn dead_letters_go_to_the_local_file_when_elasticsearch_keeps_failing_them() {
+    let es = StandIn::start(|_, r| {
+        if r.indices().iter().any(|i| i == "mqtt2es-deadletter") {
+            error(503, "unavailable_shards_exception")
+        } else {
+            items(&[400])
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered]);
+    let file = setup.dead_letter_file();
+    assert_eq!(file.len(), 1);
+    assert_eq!(file[0]["reason"], "mapping_conflict");
+    assert_eq!(file[0]["payload"], "{\"t\":21.5}");
+    let dead_letter_attempts = es
+        .requests()
+        .iter()
+        .filter(|r| r.indices() == ["mqtt2es-deadletter"])
+        .count();
+    assert_eq!(
+        dead_letter_attempts,
+        dead_letter::ELASTICSEARCH_ATTEMPTS as usize
+    );
+    assert_eq!(report.dead_lettered_to_file, 1);
+}
+
+#[tokio::test]
+async fn a_dead_letter_elasticsearch_refuses_goes_to_the_local_file_at_once() {
+    let es = StandIn::start(|_, _| items(&[400])).await;
+    let setup = Setup::new();
+    let (_, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered]);
+    assert_eq!(es.requests().len(), 2);
+    assert_eq!(setup.dead_letter_file().len(), 1);
+}
+
+#[tokio::test]
+async fn a_document_larger_than_max_bytes_is_never_sent() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let mut setup = Setup::new();
+    setup.max_bytes = 2000;
+    let big = Processed::Document(Document {
+        pipeline: "thermometers".to_owned(),
+        index: "mqtt2es-temp".to_owned(),
+        id: None,
+        source: json!({"blob": "x".repeat(5000)})
+            .as_object()
+            .expect("an object")
+            .clone(),
+    });
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![big]).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered]);
+    assert_eq!(es.requests()[0].indices(), ["mqtt2es-deadletter"]);
+    assert_eq!(report.dead_lettered["document_too_large"], 1);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried() {
+    let es = StandIn::start(|n, r| if n == 0 { Reply::Drop } else { all_created(r) }).await;
+    let setup = Setup::new();
+    let (_, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+    assert_eq!(hows(&settled), [Settlement::Stored]);
+}
+
+#[tokio::test]
+async fn a_request_that_times_out_is_retried() {
+    let es = StandIn::start(|n, r| if n == 0 { Reply::Hang } else { all_created(r) }).await;
+    let mut setup = Setup::new();
+    setup.request_timeout_ms = 100;
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+    assert_eq!(hows(&settled), [Settlement::Stored]);
+    assert_eq!(report.requests, 2);
+}
+
+#[tokio::test]
+async fn a_dropped_record_settles_as_dropped_without_a_request() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let setup = Setup::new();
+    let dropped = Processed::Dropped {
+        pipeline: "thermometers".to_owned(),
+        stage: "drop".to_owned(),
+    };
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![dropped]).await;
+    assert_eq!(hows(&settled), [Settlement::Dropped]);
+    assert!(es.requests().is_empty());
+    assert_eq!(report.dropped, 1);
+}
+
+#[tokio::test]
+async fn abandoning_while_elasticsearch_is_unreachable_returns_without_settling() {
+    // A port that was just free: connections are refused.
+    let url = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    };
+    let setup = Setup::new();
+    let (tx, rx) = mpsc::channel(8);
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    for token in 0..3 {
+        tx.send(Routed {
+            message: message(b"{}"),
+            processed: doc(token),
+            ack: Ack::new(settled_tx.clone(), token as u64),
+        })
+        .await
+        .expect("send");
+    }
+    drop(settled_tx);
+    drop(tx);
+    let abandon = CancellationToken::new();
+    let stats = {
+        let writer = setup.writer(&url);
+        let stats = writer.stats();
+        let sink = tokio::spawn(run(rx, writer, abandon.clone()));
+        // Wait until the writer has failed at least twice, by its own counters.
+        while stats.snapshot().retries < 6 {
+            tokio::task::yield_now().await;
+        }
+        abandon.cancel();
+        let report = sink.await.expect("join").expect("clean end");
+        assert_eq!(report.pending, 3);
+        assert_eq!(report.stored, 0);
+        stats
+    };
+
+    // Every ack was dropped unsettled: the producer sees its channel close with nothing in it.
+    assert_eq!(settled_rx.recv().await, None);
+    assert_eq!(stats.snapshot().pending, 3);
+}
+
+#[tokio::test]
+async fn abandoning_drops_the_records_still_in_the_open_batch() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let setup = Setup::new();
+    let (tx, rx) = mpsc::channel(8);
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    let abandon = CancellationToken::new();
+    let writer = setup.writer(&es.url);
+    let stats = writer.stats();
+    let sink = tokio::spawn(run(rx, writer, abandon.clone()));
+    tx.send(Routed {
+        message: message(b"{}"),
+        processed: doc(0),
+        ack: Ack::new(settled_tx, 0),
+    })
+    .await
+    .expect("send");
+    while stats.snapshot().pending < 1 {
+        tokio::task::yield_now().await;
+    }
+    abandon.cancel();
+    let report = sink.await.expect("join").expect("clean end");
+
+    assert_eq!(report.pending, 1);
+    assert_eq!(settled_rx.recv().await, None);
+    assert!(es.requests().is_empty());
+    drop(tx);
+}
