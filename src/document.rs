@@ -34,6 +34,9 @@ pub struct Rejection {
 pub enum Processed {
     Document(Document),
     /// A drop condition matched: settled as intentionally dropped, counted, never stored.
-    Dropped { pipeline: String, stage: String },
+    Dropped {
+        pipeline: String,
+        stage: String,
+    },
     Rejected(Rejection),
 }
