@@ -18,19 +18,7 @@ struct Sub {
 /// Starts `mosquitto_sub` and returns once its subscription is acknowledged (its `-d` output
 /// shows the SUBACK), so a message published afterwards is certain to reach it.
 fn subscribe(broker: &Mosquitto, args: &[&str]) -> Sub {
-    let port = broker.port().to_string();
-    let mut child = Command::new("mosquitto_sub")
-        .args(["-h", broker.host(), "-p", &port, "-d", "-W", "10"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut sub = Sub {
-        child,
-        output: BufReader::new(stdout).lines(),
-        seen: Vec::new(),
-    };
+    let mut sub = start_sub(broker, args);
     while !sub.seen.iter().any(|line| line.contains("received SUBACK")) {
         match sub.output.next() {
             Some(line) => sub.seen.push(line.expect("read mosquitto_sub output")),
@@ -38,6 +26,25 @@ fn subscribe(broker: &Mosquitto, args: &[&str]) -> Sub {
         }
     }
     sub
+}
+
+fn start_sub(broker: &Mosquitto, args: &[&str]) -> Sub {
+    let port = broker.port().to_string();
+    // stdbuf: mosquitto_sub buffers its stdout in a pipe until it exits; we need each line as
+    // it comes to see the SUBACK.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-h", broker.host(), "-p", &port])
+        .args(["-d", "-W", "10"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    Sub {
+        child,
+        output: BufReader::new(stdout).lines(),
+        seen: Vec::new(),
+    }
 }
 
 fn publish(broker: &Mosquitto, args: &[&str]) {
@@ -74,7 +81,7 @@ fn mosquitto_pub_message_reaches_mosquitto_sub() {
     let sub = subscribe(&broker, &["-t", &topic, "-C", "1"]);
     publish(&broker, &["-t", &topic, "-m", r#"{"temp":21.5}"#]);
 
-    assert_eq!(messages(sub), [r#"{"temp":21.5}"#]);
+    assert_eq!(messages(sub), [r#"{"temp":21.5}"#], "{}", broker.log());
 }
 
 #[test]
@@ -94,7 +101,8 @@ fn a_persistent_session_gets_what_was_queued_across_a_broker_restart() {
         &["-t", &topic, "-q", "1", "-m", "queued while offline"],
     );
     broker.restart();
-    let sub = subscribe(
+    // Resumes the session: the queued message may come before the SUBACK.
+    let sub = start_sub(
         &broker,
         &["-t", &topic, "-q", "1", "-c", "-i", &client_id, "-C", "1"],
     );

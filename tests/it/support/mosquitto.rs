@@ -38,14 +38,16 @@ impl Mosquitto {
             .tempdir()
             .expect("create the broker's temp dir");
         let port = free_port();
+        let path = dir.path().display();
+        // Logs go to stderr, which C leaves unbuffered (stdout and `log_dest file` are buffered
+        // until exit), and stderr goes to `mosquitto.log`: `log()` shows them as they happen.
         let mut conf = format!(
             "listener {port} {HOST}\n\
              allow_anonymous true\n\
              persistence true\n\
-             persistence_location {}/\n\
-             log_dest stdout\n\
-             log_type all\n",
-            dir.path().display()
+             persistence_location {path}/\n\
+             log_dest stderr\n\
+             log_type all\n"
         );
         // SAFETY: geteuid(2) cannot fail and has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
