@@ -106,6 +106,7 @@ impl SearchNode {
         // A config dir per node: the node writes its keystore there, and the distribution in
         // the cache stays read-only and shareable.
         copy_dir(&home.join("config"), &dir.path().join("config"));
+        anchor_jvm_paths(dir.path());
         if let Some(user) = user {
             chown_tree(dir.path(), user);
         }
@@ -363,6 +364,21 @@ fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), &target).expect("copy a config file");
         }
     }
+}
+
+/// OpenSearch's `jvm.options` writes GC logs, crash and heap dumps relative to the working
+/// dir, which its start script sets to the (read-only) distribution: point them into the node's
+/// own dirs. (Elasticsearch's launcher already runs the JVM in `path.logs`.)
+fn anchor_jvm_paths(dir: &Path) {
+    let path = dir.join("config").join("jvm.options");
+    let options = fs::read_to_string(&path).expect("read jvm.options");
+    let logs = format!("{}/", dir.join("logs").display());
+    let data = dir.join("data").display().to_string();
+    let options = options
+        .replace("=logs/", &format!("={logs}"))
+        .replace(":logs/", &format!(":{logs}"))
+        .replace("HeapDumpPath=data", &format!("HeapDumpPath={data}"));
+    fs::write(&path, options).expect("write jvm.options");
 }
 
 fn chown_tree(path: &Path, user: User) {
