@@ -16,9 +16,9 @@ pub use search::SearchNode;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A name no other test of this run uses (and no earlier run: nodes can outlive a run's names
-/// only through a private node's data dir, which is per node). Lowercase, so it is a valid
-/// index, data stream or MQTT client id: `unique("it-count")` → `it-count-4711-3`.
+/// A name no other test of this run uses: tests sharing the search node isolate themselves by
+/// it. Lowercase, so it makes a valid index, data stream, topic or client id:
+/// `unique("it-count")` → `it-count-4711-3`.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
