@@ -1,0 +1,7 @@
+//! The one integration-test binary (STYLE.md): every end-to-end test is a module of it, so they
+//! build once and share one search node (`support::SearchNode::shared`).
+//!
+//! Run through `scripts/test`, which installs Mosquitto and the search engines first.
+
+mod harness;
+mod support;

@@ -1,0 +1,36 @@
+//! The test harness: real Mosquitto brokers and a real search node (Elasticsearch or OpenSearch),
+//! started on free loopback ports, isolated per test by names rather than by processes where
+//! starting one per test would cost too much.
+//!
+//! `scripts/test` installs the programs and exports where they are; the harness only starts
+//! them. Nothing it starts outlives the test binary, even one that aborts: see `process`.
+
+pub mod mosquitto;
+pub mod ports;
+mod process;
+pub mod search;
+
+pub use mosquitto::Mosquitto;
+pub use ports::free_port;
+pub use search::SearchNode;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A name no other test of this run uses: tests sharing the search node isolate themselves by
+/// it. Lowercase, so it makes a valid index, data stream, topic or client id:
+/// `unique("it-count")` → `it-count-4711-3`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The last `max_lines` lines of a log file, for panic messages when a program fails to start.
+fn tail(path: &std::path::Path, max_lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
