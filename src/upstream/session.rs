@@ -67,8 +67,8 @@ pub enum Client {
 
 /// The event loop side of a connection; see the module doc for why it runs on its own.
 pub enum Pump {
-    V311(rumqttc::EventLoop),
-    V5(v5::EventLoop),
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
 }
 
 /// Rumqttc's request queue: acks and subscriptions wait here for the event loop. Acks are bounded
@@ -96,7 +96,7 @@ pub fn open(
                 options.set_credentials(user, password.map(Secret::expose).unwrap_or(""));
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
-            (Client::V311(client), Pump::V311(eventloop))
+            (Client::V311(client), Pump::V311(Box::new(eventloop)))
         }
         Protocol::V5 => {
             let mut options = v5::MqttOptions::new(client_id, &settings.host, settings.port);
@@ -117,7 +117,7 @@ pub fn open(
                 options.set_credentials(user, password.map(Secret::expose).unwrap_or(""));
             }
             let (client, eventloop) = v5::AsyncClient::new(options, REQUEST_CAPACITY);
-            (Client::V5(client), Pump::V5(eventloop))
+            (Client::V5(client), Pump::V5(Box::new(eventloop)))
         }
     })
 }
@@ -222,8 +222,8 @@ impl Pump {
     /// Polls the connection until the driver goes away or our DISCONNECT has been sent.
     pub async fn run(self, settings: Arc<UpstreamSettings>, to_driver: mpsc::Sender<Inbound>) {
         match self {
-            Pump::V311(eventloop) => run_v311(eventloop, settings, to_driver).await,
-            Pump::V5(eventloop) => run_v5(eventloop, settings, to_driver).await,
+            Pump::V311(eventloop) => run_v311(*eventloop, settings, to_driver).await,
+            Pump::V5(eventloop) => run_v5(*eventloop, settings, to_driver).await,
         }
     }
 }

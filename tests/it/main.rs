@@ -3,5 +3,6 @@
 //!
 //! Run through `scripts/test`, which installs Mosquitto and the search engines first.
 
+mod bridge_basics;
 mod harness;
 mod support;

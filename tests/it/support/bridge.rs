@@ -45,7 +45,11 @@ pub fn unique_prefix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("mqtt2es-t{:05x}{:03x}-", (std::process::id() ^ nanos) & 0xfffff, n & 0xfff)
+    format!(
+        "mqtt2es-t{:05x}{:03x}-",
+        (std::process::id() ^ nanos) & 0xfffff,
+        n & 0xfff
+    )
 }
 
 pub struct Bridge {
@@ -136,8 +140,15 @@ impl Bridge {
             if self.logs().matches(needle).count() >= count {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("mqtt2es exited ({status}) before logging {needle:?}:\n{}", self.logs());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "mqtt2es exited ({status}) before logging {needle:?}:\n{}",
+                    self.logs()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -170,7 +181,10 @@ impl Bridge {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("mqtt2es did not exit within {timeout:?} of SIGTERM:\n{}", self.logs());
+                panic!(
+                    "mqtt2es did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

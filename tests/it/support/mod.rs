@@ -34,3 +34,27 @@ fn tail(path: &std::path::Path, max_lines: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
+
+pub mod bridge;
+pub mod publish;
+
+use std::time::{Duration, Instant};
+
+/// Polls `count` (which refreshes the index itself) until it returns `expected` or `timeout`
+/// passes; returns the last count. Ingest is asynchronous, so this is a readiness wait with an
+/// explicit refresh, never a fixed sleep.
+pub async fn wait_for_count(
+    node: &SearchNode,
+    index: &str,
+    expected: u64,
+    timeout: Duration,
+) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = node.count(index).await;
+        if count >= expected || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,81 @@
+//! Publishing with the real `mosquitto_pub`, counting what the broker really acknowledged.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Publishes one message and waits for mosquitto_pub to finish; panics if it fails.
+pub fn publish(port: u16, topic: &str, qos: u8, payload: &[u8]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            &qos.to_string(),
+        ])
+        .args(["-t", topic, "-s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto_pub");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(payload)
+        .expect("write payload");
+    let output = child.wait_with_output().expect("mosquitto_pub");
+    assert!(
+        output.status.success(),
+        "mosquitto_pub -t {topic:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Publishes each line as one QoS 1 message with `mosquitto_pub -l -q 1 -d` and returns how many
+/// PUBACKs it received: Debian's mosquitto_pub 2.0.11 can exit before its queue drains on long
+/// inputs, so only what the broker acknowledged counts as sent.
+pub fn publish_lines_qos1(port: u16, topic: &str, lines: &[String]) -> usize {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-d",
+            "-l",
+        ])
+        .args(["-t", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto_pub");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("write a line");
+        }
+    }
+    let output = child.wait_with_output().expect("mosquitto_pub");
+    String::from_utf8_lossy(&output.stdout)
+        .matches("received PUBACK")
+        .count()
+}
+
+/// `count` readings for `device`, each with a distinct `seq`, as JSON lines.
+pub fn readings(device: &str, first_seq: usize, count: usize) -> Vec<String> {
+    (first_seq..first_seq + count)
+        .map(|seq| {
+            format!(
+                r#"{{"device_id":"{device}","seq":{seq},"temp_c":{:.1},"humidity":{:.1},"battery":0.9}}"#,
+                15.0 + (seq % 100) as f64 / 10.0,
+                40.0 + (seq % 50) as f64 / 5.0
+            )
+        })
+        .collect()
+}
