@@ -3,6 +3,7 @@
 //!
 //! Run through `scripts/test`, which installs Mosquitto and the search engines first.
 
-mod bridge_basics;
+pub mod bridge_basics;
+mod dead_letters;
 mod harness;
 mod support;
