@@ -1,7 +1,7 @@
 //! The `mqtt2es` command: parse the command line, set up logs, load config, run, and map
 //! errors to exit codes (0 ok, 1 runtime failure, 2 invalid config or usage).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -143,6 +143,7 @@ fn init_logs(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.format {
         LogFormat::Json => builder.json().init(),

@@ -5,5 +5,6 @@
 
 pub mod bridge_basics;
 mod dead_letters;
+mod faults;
 mod harness;
 mod support;

@@ -18,6 +18,8 @@ pub struct BridgeSpec {
     pub upstream_extra: String,
     /// Extra top-level YAML sections.
     pub extra: String,
+    /// `MQTT2ES_…` overrides for the process: configuration through the environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl BridgeSpec {
@@ -28,6 +30,7 @@ impl BridgeSpec {
             pipelines: Vec::new(),
             upstream_extra: String::new(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -56,12 +59,11 @@ pub struct Bridge {
     child: Option<Child>,
     dir: TempDir,
     spec_prefix: String,
-    client_id: String,
+    env: Vec<(String, String)>,
 }
 
 impl Bridge {
-    /// Writes the config and starts the binary. A fresh prefix (and client id) unless `reuse`
-    /// names an earlier bridge's directory to restart with the same state.
+    /// Writes the config and starts the binary with a fresh prefix and client id.
     pub fn start(spec: &BridgeSpec) -> Bridge {
         let dir = tempfile::tempdir().expect("temp dir for the bridge");
         let prefix = unique_prefix();
@@ -71,7 +73,7 @@ impl Bridge {
             child: None,
             dir,
             spec_prefix: prefix,
-            client_id,
+            env: spec.env.clone(),
         };
         bridge.spawn();
         bridge
@@ -79,6 +81,7 @@ impl Bridge {
 
     /// Starts the binary again with the same directory, config, prefix and client id (so the
     /// broker's persistent session and the already stored documents carry over).
+    /// The log file is appended to, so waits on it must count occurrences across both runs.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() needs a stopped bridge");
         self.spawn();
@@ -96,6 +99,7 @@ impl Bridge {
             .arg(self.dir.path().join("mqtt2es.yaml"))
             .env("RUST_LOG", "mqtt2es=debug,info")
             .env_remove("MQTT2ES_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -108,17 +112,9 @@ impl Bridge {
         &self.spec_prefix
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// The data stream of dead letters for this bridge.
     pub fn dead_letter_index(&self) -> String {
         format!("{}deadletter", self.spec_prefix)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn log_path(&self) -> PathBuf {
