@@ -7,4 +7,5 @@ pub mod bridge_basics;
 mod dead_letters;
 mod faults;
 mod harness;
+mod shared_group;
 mod support;

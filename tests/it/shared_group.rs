@@ -1,0 +1,95 @@
+//! Scaling out: several mqtt2es instances in one `$share` group split a stream between them.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::bridge_basics::broker;
+use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::publish::{publish_lines_qos1, readings};
+use crate::support::{SearchNode, wait_for_count};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_in_one_shared_group_store_every_message_exactly_once() {
+    let node = SearchNode::shared();
+    let broker = broker();
+    let group = crate::support::unique("group");
+    // No `id` stage on purpose: a message delivered to two instances would be two documents.
+    let pipeline = |instance: usize| {
+        format!(
+            r#"
+topics: ["sensors/+/+/telemetry"]
+stages:
+  - set: {{field: instance, value: {instance}}}
+  - route: {{index: "readings"}}
+"#
+        )
+    };
+    let mut bridges: Vec<Bridge> = (0..3)
+        .map(|instance| {
+            let mut spec = BridgeSpec::new(broker.port(), &node.url())
+                .pipeline("readings.yaml", pipeline(instance));
+            spec.upstream_extra = format!("  shared_group: {group}\n");
+            Bridge::start(&spec)
+        })
+        .collect();
+    for bridge in &mut bridges {
+        bridge.wait_subscribed();
+    }
+
+    let port = broker.port();
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let device = format!("pi-{p}");
+                publish_lines_qos1(
+                    port,
+                    &format!("sensors/lab/{device}/telemetry"),
+                    &readings(&device, p * 1000, 1000),
+                )
+            })
+        })
+        .collect();
+    let sent: u64 = publishers
+        .into_iter()
+        .map(|p| p.join().expect("publisher") as u64)
+        .sum();
+
+    let mut per_instance = Vec::new();
+    let mut total = 0;
+    for bridge in &bridges {
+        let index = format!("{}readings", bridge.prefix());
+        // Each instance's share is unknown, so wait on the sum instead, instance by instance.
+        let _ = wait_for_count(node, &index, 1, Duration::from_secs(30)).await;
+        per_instance.push(index);
+    }
+    let pattern = per_instance.join(",");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while total < sent && std::time::Instant::now() < deadline {
+        total = node.count(&pattern).await;
+        if total < sent {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        total, sent,
+        "each message stored exactly once across the group"
+    );
+    // `seq` is unique across publishers, so a duplicate and a loss cannot cancel out.
+    let distinct = node
+        .search(
+            &pattern,
+            json!({"size": 0, "aggs": {"seqs": {"cardinality": {"field": "seq", "precision_threshold": 40000}}}}),
+        )
+        .await;
+    assert_eq!(
+        distinct["aggregations"]["seqs"]["value"], sent,
+        "{distinct}"
+    );
+    for index in &per_instance {
+        assert!(
+            node.count(index).await > 0,
+            "{index} got no share of the stream"
+        );
+    }
+}
