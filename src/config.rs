@@ -212,10 +212,21 @@ impl Config {
 
     /// Cross-field rules serde cannot express; also reads secret files.
     fn check(&self) -> Result<Secrets, ConfigError> {
-        let mut secrets = Secrets::default();
-        let Some(upstream) = &self.upstream else {
-            return Ok(secrets);
+        if self.shutdown.grace_ms == 0 {
+            return Err(key_error(
+                "shutdown.grace_ms",
+                "must be above 0 to flush what was received",
+            ));
+        }
+        let upstream_password = match &self.upstream {
+            Some(upstream) => self.check_upstream(upstream)?,
+            None => None,
         };
+        Ok(Secrets { upstream_password })
+    }
+
+    /// The upstream section's rules; returns its password, read from its file if need be.
+    fn check_upstream(&self, upstream: &UpstreamSettings) -> Result<Option<Secret>, ConfigError> {
         if upstream.qos > 2 {
             return Err(key_error(
                 "upstream.qos",
@@ -263,23 +274,17 @@ impl Config {
                 "give either password or password_file, not both",
             ));
         }
-        secrets.upstream_password = match &upstream.password_file {
+        let password = match &upstream.password_file {
             Some(path) => Some(read_secret("upstream.password_file", path)?),
             None => upstream.password.clone(),
         };
-        if secrets.upstream_password.is_some() && upstream.username.is_none() {
+        if password.is_some() && upstream.username.is_none() {
             return Err(key_error(
                 "upstream.username",
                 "a password is configured but no username",
             ));
         }
-        if self.shutdown.grace_ms == 0 {
-            return Err(key_error(
-                "shutdown.grace_ms",
-                "must be above 0 to flush what was received",
-            ));
-        }
-        Ok(secrets)
+        Ok(password)
     }
 }
 
@@ -313,4 +318,238 @@ fn describe(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail, yaml: &str) -> Result<(Config, Secrets), ConfigError> {
+        jail.create_file("mqtt2es.yaml", yaml)
+            .expect("write config");
+        Config::load(&jail.directory().join("mqtt2es.yaml"))
+    }
+
+    fn error_text(jail: &Jail, yaml: &str) -> String {
+        load(jail, yaml)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_minimal_file_takes_defaults_for_everything_else() {
+        Jail::expect_with(|jail| {
+            let (config, _) = load(jail, "upstream: {host: broker}\n").expect("valid");
+            let upstream = config.upstream().expect("upstream");
+            assert_eq!(upstream.host, "broker");
+            assert_eq!(upstream.port, 1883);
+            assert!(!upstream.clean_session, "persistent sessions by default");
+            assert_eq!(config.elasticsearch.url, "http://localhost:9200");
+            assert_eq!(config.pipelines.max_payload_bytes, 1024 * 1024);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {host: broker, hots: typo}\n");
+            assert!(text.contains("hots"), "{text}");
+            let text = error_text(jail, "batch: {max_doc: 5}\n");
+            assert!(text.contains("max_doc"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_an_error_that_names_key_and_value() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {port: lots}\n");
+            assert!(text.contains("upstream.port"), "{text}");
+            assert!(text.contains("lots"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_environment_variable_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MQTT2ES_UPSTREAM__HOST", "from-env");
+            jail.set_env("MQTT2ES_BATCH__MAX_DOCS", "7");
+            let (config, _) = load(jail, "upstream: {host: from-file}\n").expect("valid");
+            assert_eq!(config.upstream().expect("upstream").host, "from-env");
+            assert_eq!(config.batch.max_docs.get(), 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_without_a_section_separator_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MQTT2ES_CONFIG", "/etc/mqtt2es.yaml");
+            jail.set_env("MQTT2ES_TEST_ES_HOME", "/somewhere");
+            load(jail, "upstream: {host: broker}\n").expect("valid");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_from_the_environment_is_an_error_too() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MQTT2ES_UPSTREAM__HOTS", "typo");
+            let text = error_text(jail, "upstream: {host: broker}\n");
+            assert!(text.contains("hots"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_reported_with_its_path() {
+        let error = Config::load(Path::new("/nonexistent/mqtt2es.yaml")).expect_err("missing");
+        assert!(
+            error.to_string().contains("/nonexistent/mqtt2es.yaml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn run_needs_an_upstream_broker() {
+        Jail::expect_with(|jail| {
+            let (config, _) = load(jail, "log: {level: debug}\n").expect("valid for check/try");
+            let error = config.upstream().expect_err("no upstream").to_string();
+            assert!(error.contains("upstream.host"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn several_connections_need_a_shared_group() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {connections: 3}\n");
+            assert!(text.contains("upstream.connections"), "{text}");
+            assert!(text.contains("shared_group"), "{text}");
+            load(jail, "upstream: {connections: 3, shared_group: bridge}\n").expect("valid");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_shared_group_with_a_slash_is_refused() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {shared_group: a/b}\n");
+            assert!(text.contains("\"a/b\""), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_qos_above_two_is_refused() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {qos: 3}\n");
+            assert!(
+                text.contains("upstream.qos") && text.contains('3'),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_packet_limit_below_the_payload_limit_is_refused() {
+        Jail::expect_with(|jail| {
+            let text = error_text(
+                jail,
+                "upstream: {max_packet_bytes: 1000}\npipelines: {max_payload_bytes: 2000}\n",
+            );
+            assert!(text.contains("upstream.max_packet_bytes"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_file_is_read_and_its_trailing_newline_dropped() {
+        Jail::expect_with(|jail| {
+            jail.create_file("mqtt-password", "s3cret\n")?;
+            let (_, secrets) = load(
+                jail,
+                "upstream: {username: bridge, password_file: mqtt-password}\n",
+            )
+            .expect("valid");
+            let password = secrets.upstream_password.expect("password");
+            assert_eq!(password.expose(), "s3cret");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_an_error_naming_key_and_path() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {username: u, password_file: nope.txt}\n");
+            assert!(text.contains("upstream.password_file"), "{text}");
+            assert!(text.contains("nope.txt"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_and_password_file_together_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("p", "x")?;
+            let text = error_text(
+                jail,
+                "upstream: {username: u, password: x, password_file: p}\n",
+            );
+            assert!(text.contains("either password or password_file"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_without_a_username_is_refused() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "upstream: {password: x}\n");
+            assert!(text.contains("upstream.username"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        Jail::expect_with(|jail| {
+            let (config, _) = load(jail, "upstream: {host: b}\n").expect("valid");
+            assert_eq!(config.pipelines.dir, jail.directory().join("pipelines"));
+            assert_eq!(
+                config.dead_letter.file,
+                jail.directory().join("mqtt2es-deadletter.ndjson")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_debug_output_of_a_loaded_config_never_shows_a_password() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MQTT2ES_ELASTICSEARCH__PASSWORD", "es-pass-123");
+            let (config, secrets) = load(
+                jail,
+                "upstream: {username: u, password: mqtt-pass-456}\nelasticsearch: {username: elastic}\n",
+            )
+            .expect("valid");
+            let shown = format!("{config:?} {secrets:?}");
+            assert!(!shown.contains("mqtt-pass-456"), "{shown}");
+            assert!(!shown.contains("es-pass-123"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_zero_grace_period_is_refused() {
+        Jail::expect_with(|jail| {
+            let text = error_text(jail, "shutdown: {grace_ms: 0}\n");
+            assert!(text.contains("shutdown.grace_ms"), "{text}");
+            Ok(())
+        });
+    }
 }
