@@ -132,3 +132,31 @@ async fn sigterm_while_the_search_node_is_down_acks_nothing_and_a_restart_delive
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_forgot_the_session_is_subscribed_to_again() {
+    let node = SearchNode::shared();
+    // Without persistence a restarted Mosquitto knows nothing of our session or subscriptions.
+    let mut broker = crate::support::Mosquitto::start_with(&["persistence false"]);
+    let mut bridge = Bridge::start(
+        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
+    );
+    bridge.wait_subscribed();
+    let index = format!("{}readings", bridge.prefix());
+    let first = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 100));
+    assert_eq!(
+        wait_for_count(node, &index, first as u64, Duration::from_secs(30)).await,
+        first as u64
+    );
+
+    broker.restart();
+    bridge.wait_for_log(" subscribed", 2, Duration::from_secs(30));
+    let second = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 100, 100));
+    let total = (first + second) as u64;
+    assert_eq!(
+        wait_for_count(node, &index, total, Duration::from_secs(30)).await,
+        total,
+        "{}",
+        bridge.logs()
+    );
+}
