@@ -243,31 +243,22 @@ async fn run_v311(
                     session_present: connack.session_present,
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let qos = qos_from_level(publish.qos as u8);
-                Inbound::Publish {
-                    key: ack_key(qos, publish.pkid),
-                    message: Message {
-                        topic: publish.topic,
-                        payload: Arc::from(publish.payload.as_ref()),
-                        qos,
-                        retain: publish.retain,
-                        received_at: Utc::now(),
-                        user_properties: Vec::new(),
-                    },
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                let refused = suback
+            Ok(Event::Incoming(Packet::Publish(publish))) => inbound_publish(
+                publish.topic,
+                &publish.payload,
+                publish.qos as u8,
+                publish.pkid,
+                publish.retain,
+                Vec::new(),
+            ),
+            Ok(Event::Incoming(Packet::SubAck(suback))) => subscribed(
+                suback.return_codes.len(),
+                suback
                     .return_codes
                     .iter()
                     .filter(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
-                    .count();
-                Inbound::Subscribed {
-                    granted: suback.return_codes.len() - refused,
-                    refused,
-                }
-            }
+                    .count(),
+            ),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
@@ -301,34 +292,25 @@ async fn run_v5(
                     session_present: connack.session_present,
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let qos = qos_from_level(publish.qos as u8);
-                Inbound::Publish {
-                    key: ack_key(qos, publish.pkid),
-                    message: Message {
-                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-                        payload: Arc::from(publish.payload.as_ref()),
-                        qos,
-                        retain: publish.retain,
-                        received_at: Utc::now(),
-                        user_properties: publish
-                            .properties
-                            .map(|p| p.user_properties)
-                            .unwrap_or_default(),
-                    },
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                let refused = suback
+            Ok(Event::Incoming(Packet::Publish(publish))) => inbound_publish(
+                String::from_utf8_lossy(&publish.topic).into_owned(),
+                &publish.payload,
+                publish.qos as u8,
+                publish.pkid,
+                publish.retain,
+                publish
+                    .properties
+                    .map(|p| p.user_properties)
+                    .unwrap_or_default(),
+            ),
+            Ok(Event::Incoming(Packet::SubAck(suback))) => subscribed(
+                suback.return_codes.len(),
+                suback
                     .return_codes
                     .iter()
                     .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
-                    .count();
-                Inbound::Subscribed {
-                    granted: suback.return_codes.len() - refused,
-                    refused,
-                }
-            }
+                    .count(),
+            ),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(v5::ConnectionError::RequestsDone) => return,
@@ -365,6 +347,36 @@ async fn disconnected(
     );
     tokio::time::sleep(delay).await;
     true
+}
+
+/// A PUBLISH from either protocol version as the driver sees it, stamped with its receive time.
+fn inbound_publish(
+    topic: String,
+    payload: &[u8],
+    qos_level: u8,
+    pkid: u16,
+    retain: bool,
+    user_properties: Vec<(String, String)>,
+) -> Inbound {
+    let qos = qos_from_level(qos_level);
+    Inbound::Publish {
+        key: ack_key(qos, pkid),
+        message: Message {
+            topic,
+            payload: Arc::from(payload),
+            qos,
+            retain,
+            received_at: Utc::now(),
+            user_properties,
+        },
+    }
+}
+
+fn subscribed(filters: usize, refused: usize) -> Inbound {
+    Inbound::Subscribed {
+        granted: filters - refused,
+        refused,
+    }
 }
 
 fn ack_key(qos: QoS, pkid: u16) -> Option<AckKey> {

@@ -22,6 +22,20 @@ stages:
     .to_string()
 }
 
+/// A bridge on `broker` and `node` with the readings pipeline, subscribed; and the data stream
+/// its readings land in.
+pub fn start_readings_bridge(broker: &Mosquitto, node: &SearchNode) -> (Bridge, String) {
+    start_readings_bridge_with(BridgeSpec::new(broker.port(), &node.url()))
+}
+
+/// Like `start_readings_bridge`, from a spec a test adjusted (environment, extra sections).
+pub fn start_readings_bridge_with(spec: BridgeSpec) -> (Bridge, String) {
+    let mut bridge = Bridge::start(&spec.pipeline("readings.yaml", readings_pipeline()));
+    bridge.wait_subscribed();
+    let index = format!("{}readings", bridge.prefix());
+    (bridge, index)
+}
+
 /// Mosquitto with no cap on messages queued for a disconnected persistent session (its default
 /// of 1000 drops the rest, which would be the broker losing data, not the bridge).
 pub fn broker() -> Mosquitto {
@@ -32,10 +46,7 @@ pub fn broker() -> Mosquitto {
 async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pipeline_fields() {
     let node = SearchNode::shared();
     let broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
+    let (_bridge, index) = start_readings_bridge(&broker, node);
 
     publish(
         broker.port(),
@@ -44,7 +55,6 @@ async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pi
         br#"{"temp_c":21.4,"seq":1,"ts":"2026-11-22T10:00:00Z"}"#,
     );
 
-    let index = format!("{}readings", bridge.prefix());
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1
@@ -63,10 +73,7 @@ async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pi
 async fn ten_thousand_qos1_messages_across_fifty_topics_land_as_exactly_as_many_documents() {
     let node = SearchNode::shared();
     let broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
+    let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let port = broker.port();
     let publishers: Vec<_> = (0..50)
@@ -91,7 +98,6 @@ async fn ten_thousand_qos1_messages_across_fifty_topics_land_as_exactly_as_many_
         "mosquitto_pub got only {sent} PUBACKs of 10000"
     );
 
-    let index = format!("{}readings", bridge.prefix());
     let stored = wait_for_count(node, &index, sent as u64, Duration::from_secs(120)).await;
     assert_eq!(
         stored, sent as u64,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bridge_basics::broker;
+use crate::bridge_basics::{broker, start_readings_bridge};
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::publish::publish;
 use crate::support::{SearchNode, wait_for_count};
@@ -116,18 +116,13 @@ stages:
 async fn a_mapping_conflict_dead_letters_only_the_offending_document() {
     let node = SearchNode::shared();
     let broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url())
-            .pipeline("readings.yaml", crate::bridge_basics::readings_pipeline()),
-    );
-    bridge.wait_subscribed();
+    let (bridge, readings) = start_readings_bridge(&broker, node);
 
     let topic = "sensors/lab/pi-02/telemetry";
     publish(broker.port(), topic, 1, br#"{"seq":1,"temp_c":21.5}"#);
     publish(broker.port(), topic, 1, br#"{"seq":2,"temp_c":"warm"}"#);
     publish(broker.port(), topic, 1, br#"{"seq":3,"temp_c":22.0}"#);
 
-    let readings = format!("{}readings", bridge.prefix());
     let dead_letters = bridge.dead_letter_index();
     assert_eq!(
         wait_for_count(node, &readings, 2, Duration::from_secs(30)).await,

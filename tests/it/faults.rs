@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::bridge_basics::{broker, readings_pipeline};
-use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::bridge_basics::{broker, start_readings_bridge, start_readings_bridge_with};
+use crate::support::bridge::BridgeSpec;
 use crate::support::publish::{publish_lines_qos1, readings};
 use crate::support::{SearchNode, wait_for_count};
 
@@ -17,11 +17,7 @@ const OUTAGE: Duration = Duration::from_secs(20);
 async fn the_search_node_down_for_twenty_seconds_mid_stream_loses_and_duplicates_nothing() {
     let mut node = SearchNode::start_private();
     let broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (bridge, index) = start_readings_bridge(&broker, &node);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 1000));
     assert!(wait_for_count(&node, &index, 1, Duration::from_secs(30)).await > 0);
@@ -49,11 +45,7 @@ async fn the_search_node_down_for_twenty_seconds_mid_stream_loses_and_duplicates
 async fn restarting_mosquitto_mid_stream_loses_and_duplicates_nothing() {
     let node = SearchNode::shared();
     let mut broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 3000));
     broker.restart();
@@ -73,11 +65,7 @@ async fn restarting_mosquitto_mid_stream_loses_and_duplicates_nothing() {
 async fn sigterm_mid_stream_flushes_exits_zero_and_a_restart_delivers_the_rest() {
     let node = SearchNode::shared();
     let broker = broker();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 5000));
     wait_for_count(node, &index, 1, Duration::from_secs(30)).await;
@@ -101,13 +89,10 @@ async fn sigterm_mid_stream_flushes_exits_zero_and_a_restart_delivers_the_rest()
 async fn sigterm_while_the_search_node_is_down_acks_nothing_and_a_restart_delivers_everything() {
     let mut node = SearchNode::start_private();
     let broker = broker();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
     spec.env
         .push(("MQTT2ES_SHUTDOWN__GRACE_MS".into(), "2000".into()));
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (mut bridge, index) = start_readings_bridge_with(spec);
 
     node.stop();
     let sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 500));
@@ -138,11 +123,7 @@ async fn a_broker_that_forgot_the_session_is_subscribed_to_again() {
     let node = SearchNode::shared();
     // Without persistence a restarted Mosquitto knows nothing of our session or subscriptions.
     let mut broker = crate::support::Mosquitto::start_with(&["persistence false"]);
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline()),
-    );
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (mut bridge, index) = start_readings_bridge(&broker, node);
     let first = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 100));
     assert_eq!(
         wait_for_count(node, &index, first as u64, Duration::from_secs(30)).await,

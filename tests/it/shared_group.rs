@@ -66,7 +66,7 @@ stages:
     let pattern = per_instance.join(",");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while total < sent && std::time::Instant::now() < deadline {
-        total = node.count(&pattern).await;
+        total = node.try_count(&pattern).await.unwrap_or(0);
         if total < sent {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -40,9 +40,9 @@ pub mod publish;
 
 use std::time::{Duration, Instant};
 
-/// Polls `count` (which refreshes the index itself) until it returns `expected` or `timeout`
+/// Polls `try_count` (which refreshes the index itself) until it returns `expected` or `timeout`
 /// passes; returns the last count. Ingest is asynchronous, so this is a readiness wait with an
-/// explicit refresh, never a fixed sleep.
+/// explicit refresh, never a fixed sleep. A node not ready to count yet counts as 0.
 pub async fn wait_for_count(
     node: &SearchNode,
     index: &str,
@@ -51,7 +51,7 @@ pub async fn wait_for_count(
 ) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let count = node.count(index).await;
+        let count = node.try_count(index).await.unwrap_or(0);
         if count >= expected || Instant::now() > deadline {
             return count;
         }

@@ -166,6 +166,26 @@ impl SearchNode {
             .unwrap_or_else(|| panic!("no count in {response}"))
     }
 
+    /// Like `count`, but `None` instead of a panic when the node cannot answer yet: a data
+    /// stream created a moment ago may have no active shard (503), and a restarted node may not
+    /// listen yet. For polling loops that wait for ingest to catch up.
+    pub async fn try_count(&self, index: &str) -> Option<u64> {
+        let base = self.url();
+        let refresh =
+            format!("{base}/{index}/_refresh?ignore_unavailable=true&allow_no_indices=true");
+        let refreshed = self.client.post(&refresh).send().await.ok()?;
+        if !refreshed.status().is_success() {
+            return None;
+        }
+        let url = format!("{base}/{index}/_count?ignore_unavailable=true");
+        let response = self.client.get(&url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        body["count"].as_u64()
+    }
+
     /// `POST /<index>/_search` with `body` (`{"query": …, "size": …}`) after a refresh; the
     /// whole response.
     pub async fn search(&self, index: &str, body: Value) -> Value {
