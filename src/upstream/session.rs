@@ -133,6 +133,11 @@ fn transport(settings: &UpstreamSettings) -> Result<Transport, SessionError> {
             source,
         })
     };
+    // rumqttc builds its rustls config with the process-wide crypto provider, and rustls only
+    // picks one by itself when exactly one is compiled in; without this, any dependency that
+    // enables a second one turns the first TLS connect into a panic in the pump task. An `Err`
+    // means a provider is installed already, which is all this needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = read("tls.ca_file", &tls.ca_file)?;
     let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert), Some(key)) => Some((

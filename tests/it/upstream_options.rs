@@ -9,8 +9,9 @@ use tempfile::TempDir;
 
 use crate::bridge_basics::readings_pipeline;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::certs::Certs;
 use crate::support::publish::{publish, publish_lines_qos1, publish_with, readings};
-use crate::support::{Mosquitto, SearchNode, wait_for_count};
+use crate::support::{Mosquitto, SearchNode, free_port, wait_for_count};
 
 const TOPIC: &str = "sensors/lab/pi-05/telemetry";
 const USER: &str = "bridge";
@@ -232,4 +233,62 @@ async fn the_password_is_in_no_log_line_even_with_every_crate_logging_at_trace()
     );
     assert!(bridge.terminate(Duration::from_secs(30)).success());
     assert_no_password(&bridge);
+}
+
+/// Mosquitto with its plain listener plus a TLS listener on a port of its own; returns the
+/// broker and the TLS port.
+fn broker_with_tls(certs: &Certs) -> (Mosquitto, u16) {
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(&[
+        "max_queued_messages 0",
+        &format!("listener {tls_port} 127.0.0.1"),
+        &format!("cafile {}", certs.ca().display()),
+        &format!("certfile {}", certs.server_cert().display()),
+        &format!("keyfile {}", certs.server_key().display()),
+    ]);
+    (broker, tls_port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_trusting_the_brokers_ca_stores_readings_over_tls_by_ip_and_by_name() {
+    let node = SearchNode::shared();
+    let certs = Certs::generate();
+    let (broker, tls_port) = broker_with_tls(&certs);
+    let mut bridges = Vec::new();
+    for host in ["127.0.0.1", "localhost"] {
+        let mut spec =
+            BridgeSpec::new(tls_port, &node.url()).pipeline("readings.yaml", readings_pipeline());
+        spec.upstream_extra = format!("  tls:\n    ca_file: {}\n", certs.ca().display());
+        spec.env
+            .push(("MQTT2ES_UPSTREAM__HOST".into(), host.into()));
+        let mut bridge = Bridge::start(&spec);
+        bridge.wait_subscribed();
+        bridges.push((host, bridge));
+    }
+
+    publish(broker.port(), TOPIC, 1, &reading(1));
+    for (host, bridge) in &bridges {
+        let index = format!("{}readings", bridge.prefix());
+        assert_eq!(
+            wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
+            1,
+            "over TLS to {host}:\n{}",
+            bridge.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_with_a_ca_that_did_not_sign_the_brokers_certificate_logs_why_and_retries() {
+    let node = SearchNode::shared();
+    let certs = Certs::generate();
+    let (_broker, tls_port) = broker_with_tls(&certs);
+    let mut spec =
+        BridgeSpec::new(tls_port, &node.url()).pipeline("readings.yaml", readings_pipeline());
+    spec.upstream_extra = format!("  tls:\n    ca_file: {}\n", certs.other_ca().display());
+    let mut bridge = Bridge::start(&spec);
+
+    bridge.wait_for_log("UnknownIssuer", 2, Duration::from_secs(30));
+    let logs = bridge.logs();
+    assert!(!logs.contains(" subscribed"), "{logs}");
 }
