@@ -199,8 +199,20 @@ async fn a_wrong_password_is_logged_as_a_refused_connection_and_retried_with_bac
     let mut bridge = Bridge::start(&spec);
 
     // Three refusals, with the process alive throughout (wait_for_log fails if it exits).
-    bridge.wait_for_log("NotAuthorized", 3, Duration::from_secs(30));
+    bridge.wait_for_log(
+        "upstream broker refused the connection",
+        3,
+        Duration::from_secs(30),
+    );
     let logs = bridge.logs();
+    let refusal = logs
+        .lines()
+        .find(|line| line.contains("refused the connection"))
+        .expect("a refusal line");
+    assert!(refusal.contains("ERROR"), "{refusal}");
+    assert!(refusal.contains("NotAuthorized"), "{refusal}");
+    assert!(refusal.contains("upstream.username"), "{refusal}");
+    assert!(!logs.contains("connection lost"), "{logs}");
     assert!(logs.contains("reconnecting after delay"), "{logs}");
     assert!(!logs.contains(" subscribed"), "{logs}");
     assert_no_password(&bridge);
@@ -290,5 +302,13 @@ async fn a_bridge_with_a_ca_that_did_not_sign_the_brokers_certificate_logs_why_a
 
     bridge.wait_for_log("UnknownIssuer", 2, Duration::from_secs(30));
     let logs = bridge.logs();
+    let failure = logs
+        .lines()
+        .find(|line| line.contains("UnknownIssuer"))
+        .expect("a TLS failure line");
+    assert!(
+        failure.contains("cannot connect to upstream broker"),
+        "{failure}"
+    );
     assert!(!logs.contains(" subscribed"), "{logs}");
 }
