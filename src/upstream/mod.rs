@@ -62,6 +62,34 @@ pub async fn run(
         );
     }
     drop(records);
-    while tasks.join_next().await.is_some() {}
+    join(tasks).await;
     Ok(())
+}
+
+/// Waits for every connection task. A panic in one is re-raised rather than absorbed: the other
+/// tasks would keep the process alive, subscribed to nothing and saying nothing more, where an
+/// exit lets a supervisor restart it (and the broker redeliver what was not acknowledged).
+async fn join(mut tasks: JoinSet<()>) {
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined
+            && error.is_panic()
+        {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "pump failed")]
+    async fn a_panicking_connection_task_ends_the_run_while_the_others_still_wait() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(std::future::pending::<()>());
+        tasks.spawn(async { panic!("pump failed") });
+        // Bounded, so that a regression fails the test instead of hanging it.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join(tasks)).await;
+    }
 }

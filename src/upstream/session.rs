@@ -33,8 +33,30 @@ pub enum Inbound {
     },
     /// SUBACK: the broker granted `granted` filters and refused `refused` (ACL, bad shared group...).
     Subscribed { granted: usize, refused: usize },
-    /// The connection failed; the pump reconnects after a backoff delay.
-    Disconnected { error: String },
+    /// Connecting failed or the connection ended; the pump reconnects after a backoff delay.
+    Disconnected { error: String, failure: Failure },
+}
+
+/// How far a connection got before it failed: what an operator should look at differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The broker answered CONNECT with a refusal (credentials, authorization, client id):
+    /// retrying alone will not fix it.
+    Refused,
+    /// No session came about: TCP, TLS or the CONNECT exchange failed.
+    Unreachable,
+    /// An established connection went away.
+    Lost,
+}
+
+impl Failure {
+    fn classify(refused: bool, connected: bool) -> Failure {
+        match (refused, connected) {
+            (true, _) => Failure::Refused,
+            (false, false) => Failure::Unreachable,
+            (false, true) => Failure::Lost,
+        }
+    }
 }
 
 /// What a PUBACK/PUBREC needs: the packet id and which of the two to send.
@@ -133,6 +155,11 @@ fn transport(settings: &UpstreamSettings) -> Result<Transport, SessionError> {
             source,
         })
     };
+    // rumqttc builds its rustls config with the process-wide crypto provider, and rustls only
+    // picks one by itself when exactly one is compiled in; without this, any dependency that
+    // enables a second one turns the first TLS connect into a panic in the pump task. An `Err`
+    // means a provider is installed already, which is all this needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = read("tls.ca_file", &tls.ca_file)?;
     let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert), Some(key)) => Some((
@@ -235,10 +262,12 @@ async fn run_v311(
 ) {
     use rumqttc::{Event, Outgoing, Packet};
     let mut delays = backoff(&settings);
+    let mut connected = false;
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 delays = backoff(&settings);
+                connected = true;
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -263,7 +292,9 @@ async fn run_v311(
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(error) => {
-                if !disconnected(&to_driver, error.to_string(), &mut delays).await {
+                let refused = matches!(error, rumqttc::ConnectionError::ConnectionRefused(_));
+                let failure = Failure::classify(refused, std::mem::take(&mut connected));
+                if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
                     return;
                 }
                 continue;
@@ -284,10 +315,12 @@ async fn run_v5(
     use v5::Event;
     use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
     let mut delays = backoff(&settings);
+    let mut connected = false;
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 delays = backoff(&settings);
+                connected = true;
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -315,7 +348,9 @@ async fn run_v5(
             Ok(_) => continue,
             Err(v5::ConnectionError::RequestsDone) => return,
             Err(error) => {
-                if !disconnected(&to_driver, error.to_string(), &mut delays).await {
+                let refused = matches!(error, v5::ConnectionError::ConnectionRefused(_));
+                let failure = Failure::classify(refused, std::mem::take(&mut connected));
+                if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
                     return;
                 }
                 continue;
@@ -331,10 +366,11 @@ async fn run_v5(
 async fn disconnected(
     to_driver: &mpsc::Sender<Inbound>,
     error: String,
+    failure: Failure,
     delays: &mut impl Iterator<Item = Duration>,
 ) -> bool {
     if to_driver
-        .send(Inbound::Disconnected { error })
+        .send(Inbound::Disconnected { error, failure })
         .await
         .is_err()
     {
@@ -413,7 +449,27 @@ pub fn log_inbound_state(connection: usize, inbound: &Inbound) {
         Inbound::Connected { session_present } => {
             info!(connection, session_present, "connected to upstream broker")
         }
-        Inbound::Disconnected { error } => {
+        Inbound::Disconnected {
+            error,
+            failure: Failure::Refused,
+        } => {
+            error!(
+                connection,
+                %error,
+                "upstream broker refused the connection; check upstream.username, the password \
+                 and the broker's ACLs for this client id; retrying"
+            )
+        }
+        Inbound::Disconnected {
+            error,
+            failure: Failure::Unreachable,
+        } => {
+            warn!(connection, %error, "cannot connect to upstream broker; retrying")
+        }
+        Inbound::Disconnected {
+            error,
+            failure: Failure::Lost,
+        } => {
             warn!(connection, %error, "upstream connection lost; reconnecting")
         }
         Inbound::Subscribed {
@@ -431,5 +487,22 @@ pub fn log_inbound_state(connection: usize, inbound: &Inbound) {
             )
         }
         Inbound::Publish { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_reported_as_such_whether_or_not_a_session_came_about_before() {
+        assert_eq!(Failure::classify(true, false), Failure::Refused);
+        assert_eq!(Failure::classify(true, true), Failure::Refused);
+    }
+
+    #[test]
+    fn a_failure_before_connack_is_unreachable_and_after_it_lost() {
+        assert_eq!(Failure::classify(false, false), Failure::Unreachable);
+        assert_eq!(Failure::classify(false, true), Failure::Lost);
     }
 }

@@ -10,3 +10,4 @@ mod faults;
 mod harness;
 mod shared_group;
 mod support;
+mod upstream_options;

@@ -5,6 +5,7 @@
 //! `scripts/test` installs the programs and exports where they are; the harness only starts
 //! them. Nothing it starts outlives the test binary, even one that aborts: see `process`.
 
+pub mod certs;
 pub mod mosquitto;
 pub mod ports;
 mod process;

@@ -5,6 +5,12 @@ use std::process::{Command, Stdio};
 
 /// Publishes one message and waits for mosquitto_pub to finish; panics if it fails.
 pub fn publish(port: u16, topic: &str, qos: u8, payload: &[u8]) {
+    publish_with(port, &[], topic, qos, payload);
+}
+
+/// Like `publish`, with extra `mosquitto_pub` arguments: `["-V", "mqttv5"]`, `["-u", user, "-P",
+/// password]`, `["-D", "publish", "user-property", "site", "lab"]`.
+pub fn publish_with(port: u16, extra_args: &[&str], topic: &str, qos: u8, payload: &[u8]) {
     let mut child = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -14,6 +20,7 @@ pub fn publish(port: u16, topic: &str, qos: u8, payload: &[u8]) {
             "-q",
             &qos.to_string(),
         ])
+        .args(extra_args)
         .args(["-t", topic, "-s"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
