@@ -66,8 +66,13 @@ impl Item {
         &self.ndjson[self.source_at..self.ndjson.len() - 1]
     }
 
+    /// Whether a 409 means "already stored": documents with a pipeline id, and dead letters,
+    /// which always carry a deterministic id.
     pub fn has_id(&self) -> bool {
-        matches!(self.kind, Kind::Document { has_id: true, .. })
+        matches!(
+            self.kind,
+            Kind::Document { has_id: true, .. } | Kind::DeadLetter { .. }
+        )
     }
 }
 
@@ -135,7 +140,8 @@ pub fn dead_letter_item(
     dead_letter_index: &str,
 ) -> Item {
     let source = dead_letter::document(&message, rejection);
-    let (ndjson, source_at) = encode(dead_letter_index, None, &source);
+    let id = dead_letter::id(&message, rejection);
+    let (ndjson, source_at) = encode(dead_letter_index, Some(&id), &source);
     Item {
         kind: Kind::DeadLetter {
             reason: rejection.reason.clone(),
@@ -478,10 +484,11 @@ mod tests {
             }
         );
         let lines = lines(&body(&[item]));
-        assert_eq!(
-            lines[0],
-            json!({"create": {"_index": "mqtt2es-deadletter"}})
-        );
+        assert_eq!(lines[0]["create"]["_index"], "mqtt2es-deadletter");
+        let id = lines[0]["create"]["_id"]
+            .as_str()
+            .expect("a dead letter has an id");
+        assert_eq!(id.len(), 64, "{id}");
         assert_eq!(lines[1]["payload"], "{\"t\":21.5}");
     }
 

@@ -49,6 +49,24 @@ impl Default for DeadLetterSettings {
     }
 }
 
+/// The dead letter's `_id`: a hash of topic, payload and reason. A bad message that the broker
+/// redelivers (after a reconnect, a restart, a poison packet's reconnect loop) then meets a 409
+/// and is stored once, like a reading with a deterministic id.
+pub fn id(message: &Message, rejection: &Rejection) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        b"mqtt2es/dead-letter/v1".as_slice(),
+        message.topic.as_bytes(),
+        &message.payload,
+        rejection.reason.as_bytes(),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The dead-letter document for a message and the reason it was rejected.
 ///
 /// Field names follow ECS where one fits (`@timestamp`, `error.message`); the rest are ours.
@@ -182,6 +200,18 @@ pub(crate) mod tests {
             reason: "invalid_json".to_owned(),
             detail: "expected value at line 1 column 1 in \"hot\"".to_owned(),
         }
+    }
+
+    #[test]
+    fn a_redelivered_bad_message_gets_the_same_dead_letter_id() {
+        let first = id(&message(b"hot"), &rejection());
+        let mut redelivered = message(b"hot");
+        redelivered.received_at = Utc::now();
+        assert_eq!(first, id(&redelivered, &rejection()));
+        assert_ne!(first, id(&message(b"cold"), &rejection()));
+        let mut other_reason = rejection();
+        other_reason.reason = "too_deep".to_owned();
+        assert_ne!(first, id(&message(b"hot"), &other_reason));
     }
 
     /// A complete dead letter, also used to check the dead-letter template maps every field.

@@ -7,7 +7,7 @@
 //! bounded channel, which is also where backpressure from the pipeline reaches the socket.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rumqttc::v5;
@@ -235,7 +235,9 @@ impl Client {
 
 /// Reconnect delays: capped exponential with full jitter, so a fleet of bridges does not hammer
 /// a restarted broker in lockstep.
-fn backoff(settings: &UpstreamSettings) -> impl Iterator<Item = Duration> + use<> {
+type Backoff = std::iter::Map<ExponentialBackoff, fn(Duration) -> Duration>;
+
+fn backoff(settings: &UpstreamSettings) -> Backoff {
     let initial = settings.reconnect_initial_ms.max(1);
     ExponentialBackoff::from_millis(2)
         .factor(initial / 2 + 1)
@@ -262,12 +264,11 @@ async fn run_v311(
 ) {
     use rumqttc::{Event, Outgoing, Packet};
     let mut delays = backoff(&settings);
-    let mut connected = false;
+    let mut connected_at: Option<Instant> = None;
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                delays = backoff(&settings);
-                connected = true;
+                connected_at = Some(Instant::now());
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -293,7 +294,9 @@ async fn run_v311(
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(error) => {
                 let refused = matches!(error, rumqttc::ConnectionError::ConnectionRefused(_));
-                let failure = Failure::classify(refused, std::mem::take(&mut connected));
+                let was_connected = connected_at.take();
+                delays = after_disconnect(delays, was_connected, &settings);
+                let failure = Failure::classify(refused, was_connected.is_some());
                 if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
                     return;
                 }
@@ -315,12 +318,11 @@ async fn run_v5(
     use v5::Event;
     use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
     let mut delays = backoff(&settings);
-    let mut connected = false;
+    let mut connected_at: Option<Instant> = None;
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                delays = backoff(&settings);
-                connected = true;
+                connected_at = Some(Instant::now());
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -349,7 +351,9 @@ async fn run_v5(
             Err(v5::ConnectionError::RequestsDone) => return,
             Err(error) => {
                 let refused = matches!(error, v5::ConnectionError::ConnectionRefused(_));
-                let failure = Failure::classify(refused, std::mem::take(&mut connected));
+                let was_connected = connected_at.take();
+                delays = after_disconnect(delays, was_connected, &settings);
+                let failure = Failure::classify(refused, was_connected.is_some());
                 if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
                     return;
                 }
@@ -359,6 +363,23 @@ async fn run_v5(
         if to_driver.send(inbound).await.is_err() {
             return;
         }
+    }
+}
+
+/// A connection must last this long before the backoff starts over. Resetting it on every
+/// CONNACK let a connection that dies at once (a packet over `max_packet_bytes` redelivered by
+/// the broker every time) reconnect hundreds of times a second.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// The reconnect delays after a connection ended: afresh if it had been stable, else continued.
+fn after_disconnect(
+    delays: Backoff,
+    connected_at: Option<Instant>,
+    settings: &UpstreamSettings,
+) -> Backoff {
+    match connected_at {
+        Some(at) if at.elapsed() >= STABLE_CONNECTION => backoff(settings),
+        _ => delays,
     }
 }
 
@@ -493,6 +514,46 @@ pub fn log_inbound_state(connection: usize, inbound: &Inbound) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings_with_backoff(initial_ms: u64, max_ms: u64) -> UpstreamSettings {
+        UpstreamSettings {
+            reconnect_initial_ms: initial_ms,
+            reconnect_max_ms: max_ms,
+            ..UpstreamSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_connection_that_dies_at_once_keeps_the_backoff_growing() {
+        let settings = settings_with_backoff(100, 60_000);
+        let mut delays = backoff(&settings);
+        for _ in 0..8 {
+            delays.next();
+        }
+        let just_now = Some(Instant::now());
+        let continued = after_disconnect(delays, just_now, &settings);
+        // After eight failures the raw delay is far above the first one; a reset would start
+        // again at about 100 ms. Jitter draws from [0, delay), so compare against a fresh start's
+        // ceiling many times to make a false pass vanishingly unlikely.
+        let draws: Vec<Duration> = continued.take(20).collect();
+        assert!(
+            draws.iter().any(|d| *d > Duration::from_millis(2_000)),
+            "{draws:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_was_stable_starts_the_backoff_over() {
+        let settings = settings_with_backoff(100, 60_000);
+        let mut delays = backoff(&settings);
+        for _ in 0..8 {
+            delays.next();
+        }
+        let long_ago = Instant::now().checked_sub(STABLE_CONNECTION + Duration::from_secs(1));
+        let mut fresh = after_disconnect(delays, long_ago, &settings);
+        let first = fresh.next().unwrap_or_default();
+        assert!(first <= Duration::from_millis(200), "{first:?}");
+    }
 
     #[test]
     fn a_refusal_is_reported_as_such_whether_or_not_a_session_came_about_before() {
