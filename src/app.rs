@@ -138,7 +138,7 @@ fn process(pipelines: &Pipelines, max_payload_bytes: usize, message: &Message) -
         return Processed::Rejected(Rejection {
             pipeline: None,
             stage: Some("decode".into()),
-            reason: "payload_too_large".into(),
+            reason: sink::dead_letter::PAYLOAD_TOO_LARGE.into(),
             detail: format!(
                 "payload of {} bytes exceeds pipelines.max_payload_bytes ({max_payload_bytes})",
                 message.payload.len()

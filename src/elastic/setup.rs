@@ -121,7 +121,8 @@ fn dead_letter_template(index: &str) -> IndexTemplate {
                         "error": { "properties": { "message": { "type": "text" } } },
                         "payload": { "type": "text", "index": false },
                         "payload_encoding": keyword,
-                        "payload_bytes": { "type": "long" }
+                        "payload_bytes": { "type": "long" },
+                        "payload_truncated": { "type": "boolean" }
                     }
                 }
             },

@@ -49,6 +49,12 @@ impl Default for DeadLetterSettings {
     }
 }
 
+/// Reason of a payload over `pipelines.max_payload_bytes`, refused before any parsing.
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+
+/// How much of an oversized payload its dead letter keeps.
+pub const TRUNCATED_PAYLOAD_BYTES: usize = 64 * 1024;
+
 /// The dead letter's `_id`: a hash of topic, payload and reason. A bad message that the broker
 /// redelivers (after a reconnect, a restart, a poison packet's reconnect loop) then meets a 409
 /// and is stored once, like a reading with a deterministic id.
@@ -72,10 +78,16 @@ pub fn id(message: &Message, rejection: &Rejection) -> String {
 /// Field names follow ECS where one fits (`@timestamp`, `error.message`); the rest are ours.
 /// `@timestamp` is the MQTT receive time, so dead letters sort next to the readings around them.
 pub fn document(message: &Message, rejection: &Rejection) -> Map<String, Value> {
-    let (payload, encoding) = match std::str::from_utf8(&message.payload) {
+    // Every other dead letter's payload is within `pipelines.max_payload_bytes` and kept whole;
+    // an oversized one keeps its head, enough to see what the device sent.
+    let kept = match rejection.reason == PAYLOAD_TOO_LARGE {
+        true => &message.payload[..message.payload.len().min(TRUNCATED_PAYLOAD_BYTES)],
+        false => &message.payload[..],
+    };
+    let (payload, encoding) = match std::str::from_utf8(kept) {
         Ok(text) => (text.to_owned(), "utf8"),
         Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&message.payload),
+            base64::engine::general_purpose::STANDARD.encode(kept),
             "base64",
         ),
     };
@@ -103,6 +115,10 @@ pub fn document(message: &Message, rejection: &Rejection) -> Map<String, Value> 
         ("payload", json!(payload)),
         ("payload_encoding", json!(encoding)),
         ("payload_bytes", json!(message.payload.len())),
+        (
+            "payload_truncated",
+            json!(kept.len() < message.payload.len()),
+        ),
     ];
     fields
         .into_iter()
@@ -203,6 +219,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_oversized_payload_keeps_only_its_head_in_the_dead_letter() {
+        let big = vec![b'x'; TRUNCATED_PAYLOAD_BYTES + 10];
+        let mut too_large = rejection();
+        too_large.reason = PAYLOAD_TOO_LARGE.to_owned();
+        let letter = document(&message(&big), &too_large);
+        assert_eq!(
+            letter["payload"].as_str().map(str::len),
+            Some(TRUNCATED_PAYLOAD_BYTES)
+        );
+        assert_eq!(letter["payload_truncated"], true);
+        assert_eq!(letter["payload_bytes"], TRUNCATED_PAYLOAD_BYTES + 10);
+        let whole = document(&message(&big), &rejection());
+        assert_eq!(whole["payload_truncated"], false);
+    }
+
+    #[test]
     fn a_redelivered_bad_message_gets_the_same_dead_letter_id() {
         let first = id(&message(b"hot"), &rejection());
         let mut redelivered = message(b"hot");
@@ -233,6 +265,7 @@ pub(crate) mod tests {
                 "payload": "hot",
                 "payload_encoding": "utf8",
                 "payload_bytes": 3,
+                "payload_truncated": false,
             })
         );
     }

@@ -112,7 +112,7 @@ pub fn open(
                 .set_keep_alive(keep_alive)
                 .set_clean_session(settings.clean_session)
                 .set_manual_acks(true)
-                .set_max_packet_size(settings.max_packet_bytes, 64 * 1024)
+                .set_max_packet_size(settings.max_packet_bytes, OUTGOING_PACKET_LIMIT)
                 .set_transport(transport);
             if let Some(user) = &settings.username {
                 options.set_credentials(user, password.map(Secret::expose).unwrap_or(""));
@@ -269,6 +269,10 @@ async fn run_v311(
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 connected_at = Some(Instant::now());
+                // A limit raised to read one oversized packet applies to this connection only.
+                eventloop
+                    .mqtt_options
+                    .set_max_packet_size(settings.max_packet_bytes, OUTGOING_PACKET_LIMIT);
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -293,6 +297,9 @@ async fn run_v311(
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(error) => {
+                if let Some(size) = oversized_packet(&error) {
+                    read_once_more_to_dead_letter(&mut eventloop.mqtt_options, size, &settings);
+                }
                 let refused = matches!(error, rumqttc::ConnectionError::ConnectionRefused(_));
                 let was_connected = connected_at.take();
                 delays = after_disconnect(delays, was_connected, &settings);
@@ -364,6 +371,41 @@ async fn run_v5(
             return;
         }
     }
+}
+
+/// We only send small packets (SUBSCRIBE, acks, DISCONNECT).
+const OUTGOING_PACKET_LIMIT: usize = 64 * 1024;
+
+/// The largest packet MQTT can express (a 4-byte remaining length) plus its fixed header.
+const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+
+/// The size of a packet that was over our read limit, if that is why the connection failed.
+fn oversized_packet(error: &rumqttc::ConnectionError) -> Option<usize> {
+    use rumqttc::mqttbytes::Error;
+    match error {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
+    }
+}
+
+/// MQTT 3.1.1 has no way to tell the broker our packet limit, so a packet over it would be
+/// redelivered on every reconnect and block everything queued behind it. Instead the next
+/// connection reads it once with a limit just big enough; the pipeline's `max_payload_bytes`
+/// then turns it into a `payload_too_large` dead letter, it is acked, and the stream moves on.
+fn read_once_more_to_dead_letter(
+    options: &mut rumqttc::MqttOptions,
+    remaining_length: usize,
+    settings: &UpstreamSettings,
+) {
+    let needed = remaining_length.saturating_add(5).min(MQTT_MAX_PACKET);
+    warn!(
+        packet_bytes = remaining_length,
+        max_packet_bytes = settings.max_packet_bytes,
+        "a packet over upstream.max_packet_bytes: reading it on the next connection to dead-letter it"
+    );
+    options.set_max_packet_size(needed, OUTGOING_PACKET_LIMIT);
 }
 
 /// A connection must last this long before the backoff starts over. Resetting it on every

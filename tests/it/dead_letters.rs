@@ -144,3 +144,40 @@ async fn a_mapping_conflict_dead_letters_only_the_offending_document() {
         "{source}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_packet_over_the_read_limit_is_dead_lettered_once_and_the_stream_goes_on() {
+    let node = SearchNode::shared();
+    let broker = broker();
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
+    spec.extra = "pipelines:\n  max_payload_bytes: 4096\n".into();
+    spec.upstream_extra = "  max_packet_bytes: 8192\n".into();
+    let (bridge, readings) = crate::bridge_basics::start_readings_bridge_with(spec);
+
+    // MQTT 3.1.1 cannot tell the broker our packet limit: the broker sends the 20 kB message
+    // anyway, and it must neither block the reading behind it nor loop as duplicates.
+    let topic = "sensors/lab/pi-03/telemetry";
+    publish(broker.port(), topic, 1, br#"{"seq":1,"temp_c":20.0}"#);
+    publish(broker.port(), topic, 1, &vec![b'x'; 20_000]);
+    publish(broker.port(), topic, 1, br#"{"seq":2,"temp_c":20.5}"#);
+
+    assert_eq!(
+        wait_for_count(node, &readings, 2, Duration::from_secs(60)).await,
+        2,
+        "{}",
+        bridge.logs()
+    );
+    let dead_letters = bridge.dead_letter_index();
+    assert_eq!(
+        wait_for_count(node, &dead_letters, 1, Duration::from_secs(30)).await,
+        1
+    );
+    let reasons = dead_letter_reasons(node, &dead_letters).await;
+    assert_eq!(
+        reasons,
+        vec![("payload_too_large".to_string(), "decode".to_string())]
+    );
+    let hit = node.search(&dead_letters, json!({"size": 1})).await;
+    let source = &hit["hits"]["hits"][0]["_source"];
+    assert_eq!(source["payload_bytes"], 20_000, "{source}");
+}
