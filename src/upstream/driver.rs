@@ -6,7 +6,9 @@
 //! settled, then sends DISCONNECT behind those acks. Publishes that arrive after intake stopped
 //! are not acked, so a persistent session redelivers them on the next start.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,10 @@ use tracing::{debug, error, info, warn};
 use super::acks::AckQueue;
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
 use crate::record::{Ack, QoS, Record, Settled};
+
+/// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
+/// else wakes the driver first.
+const UNSENT_RETRY: Duration = Duration::from_millis(20);
 
 pub struct Driver {
     connection: usize,
@@ -26,6 +32,12 @@ pub struct Driver {
     /// Cloned into each `Ack`. Dropped with intake, so `settled` closes when the last ack is gone.
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
     queue: AckQueue<AckKey>,
+    /// Released acks that did not fit in rumqttc's request queue yet. The pump stops draining
+    /// that queue while it waits for us (a full pipeline), so with a large in-flight window
+    /// (MQTT 5 receive maximum, `max_inflight_messages 0`, Mosquitto < 2.0.13) thousands of acks
+    /// can be due at once. Dropping them would leave those messages unacknowledged until a
+    /// reconnect and stall the broker's window; they wait here, in order, instead.
+    unsent: VecDeque<AckKey>,
 }
 
 impl Driver {
@@ -48,6 +60,7 @@ impl Driver {
             records: Some(records),
             settle_to: None,
             queue: AckQueue::default(),
+            unsent: VecDeque::new(),
         }
     }
 
@@ -56,6 +69,9 @@ impl Driver {
         self.settle_to = Some(settle_to);
         let mut settled_open = true;
         let mut inbound_open = true;
+        let mut disconnect_due = false;
+        let mut retry = tokio::time::interval(UNSENT_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -63,13 +79,10 @@ impl Driver {
                     Some(done) => self.settle(done),
                     None => {
                         settled_open = false;
-                        debug!(connection = self.connection, "every record settled; disconnecting");
-                        if let Err(error) = self.client.disconnect().await {
-                            debug!(connection = self.connection, %error, "disconnect not sent");
-                            break;
-                        }
+                        disconnect_due = true;
                     }
                 },
+                _ = retry.tick(), if !self.unsent.is_empty() => self.send_acks(),
                 _ = intake.cancelled(), if self.records.is_some() => {
                     info!(connection = self.connection, outstanding = self.queue.outstanding(), "stopping intake");
                     self.records = None;
@@ -81,7 +94,19 @@ impl Driver {
                 },
                 else => break,
             }
-            if !inbound_open && !settled_open {
+            // DISCONNECT goes behind every ack, so only once none is left waiting.
+            if disconnect_due && self.unsent.is_empty() {
+                disconnect_due = false;
+                debug!(
+                    connection = self.connection,
+                    "every record settled; disconnecting"
+                );
+                if let Err(error) = self.client.disconnect().await {
+                    debug!(connection = self.connection, %error, "disconnect not sent");
+                    break;
+                }
+            }
+            if !inbound_open && !settled_open && !disconnect_due {
                 break;
             }
         }
@@ -89,10 +114,22 @@ impl Driver {
 
     fn settle(&mut self, done: Settled) {
         self.queue.settle(done.token);
-        for key in self.queue.pop_ready() {
-            if let Err(error) = self.client.ack(key) {
-                error!(connection = self.connection, pkid = key.pkid, %error, "ack not queued; the broker will redeliver");
+        self.unsent.extend(self.queue.pop_ready());
+        self.send_acks();
+    }
+
+    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit.
+    fn send_acks(&mut self) {
+        while let Some(&key) = self.unsent.front() {
+            if self.client.ack(key).is_err() {
+                debug!(
+                    connection = self.connection,
+                    waiting = self.unsent.len(),
+                    "request queue full; acks wait for the event loop"
+                );
+                return;
             }
+            self.unsent.pop_front();
         }
     }
 
@@ -102,6 +139,7 @@ impl Driver {
             Inbound::Connected { session_present } => {
                 // A new connection: acks for the old one's packet ids must not be sent on it.
                 self.queue.reset();
+                self.unsent.clear();
                 if !session_present && self.records.is_some() {
                     match self.client.subscribe(&self.filters, self.qos) {
                         Ok(()) => {

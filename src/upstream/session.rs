@@ -93,8 +93,9 @@ pub enum Pump {
     V5(Box<v5::EventLoop>),
 }
 
-/// Rumqttc's request queue: acks and subscriptions wait here for the event loop. Acks are bounded
-/// by the in-flight window, so this never fills in practice; a full queue is logged, not awaited.
+/// Rumqttc's request queue: acks and subscriptions wait here for the event loop. It fills when
+/// the pump waits on a full pipeline while many acks come due (large in-flight windows); the
+/// driver then keeps the rest in order and offers them again (see `driver`).
 const REQUEST_CAPACITY: usize = 4096;
 
 pub fn open(

@@ -141,3 +141,60 @@ async fn a_broker_that_forgot_the_session_is_subscribed_to_again() {
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_with_an_unlimited_in_flight_window_gets_every_ack_and_never_stalls() {
+    let node = SearchNode::shared();
+    // With no window the broker sends everything at once, so far more acks come due than
+    // rumqttc's request queue holds while the pump waits on a full pipeline.
+    let broker = crate::support::Mosquitto::start_with(&[
+        "max_queued_messages 0",
+        "max_inflight_messages 0",
+    ]);
+    let (mut bridge, index) = start_readings_bridge(&broker, node);
+
+    let port = broker.port();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let device = format!("pi-{p}");
+                publish_lines_qos1(
+                    port,
+                    &format!("sensors/lab/{device}/telemetry"),
+                    &readings(&device, 0, 5000),
+                )
+            })
+        })
+        .collect();
+    let sent: usize = publishers
+        .into_iter()
+        .map(|p| p.join().expect("publisher"))
+        .sum();
+
+    let stored = wait_for_count(node, &index, sent as u64, Duration::from_secs(120)).await;
+    assert_eq!(stored, sent as u64, "stored vs acknowledged");
+
+    // Every ack reached the broker: after a restart it has nothing left to redeliver, so the
+    // second run stores only the sentinel and meets no already-stored document.
+    assert!(bridge.terminate(Duration::from_secs(30)).success());
+    bridge.restart();
+    bridge.wait_for_log("connected to upstream broker", 2, Duration::from_secs(30));
+    let sentinel = publish_lines_qos1(port, "sensors/lab/pi-9/telemetry", &readings("pi-9", 0, 1));
+    let total = (sent + sentinel) as u64;
+    assert_eq!(
+        wait_for_count(node, &index, total, Duration::from_secs(60)).await,
+        total
+    );
+    assert!(bridge.terminate(Duration::from_secs(30)).success());
+    let logs = bridge.logs();
+    let reports: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("sink flushed"))
+        .collect();
+    assert_eq!(reports.len(), 2, "{logs}");
+    let last_report = reports[1];
+    assert!(
+        last_report.contains("already_stored: 0,"),
+        "the broker redelivered messages whose acks were lost: {last_report}"
+    );
+}
