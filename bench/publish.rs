@@ -1,0 +1,155 @@
+//! The load generator of `bench/run`: `--publishers` MQTT connections, each publishing its share
+//! of `--messages` ~200-byte sensor readings to `sensors/<site>/pub<i>/telemetry`, as fast as the
+//! broker takes them or at a fixed total `--rate`.
+//!
+//! Why not `mosquitto_pub -l`: Debian's 2.0.11 exits at end of input before its QoS 1 queue has
+//! drained (a third of 100,000 lines arrived in a trial), and one process per connection would
+//! cost more CPU than the broker on a two-core machine. This one counts PUBACKs, so at QoS 1
+//! "published" means "the broker has it".
+//!
+//! Every reading carries `ts` = a fixed base + its sequence number in milliseconds: the
+//! telemetry pipeline derives the document id from device and timestamp, so each reading is a
+//! distinct document and none is deduplicated away.
+//!
+//! Prints one line: `published=<n> seconds=<s>`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Connections, one device topic each.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Readings in total, split evenly over the publishers.
+    #[arg(long)]
+    messages: u64,
+    /// Readings per second in total; 0 publishes as fast as the broker accepts.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// The `<site>` topic segment; the telemetry pipeline stores into `mqtt2es-telemetry-<site>`.
+    #[arg(long)]
+    site: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let qos = match args.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        other => bail!("--qos {other}: 0 or 1"),
+    };
+    let publishers = args.publishers.max(1);
+    // An hour ago: inside the pipeline's plausibility window for as long as a run can last.
+    let base_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64 - 3_600_000;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..publishers {
+        let share = args.messages / publishers as u64
+            + u64::from((i as u64) < args.messages % publishers as u64);
+        let rate = args.rate as f64 / publishers as f64;
+        let (host, port, site) = (args.host.clone(), args.port, args.site.clone());
+        tasks.push(tokio::spawn(async move {
+            publish(&host, port, &site, i, qos, share, rate, base_ms).await
+        }));
+    }
+    let mut published = 0;
+    for task in tasks {
+        published += task.await.context("publisher task")??;
+    }
+    println!(
+        "published={published} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    host: &str,
+    port: u16,
+    site: &str,
+    index: usize,
+    qos: QoS,
+    count: u64,
+    rate: f64,
+    base_ms: u64,
+) -> anyhow::Result<u64> {
+    let device = format!("pub{index}");
+    let topic = format!("sensors/{site}/{device}/telemetry");
+    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for seq in 0..count {
+                if rate > 0.0 && seq % 16 == 0 {
+                    let due = started + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(due).await;
+                }
+                client
+                    .publish(topic.as_str(), qos, false, reading(base_ms + seq, seq))
+                    .await?;
+            }
+            if qos == QoS::AtMostOnce {
+                // Queued behind the last publish, so the broker has them all when it arrives.
+                client.disconnect().await?;
+            }
+            Ok::<_, rumqttc::ClientError>(())
+        })
+    };
+    let mut acked = 0;
+    let mut sent = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == count {
+                    client.try_disconnect()?;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => bail!("{device}: connection failed after {sent} publishes: {error}"),
+        }
+        if count == 0 {
+            break;
+        }
+    }
+    producer.await.context("producer task")??;
+    Ok(if qos == QoS::AtMostOnce { sent } else { acked })
+}
+
+/// One reading, 190-200 bytes.
+fn reading(ts_ms: u64, seq: u64) -> String {
+    format!(
+        concat!(
+            r#"{{"ts":{},"temp_c":{:.1},"humidity":{:.1},"pressure_hpa":{:.1},"battery":0.93,"#,
+            r#""rssi_dbm":-{},"seq":{},"status":"ok","firmware":"pi-therm 2.4.1","#,
+            r#""location":{{"room":"lab","floor":2}}}}"#
+        ),
+        ts_ms,
+        15.0 + (seq % 100) as f64 / 10.0,
+        40.0 + (seq % 50) as f64 / 5.0,
+        1000.0 + (seq % 300) as f64 / 10.0,
+        50 + seq % 40,
+        seq,
+    )
+}
