@@ -218,7 +218,10 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // Biased: after a signal the connections may finish before this select is polled, and that
+    // normal end must not be mistaken for the unexpected one below.
     tokio::select! {
+        biased;
         _ = shutdown.cancelled() => {},
         result = &mut upstream_task => {
             shutdown.cancel();
