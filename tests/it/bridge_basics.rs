@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_lines_qos1, readings};
+use crate::support::publish::{DeviceLoad, publish, publish_in_parallel, readings};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 /// A pipeline for test readings: site and device from the topic, a deterministic id per reading.
@@ -76,23 +76,16 @@ async fn ten_thousand_qos1_messages_across_fifty_topics_land_as_exactly_as_many_
     let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let port = broker.port();
-    let publishers: Vec<_> = (0..50)
+    let loads = (0..50)
         .map(|topic| {
-            std::thread::spawn(move || {
-                let device = format!("pi-{topic:02}");
-                let lines = readings(&device, 0, 200);
-                publish_lines_qos1(
-                    port,
-                    &format!("sensors/site{}/{device}/telemetry", topic % 5),
-                    &lines,
-                )
-            })
+            let device = format!("pi-{topic:02}");
+            DeviceLoad {
+                topic: format!("sensors/site{}/{device}/telemetry", topic % 5),
+                lines: readings(&device, 0, 200),
+            }
         })
         .collect();
-    let sent: usize = publishers
-        .into_iter()
-        .map(|p| p.join().expect("publisher thread"))
-        .sum();
+    let sent = publish_in_parallel(loads, port);
     assert!(
         sent >= 9_000,
         "mosquitto_pub got only {sent} PUBACKs of 10000"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::bridge_basics::{broker, start_readings_bridge, start_readings_bridge_with};
 use crate::support::bridge::BridgeSpec;
-use crate::support::publish::{publish_lines_qos1, readings};
+use crate::support::publish::{devices_at, publish_in_parallel, publish_lines_qos1, readings};
 use crate::support::{SearchNode, wait_for_count};
 
 const TOPIC: &str = "sensors/lab/pi-07/telemetry";
@@ -154,22 +154,7 @@ async fn a_broker_with_an_unlimited_in_flight_window_gets_every_ack_and_never_st
     let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let port = broker.port();
-    let publishers: Vec<_> = (0..4)
-        .map(|p| {
-            std::thread::spawn(move || {
-                let device = format!("pi-{p}");
-                publish_lines_qos1(
-                    port,
-                    &format!("sensors/lab/{device}/telemetry"),
-                    &readings(&device, 0, 5000),
-                )
-            })
-        })
-        .collect();
-    let sent: usize = publishers
-        .into_iter()
-        .map(|p| p.join().expect("publisher"))
-        .sum();
+    let sent = publish_in_parallel(devices_at("lab", 4, 5000, 0), port);
 
     let stored = wait_for_count(node, &index, sent as u64, Duration::from_secs(120)).await;
     assert_eq!(stored, sent as u64, "stored vs acknowledged");

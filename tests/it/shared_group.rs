@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::bridge_basics::broker;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish_lines_qos1, readings};
+use crate::support::publish::{devices_at, publish_in_parallel};
 use crate::support::{SearchNode, wait_for_count};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,22 +38,7 @@ stages:
     }
 
     let port = broker.port();
-    let publishers: Vec<_> = (0..3)
-        .map(|p| {
-            std::thread::spawn(move || {
-                let device = format!("pi-{p}");
-                publish_lines_qos1(
-                    port,
-                    &format!("sensors/lab/{device}/telemetry"),
-                    &readings(&device, p * 1000, 1000),
-                )
-            })
-        })
-        .collect();
-    let sent: u64 = publishers
-        .into_iter()
-        .map(|p| p.join().expect("publisher") as u64)
-        .sum();
+    let sent = publish_in_parallel(devices_at("lab", 3, 1000, 1000), port) as u64;
 
     let mut per_instance = Vec::new();
     let mut total = 0;

@@ -86,3 +86,41 @@ pub fn readings(device: &str, first_seq: usize, count: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// One device's share of a parallel load: its topic and its readings.
+pub struct DeviceLoad {
+    pub topic: String,
+    pub lines: Vec<String>,
+}
+
+/// Publishes every device's readings at once, one `mosquitto_pub -l -q 1` per device, and
+/// returns the PUBACKs they received in all.
+pub fn publish_in_parallel(loads: Vec<DeviceLoad>, port: u16) -> usize {
+    let publishers: Vec<_> = loads
+        .into_iter()
+        .map(|load| std::thread::spawn(move || publish_lines_qos1(port, &load.topic, &load.lines)))
+        .collect();
+    publishers
+        .into_iter()
+        .map(|p| p.join().expect("publisher thread"))
+        .sum()
+}
+
+/// `count` devices `pi-<n>` at `site`, each publishing `per_device` readings whose `seq` starts
+/// at `n * seq_stride` (a stride of `per_device` or more makes every `seq` unique).
+pub fn devices_at(
+    site: &str,
+    count: usize,
+    per_device: usize,
+    seq_stride: usize,
+) -> Vec<DeviceLoad> {
+    (0..count)
+        .map(|n| {
+            let device = format!("pi-{n}");
+            DeviceLoad {
+                topic: format!("sensors/{site}/{device}/telemetry"),
+                lines: readings(&device, n * seq_stride, per_device),
+            }
+        })
+        .collect()
+}
