@@ -3,15 +3,10 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// Publishes one message and waits for mosquitto_pub to finish; panics if it fails.
-pub fn publish(port: u16, topic: &str, qos: u8, payload: &[u8]) {
-    publish_with(port, &[], topic, qos, payload);
-}
-
-/// Like `publish`, with extra `mosquitto_pub` arguments: `["-V", "mqttv5"]`, `["-u", user, "-P",
-/// password]`, `["-D", "publish", "user-property", "site", "lab"]`.
-pub fn publish_with(port: u16, extra_args: &[&str], topic: &str, qos: u8, payload: &[u8]) {
-    let mut child = Command::new("mosquitto_pub")
+/// `mosquitto_pub` against the broker on `port` at `qos`, every stream piped.
+fn mosquitto_pub(port: u16, qos: u8) -> Command {
+    let mut command = Command::new("mosquitto_pub");
+    command
         .args([
             "-h",
             "127.0.0.1",
@@ -20,11 +15,23 @@ pub fn publish_with(port: u16, extra_args: &[&str], topic: &str, qos: u8, payloa
             "-q",
             &qos.to_string(),
         ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Publishes one message and waits for mosquitto_pub to finish; panics if it fails.
+pub fn publish(port: u16, topic: &str, qos: u8, payload: &[u8]) {
+    publish_with(port, &[], topic, qos, payload);
+}
+
+/// Like `publish`, with extra `mosquitto_pub` arguments: `["-V", "mqttv5"]`, `["-u", user, "-P",
+/// password]`, `["-D", "publish", "user-property", "site", "lab"]`.
+pub fn publish_with(port: u16, extra_args: &[&str], topic: &str, qos: u8, payload: &[u8]) {
+    let mut child = mosquitto_pub(port, qos)
         .args(extra_args)
         .args(["-t", topic, "-s"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start mosquitto_pub");
     child
@@ -45,21 +52,8 @@ pub fn publish_with(port: u16, extra_args: &[&str], topic: &str, qos: u8, payloa
 /// PUBACKs it received: Debian's mosquitto_pub 2.0.11 can exit before its queue drains on long
 /// inputs, so only what the broker acknowledged counts as sent.
 pub fn publish_lines_qos1(port: u16, topic: &str, lines: &[String]) -> usize {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-d",
-            "-l",
-        ])
-        .args(["-t", topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = mosquitto_pub(port, 1)
+        .args(["-d", "-l", "-t", topic])
         .spawn()
         .expect("start mosquitto_pub");
     {
