@@ -100,6 +100,32 @@ impl TopicFilter {
     pub fn matches(&self, topic: &str) -> bool {
         walk(&self.levels, topic, |_, _| {})
     }
+
+    /// Whether every topic `other` matches is matched by this filter too, for the same receivers
+    /// (the same share group or none). Subscribing to both would only invite a broker that sends
+    /// one copy per matching subscription to send two.
+    pub fn covers(&self, other: &TopicFilter) -> bool {
+        if self.share_group != other.share_group {
+            return false;
+        }
+        // A leading wildcard does not match `$` topics, which a literal `$…` level would.
+        let dollar = |f: &TopicFilter| matches!(f.levels.first(), Some(Level::Literal(l)) if l.starts_with('$'));
+        if dollar(other) && !dollar(self) {
+            return false;
+        }
+        let mut theirs = other.levels.iter();
+        for mine in &self.levels {
+            match (mine, theirs.next()) {
+                // `a/#` also matches `a` itself, so it covers whatever remains, or nothing.
+                (Level::Hash, _) => return true,
+                (_, None | Some(Level::Hash)) => return false,
+                (Level::Plus, Some(_)) => {}
+                (Level::Literal(a), Some(Level::Literal(b))) if a == b => {}
+                (Level::Literal(_), Some(_)) => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
 }
 
 fn parse_levels(raw: &str, filter: &str) -> Result<Vec<Level>, TopicError> {
@@ -274,6 +300,36 @@ impl fmt::Display for TopicPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn covers(a: &str, b: &str) -> bool {
+        let parse = |f: &str| TopicFilter::parse(f).expect("a valid filter");
+        parse(a).covers(&parse(b))
+    }
+
+    #[test]
+    fn a_hash_filter_covers_everything_below_it_and_its_parent_level() {
+        assert!(covers("#", "sensors/+/+/telemetry"));
+        assert!(covers("sensors/#", "sensors/lab/pi/telemetry"));
+        assert!(covers("sensors/#", "sensors"));
+        assert!(!covers("sensors/#", "other/x"));
+    }
+
+    #[test]
+    fn a_plus_covers_one_level_only() {
+        assert!(covers("sensors/+/telemetry", "sensors/lab/telemetry"));
+        assert!(covers("sensors/+/telemetry", "sensors/+/telemetry"));
+        assert!(!covers("sensors/+", "sensors/lab/telemetry"));
+        assert!(!covers("sensors/+", "sensors/#"));
+        assert!(!covers("sensors/lab", "sensors/+"));
+    }
+
+    #[test]
+    fn wildcards_do_not_cover_dollar_topics_or_other_share_groups() {
+        assert!(!covers("#", "$SYS/broker/load"));
+        assert!(covers("$SYS/#", "$SYS/broker/load"));
+        assert!(!covers("#", "$share/g/sensors/#"));
+        assert!(covers("$share/g/#", "$share/g/sensors/#"));
+    }
 
     fn filter(s: &str) -> TopicFilter {
         TopicFilter::parse(s).expect("a valid filter")

@@ -59,6 +59,7 @@ pub use self::path::FieldPath;
 pub use self::run::Pipeline;
 use crate::document::{Processed, Rejection};
 use crate::record::Message;
+use crate::topic::TopicFilter;
 
 /// All loaded pipelines, in file-name order.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,13 +138,22 @@ impl Pipelines {
 
     /// Every pipeline's `topics`, deduplicated, in order: what to subscribe to.
     pub fn topic_filters(&self) -> Vec<String> {
-        let mut filters: Vec<String> = Vec::new();
+        let mut unique: Vec<&TopicFilter> = Vec::new();
         for filter in self.pipelines.iter().flat_map(|p| p.topics()) {
-            if !filters.iter().any(|f| f == filter.as_str()) {
-                filters.push(filter.as_str().to_owned());
+            if !unique.iter().any(|f| f.as_str() == filter.as_str()) {
+                unique.push(filter);
             }
         }
-        filters
+        // `#` next to `sensors/+/+/telemetry`: subscribing to both only invites duplicates.
+        unique
+            .iter()
+            .filter(|filter| {
+                !unique
+                    .iter()
+                    .any(|other| other.as_str() != filter.as_str() && other.covers(filter))
+            })
+            .map(|filter| filter.as_str().to_owned())
+            .collect()
     }
 
     /// Runs the message through the first pipeline whose topics match it.
