@@ -264,12 +264,11 @@ async fn run_v311(
     to_driver: mpsc::Sender<Inbound>,
 ) {
     use rumqttc::{Event, Outgoing, Packet};
-    let mut delays = backoff(&settings);
-    let mut connected_at: Option<Instant> = None;
+    let mut reconnect = Reconnect::new(&settings);
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                connected_at = Some(Instant::now());
+                reconnect.connected();
                 // A limit raised to read one oversized packet applies to this connection only.
                 eventloop
                     .mqtt_options
@@ -302,10 +301,10 @@ async fn run_v311(
                     read_once_more_to_dead_letter(&mut eventloop.mqtt_options, size, &settings);
                 }
                 let refused = matches!(error, rumqttc::ConnectionError::ConnectionRefused(_));
-                let was_connected = connected_at.take();
-                delays = after_disconnect(delays, was_connected, &settings);
-                let failure = Failure::classify(refused, was_connected.is_some());
-                if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
+                if !reconnect
+                    .failed(&to_driver, error.to_string(), refused)
+                    .await
+                {
                     return;
                 }
                 continue;
@@ -325,12 +324,11 @@ async fn run_v5(
     use rumqttc::Outgoing;
     use v5::Event;
     use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
-    let mut delays = backoff(&settings);
-    let mut connected_at: Option<Instant> = None;
+    let mut reconnect = Reconnect::new(&settings);
     loop {
         let inbound = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                connected_at = Some(Instant::now());
+                reconnect.connected();
                 Inbound::Connected {
                     session_present: connack.session_present,
                 }
@@ -359,10 +357,10 @@ async fn run_v5(
             Err(v5::ConnectionError::RequestsDone) => return,
             Err(error) => {
                 let refused = matches!(error, v5::ConnectionError::ConnectionRefused(_));
-                let was_connected = connected_at.take();
-                delays = after_disconnect(delays, was_connected, &settings);
-                let failure = Failure::classify(refused, was_connected.is_some());
-                if !disconnected(&to_driver, error.to_string(), failure, &mut delays).await {
+                if !reconnect
+                    .failed(&to_driver, error.to_string(), refused)
+                    .await
+                {
                     return;
                 }
                 continue;
@@ -414,39 +412,63 @@ fn read_once_more_to_dead_letter(
 /// the broker every time) reconnect hundreds of times a second.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
-/// The reconnect delays after a connection ended: afresh if it had been stable, else continued.
+/// After a connection ended, the delays start afresh if it had been stable, else they go on.
 fn after_disconnect(
-    delays: Backoff,
+    delays: &mut Backoff,
     connected_at: Option<Instant>,
     settings: &UpstreamSettings,
-) -> Backoff {
-    match connected_at {
-        Some(at) if at.elapsed() >= STABLE_CONNECTION => backoff(settings),
-        _ => delays,
+) {
+    if connected_at.is_some_and(|at| at.elapsed() >= STABLE_CONNECTION) {
+        *delays = backoff(settings);
     }
 }
 
-/// Reports a failed connection and waits out the backoff; false when the driver is gone.
-async fn disconnected(
-    to_driver: &mpsc::Sender<Inbound>,
-    error: String,
-    failure: Failure,
-    delays: &mut impl Iterator<Item = Duration>,
-) -> bool {
-    if to_driver
-        .send(Inbound::Disconnected { error, failure })
-        .await
-        .is_err()
-    {
-        return false;
+/// One connection's reconnect state, the same for both protocol versions.
+struct Reconnect {
+    settings: Arc<UpstreamSettings>,
+    delays: Backoff,
+    /// Since when the current connection is up; `None` while disconnected.
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    fn new(settings: &Arc<UpstreamSettings>) -> Self {
+        Reconnect {
+            settings: Arc::clone(settings),
+            delays: backoff(settings),
+            connected_at: None,
+        }
     }
-    let delay = delays.next().unwrap_or(Duration::from_secs(1));
-    debug!(
-        delay_ms = delay.as_millis() as u64,
-        "reconnecting after delay"
-    );
-    tokio::time::sleep(delay).await;
-    true
+
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// Reports a failed connection and waits out the backoff; false when the driver is gone.
+    async fn failed(
+        &mut self,
+        to_driver: &mpsc::Sender<Inbound>,
+        error: String,
+        refused: bool,
+    ) -> bool {
+        let was_connected = self.connected_at.take();
+        after_disconnect(&mut self.delays, was_connected, &self.settings);
+        let failure = Failure::classify(refused, was_connected.is_some());
+        if to_driver
+            .send(Inbound::Disconnected { error, failure })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(1));
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting after delay"
+        );
+        tokio::time::sleep(delay).await;
+        true
+    }
 }
 
 /// A PUBLISH from either protocol version as the driver sees it, stamped with its receive time.
@@ -574,7 +596,8 @@ mod tests {
             delays.next();
         }
         let just_now = Some(Instant::now());
-        let continued = after_disconnect(delays, just_now, &settings);
+        after_disconnect(&mut delays, just_now, &settings);
+        let continued = delays;
         // After eight failures the raw delay is far above the first one; a reset would start
         // again at about 100 ms. Jitter draws from [0, delay), so compare against a fresh start's
         // ceiling many times to make a false pass vanishingly unlikely.
@@ -593,7 +616,8 @@ mod tests {
             delays.next();
         }
         let long_ago = Instant::now().checked_sub(STABLE_CONNECTION + Duration::from_secs(1));
-        let mut fresh = after_disconnect(delays, long_ago, &settings);
+        after_disconnect(&mut delays, long_ago, &settings);
+        let mut fresh = delays;
         let first = fresh.next().unwrap_or_default();
         assert!(first <= Duration::from_millis(200), "{first:?}");
     }
