@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::bridge_basics::readings_pipeline;
+use crate::bridge_basics::{readings_pipeline, start_readings_bridge_with};
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::certs::Certs;
 use crate::support::publish::{publish, publish_lines_qos1, publish_with, readings};
@@ -70,11 +70,9 @@ fn assert_no_password(bridge: &Bridge) {
 async fn under_mqtt5_readings_from_v311_and_v5_publishers_land_and_user_properties_are_kept() {
     let node = SearchNode::shared();
     let broker = crate::bridge_basics::broker();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
     spec.upstream_extra = "  protocol: \"5\"\n".into();
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_subscribed();
+    let (bridge, index) = start_readings_bridge_with(spec);
 
     let port = broker.port();
     publish(port, TOPIC, 1, &reading(1));
@@ -100,7 +98,6 @@ async fn under_mqtt5_readings_from_v311_and_v5_publishers_land_and_user_properti
         &reading(3),
     );
 
-    let index = format!("{}readings", bridge.prefix());
     assert_eq!(
         wait_for_count(node, &index, 3, Duration::from_secs(30)).await,
         3,
@@ -128,12 +125,9 @@ async fn under_mqtt5_readings_from_v311_and_v5_publishers_land_and_user_properti
 async fn under_mqtt5_a_broker_restart_resumes_the_session_and_loses_nothing() {
     let node = SearchNode::shared();
     let mut broker = crate::bridge_basics::broker();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
     spec.upstream_extra = "  protocol: \"5\"\n  session_expiry_s: 3600\n".into();
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
+    let (mut bridge, index) = start_readings_bridge_with(spec);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-05", 0, 2000));
     broker.restart();
@@ -159,14 +153,12 @@ async fn a_username_and_password_file_get_the_bridge_into_a_broker_that_refuses_
 {
     let node = SearchNode::shared();
     let (broker, dir) = broker_with_password();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
     spec.upstream_extra = format!(
         "  username: {USER}\n  password_file: {}\n",
         password_file(dir.path(), PASSWORD)
     );
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_subscribed();
+    let (bridge, index) = start_readings_bridge_with(spec);
 
     publish_with(
         broker.port(),
@@ -175,7 +167,6 @@ async fn a_username_and_password_file_get_the_bridge_into_a_broker_that_refuses_
         1,
         &reading(1),
     );
-    let index = format!("{}readings", bridge.prefix());
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1,
@@ -222,14 +213,12 @@ async fn a_wrong_password_is_logged_as_a_refused_connection_and_retried_with_bac
 async fn the_password_is_in_no_log_line_even_with_every_crate_logging_at_trace() {
     let node = SearchNode::shared();
     let (broker, _dir) = broker_with_password();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
     spec.upstream_extra = format!("  username: {USER}\n");
     spec.env
         .push(("MQTT2ES_UPSTREAM__PASSWORD".into(), PASSWORD.into()));
     spec.env.push(("RUST_LOG".into(), "trace".into()));
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_subscribed();
+    let (mut bridge, index) = start_readings_bridge_with(spec);
 
     publish_with(
         broker.port(),
@@ -238,7 +227,6 @@ async fn the_password_is_in_no_log_line_even_with_every_crate_logging_at_trace()
         1,
         &reading(1),
     );
-    let index = format!("{}readings", bridge.prefix());
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1
@@ -268,21 +256,18 @@ async fn a_bridge_trusting_the_brokers_ca_stores_readings_over_tls_by_ip_and_by_
     let (broker, tls_port) = broker_with_tls(&certs);
     let mut bridges = Vec::new();
     for host in ["127.0.0.1", "localhost"] {
-        let mut spec =
-            BridgeSpec::new(tls_port, &node.url()).pipeline("readings.yaml", readings_pipeline());
+        let mut spec = BridgeSpec::new(tls_port, &node.url());
         spec.upstream_extra = format!("  tls:\n    ca_file: {}\n", certs.ca().display());
         spec.env
             .push(("MQTT2ES_UPSTREAM__HOST".into(), host.into()));
-        let mut bridge = Bridge::start(&spec);
-        bridge.wait_subscribed();
-        bridges.push((host, bridge));
+        let (bridge, index) = start_readings_bridge_with(spec);
+        bridges.push((host, bridge, index));
     }
 
     publish(broker.port(), TOPIC, 1, &reading(1));
-    for (host, bridge) in &bridges {
-        let index = format!("{}readings", bridge.prefix());
+    for (host, bridge, index) in &bridges {
         assert_eq!(
-            wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
+            wait_for_count(node, index, 1, Duration::from_secs(30)).await,
             1,
             "over TLS to {host}:\n{}",
             bridge.logs()
