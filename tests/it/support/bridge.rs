@@ -3,7 +3,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -41,18 +40,9 @@ impl BridgeSpec {
 }
 
 /// A unique data stream prefix per bridge, so tests share one search node without colliding.
+/// The number ends in `-`, so no prefix's `<prefix>*` template pattern overlaps another's.
 pub fn unique_prefix() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "mqtt2es-t{:05x}{:03x}-",
-        (std::process::id() ^ nanos) & 0xfffff,
-        n & 0xfff
-    )
+    format!("mqtt2es-{}-", super::unique("t"))
 }
 
 pub struct Bridge {
