@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Yaml};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::broker::BrokerSettings;
 use crate::elastic::ElasticsearchSettings;
 use crate::pipeline::{DecodeLimits, IndexPolicy};
 use crate::secret::Secret;
@@ -23,8 +24,10 @@ use crate::upstream::UpstreamSettings;
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The broker to subscribe to. Required until the embedded broker exists.
+    /// The broker to subscribe to. Without one, mqtt2es is the broker (see `broker`).
     pub upstream: Option<UpstreamSettings>,
+    /// The embedded broker, used when no upstream broker is configured.
+    pub broker: BrokerSettings,
     pub elasticsearch: ElasticsearchSettings,
     pub pipelines: PipelineSettings,
     pub index: IndexPolicy,
@@ -201,6 +204,7 @@ impl Config {
                 }
             }
         }
+        self.broker.resolve_paths(&resolve);
         let es = &mut self.elasticsearch;
         for file in [&mut es.password_file, &mut es.api_key_file, &mut es.ca_file]
             .into_iter()
@@ -220,7 +224,10 @@ impl Config {
         }
         let upstream_password = match &self.upstream {
             Some(upstream) => self.check_upstream(upstream)?,
-            None => None,
+            None => {
+                self.broker.check(self.pipelines.max_payload_bytes)?;
+                None
+            }
         };
         Ok(Secrets { upstream_password })
     }

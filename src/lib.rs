@@ -18,8 +18,10 @@
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
 //! - `elastic`   — Elasticsearch client construction and setup (templates).
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
+//! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
 
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod document;
 pub mod elastic;

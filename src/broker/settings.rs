@@ -1,0 +1,86 @@
+//! The `broker:` section: what the embedded broker listens on, whom it lets in, and its limits.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::auth::AuthSettings;
+use super::listener::ListenerSettings;
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Where devices connect. Default: plain MQTT on 0.0.0.0:1883.
+    pub listeners: Vec<ListenerSettings>,
+    pub auth: AuthSettings,
+    /// Persistent-session state (client ids, subscriptions, expiry, QoS 2 ids in flight) and
+    /// retained messages, kept so that a restart does not tell devices their session is gone.
+    pub state_dir: PathBuf,
+    /// Packets larger than this close the connection (MQTT 5: advertised in CONNACK).
+    pub max_packet_bytes: usize,
+    /// Connections beyond this are refused at CONNECT.
+    pub max_connections: usize,
+    /// Unacknowledged QoS 1/2 publishes we accept per client (MQTT 5: our receive maximum).
+    pub max_inflight: u16,
+    /// A connection that has not completed its handshake and CONNECT by then is closed.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            listeners: vec![ListenerSettings::default()],
+            auth: AuthSettings::default(),
+            state_dir: PathBuf::from("mqtt2es-state"),
+            max_packet_bytes: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            max_inflight: 100,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// Makes relative paths relative to the config file's directory.
+    pub fn resolve_paths(&mut self, resolve: &dyn Fn(&mut PathBuf)) {
+        resolve(&mut self.state_dir);
+        for listener in &mut self.listeners {
+            listener.resolve_paths(resolve);
+        }
+        self.auth.resolve_paths(resolve);
+    }
+
+    /// Cross-field rules serde cannot express.
+    pub fn check(&self, max_payload_bytes: usize) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::Key {
+                key: "broker.listeners",
+                message: "at least one listener is needed".into(),
+            });
+        }
+        if self.max_packet_bytes < max_payload_bytes {
+            return Err(ConfigError::Key {
+                key: "broker.max_packet_bytes",
+                message: format!(
+                    "{} is below pipelines.max_payload_bytes ({max_payload_bytes}); oversized payloads could then not even be dead-lettered",
+                    self.max_packet_bytes
+                ),
+            });
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::Key {
+                key: "broker.max_inflight",
+                message: "must be at least 1".into(),
+            });
+        }
+        for listener in &self.listeners {
+            listener.check()?;
+        }
+        self.auth.check()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
