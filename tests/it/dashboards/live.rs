@@ -263,6 +263,54 @@ async fn every_panel_query_finds_data_from_the_real_pipeline_and_a_misspelt_fiel
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // The node maps every field the panels read as Kibana needs it: present and aggregatable.
+    for (panel, query) in &queries {
+        let fields = query.fields();
+        let caps = node
+            .request(
+                reqwest::Method::GET,
+                &format!("/{}/_field_caps?fields={}", query.index, fields.join(",")),
+                None,
+            )
+            .await;
+        for field in &fields {
+            let aggregatable = caps["fields"][field]
+                .as_object()
+                .is_some_and(|types| types.values().all(|t| t["aggregatable"] == true));
+            assert!(
+                aggregatable,
+                "{panel}: {field} on the node: {}",
+                caps["fields"][field]
+            );
+        }
+    }
+
+    // The status table shows what the last will said: pi-3 vanished, the others are online.
+    // (Column ids as the fleet dashboard names them.)
+    let (_, status_table) = queries
+        .iter()
+        .find(|(panel, _)| panel.ends_with("/ Device status (online / offline)"))
+        .expect("the fleet dashboard has a status table");
+    let response = node
+        .search(&status_table.index, status_table.body.clone())
+        .await;
+    let states: Vec<(String, String)> = status_table
+        .rows(&response)
+        .iter()
+        .map(|row| {
+            (
+                row["device"].as_str().unwrap_or("?").to_owned(),
+                row["state"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> =
+        [("pi-1", "online"), ("pi-2", "online"), ("pi-3", "offline")]
+            .iter()
+            .map(|(d, s)| (d.to_string(), s.to_string()))
+            .collect();
+    assert_eq!(states, expected);
+
     // The same translation of a panel whose field is misspelt finds nothing: the check above
     // would have failed for a panel pointing at a field the pipeline does not write.
     let mut broken = Catalog::shipped();

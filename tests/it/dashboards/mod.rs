@@ -157,6 +157,24 @@ fn terms_on_unindexed_text_is_caught() {
 }
 
 #[test]
+fn a_sum_of_a_time_series_counter_is_caught() {
+    // Interval counts must stay gauges (or plain longs) in the metrics template: Lens sums
+    // them, and it offers no sum of a counter.
+    let mut templates = schema::pending_templates();
+    let metrics = templates
+        .iter_mut()
+        .find(|t| t.name == "mqtt2es-metrics")
+        .expect("the metrics stand-in");
+    metrics.mappings["properties"]["mqtt2es"]["properties"]["retries"]["time_series_metric"] =
+        Value::from("counter");
+    let problems = check(&Catalog::shipped(), &Schema::from_templates(templates));
+    assert_caught(
+        &problems,
+        r#"Lens offers no sum of "mqtt2es.retries", a time-series counter"#,
+    );
+}
+
+#[test]
 fn a_reference_to_a_data_view_that_is_not_shipped_is_caught() {
     let problems = problems_after(|objects| objects.retain(|o| o["id"] != "mqtt2es-status"));
     assert_caught(

@@ -15,6 +15,8 @@
 //! Every field-based metric also gets a `value_count` beside it: `sum` of a field no document
 //! has is 0, not null, and would otherwise pass.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 
 use super::saved_objects::Layer;
@@ -24,11 +26,13 @@ pub struct LayerQuery {
     pub index: String,
     pub body: Value,
     buckets: Vec<String>,
+    bucket_fields: Vec<String>,
     metrics: Vec<Metric>,
 }
 
 struct Metric {
     column: String,
+    field: String,
     describe: String,
     kind: MetricKind,
 }
@@ -103,6 +107,7 @@ pub fn translate(
         };
         metrics.push(Metric {
             column: id.clone(),
+            field: field.to_owned(),
             describe,
             kind,
         });
@@ -185,15 +190,80 @@ pub fn translate(
         ]}},
         "aggs": aggs,
     });
+    // The time field is read by the range filter even when no column names it.
+    let bucket_fields = std::iter::once(time_field.to_owned())
+        .chain(
+            buckets
+                .iter()
+                .filter_map(|id| layer.column(id))
+                .filter_map(|c| c["sourceField"].as_str().map(str::to_owned)),
+        )
+        .collect();
     Ok(LayerQuery {
         index: index.to_owned(),
         body,
         buckets,
+        bucket_fields,
         metrics,
     })
 }
 
 impl LayerQuery {
+    /// The answer as the table Lens would draw: one row per innermost bucket, column id →
+    /// bucket key or metric value.
+    pub fn rows(&self, response: &Value) -> Vec<BTreeMap<String, Value>> {
+        let mut rows = Vec::new();
+        self.collect(&response["aggregations"], 0, BTreeMap::new(), &mut rows);
+        rows
+    }
+
+    fn collect(
+        &self,
+        level: &Value,
+        depth: usize,
+        row: BTreeMap<String, Value>,
+        rows: &mut Vec<BTreeMap<String, Value>>,
+    ) {
+        if let Some(id) = self.buckets.get(depth) {
+            for bucket in level[id]["buckets"].as_array().into_iter().flatten() {
+                let mut row = row.clone();
+                let key = match &bucket["key_as_string"] {
+                    Value::Null => bucket["key"].clone(),
+                    text => text.clone(),
+                };
+                row.insert(id.clone(), key);
+                self.collect(bucket, depth + 1, row, rows);
+            }
+            return;
+        }
+        let mut row = row;
+        for metric in &self.metrics {
+            let value = match metric.kind {
+                MetricKind::Count => level["doc_count"].clone(),
+                MetricKind::Value => level[&metric.column]["value"].clone(),
+                MetricKind::Last => level[&metric.column]["last"]["hits"]["hits"][0]["fields"]
+                    [&metric.field][0]
+                    .clone(),
+            };
+            row.insert(metric.column.clone(), value);
+        }
+        rows.push(row);
+    }
+
+    /// Every field the search reads, for a field-capabilities check.
+    pub fn fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = self
+            .metrics
+            .iter()
+            .filter(|m| !matches!(m.kind, MetricKind::Count))
+            .map(|m| m.field.clone())
+            .chain(self.bucket_fields.iter().cloned())
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
+    }
+
     /// Ok when every bucket level has a bucket and every metric has a value in at least one
     /// innermost bucket; otherwise what is empty.
     pub fn check(&self, response: &Value) -> Result<(), String> {

@@ -649,6 +649,13 @@ fn check_column(
                         field.es_type
                     ));
                 }
+                if field.time_series_metric.as_deref() == Some("counter")
+                    && matches!(op, "average" | "sum" | "min" | "max" | "median")
+                {
+                    problems.push(format!(
+                        "{at}: Lens offers no {op} of {source:?}, a time-series counter"
+                    ));
+                }
                 if !field.aggregatable {
                     problems.push(format!(
                         "{at}: {source:?} ({}) cannot be aggregated",

@@ -87,6 +87,9 @@ pub struct Field {
     /// Kibana's type family: `string`, `number`, `date`, `boolean`, `ip`, or the ES type.
     pub kibana_type: &'static str,
     pub aggregatable: bool,
+    /// `time_series_metric` of a time-series data stream: Lens refuses sum, average, min, max
+    /// and median on a `counter`.
+    pub time_series_metric: Option<String>,
 }
 
 impl Field {
@@ -107,6 +110,7 @@ impl Field {
             es_type: es_type.to_owned(),
             kibana_type,
             aggregatable: !text && doc_values,
+            time_series_metric: mapping["time_series_metric"].as_str().map(str::to_owned),
         }
     }
 }
@@ -124,6 +128,10 @@ impl Schema {
             .map(|t| Template::from_body(&t.name, &t.body))
             .collect();
         templates.extend(pending_templates());
+        Schema { templates }
+    }
+
+    pub fn from_templates(templates: Vec<Template>) -> Schema {
         Schema { templates }
     }
 
