@@ -185,6 +185,7 @@ async fn every_panel_query_finds_data_from_the_real_pipeline_and_a_misspelt_fiel
     let mut bridge = Bridge::start(&spec);
     bridge.wait_subscribed();
     let prefix = bridge.prefix().to_owned();
+    // Before the first document: a data stream takes its mappings when it is created.
     for template in schema::pending_templates() {
         let template = template.with_prefix(&prefix);
         node.request(
