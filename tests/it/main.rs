@@ -5,6 +5,7 @@
 
 pub mod bridge_basics;
 mod cli;
+mod dashboards;
 mod dead_letters;
 mod faults;
 mod harness;
