@@ -292,6 +292,8 @@ pub enum EditError {
         "user name {0:?} is not allowed: it must be non-empty and contain no `:` or line break"
     )]
     Username(String),
+    #[error("empty password")]
+    EmptyPassword,
     #[error("user {username:?} is not in {path:?}")]
     NoSuchUser { username: String, path: PathBuf },
     #[error("{path:?} line {line}: expected <user>:<password>")]
@@ -331,6 +333,9 @@ pub fn edit(path: &Path, edit: Edit<'_>) -> Result<(), EditError> {
             create,
         } => {
             check_username(username)?;
+            if password.is_empty() {
+                return Err(EditError::EmptyPassword);
+            }
             let hash = PasswordHash::create(password).map_err(|_| EditError::Random)?;
             let existing = if create { String::new() } else { read()? };
             set_entry(&existing, username, &hash)
@@ -648,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn user_names_with_a_colon_or_line_break_are_refused() {
+    fn user_names_with_a_colon_or_line_break_and_empty_passwords_are_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("passwd");
         for username in ["a:b", "a\nb", "", " rajan"] {
