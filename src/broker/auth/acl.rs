@@ -13,6 +13,7 @@
 //! - Any matching deny wins over any grant (Mosquitto orders user denies before pattern grants
 //!   but pattern denies after user grants; one rule is easier to reason about).
 
+use std::borrow::Cow;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -80,26 +81,54 @@ impl Template {
             .map_err(|e| e.to_string())
     }
 
-    /// The filter for this client, or `None` when a name it needs is missing or unsafe.
-    pub fn resolve(&self, who: &Identity) -> Option<std::borrow::Cow<'_, TopicFilter>> {
-        match self {
-            Template::Fixed(filter) => Some(std::borrow::Cow::Borrowed(filter)),
-            Template::Substituted(raw) => {
-                let mut text = raw.clone();
-                if text.contains("%u") {
-                    text = text.replace("%u", safe(who.username.as_deref())?);
-                }
-                if text.contains("%c") {
-                    text = text.replace("%c", safe(Some(&who.client_id))?);
-                }
-                TopicFilter::parse(&text).ok().map(std::borrow::Cow::Owned)
-            }
+    /// The filter for this client: `Filter`, or why there is none.
+    pub fn resolve(&self, who: &Identity) -> Resolved<'_> {
+        let raw = match self {
+            Template::Fixed(filter) => return Resolved::Filter(Cow::Borrowed(filter)),
+            Template::Substituted(raw) => raw,
+        };
+        let mut text = raw.clone();
+        if text.contains("%u") {
+            let Some(username) = &who.username else {
+                return Resolved::Anonymous;
+            };
+            let Some(username) = safe(username) else {
+                return Resolved::Unsafe;
+            };
+            text = text.replace("%u", username);
+        }
+        if text.contains("%c") {
+            let Some(client_id) = safe(&who.client_id) else {
+                return Resolved::Unsafe;
+            };
+            text = text.replace("%c", client_id);
+        }
+        match TopicFilter::parse(&text) {
+            Ok(filter) => Resolved::Filter(Cow::Owned(filter)),
+            // Only a name can make a filter that passed `parse` invalid (too long, say).
+            Err(_) => Resolved::Unsafe,
         }
     }
 }
 
-fn safe(name: Option<&str>) -> Option<&str> {
-    name.filter(|n| !n.is_empty() && !n.contains(['+', '#', '/', '\0']))
+/// A template filled in for one client.
+pub enum Resolved<'a> {
+    Filter(Cow<'a, TopicFilter>),
+    /// It needs `%u` and the client has no user name: the rule is not about this client.
+    Anonymous,
+    /// The user name or client id is empty or contains `+`, `#`, `/` or NUL.
+    Unsafe,
+}
+
+impl Resolved<'_> {
+    /// For grants: only a filled-in filter can grant anything.
+    pub fn grants(&self, test: impl Fn(&TopicFilter) -> bool) -> bool {
+        matches!(self, Resolved::Filter(filter) if test(filter))
+    }
+}
+
+fn safe(name: &str) -> Option<&str> {
+    (!name.is_empty() && !name.contains(['+', '#', '/', '\0'])).then_some(name)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +246,15 @@ impl Acl {
         Ok(())
     }
 
+    /// How many rules (one per filter) there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     pub fn may_publish(&self, who: &Identity, topic: &str) -> bool {
         self.decide(
             who,
@@ -252,12 +290,13 @@ impl Acl {
         for rule in applicable {
             let filter = rule.filter.resolve(who);
             match (rule.access, filter) {
-                (Access::Deny, None) => return false,
-                (Access::Deny, Some(filter)) if denied(&filter) => return false,
-                (Access::Deny, Some(_)) | (_, None) => {}
-                (access, Some(filter)) => {
+                // A deny we cannot evaluate safely denies: fail closed.
+                (Access::Deny, Resolved::Unsafe) => return false,
+                (Access::Deny, Resolved::Filter(filter)) if denied(&filter) => return false,
+                (Access::Deny, _) => {}
+                (access, filter) => {
                     if (access == wanted || access == Access::Both) && !allowed {
-                        allowed = granted(&filter);
+                        allowed = filter.grants(&granted);
                     }
                 }
             }
@@ -480,6 +519,30 @@ mod tests {
         );
         assert!(acl.may_subscribe(&anonymous, &filter("public/#")));
         assert!(!acl.may_publish(&anonymous, "greetings"));
+    }
+
+    #[test]
+    fn a_deny_pattern_with_percent_u_denies_everything_to_an_unsafe_name_but_skips_anonymous() {
+        let acl = mosquitto_acl(
+            "topic read public/#\npattern deny devices/%u/secret\n\
+             pattern read devices/%u/#\npattern read shared/#\n",
+        )
+        .expect("valid");
+        let anonymous = identity(None, "c");
+        let unsafe_name = identity(Some("a/b"), "c");
+        let pi = identity(Some("pi"), "c");
+        assert!(acl.may_subscribe(&anonymous, &filter("public/#")));
+        assert!(acl.may_subscribe(&anonymous, &filter("shared/#")));
+        assert!(acl.may_subscribe(&pi, &filter("shared/#")));
+        assert!(
+            !acl.may_subscribe(&unsafe_name, &filter("shared/#")),
+            "fails closed"
+        );
+        assert!(acl.may_subscribe(&pi, &filter("devices/pi/data/#")));
+        assert!(
+            !acl.may_subscribe(&pi, &filter("devices/pi/#")),
+            "covers the secret"
+        );
     }
 
     #[test]

@@ -293,7 +293,8 @@ impl Jwt {
         })
     }
 
-    fn accepted(&self) -> &'static str {
+    /// The algorithms with a configured key.
+    pub fn accepted(&self) -> &'static str {
         match (self.hs256.is_some(), self.rs256.is_some()) {
             (true, true) => "HS256, RS256",
             (true, false) => "HS256",

@@ -122,6 +122,18 @@ pub struct Auth {
     acl: Option<Acl>,
 }
 
+/// What is configured, never a hash or key: safe for `?auth` in a log line.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("password_users", &self.passwords.as_ref().map(|p| p.len()))
+            .field("jwt", &self.jwt.as_ref().map(|j| j.accepted()))
+            .field("acl_rules", &self.acl.as_ref().map(|a| a.len()))
+            .finish()
+    }
+}
+
 impl Auth {
     /// Reads password files and keys; errors name the key and file.
     pub fn load(settings: &AuthSettings) -> Result<Auth, AuthError> {
@@ -207,7 +219,7 @@ impl Auth {
         let by_token = match who.grants.as_ref().and_then(|g| g.publish.as_ref()) {
             Some(filters) => filters
                 .iter()
-                .any(|t| t.resolve(who).is_some_and(|f| f.matches(topic))),
+                .any(|t| t.resolve(who).grants(|f| f.matches(topic))),
             None => true,
         };
         by_acl && by_token
@@ -224,7 +236,7 @@ impl Auth {
         let by_token = match who.grants.as_ref().and_then(|g| g.subscribe.as_ref()) {
             Some(filters) => filters
                 .iter()
-                .any(|t| t.resolve(who).is_some_and(|f| f.covers(&filter))),
+                .any(|t| t.resolve(who).grants(|f| f.covers(&filter))),
             None => true,
         };
         by_acl && by_token

@@ -236,6 +236,14 @@ impl PasswordFile {
         Ok(PasswordFile { users })
     }
 
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
     pub fn contains(&self, username: &str) -> bool {
         self.users.contains_key(username)
     }

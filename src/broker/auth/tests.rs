@@ -227,10 +227,7 @@ fn a_broken_password_file_is_a_load_error_naming_key_file_and_line_without_the_h
     let path = dir.path().join("passwd");
     fs::write(&path, "rajan:$2y$10$bcrypthashbcrypthash\n").expect("write");
     let settings = settings_with(|s| s.password_file = Some(path.clone()));
-    let error = Auth::load(&settings)
-        .err()
-        .expect("a load error")
-        .to_string();
+    let error = Auth::load(&settings).expect_err("a load error").to_string();
     assert!(error.contains("broker.auth.password_file"), "{error}");
     assert!(error.contains(&format!("{path:?} line 1")), "{error}");
     assert!(!error.contains("bcrypthash"), "{error}");
@@ -692,10 +689,7 @@ fn a_private_key_given_as_the_rs256_public_key_is_a_load_error() {
             ..JwtSettings::default()
         })
     });
-    let error = Auth::load(&settings)
-        .err()
-        .expect("a load error")
-        .to_string();
+    let error = Auth::load(&settings).expect_err("a load error").to_string();
     assert!(
         error.contains("rs256_public_key_file") && error.contains("private key"),
         "{error}"
@@ -704,8 +698,34 @@ fn a_private_key_given_as_the_rs256_public_key_is_a_load_error() {
 }
 
 #[test]
-fn settings_holding_a_secret_do_not_show_it_in_debug_output() {
-    let settings = settings_with(|s| s.jwt = Some(hs256_settings()));
+fn settings_and_auth_holding_secrets_do_not_show_them_in_debug_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = mosquitto_passwd_file(dir.path());
+    let settings = settings_with(|s| {
+        s.jwt = Some(hs256_settings());
+        s.password_file = Some(path.clone());
+    });
     let shown = format!("{settings:?}");
     assert!(!shown.contains(SECRET), "{shown}");
+    let shown = format!("{:?}", auth(&settings));
+    let hash = fs::read_to_string(&path).expect("read");
+    let hash = hash
+        .lines()
+        .next()
+        .expect("a line")
+        .split('$')
+        .nth(4)
+        .expect("hash part");
+    assert!(!shown.contains(SECRET) && !shown.contains(hash), "{shown}");
+    assert!(
+        shown.contains("password_users: Some(2)") && shown.contains("HS256"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn auth_can_be_shared_between_connection_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Auth>();
+    shareable::<Identity>();
 }
