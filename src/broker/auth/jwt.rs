@@ -9,8 +9,9 @@
 //! - The `sub` claim is the identity. By default the MQTT user name must equal it, so a token
 //!   issued to one device cannot be presented under another device's name (which `%u` ACL
 //!   rules would trust); `username_must_match_sub: false` accepts any user name and uses `sub`.
-//! - The optional `mqtt2es` claim (`{"publish": [filters], "subscribe": [filters]}`) narrows
-//!   what ACLs allow; it never widens it. Unknown keys inside it refuse the token: a misspelt
+//! - The optional `mqtt2es` claim (`{"publish": [filters], "subscribe": [filters]}`, `%u` and
+//!   `%c` allowed) narrows what ACLs allow; it never widens it. A missing list leaves that
+//!   direction to the ACLs; an empty list allows nothing. Unknown keys inside it refuse the token: a misspelt
 //!   `publsh` must not silently lift a restriction its issuer meant to impose.
 
 use std::fs;
@@ -60,6 +61,9 @@ impl Default for JwtSettings {
     }
 }
 
+/// Leeway covers clock skew; more than an hour would quietly extend every token's life.
+const MAX_LEEWAY_SECS: u64 = 3600;
+
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -88,6 +92,15 @@ impl JwtSettings {
             return Err(key(
                 "no key: set hs256_secret, hs256_secret_file or rs256_public_key_file",
             ));
+        }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError::Key {
+                key: "broker.auth.jwt.leeway_secs",
+                message: format!(
+                    "{} is more than {MAX_LEEWAY_SECS}: leeway is for clock skew; issue tokens that live longer instead",
+                    self.leeway_secs
+                ),
+            });
         }
         if let Some(secret) = &self.hs256_secret {
             check_secret_length(secret.expose().len()).map_err(|m| ConfigError::Key {

@@ -470,6 +470,11 @@ fn topic_claims_narrow_what_the_token_holder_may_do() {
         "exp": now() + 600,
         "mqtt2es": {"publish": ["sensors/%u/+/telemetry"], "subscribe": ["cmd/%c/#"]}
     });
+    let silent = independent_token(
+        "HS256",
+        &key,
+        json!({"sub": "pi-01", "exp": now() + 600, "mqtt2es": {"subscribe": []}}),
+    );
     let token = independent_token("HS256", &key, claims);
     let auth = auth(&settings_with(|s| s.jwt = Some(hs256_settings())));
     let who = auth
@@ -481,6 +486,15 @@ fn topic_claims_narrow_what_the_token_holder_may_do() {
     assert!(auth.may_subscribe(&who, "cmd/client-1/#"));
     assert!(!auth.may_subscribe(&who, "cmd/#"));
     assert!(!auth.may_subscribe(&who, "#"));
+    let who = connect(&auth, Some("pi-01"), &silent).expect("valid token");
+    assert!(
+        auth.may_publish(&who, "anything"),
+        "no publish list: the ACL decides"
+    );
+    assert!(
+        !auth.may_subscribe(&who, "anything"),
+        "an empty list allows nothing"
+    );
 }
 
 #[test]
@@ -656,6 +670,17 @@ fn jwt_settings_without_a_key_or_with_two_secrets_are_config_errors() {
         "broker: {{auth: {{jwt: {{hs256_secret: \"{SECRET}\", hs256_secret_file: s}}}}}}\n"
     ));
     assert!(text.contains("not both"), "{text}");
+}
+
+#[test]
+fn a_leeway_of_more_than_an_hour_is_a_config_error() {
+    let text = config_error(&format!(
+        "broker: {{auth: {{jwt: {{hs256_secret: \"{SECRET}\", leeway_secs: 86400}}}}}}\n"
+    ));
+    assert!(
+        text.contains("broker.auth.jwt.leeway_secs") && text.contains("86400"),
+        "{text}"
+    );
 }
 
 #[test]
