@@ -8,8 +8,8 @@
 //!   each message on delivery; we have one decision at SUBSCRIBE time and make it whole.
 //! - `%u` and `%c` are substituted only with names that cannot change a filter's shape: a user
 //!   name or client id that is empty or contains `+`, `#`, `/` or NUL makes a grant that uses
-//!   it match nothing (and a deny that uses it deny everything), so `alice/#` as a user name
-//!   cannot turn `devices/%u` into a wildcard.
+//!   it match nothing and a deny that uses it deny everything, so `alice/#` as a user name
+//!   cannot turn `devices/%u` into a wildcard. A `%u` rule does not apply to anonymous clients.
 //! - Any matching deny wins over any grant (Mosquitto orders user denies before pattern grants
 //!   but pattern denies after user grants; one rule is easier to reason about).
 
@@ -87,22 +87,30 @@ impl Template {
             Template::Fixed(filter) => return Resolved::Filter(Cow::Borrowed(filter)),
             Template::Substituted(raw) => raw,
         };
-        let mut text = raw.clone();
-        if text.contains("%u") {
-            let Some(username) = &who.username else {
-                return Resolved::Anonymous;
+        // One pass, so that a `%c` inside a user name is not substituted in turn.
+        let mut text = String::with_capacity(raw.len() + 32);
+        let mut rest = raw.as_str();
+        while let Some(at) = rest.find('%') {
+            text.push_str(&rest[..at]);
+            let name = match rest.as_bytes().get(at + 1) {
+                Some(b'u') => match &who.username {
+                    Some(username) => safe(username),
+                    None => return Resolved::Anonymous,
+                },
+                Some(b'c') => safe(&who.client_id),
+                _ => {
+                    text.push('%');
+                    rest = &rest[at + 1..];
+                    continue;
+                }
             };
-            let Some(username) = safe(username) else {
+            let Some(name) = name else {
                 return Resolved::Unsafe;
             };
-            text = text.replace("%u", username);
+            text.push_str(name);
+            rest = &rest[at + 2..];
         }
-        if text.contains("%c") {
-            let Some(client_id) = safe(&who.client_id) else {
-                return Resolved::Unsafe;
-            };
-            text = text.replace("%c", client_id);
-        }
+        text.push_str(rest);
         match TopicFilter::parse(&text) {
             Ok(filter) => Resolved::Filter(Cow::Owned(filter)),
             // Only a name can make a filter that passed `parse` invalid (too long, say).
@@ -421,6 +429,14 @@ mod tests {
         assert!(!acl.may_publish(&pi, "devices/other/pi-01/telemetry"));
         assert!(acl.may_subscribe(&pi, &filter("cmd/pi/#")));
         assert!(!acl.may_subscribe(&pi, &filter("cmd/+/#")));
+    }
+
+    #[test]
+    fn substitution_is_one_pass_and_leaves_other_percent_signs() {
+        let acl = Acl::from_rules(&[rule("*", &["d/%u/%c/100%"], &[])]).expect("rules");
+        let tricky = identity(Some("x%cy"), "pi");
+        assert!(acl.may_publish(&tricky, "d/x%cy/pi/100%"));
+        assert!(!acl.may_publish(&tricky, "d/xpiy/pi/100%"));
     }
 
     #[test]
