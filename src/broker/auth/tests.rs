@@ -185,6 +185,34 @@ fn a_file_written_by_the_real_mosquitto_passwd_verifies_the_right_password_only(
 }
 
 #[test]
+fn sha512_and_other_iteration_counts_written_by_the_real_mosquitto_passwd_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("passwd");
+    run(Command::new("mosquitto_passwd")
+        .args(["-H", "sha512", "-c", "-b"])
+        .arg(&path)
+        .args(["old", "password123"]));
+    run(Command::new("mosquitto_passwd")
+        .args(["-H", "sha512-pbkdf2", "-I", "1000", "-b"])
+        .arg(&path)
+        .args(["slow", "password123"]));
+    let text = fs::read_to_string(&path).expect("read");
+    assert!(
+        text.contains("old:$6$") && text.contains("slow:$7$1000$"),
+        "{text}"
+    );
+    let auth = auth(&settings_with(|s| s.password_file = Some(path)));
+    for user in ["old", "slow"] {
+        assert!(connect(&auth, Some(user), "password123").is_ok(), "{user}");
+        assert_eq!(
+            connect(&auth, Some(user), "password12"),
+            Err(Refusal::BadCredentials),
+            "{user}"
+        );
+    }
+}
+
+#[test]
 fn a_password_file_does_not_let_anonymous_clients_in() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = mosquitto_passwd_file(dir.path());
