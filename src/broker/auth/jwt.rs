@@ -40,7 +40,7 @@ pub struct JwtSettings {
     pub require_exp: bool,
     /// When set, the `iss` claim must equal it.
     pub issuer: Option<String>,
-    /// When set, the `aud` claim must contain it; when unset, `aud` is not checked.
+    /// When set, the `aud` claim must be present and contain it; when unset, `aud` is ignored.
     pub audience: Option<String>,
     /// The MQTT user name must equal the token's `sub`; off: any user name, identity is `sub`.
     pub username_must_match_sub: bool,
@@ -244,6 +244,8 @@ impl Jwt {
         validation.validate_aud = settings.audience.is_some();
         if let Some(audience) = &settings.audience {
             validation.set_audience(&[audience]);
+            // jsonwebtoken checks `aud` only when present; a configured audience means required.
+            validation.required_spec_claims.insert("aud".to_owned());
         }
         if let Some(issuer) = &settings.issuer {
             validation.set_issuer(&[issuer]);

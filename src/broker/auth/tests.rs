@@ -480,8 +480,9 @@ fn issuer_and_audience_are_checked_when_configured() {
     let bad_iss = token(json!({"sub": "pi", "exp": exp, "iss": "https://evil", "aud": "mqtt2es"}));
     let no_iss = token(json!({"sub": "pi", "exp": exp, "aud": "mqtt2es"}));
     let bad_aud = token(json!({"sub": "pi", "exp": exp, "iss": "https://id.example", "aud": "x"}));
+    let no_aud = token(json!({"sub": "pi", "exp": exp, "iss": "https://id.example"}));
     assert!(connect(&auth, Some("pi"), &good).is_ok());
-    for bad in [bad_iss, no_iss, bad_aud] {
+    for bad in [bad_iss, no_iss, bad_aud, no_aud] {
         assert_eq!(
             connect(&auth, Some("pi"), &bad),
             Err(Refusal::BadCredentials)
