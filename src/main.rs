@@ -1,12 +1,14 @@
 //! The `mqtt2es` command: parse the command line, set up logs, load config, run, and map
 //! errors to exit codes (0 ok, 1 runtime failure, 2 invalid config or usage).
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mqtt2es::app;
+use mqtt2es::broker::auth::password::{self, Edit};
 use mqtt2es::config::{Config, LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
@@ -60,10 +62,75 @@ enum Command {
         #[arg(long)]
         retain: bool,
     },
+    /// Create or edit a Mosquitto-format password file; see `mqtt2es passwd --help`.
+    ///
+    /// Must come first on the command line (`mqtt2es passwd …`): it reads no configuration.
+    #[command(disable_help_flag = true)]
+    Passwd {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// Create and edit password files for the embedded broker (`broker.auth.password_file`).
+///
+/// Works like mosquitto_passwd, and each tool reads and edits the other's files: an entry is
+/// `user:$7$101$<salt>$<hash>`, PBKDF2-HMAC-SHA512 with 101 iterations and a 12-byte random
+/// salt, as Mosquitto 2 writes it (older `$6$` entries are read too). Without -b the password
+/// is asked twice on the terminal, without echo. The file is replaced atomically; a new one is
+/// readable by its owner only. The broker reads the file at start.
+///
+/// Examples:
+///   mqtt2es passwd -c passwd rajan           create the file with one user (prompts)
+///   mqtt2es passwd -b passwd pi raspberry    add or change a user, password given
+///   mqtt2es passwd -D passwd pi              delete a user
+///   mqtt2es passwd -U auth.txt               hash a file of user:plaintext lines in place
+#[derive(Parser)]
+#[command(
+    name = "mqtt2es passwd",
+    bin_name = "mqtt2es passwd",
+    long_about,
+    verbatim_doc_comment
+)]
+struct PasswdCli {
+    /// Create the password file, replacing it if it exists.
+    #[arg(short = 'c', conflicts_with_all = ["delete", "upgrade"])]
+    create: bool,
+    /// Take the password from the command line instead of prompting (it is then visible to
+    /// other users in the process list and kept in shell history).
+    #[arg(short = 'b', conflicts_with_all = ["delete", "upgrade"], requires = "password")]
+    batch: bool,
+    /// Delete the user.
+    #[arg(short = 'D', conflicts_with = "upgrade")]
+    delete: bool,
+    /// Hash the plain-text passwords of a `user:password` file in place (entries already
+    /// hashed are left alone).
+    #[arg(short = 'U', conflicts_with = "username")]
+    upgrade: bool,
+    /// The password file.
+    file: PathBuf,
+    /// The user to add, change or delete.
+    #[arg(required_unless_present = "upgrade")]
+    username: Option<String>,
+    /// The password, with -b only.
+    #[arg(requires = "batch")]
+    password: Option<String>,
 }
 
 fn main() -> ExitCode {
+    // `passwd` mirrors mosquitto_passwd, whose `-c` (create) would clash with our global
+    // `-c/--config`, so it is parsed on its own before the main command line.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == "passwd") {
+        return passwd(PasswdCli::parse_from(&args[1..]));
+    }
     let cli = Cli::parse();
+    if let Command::Passwd { .. } = cli.command {
+        eprintln!(
+            "mqtt2es: `passwd` must come first: mqtt2es passwd [-c] [-b] <file> <user> [<password>]"
+        );
+        return ExitCode::from(2);
+    }
     let (config, secrets) = match Config::load(&cli.config) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -106,6 +173,7 @@ fn main() -> ExitCode {
         }
         Command::Setup => runtime().and_then(|rt| rt.block_on(app::setup(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(app::run(config, secrets))),
+        Command::Passwd { .. } => return misplaced_passwd(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +183,65 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn passwd(cli: PasswdCli) -> ExitCode {
+    let result = if cli.upgrade {
+        password::edit(&cli.file, Edit::Upgrade)
+    } else {
+        let username = cli.username.as_deref().unwrap_or_default();
+        if cli.delete {
+            password::edit(&cli.file, Edit::Delete { username })
+        } else {
+            let password = match cli.password {
+                Some(password) => password,
+                None => match prompt_password() {
+                    Ok(password) => password,
+                    Err(message) => {
+                        eprintln!("mqtt2es passwd: {message}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            password::edit(
+                &cli.file,
+                Edit::Set {
+                    username,
+                    password: password.as_bytes(),
+                    create: cli.create,
+                },
+            )
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mqtt2es passwd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `passwd` after other arguments: `-c` there would have been read as `--config`.
+fn misplaced_passwd() -> ExitCode {
+    eprintln!(
+        "mqtt2es: `passwd` must come first: mqtt2es passwd [-c] [-b] <file> <user> [<password>]"
+    );
+    ExitCode::from(2)
+}
+
+/// Asks twice on the terminal without echo, as mosquitto_passwd does.
+fn prompt_password() -> Result<String, String> {
+    let ask = |prompt| {
+        rpassword::prompt_password(prompt).map_err(|e| {
+            format!("cannot read the password from the terminal ({e}); use -b to give it")
+        })
+    };
+    let first = ask("Password: ")?;
+    if ask("Reenter password: ")? != first {
+        return Err("passwords do not match".into());
+    }
+    Ok(first)
 }
 
 /// Offline commands print their result on stdout and their complaint on stderr, exit 2 on failure.
