@@ -196,7 +196,10 @@ fn check_bind(bind: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Any byte stream a listener produced, after its TLS / WebSocket handshake.
+/// Any byte stream a listener produced, after its TLS / WebSocket handshake. Writes may sit in
+/// a buffer (a TLS record, a WebSocket frame) until `flush`: flush after each packet or batch.
+/// Over WebSocket each write goes out as one binary message, so write whole packets where
+/// possible; reads see the bytes whatever the framing.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 

@@ -657,29 +657,36 @@ async fn a_silent_client_does_not_hold_up_another(settings: ListenerSettings, pk
     let tcp = TcpStream::connect(running.addr()).await.expect("connect");
     let second = tcp.local_addr().expect("addr");
     // Each client is kept open until the end, so nothing is handed over because it closed.
-    let _client: Box<dyn std::any::Any + Send> = match transport {
-        Transport::Tcp => Box::new(tcp),
-        Transport::Tls => {
-            let name = ServerName::try_from("localhost").expect("name");
-            Box::new(pki.connector(None).connect(name, tcp).await.expect("tls"))
-        }
-        Transport::Ws => {
-            let request = ws_request(running.addr(), "ws", "/mqtt", Some("mqtt"));
-            let (client, _) = tokio_tungstenite::client_async(request, tcp)
-                .await
-                .expect("upgrade");
-            Box::new(client)
-        }
-        Transport::Wss => {
-            let name = ServerName::try_from("localhost").expect("name");
-            let tls = pki.connector(None).connect(name, tcp).await.expect("tls");
-            let request = ws_request(running.addr(), "wss", "/mqtt", Some("mqtt"));
-            let (client, _) = tokio_tungstenite::client_async(request, tls)
-                .await
-                .expect("upgrade");
-            Box::new(client)
-        }
+    let addr = running.addr();
+    let handshake = async move {
+        let client: Box<dyn std::any::Any + Send> = match transport {
+            Transport::Tcp => Box::new(tcp),
+            Transport::Tls => {
+                let name = ServerName::try_from("localhost").expect("name");
+                Box::new(pki.connector(None).connect(name, tcp).await.expect("tls"))
+            }
+            Transport::Ws => {
+                let request = ws_request(addr, "ws", "/mqtt", Some("mqtt"));
+                let (client, _) = tokio_tungstenite::client_async(request, tcp)
+                    .await
+                    .expect("upgrade");
+                Box::new(client)
+            }
+            Transport::Wss => {
+                let name = ServerName::try_from("localhost").expect("name");
+                let tls = pki.connector(None).connect(name, tcp).await.expect("tls");
+                let request = ws_request(addr, "wss", "/mqtt", Some("mqtt"));
+                let (client, _) = tokio_tungstenite::client_async(request, tls)
+                    .await
+                    .expect("upgrade");
+                Box::new(client)
+            }
+        };
+        client
     };
+    let _client = tokio::time::timeout(DEADLINE, handshake)
+        .await
+        .expect("the second client's handshake is not held up by the silent one");
     let mut accepted = running.next().await;
     if transport == Transport::Tcp {
         // Plain TCP has no handshake: the silent socket is handed over at once (the broker's
@@ -1219,11 +1226,43 @@ async fn nodes_websocket_client_negotiates_mqtt_and_exchanges_bytes() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "node failed: {stdout} {}",
+        "node (20.10 or later, for its WebSocket) failed: {stdout} {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let reply: serde_json::Value = serde_json::from_str(stdout.trim()).expect("node's json");
     assert_eq!(reply["protocol"], "mqtt");
     assert_eq!(reply["data"], serde_json::json!(CONNACK));
     running.stop().await;
+}
+
+#[test]
+fn a_config_file_with_tls_files_beside_it_loads_and_a_missing_one_is_named() {
+    let pki = Pki::new();
+    let yaml = "broker:\n  listeners:\n    - {bind: '127.0.0.1:1883'}\n    - transport: wss\n      \
+                bind: '127.0.0.1:8884'\n      cert_file: server.pem\n      key_file: server.key\n      \
+                client_ca_file: ca.pem\n";
+    let (config, _) =
+        crate::config::Config::from_yaml(yaml, pki.dir.path()).expect("relative tls files load");
+    let wss = &config.broker.listeners[1];
+    assert_eq!(
+        wss.cert_file.as_deref(),
+        Some(pki.path("server.pem").as_path())
+    );
+    assert_eq!(
+        wss.client_ca_file.as_deref(),
+        Some(pki.path("ca.pem").as_path())
+    );
+
+    let missing = yaml.replace("server.pem", "gone.pem");
+    let error = crate::config::Config::from_yaml(&missing, pki.dir.path())
+        .expect_err("a missing certificate is a config error")
+        .to_string();
+    assert!(
+        error.starts_with("broker.listeners.cert_file: listener wss on \"127.0.0.1:8884\""),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("{:?}", pki.path("gone.pem"))),
+        "{error}"
+    );
 }
