@@ -1266,3 +1266,81 @@ fn a_config_file_with_tls_files_beside_it_loads_and_a_missing_one_is_named() {
         "{error}"
     );
 }
+
+async fn next_packet(
+    mqtt: &mut tokio_util::codec::Framed<Box<dyn Stream>, rumqttc::mqttbytes::v4::Codec>,
+) -> rumqttc::mqttbytes::v4::Packet {
+    tokio::time::timeout(DEADLINE, mqtt.next())
+        .await
+        .expect("a packet in time")
+        .expect("the connection is open")
+        .expect("a valid packet")
+}
+
+/// mosquitto_pub as the device, our listener plus rumqttc's codec as a one-connection broker:
+/// the TLS listener serves a real MQTT client that checks our certificate and shows its own.
+#[tokio::test]
+async fn mosquitto_pub_over_tls_with_a_client_certificate_publishes_at_qos_1() {
+    use rumqttc::mqttbytes::v4::{Codec, ConnAck, ConnectReturnCode, Packet, PubAck};
+    use tokio_util::codec::Framed;
+
+    assert!(
+        command_exists("mosquitto_pub"),
+        "mosquitto_pub (Debian: mosquitto-clients) is needed"
+    );
+    let pki = Pki::new();
+    let device = pki.client("pi-shed");
+    let mut running = Running::start(
+        &[pki.requiring_client_certificates(Transport::Tls)],
+        PATIENT,
+    )
+    .await;
+    let child = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-i", "pi-shed", "-q", "1"])
+        .args(["-t", "greetings", "-m", "Hello world MQTT"])
+        .arg("-p")
+        .arg(running.addr().port().to_string())
+        .arg("--cafile")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path(&format!("{device}.pem")))
+        .arg("--key")
+        .arg(pki.path(&format!("{device}.key")))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mosquitto_pub");
+
+    let accepted = running.next().await;
+    assert_eq!(accepted.client_certificate_cn.as_deref(), Some("pi-shed"));
+    let codec = Codec {
+        max_incoming_size: 1024,
+        max_outgoing_size: 1024,
+    };
+    let mut mqtt = Framed::new(accepted.stream, codec);
+    let Packet::Connect(connect) = next_packet(&mut mqtt).await else {
+        panic!("CONNECT first");
+    };
+    assert_eq!(connect.client_id, "pi-shed");
+    let connack = ConnAck::new(ConnectReturnCode::Success, false);
+    mqtt.send(Packet::ConnAck(connack)).await.expect("connack");
+    let Packet::Publish(publish) = next_packet(&mut mqtt).await else {
+        panic!("PUBLISH next");
+    };
+    assert_eq!(publish.topic, "greetings");
+    assert_eq!(&publish.payload[..], b"Hello world MQTT");
+    mqtt.send(Packet::PubAck(PubAck::new(publish.pkid)))
+        .await
+        .expect("puback");
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("mosquitto_pub ends in time")
+        .expect("mosquitto_pub output");
+    assert!(
+        output.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    running.stop().await;
+}
