@@ -331,6 +331,8 @@ impl Bound {
         loop {
             let (socket, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
+                // The broker is gone: nobody would take another connection.
+                _ = accepted.closed() => break,
                 Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
                 _ = report.tick() => {
                     report_failures(&failures);

@@ -1344,3 +1344,23 @@ async fn mosquitto_pub_over_tls_with_a_client_certificate_publishes_at_qos_1() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn run_ends_when_the_broker_drops_its_receiver() {
+    let pki = Pki::new();
+    let ws = ListenerSettings {
+        transport: Transport::Ws,
+        bind: "127.0.0.1:0".into(),
+        ..ListenerSettings::default()
+    };
+    let listeners = Listeners::bind(&[pki.listener(Transport::Tls), ws])
+        .await
+        .expect("bind");
+    let (sender, receiver) = mpsc::channel(1);
+    let run = tokio::spawn(listeners.run(PATIENT, sender, CancellationToken::new()));
+    drop(receiver);
+    tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("run ends without a stop")
+        .expect("no panic");
+}
