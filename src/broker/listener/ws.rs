@@ -122,6 +122,29 @@ impl<S> WsStream<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Queues one binary message of `len` bytes that `fill` writes; nothing for zero bytes,
+    /// since an empty message would mean nothing to the client.
+    fn send(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Poll<io::Result<usize>> {
+        if len == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_ready(cx)).map_err(io_error)?;
+        let mut frame = Vec::with_capacity(len);
+        fill(&mut frame);
+        Pin::new(&mut this.inner)
+            .start_send(Message::Binary(frame.into()))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(len))
+    }
+}
+
 fn io_error(error: WsError) -> io::Error {
     match error {
         WsError::Io(error) => error,
@@ -177,12 +200,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(Pin::new(&mut this.inner).poll_ready(cx)).map_err(io_error)?;
-        Pin::new(&mut this.inner)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(io_error)?;
-        Poll::Ready(Ok(buf.len()))
+        self.send(cx, buf.len(), |frame| frame.extend_from_slice(buf))
+    }
+
+    /// One message for all the slices: a codec writing header and payload as two slices should
+    /// not cost the client two frames.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|buf| buf.len()).sum();
+        self.send(cx, len, |frame| {
+            bufs.iter().for_each(|buf| frame.extend_from_slice(buf))
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -196,5 +231,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
             Err(error) => Poll::Ready(Err(io_error(error))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_vectored_write_is_one_binary_message_and_an_empty_write_sends_none() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let mut stream =
+            WsStream::new(WebSocketStream::from_raw_socket(ours, Role::Server, None).await);
+        let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+
+        assert_eq!(stream.write(&[]).await.expect("empty write"), 0);
+        let slices = [
+            io::IoSlice::new(&[0x30, 0x03]),
+            io::IoSlice::new(b"\x00\x01a"),
+        ];
+        assert_eq!(stream.write_vectored(&slices).await.expect("write"), 5);
+        stream.write_all(&[0xc0, 0x00]).await.expect("write");
+        stream.flush().await.expect("flush");
+
+        let first = client.next().await.expect("open").expect("message");
+        assert_eq!(
+            first,
+            Message::Binary(Bytes::from_static(b"\x30\x03\x00\x01a"))
+        );
+        let second = client.next().await.expect("open").expect("message");
+        assert_eq!(second, Message::Binary(Bytes::from_static(&[0xc0, 0x00])));
+    }
+
+    #[tokio::test]
+    async fn a_ping_between_packets_is_answered_and_does_not_reach_the_byte_stream() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let mut stream =
+            WsStream::new(WebSocketStream::from_raw_socket(ours, Role::Server, None).await);
+        let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+        client
+            .send(Message::binary(&b"ab"[..]))
+            .await
+            .expect("send");
+        client
+            .send(Message::Ping(Bytes::from_static(b"hi")))
+            .await
+            .expect("ping");
+        client
+            .send(Message::binary(&b"cd"[..]))
+            .await
+            .expect("send");
+
+        let mut read = [0u8; 4];
+        stream.read_exact(&mut read).await.expect("read");
+        assert_eq!(&read, b"abcd");
+        let pong = client.next().await.expect("open").expect("message");
+        assert_eq!(pong, Message::Pong(Bytes::from_static(b"hi")));
     }
 }
