@@ -1071,6 +1071,16 @@ fn command_exists(program: &str) -> bool {
 
 #[tokio::test]
 async fn openssl_s_client_verifying_our_ca_with_a_client_certificate_reaches_the_broker() {
+    openssl_s_client_reaches_the_broker("-tls1_3").await;
+}
+
+/// Many devices (mbedTLS builds, older firmware) still speak only TLS 1.2.
+#[tokio::test]
+async fn openssl_s_client_limited_to_tls_1_2_reaches_the_broker() {
+    openssl_s_client_reaches_the_broker("-tls1_2").await;
+}
+
+async fn openssl_s_client_reaches_the_broker(version: &str) {
     assert!(
         command_exists("openssl"),
         "the openssl CLI (Debian: openssl) is needed"
@@ -1085,6 +1095,7 @@ async fn openssl_s_client_verifying_our_ca_with_a_client_certificate_reaches_the
     let mut child = tokio::process::Command::new("openssl")
         .args([
             "s_client",
+            version,
             "-quiet",
             "-verify_return_error",
             "-servername",
