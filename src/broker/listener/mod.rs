@@ -36,8 +36,6 @@ use tracing::Instrument;
 
 use crate::config::ConfigError;
 
-pub use ws::WsStream;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
