@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -24,6 +24,7 @@ use super::exposition;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `stop` fires, then drops every open connection.
+#[tracing::instrument(name = "metrics_http", skip_all)]
 pub async fn serve(
     listener: TcpListener,
     readiness: impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
@@ -64,8 +65,8 @@ pub async fn serve(
     connections.abort_all();
 }
 
-fn answer(
-    request: &Request<Incoming>,
+fn answer<B>(
+    request: &Request<B>,
     readiness: &impl Fn() -> Result<(), String>,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -104,4 +105,53 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).expect("a request")
+    }
+
+    #[test]
+    fn readyz_answers_503_with_the_reason_as_plain_text() {
+        let not_ready = || Err("not connected to the upstream broker".to_owned());
+        let response = answer(&get("/readyz"), &not_ready);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let response = answer(&get("/readyz"), &|| Ok(()));
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn healthz_is_200_even_when_not_ready() {
+        let response = answer(&get("/healthz"), &|| Err("setup".to_owned()));
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn metrics_are_served_as_openmetrics_text() {
+        let response = answer(&get("/metrics"), &|| Ok(()));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            exposition::CONTENT_TYPE
+        );
+    }
+
+    #[test]
+    fn other_paths_are_404_and_other_methods_405() {
+        let response = answer(&get("/metrics/extra"), &|| Ok(()));
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let post = Request::post("/metrics").body(()).expect("a request");
+        assert_eq!(
+            answer(&post, &|| Ok(())).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 }

@@ -251,6 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_is_counted_while_its_guard_lives() {
+        // Only this test opens broker connections in unit tests, so the global is stable here.
+        let before = snapshot().connected;
+        let guard = connected(Source::Broker);
+        assert_eq!(snapshot().connected[0], before[0] + 1);
+        drop(guard);
+        assert_eq!(snapshot().connected, before);
+    }
+
+    #[test]
     fn histogram_bounds_ascend() {
         for bounds in [&figures::BULK_BOUNDS[..], &figures::LATENCY_BOUNDS[..]] {
             assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");

@@ -33,6 +33,7 @@ fn take_maxima() -> Maxima {
 }
 
 /// Ships a document every `every` until `stop`, then one last one for the final interval.
+#[tracing::instrument(name = "metrics_ship", skip_all)]
 pub async fn ship(
     client: Elasticsearch,
     index: String,
@@ -124,6 +125,7 @@ async fn send(client: &Elasticsearch, index: &str, doc: Value) -> Result<(), Str
 }
 
 /// Keeps "Elasticsearch answered recently" true while it is there, even with no traffic.
+#[tracing::instrument(name = "elasticsearch_probe", skip_all)]
 pub async fn probe(client: Elasticsearch, max_age: Duration, stop: CancellationToken) {
     let every = (max_age / 3).max(Duration::from_secs(1));
     loop {
