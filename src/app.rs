@@ -188,7 +188,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     if config.setup.on_start {
         install_templates_until_done(&client, &config, &shutdown).await?;
     }
-    metrics::setup_finished();
+    metrics.setup_finished();
 
     let filters = pipelines.topic_filters();
     info!(

@@ -89,11 +89,6 @@ pub fn broker_listening(listening: bool) {
     FIGURES.listening.store(listening, Ordering::Relaxed);
 }
 
-/// Startup work that must precede intake (index templates) is done: part of readiness.
-pub fn setup_finished() {
-    FIGURES.setup_done.store(true, Ordering::Relaxed);
-}
-
 /// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.
 pub fn shutting_down() {
     FIGURES.stopping.store(true, Ordering::Relaxed);
@@ -171,6 +166,7 @@ pub enum MetricsError {
 #[derive(Debug)]
 pub struct Metrics {
     stop: CancellationToken,
+    setup_done: CancellationToken,
     tasks: JoinSet<()>,
     address: Option<SocketAddr>,
 }
@@ -185,6 +181,7 @@ impl Metrics {
         prefix: &str,
     ) -> Result<Metrics, MetricsError> {
         let stop = CancellationToken::new();
+        let setup_done = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let max_age = Duration::from_secs(settings.elasticsearch_answer_max_age_s);
         let mut address = None;
@@ -201,8 +198,9 @@ impl Metrics {
             address = Some(local);
             let readiness = move || readiness::check(&facts(mode, max_age));
             tasks.spawn(http::serve(listener, readiness, stop.clone()));
+            // Only readiness needs it.
+            tasks.spawn(ship::probe(client.clone(), max_age, stop.clone()));
         }
-        tasks.spawn(ship::probe(client.clone(), max_age, stop.clone()));
         if settings.ship_interval_s > 0 {
             let identity = Identity {
                 instance: settings.instance_name(),
@@ -213,14 +211,24 @@ impl Metrics {
                 format!("{prefix}metrics"),
                 identity,
                 Duration::from_secs(settings.ship_interval_s),
+                setup_done.clone(),
                 stop.clone(),
             ));
         }
         Ok(Metrics {
             stop,
+            setup_done,
             tasks,
             address,
         })
+    }
+
+    /// Startup work that must precede intake (index templates) is done: part of readiness, and
+    /// what the shipper waits for, so that its first document cannot create the metrics data
+    /// stream before the template that should shape it is installed.
+    pub fn setup_finished(&self) {
+        FIGURES.setup_done.store(true, Ordering::Relaxed);
+        self.setup_done.cancel();
     }
 
     /// Where the endpoint listens, if it is on.

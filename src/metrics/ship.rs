@@ -32,15 +32,21 @@ fn take_maxima() -> Maxima {
     }
 }
 
-/// Ships a document every `every` until `stop`, then one last one for the final interval.
+/// Once `setup_done` fires, ships a document every `every` until `stop`, then one last one for
+/// the final interval.
 #[tracing::instrument(name = "metrics_ship", skip_all)]
 pub async fn ship(
     client: Elasticsearch,
     index: String,
     identity: Identity,
     every: Duration,
+    setup_done: CancellationToken,
     stop: CancellationToken,
 ) {
+    tokio::select! {
+        () = setup_done.cancelled() => {},
+        () = stop.cancelled() => return,
+    }
     let mut from = FIGURES.snapshot();
     let mut from_at = Instant::now();
     // Whatever came before this task started belongs to no interval it ships.
