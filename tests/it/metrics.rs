@@ -139,6 +139,22 @@ async fn metrics_count_published_readings_stored_documents_and_a_dead_letter_by_
     assert_eq!(sample(&text, "mqtt2es_retries_total"), Some(0.0), "{text}");
 }
 
+/// The sum of `mqtt2es.<field>` over every metrics document in `index` (0 while there is none).
+async fn metrics_sum(node: &SearchNode, index: &str, field: &str) -> u64 {
+    if node.try_count(index).await.unwrap_or(0) == 0 {
+        return 0;
+    }
+    let hits = node.search(index, json!({"size": 1000})).await;
+    hits["hits"]["hits"]
+        .as_array()
+        .map(|hits| {
+            hits.iter()
+                .filter_map(|hit| hit["_source"]["mqtt2es"][field].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after() {
     let mut node = SearchNode::start_private();
@@ -146,7 +162,7 @@ async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after
     let broker = broker();
     let mut spec =
         BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
-    spec.metrics_extra = "  elasticsearch_answer_max_age_s: 3\n".into();
+    spec.metrics_extra = "  elasticsearch_answer_max_age_s: 3\n  ship_interval_s: 1\n".into();
     let mut bridge = Bridge::start(&spec);
     let address = bridge.metrics_address();
 
@@ -163,6 +179,7 @@ async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after
 
     node.start();
     wait_for_readyz(address, 200, Duration::from_secs(90)).await;
+    bridge.wait_subscribed();
 
     node.stop();
     let reason = wait_for_readyz(address, 503, Duration::from_secs(30)).await;
@@ -170,6 +187,61 @@ async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after
         reason.contains("elasticsearch has not answered"),
         "{reason}"
     );
+    assert_eq!(
+        get(address, "/healthz").await.0,
+        200,
+        "alive, only not ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_documents_that_cannot_be_shipped_are_logged_once_and_folded_into_the_next() {
+    let mut node = SearchNode::start_private();
+    let broker = broker();
+    let mut spec = BridgeSpec::new(broker.port(), &node.url());
+    spec.metrics_extra = "  ship_interval_s: 1\n".into();
+    let (mut bridge, index) = start_readings_bridge_with(spec);
+    let metrics_index = format!("{}metrics", bridge.prefix());
+
+    node.stop();
+    let sent = publish_lines_qos1(
+        broker.port(),
+        "sensors/lab/pi-03/telemetry",
+        &readings("pi-03", 0, 3),
+    );
+    assert_eq!(sent, 3);
+    // Every interval tries again (debug), but only the first failure is a warning.
+    bridge.wait_for_log("metrics document not shipped", 3, Duration::from_secs(30));
+    assert_eq!(
+        bridge
+            .logs()
+            .matches("metrics document not shipped; the next interval tries again")
+            .count(),
+        1,
+        "{}",
+        bridge.logs()
+    );
+
+    node.start();
+    assert_eq!(
+        wait_for_count(&node, &index, 3, Duration::from_secs(60)).await,
+        3
+    );
+    bridge.wait_for_log(
+        "metrics documents are shipped again",
+        1,
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics_sum(&node, &metrics_index, "documents_stored").await < 3 {
+        assert!(Instant::now() < deadline, "{}", bridge.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        metrics_sum(&node, &metrics_index, "documents_stored").await,
+        3
+    );
+    assert_eq!(metrics_sum(&node, &metrics_index, "messages_in").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
