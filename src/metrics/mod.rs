@@ -40,15 +40,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use document::{Identity, Maxima, document};
-pub use exposition::render;
 pub use figures::{Snapshot, Source};
-pub use readiness::{Facts, Mode};
+pub use readiness::Mode;
 pub use settings::MetricsSettings;
 
 use crate::record::Record;
 use crate::sink::{Routed, SinkStats};
+use document::Identity;
 use figures::FIGURES;
+use readiness::Facts;
 
 /// A message arrived from `source` (before any pipeline looked at it).
 pub fn message_in(source: Source) {
