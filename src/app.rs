@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Secrets};
 use crate::document::{Processed, Rejection};
 use crate::elastic;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipelines;
 use crate::record::{Message, QoS, Record};
 use crate::sink::{self, Routed};
@@ -178,9 +179,16 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
 
+    // Before setup, so /healthz answers (and /readyz says why not) while Elasticsearch is away.
+    let mode = match config.upstream {
+        Some(_) => metrics::Mode::Upstream,
+        None => metrics::Mode::Broker,
+    };
+    let metrics = Metrics::start(&config.metrics, mode, &client, &config.index.prefix).await?;
     if config.setup.on_start {
         install_templates_until_done(&client, &config, &shutdown).await?;
     }
+    metrics.setup_finished();
 
     let filters = pipelines.topic_filters();
     info!(
@@ -203,6 +211,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             dead_letter: config.dead_letter.clone(),
         },
     );
+    metrics::watch(writer.stats(), &records_tx, &routed_tx);
     let mut sink_task = tokio::spawn(sink::run(routed_rx, writer, abandon.clone()));
     let processor = tokio::spawn(run_processor(
         Arc::clone(&pipelines),
@@ -237,6 +246,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         }
     }
 
+    metrics::shutting_down();
     let grace = Duration::from_millis(config.shutdown.grace_ms);
     info!(
         grace_ms = config.shutdown.grace_ms,
@@ -263,6 +273,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             upstream_task.abort();
         }
     }
+    metrics.stop().await;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::broker::BrokerSettings;
 use crate::elastic::ElasticsearchSettings;
+use crate::metrics::MetricsSettings;
 use crate::pipeline::{DecodeLimits, IndexPolicy};
 use crate::secret::Secret;
 use crate::sink::{BatchSettings, DeadLetterSettings, RetrySettings};
@@ -37,6 +38,8 @@ pub struct Config {
     pub setup: SetupSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    /// The operations endpoint and the shipped `{prefix}metrics` documents.
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +225,9 @@ impl Config {
                 "must be above 0 to flush what was received",
             ));
         }
+        self.metrics
+            .check()
+            .map_err(|(key, message)| key_error(key, message))?;
         let upstream_password = match &self.upstream {
             Some(upstream) => self.check_upstream(upstream)?,
             None => {
@@ -558,6 +564,37 @@ mod tests {
         Jail::expect_with(|jail| {
             let text = error_text(jail, "shutdown: {grace_ms: 0}\n");
             assert!(text.contains("shutdown.grace_ms"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_zero_readiness_answer_age_is_refused_naming_the_key() {
+        Jail::expect_with(|jail| {
+            let text = error_text(
+                jail,
+                "upstream: {host: broker}\nmetrics: {elasticsearch_answer_max_age_s: 0}\n",
+            );
+            assert!(
+                text.contains("metrics.elasticsearch_answer_max_age_s"),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_metrics_endpoint_can_be_moved_or_turned_off_from_the_environment() {
+        Jail::expect_with(|jail| {
+            let (config, _) =
+                load(jail, "upstream: {host: broker}\nmetrics: {bind: null}\n").expect("valid");
+            assert_eq!(config.metrics.bind, None);
+            jail.set_env("MQTT2ES_METRICS__BIND", "127.0.0.1:0");
+            let (config, _) = load(jail, "upstream: {host: broker}\n").expect("valid");
+            assert_eq!(
+                config.metrics.bind,
+                Some("127.0.0.1:0".parse().expect("addr"))
+            );
             Ok(())
         });
     }

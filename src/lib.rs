@@ -19,12 +19,14 @@
 //! - `elastic`   — Elasticsearch client construction and setup (templates).
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
+//! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
 
 pub mod app;
 pub mod broker;
 pub mod config;
 pub mod document;
 pub mod elastic;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod secret;

@@ -14,6 +14,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::Utc;
+
 use elasticsearch::{BulkParts, Elasticsearch};
 use tokio::{
     sync::mpsc,
@@ -30,7 +32,7 @@ use super::{
     bump,
     dead_letter::{self, DeadLetterFile},
 };
-use crate::{document::Rejection, record::Settlement, sink::RetrySettings};
+use crate::{document::Rejection, metrics, record::Settlement, sink::RetrySettings};
 
 /// Everything the writer task needs; built once at startup.
 #[derive(Debug)]
@@ -326,6 +328,7 @@ impl Shared {
     async fn send(&self, chunk: &[Item]) -> Plan {
         bump(&self.stats.requests, 1);
         let has_id: Vec<bool> = chunk.iter().map(Item::has_id).collect();
+        let started = std::time::Instant::now();
         let sent = self
             .client
             .bulk(BulkParts::None)
@@ -336,6 +339,7 @@ impl Shared {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
+                metrics::bulk_request(started.elapsed(), None);
                 return Plan::RetryAll {
                     reason: format!("bulk request failed: {}", chain(&e)),
                     loud: false,
@@ -343,7 +347,9 @@ impl Shared {
             }
         };
         let status = response.status_code().as_u16();
-        match response.bytes().await {
+        let body = response.bytes().await;
+        metrics::bulk_request(started.elapsed(), Some(status));
+        match body {
             Ok(body) => bulk::classify(status, &body, &has_id),
             Err(e) => Plan::RetryAll {
                 reason: format!("reading the bulk response failed: {}", chain(&e)),
@@ -436,6 +442,7 @@ impl Shared {
                 let counter = if already_there {
                     &self.stats.already_stored
                 } else {
+                    metrics::document_stored(item.source(), Utc::now());
                     &self.stats.stored
                 };
                 bump(counter, 1);

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::acks::AckQueue;
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
+use crate::metrics::{self, Source};
 use crate::record::{Ack, QoS, Record, Settled};
 
 /// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
@@ -38,6 +39,8 @@ pub struct Driver {
     /// can be due at once. Dropping them would leave those messages unacknowledged until a
     /// reconnect and stall the broker's window; they wait here, in order, instead.
     unsent: VecDeque<AckKey>,
+    /// Counts this connection in `mqtt2es_connected_clients` while it is up.
+    online: Option<metrics::Connection>,
 }
 
 impl Driver {
@@ -61,6 +64,7 @@ impl Driver {
             settle_to: None,
             queue: AckQueue::default(),
             unsent: VecDeque::new(),
+            online: None,
         }
     }
 
@@ -137,6 +141,8 @@ impl Driver {
         log_inbound_state(self.connection, &event);
         match event {
             Inbound::Connected { session_present } => {
+                self.online
+                    .get_or_insert_with(|| metrics::connected(Source::Upstream));
                 // A new connection: acks for the old one's packet ids must not be sent on it.
                 self.queue.reset();
                 self.unsent.clear();
@@ -152,6 +158,7 @@ impl Driver {
                 }
             }
             Inbound::Publish { message, key } => {
+                metrics::message_in(Source::Upstream);
                 let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
                     debug!(connection = self.connection, topic = %message.topic, "publish after intake stopped; left unacknowledged for redelivery");
                     return;
@@ -169,7 +176,8 @@ impl Driver {
                     self.settle_to = None;
                 }
             }
-            Inbound::Subscribed { .. } | Inbound::Disconnected { .. } => {}
+            Inbound::Disconnected { .. } => self.online = None,
+            Inbound::Subscribed { .. } => {}
         }
     }
 }

@@ -10,6 +10,7 @@ mod dashboards;
 mod dead_letters;
 mod faults;
 mod harness;
+mod metrics;
 mod shared_group;
 mod support;
 mod upstream_options;

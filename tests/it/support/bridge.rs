@@ -1,6 +1,7 @@
 //! The real `mqtt2es` binary as a child process, configured in its own temporary directory.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ pub struct BridgeSpec {
     pub pipelines: Vec<(&'static str, String)>,
     /// Extra YAML lines inside the `upstream:` section (indented by the caller with two spaces).
     pub upstream_extra: String,
+    /// Extra YAML lines inside the `metrics:` section (indented by the caller with two spaces).
+    /// The section always binds the endpoint to a free loopback port: see `metrics_address`.
+    pub metrics_extra: String,
     /// Extra top-level YAML sections.
     pub extra: String,
     /// `MQTT2ES_…` overrides for the process: configuration through the environment.
@@ -28,6 +32,7 @@ impl BridgeSpec {
             search_url: search_url.to_string(),
             pipelines: Vec::new(),
             upstream_extra: String::new(),
+            metrics_extra: String::new(),
             extra: String::new(),
             env: Vec::new(),
         }
@@ -145,6 +150,19 @@ impl Bridge {
         }
     }
 
+    /// Where the metrics endpoint of the current run listens (it binds port 0), once it does.
+    pub fn metrics_address(&mut self) -> SocketAddr {
+        const NEEDLE: &str = "metrics listening address=";
+        let runs = self.logs().matches(NEEDLE).count();
+        self.wait_for_log(NEEDLE, runs.max(1), Duration::from_secs(30));
+        let logs = self.logs();
+        let (_, after) = logs.rsplit_once(NEEDLE).expect("the line just waited for");
+        let address: String = after.chars().take_while(|c| !c.is_whitespace()).collect();
+        address
+            .parse()
+            .unwrap_or_else(|e| panic!("metrics address {address:?} in the log: {e}"))
+    }
+
     /// Waits until every upstream connection has its subscription granted.
     pub fn wait_subscribed(&mut self) {
         self.wait_for_log(" subscribed", 1, Duration::from_secs(30));
@@ -205,10 +223,12 @@ dead_letter:\n  index: {prefix}deadletter\n  file: deadletter.ndjson\n\
 batch:\n  flush_interval_ms: 200\n\
 retry:\n  initial_backoff_ms: 50\n  max_backoff_ms: 1000\n\
 shutdown:\n  grace_ms: 10000\n\
+metrics:\n  bind: 127.0.0.1:0\n{metrics_extra}\
 {extra}",
         port = spec.broker_port,
         url = spec.search_url,
         upstream_extra = spec.upstream_extra,
+        metrics_extra = spec.metrics_extra,
         extra = spec.extra,
     );
     std::fs::write(dir.join("mqtt2es.yaml"), config).expect("write config");

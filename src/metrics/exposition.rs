@@ -1,0 +1,338 @@
+//! `/metrics`: a [`Snapshot`] in the Prometheus/OpenMetrics text format.
+//!
+//! The figures live in our own atomics (see `figures`), so prometheus-client is used only as
+//! the encoder: a registry holding one collector that writes the snapshot. Counter names get
+//! `_total` and unit suffixes from the encoder, which is what keeps them valid OpenMetrics.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::figures::{Snapshot, Source};
+use super::histogram::HistogramSnapshot;
+
+/// What `/metrics` answers with in the `Content-Type` header.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The text of `/metrics` for these figures.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("mqtt2es");
+    registry.register_collector(Box::new(Figures(snapshot.clone())));
+    let mut text = String::new();
+    // Writing into a String cannot fail, and our collector only fails if the writer does.
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("encoding into a String cannot fail");
+    text
+}
+
+#[derive(Debug)]
+struct Figures(Snapshot);
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, figure) in values {
+        let labels = [(label, value)];
+        let gauge = ConstGauge::new(i64::try_from(figure).unwrap_or(i64::MAX));
+        gauge.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    figures: &HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut metric: MetricEncoder =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    // The encoder wants each bucket's own count and accumulates them itself.
+    let mut below = 0;
+    let buckets: Vec<(f64, u64)> = figures
+        .bounds
+        .iter()
+        .copied()
+        .zip(figures.cumulative.iter().copied())
+        .chain(std::iter::once((f64::INFINITY, figures.count)))
+        .map(|(bound, cumulative)| {
+            let own = cumulative.saturating_sub(below);
+            below = cumulative;
+            (bound, own)
+        })
+        .collect();
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        figures.sum_s,
+        figures.count,
+        &buckets,
+        None,
+    )
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        {
+            let mut family = encoder.encode_descriptor(
+                "messages_in",
+                "MQTT messages received, by source (broker: devices connected to mqtt2es; \
+                 upstream: mqtt2es's subscription to another broker).",
+                None,
+                MetricType::Counter,
+            )?;
+            for source in Source::ALL {
+                let labels = [("source", source.as_str())];
+                ConstCounter::new(s.messages_in[source as usize])
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "documents_stored",
+            "Documents Elasticsearch confirmed as newly stored.",
+            s.sink.stored,
+        )?;
+        counter(
+            &mut encoder,
+            "documents_already_stored",
+            "Redelivered documents whose deterministic id was already stored (http 409).",
+            s.sink.already_stored,
+        )?;
+        counter(
+            &mut encoder,
+            "records_dropped",
+            "Messages a pipeline dropped on purpose (drop stage).",
+            s.sink.dropped,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "dead_letters",
+                "Messages stored as dead letters, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, count) in &s.sink.dead_lettered {
+                let labels = [("reason", reason.as_str())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "dead_letters_to_file",
+            "Dead letters written to the local file because Elasticsearch could not take them.",
+            s.sink.dead_lettered_to_file,
+        )?;
+        counter(
+            &mut encoder,
+            "retries",
+            "Documents sent again after a retryable failure (one document retried three times \
+             counts three).",
+            s.sink.retries,
+        )?;
+        counter(
+            &mut encoder,
+            "bulk_requests",
+            "Bulk requests sent to Elasticsearch, retries and split halves included.",
+            s.sink.requests,
+        )?;
+        histogram(
+            &mut encoder,
+            "bulk_request_duration",
+            "Round trip of one bulk request, failures included.",
+            &s.bulk_latency,
+        )?;
+        histogram(
+            &mut encoder,
+            "end_to_end_latency",
+            "From a document's @timestamp (device time) to Elasticsearch confirming it stored.",
+            &s.latency,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "queue_depth",
+            "Records received and not yet durable, by where they wait (records: before the \
+             pipelines; routed: before the sink; sink: batching or in a bulk request).",
+            "queue",
+            [
+                ("records", s.queued_records),
+                ("routed", s.queued_routed),
+                ("sink", s.sink.pending),
+            ],
+        )?;
+        gauge_family(
+            &mut encoder,
+            "connected_clients",
+            "Open MQTT connections, by source (broker: device clients; upstream: mqtt2es's own \
+             connections to the upstream broker).",
+            "source",
+            Source::ALL.map(|source| (source.as_str(), s.connected[source as usize])),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metrics::figures::{BULK_BOUNDS, LATENCY_BOUNDS};
+    use crate::sink::SinkReport;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            messages_in: [0, 7],
+            connected: [0, 1],
+            sink: SinkReport {
+                stored: 5,
+                already_stored: 1,
+                dead_lettered: BTreeMap::from([
+                    ("mapping_conflict".to_owned(), 2),
+                    ("payload_too_large".to_owned(), 1),
+                ]),
+                retries: 3,
+                requests: 4,
+                pending: 6,
+                ..SinkReport::default()
+            },
+            bulk_latency: HistogramSnapshot {
+                bounds: &BULK_BOUNDS,
+                cumulative: vec![0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+                count: 3,
+                sum_s: 40.5,
+            },
+            latency: HistogramSnapshot {
+                bounds: &LATENCY_BOUNDS,
+                cumulative: vec![0; 13],
+                count: 0,
+                sum_s: 0.0,
+            },
+            queued_records: 8,
+            queued_routed: 9,
+        }
+    }
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{text}"))
+    }
+
+    #[test]
+    fn counters_are_exposed_with_total_suffixes_and_their_labels() {
+        let text = render(&snapshot());
+        assert_eq!(
+            line(&text, "mqtt2es_messages_in_total{source=\"upstream\"}"),
+            "mqtt2es_messages_in_total{source=\"upstream\"} 7"
+        );
+        assert_eq!(
+            line(&text, "mqtt2es_documents_stored_total"),
+            "mqtt2es_documents_stored_total 5"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"}"
+            ),
+            "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"} 2"
+        );
+        assert_eq!(
+            line(&text, "mqtt2es_retries_total"),
+            "mqtt2es_retries_total 3"
+        );
+        assert_eq!(
+            line(&text, "mqtt2es_bulk_requests_total"),
+            "mqtt2es_bulk_requests_total 4"
+        );
+        assert!(
+            text.contains("# TYPE mqtt2es_dead_letters counter"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn gauges_are_exposed_per_queue_and_per_source() {
+        let text = render(&snapshot());
+        assert!(
+            text.contains("mqtt2es_queue_depth{queue=\"records\"} 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_queue_depth{queue=\"routed\"} 9\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_queue_depth{queue=\"sink\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_connected_clients{source=\"upstream\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_connected_clients{source=\"broker\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn histograms_are_exposed_in_seconds_with_cumulative_buckets_and_inf() {
+        let text = render(&snapshot());
+        assert!(
+            text.contains("# TYPE mqtt2es_bulk_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_bulk_request_duration_seconds_bucket{le=\"0.01\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_bulk_request_duration_seconds_bucket{le=\"10.0\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_bulk_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_bulk_request_duration_seconds_sum 40.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_end_to_end_latency_seconds_count 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_reason_label_is_escaped_rather_than_breaking_the_format() {
+        let mut s = snapshot();
+        s.sink
+            .dead_lettered
+            .insert("odd\"reason\nnext".to_owned(), 1);
+        let text = render(&s);
+        assert!(
+            text.contains(r#"mqtt2es_dead_letters_total{reason="odd\"reason\nnext"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The process-wide figures and the snapshot the endpoint and the shipper read.
+//!
+//! Two kinds of source. Edges that have no handle to thread through (the upstream connections,
+//! the embedded broker's sessions, the bulk timing, readiness) record into one `static` of
+//! atomics. The sink's own counters (`SinkStats`: stored, dead letters by reason, retries, bulk
+//! requests, records in flight) already exist for its shutdown report; they are read from the
+//! `Arc` the app registers rather than counted a second time, so the two can never disagree.
+//! Channel depths are read the same way, from weak senders, at snapshot time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::histogram::{Histogram, HistogramSnapshot};
+use crate::record::Record;
+use crate::sink::{Routed, SinkReport, SinkStats};
+
+/// Where messages come from: the label `source` on the per-source figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Devices connected to the embedded broker.
+    Broker,
+    /// mqtt2es's own connections to an upstream broker.
+    Upstream,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Broker, Source::Upstream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Broker => "broker",
+            Source::Upstream => "upstream",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Bulk request round trips: 5 ms to 30 s (the default request timeout).
+pub(super) static BULK_BOUNDS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Device time to stored: the batch flush interval dominates when all is well (1 s by default),
+/// minutes to hours when readings were held back by an outage and replayed.
+pub(super) static LATENCY_BOUNDS: [f64; 13] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+pub(super) struct Figures {
+    messages_in: [AtomicU64; 2],
+    connected: [AtomicU64; 2],
+    pub(super) bulk_latency: Histogram,
+    pub(super) latency: Histogram,
+    sink: Mutex<Option<Arc<SinkStats>>>,
+    queues: Mutex<Option<Queues>>,
+    pub(super) setup_done: AtomicBool,
+    pub(super) listening: AtomicBool,
+    pub(super) stopping: AtomicBool,
+    /// Milliseconds since [`epoch`] plus one of Elasticsearch's last answer; 0: never.
+    answered_at: AtomicU64,
+}
+
+struct Queues {
+    records: mpsc::WeakSender<Record>,
+    routed: mpsc::WeakSender<Routed>,
+}
+
+pub(super) static FIGURES: Figures = Figures {
+    messages_in: [const { AtomicU64::new(0) }; 2],
+    connected: [const { AtomicU64::new(0) }; 2],
+    bulk_latency: Histogram::new(&BULK_BOUNDS),
+    latency: Histogram::new(&LATENCY_BOUNDS),
+    sink: Mutex::new(None),
+    queues: Mutex::new(None),
+    setup_done: AtomicBool::new(false),
+    listening: AtomicBool::new(false),
+    stopping: AtomicBool::new(false),
+    answered_at: AtomicU64::new(0),
+};
+
+/// A monotonic origin for "when did Elasticsearch last answer".
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain handles; a panic elsewhere cannot leave them half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Figures {
+    pub(super) fn message_in(&self, source: Source) {
+        self.messages_in[source.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn connected(&self, source: Source) {
+        self.connected[source.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn disconnected(&self, source: Source) {
+        // Saturating: a stray extra call from an edge must not wrap the gauge to 2^64.
+        let _ = self.connected[source.index()].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |n| Some(n.saturating_sub(1)),
+        );
+    }
+
+    pub(super) fn connections(&self, source: Source) -> u64 {
+        self.connected[source.index()].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn watch(
+        &self,
+        sink: Arc<SinkStats>,
+        records: &mpsc::Sender<Record>,
+        routed: &mpsc::Sender<Routed>,
+    ) {
+        *lock(&self.sink) = Some(sink);
+        *lock(&self.queues) = Some(Queues {
+            records: records.downgrade(),
+            routed: routed.downgrade(),
+        });
+    }
+
+    pub(super) fn answered(&self) {
+        let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.answered_at.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// How long ago Elasticsearch last answered; `None` if it never did.
+    pub(super) fn answer_age(&self) -> Option<Duration> {
+        match self.answered_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                epoch()
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1)),
+            ),
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let sink = lock(&self.sink)
+            .as_ref()
+            .map(|stats| stats.snapshot())
+            .unwrap_or_default();
+        let (records, routed) = match &*lock(&self.queues) {
+            Some(queues) => (depth(&queues.records), depth(&queues.routed)),
+            None => (0, 0),
+        };
+        let per_source = |counters: &[AtomicU64; 2]| {
+            Source::ALL.map(|source| counters[source.index()].load(Ordering::Relaxed))
+        };
+        Snapshot {
+            messages_in: per_source(&self.messages_in),
+            connected: per_source(&self.connected),
+            sink,
+            bulk_latency: self.bulk_latency.snapshot(),
+            latency: self.latency.snapshot(),
+            queued_records: records,
+            queued_routed: routed,
+        }
+    }
+}
+
+/// Records sitting in a channel. A closed channel (every sender gone at shutdown) reads as 0
+/// even while its receiver drains the last few: good enough for a gauge.
+fn depth<T>(weak: &mpsc::WeakSender<T>) -> u64 {
+    weak.upgrade()
+        .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
+        .unwrap_or(0)
+}
+
+/// Every figure at one moment: cumulative counters and current gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Indexed like [`Source::ALL`].
+    pub messages_in: [u64; 2],
+    /// Open connections, indexed like [`Source::ALL`].
+    pub connected: [u64; 2],
+    pub sink: SinkReport,
+    pub bulk_latency: HistogramSnapshot,
+    pub latency: HistogramSnapshot,
+    /// Records between the MQTT side and the pipelines.
+    pub queued_records: u64,
+    /// Records between the pipelines and the sink.
+    pub queued_routed: u64,
+}
+
+impl Snapshot {
+    pub fn messages_in_total(&self) -> u64 {
+        self.messages_in.iter().sum()
+    }
+
+    pub fn connected_total(&self) -> u64 {
+        self.connected.iter().sum()
+    }
+
+    pub fn dead_letters_total(&self) -> u64 {
+        self.sink.dead_lettered.values().sum()
+    }
+
+    /// Records received and not yet durable: in both channels, the open batch and in flight.
+    pub fn queue_depth(&self) -> u64 {
+        self.queued_records + self.queued_routed + self.sink.pending
+    }
+}

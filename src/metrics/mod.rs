@@ -1,0 +1,277 @@
+//! mqtt2es's own figures, and the three ways out for them: `GET /metrics` (Prometheus text),
+//! `/healthz` and `/readyz` for orchestrators, and one `{prefix}metrics` document per interval
+//! in Elasticsearch for the pipeline-health dashboard.
+//!
+//! - `figures`     — the process-wide atomics and the [`Snapshot`] everything reads.
+//! - `histogram`   — fixed-bucket latency histograms with an interval maximum.
+//! - `exposition`  — a snapshot as Prometheus/OpenMetrics text; pure.
+//! - `document`    — two snapshots as one shipped document; pure.
+//! - `readiness`   — the rules of `/readyz`; pure.
+//! - `http`        — the endpoint (hyper).
+//! - `ship`        — the shipper and the Elasticsearch probe.
+//!
+//! The decision a reader might question: the figures are a global registry, recorded through
+//! free functions ([`message_in`], [`client_connected`], ...). Threading a handle through every
+//! edge (upstream connections, broker sessions, delivery tasks) would touch every constructor
+//! between `app` and those edges for a write-only counter, so the recording edges call into one
+//! `static` instead, and the pure parts (exposition, documents, readiness) take snapshots as
+//! arguments so they are tested without it. The sink's counters are not duplicated here: its
+//! `SinkStats` is registered with [`watch`] and read at snapshot time.
+
+mod document;
+mod exposition;
+mod figures;
+mod histogram;
+mod http;
+mod readiness;
+mod settings;
+mod ship;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use elasticsearch::Elasticsearch;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use figures::{Snapshot, Source};
+pub use readiness::Mode;
+pub use settings::MetricsSettings;
+
+use crate::record::Record;
+use crate::sink::{Routed, SinkStats};
+use document::Identity;
+use figures::FIGURES;
+use readiness::Facts;
+
+/// A message arrived from `source` (before any pipeline looked at it).
+pub fn message_in(source: Source) {
+    FIGURES.message_in(source);
+}
+
+/// A device client connected to the embedded broker (after a successful CONNECT). Pair every
+/// call with one [`client_disconnected`]; [`connected`] does that by itself.
+pub fn client_connected() {
+    FIGURES.connected(Source::Broker);
+}
+
+/// A device client's connection to the embedded broker ended, however it ended.
+pub fn client_disconnected() {
+    FIGURES.disconnected(Source::Broker);
+}
+
+/// Counts one open connection of `source` for as long as the guard lives.
+#[must_use = "the connection is counted only while the guard lives"]
+pub fn connected(source: Source) -> Connection {
+    FIGURES.connected(source);
+    Connection(source)
+}
+
+/// See [`connected`].
+#[derive(Debug)]
+pub struct Connection(Source);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        FIGURES.disconnected(self.0);
+    }
+}
+
+/// The embedded broker's listeners are bound (or no longer are): part of readiness in broker
+/// mode.
+pub fn broker_listening(listening: bool) {
+    FIGURES.listening.store(listening, Ordering::Relaxed);
+}
+
+/// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.
+pub fn shutting_down() {
+    FIGURES.stopping.store(true, Ordering::Relaxed);
+}
+
+/// Registers the sink's counters and the two channels whose depth is part of the queue depth.
+/// Holds only weak senders, so it never keeps a channel open.
+pub fn watch(sink: Arc<SinkStats>, records: &mpsc::Sender<Record>, routed: &mpsc::Sender<Routed>) {
+    FIGURES.watch(sink, records, routed);
+}
+
+/// A bulk request took `elapsed`; `status` is its HTTP status, `None` if there was no answer.
+pub fn bulk_request(elapsed: Duration, status: Option<u16>) {
+    FIGURES.bulk_latency.observe(elapsed);
+    if status.is_some_and(readiness::is_answer) {
+        FIGURES.answered();
+    }
+}
+
+/// Elasticsearch confirmed a new document stored at `now`: its end-to-end latency is `now`
+/// minus its `@timestamp`. `source` is the document's JSON as sent.
+///
+/// The timestamp is read from the encoded source rather than kept beside it, so the sink's
+/// item type does not change for the metrics: a borrowing deserialiser skims the JSON for the
+/// one top-level key without allocating (about a microsecond for a reading, next to a bulk
+/// round trip of milliseconds). A document without a parsable RFC 3339 `@timestamp` is not
+/// measured; a timestamp in the future (a device clock ahead) counts as 0.
+pub fn document_stored(source: &[u8], now: DateTime<Utc>) {
+    if let Some(at) = timestamp(source) {
+        let latency = (now - at).to_std().unwrap_or(Duration::ZERO);
+        FIGURES.latency.observe(latency);
+    }
+}
+
+fn timestamp(source: &[u8]) -> Option<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Stamped<'a> {
+        #[serde(rename = "@timestamp", borrow)]
+        timestamp: Option<&'a str>,
+    }
+    let stamped: Stamped = serde_json::from_slice(source).ok()?;
+    DateTime::parse_from_rfc3339(stamped.timestamp?)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
+
+/// Every figure now.
+pub fn snapshot() -> Snapshot {
+    FIGURES.snapshot()
+}
+
+/// What readiness is decided from, now.
+fn facts(mode: Mode, max_answer_age: Duration) -> Facts {
+    Facts {
+        mode,
+        stopping: FIGURES.stopping.load(Ordering::Relaxed),
+        setup_done: FIGURES.setup_done.load(Ordering::Relaxed),
+        upstream_connections: FIGURES.connections(Source::Upstream),
+        listening: FIGURES.listening.load(Ordering::Relaxed),
+        answer_age: FIGURES.answer_age(),
+        max_answer_age,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics.bind: cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running endpoint, shipper and probe.
+#[derive(Debug)]
+pub struct Metrics {
+    stop: CancellationToken,
+    setup_done: CancellationToken,
+    tasks: JoinSet<()>,
+    address: Option<SocketAddr>,
+}
+
+impl Metrics {
+    /// Binds the endpoint (logging `metrics listening address=...`) and starts the tasks.
+    /// `prefix` is the index prefix: documents go to the `{prefix}metrics` data stream.
+    pub async fn start(
+        settings: &MetricsSettings,
+        mode: Mode,
+        client: &Elasticsearch,
+        prefix: &str,
+    ) -> Result<Metrics, MetricsError> {
+        let stop = CancellationToken::new();
+        let setup_done = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let max_age = Duration::from_secs(settings.elasticsearch_answer_max_age_s);
+        let mut address = None;
+        if let Some(bind) = settings.bind {
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|source| MetricsError::Bind {
+                    address: bind,
+                    source,
+                });
+            let (local, listener) = listener?;
+            info!(address = %local, "metrics listening");
+            address = Some(local);
+            let readiness = move || readiness::check(&facts(mode, max_age));
+            tasks.spawn(http::serve(listener, readiness, stop.clone()));
+            // Only readiness needs it.
+            tasks.spawn(ship::probe(client.clone(), max_age, stop.clone()));
+        }
+        if settings.ship_interval_s > 0 {
+            let identity = Identity {
+                instance: settings.instance_name(),
+                mode: mode.as_str(),
+            };
+            tasks.spawn(ship::ship(
+                client.clone(),
+                format!("{prefix}metrics"),
+                identity,
+                Duration::from_secs(settings.ship_interval_s),
+                setup_done.clone(),
+                stop.clone(),
+            ));
+        }
+        Ok(Metrics {
+            stop,
+            setup_done,
+            tasks,
+            address,
+        })
+    }
+
+    /// Startup work that must precede intake (index templates) is done: part of readiness, and
+    /// what the shipper waits for, so that its first document cannot create the metrics data
+    /// stream before the template that should shape it is installed.
+    pub fn setup_finished(&self) {
+        FIGURES.setup_done.store(true, Ordering::Relaxed);
+        self.setup_done.cancel();
+    }
+
+    /// Where the endpoint listens, if it is on.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address
+    }
+
+    /// Stops the endpoint and the probe, and ships the last interval (briefly, if Elasticsearch
+    /// does not answer).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timestamp_is_read_from_the_top_level_only() {
+        let at = timestamp(br#"{"a":{"@timestamp":"2000-01-01T00:00:00Z"},"@timestamp":"2026-11-22T10:00:00.5+01:00","b":[1,2]}"#)
+            .expect("a timestamp");
+        assert_eq!(at.to_rfc3339(), "2026-11-22T09:00:00.500+00:00");
+        assert_eq!(timestamp(br#"{"temp_c":21.4}"#), None);
+        assert_eq!(timestamp(br#"{"@timestamp":1763805600000}"#), None);
+        assert_eq!(timestamp(b"not json"), None);
+    }
+
+    #[test]
+    fn a_connection_is_counted_while_its_guard_lives() {
+        // Only this test opens broker connections in unit tests, so the global is stable here.
+        let before = snapshot().connected;
+        let guard = connected(Source::Broker);
+        assert_eq!(snapshot().connected[0], before[0] + 1);
+        drop(guard);
+        assert_eq!(snapshot().connected, before);
+    }
+
+    #[test]
+    fn histogram_bounds_ascend() {
+        for bounds in [&figures::BULK_BOUNDS[..], &figures::LATENCY_BOUNDS[..]] {
+            assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        }
+    }
+}
