@@ -21,10 +21,20 @@ use tokio::{
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// Header names lowercased, in the order sent.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Request {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The `(action, source)` pairs of a bulk body.
     pub fn ops(&self) -> Vec<(Value, Value)> {
         let lines: Vec<Value> = self
@@ -167,9 +177,18 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
             }
         }
     }
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            Some((key.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect();
     Some(Request {
         method,
         path,
+        headers,
         body: String::from_utf8(body).expect("a utf-8 body (gzip is off in these tests)"),
     })
 }
