@@ -8,6 +8,7 @@ mod cli;
 mod dead_letters;
 mod faults;
 mod harness;
+mod setup;
 mod shared_group;
 mod support;
 mod upstream_options;
