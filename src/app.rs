@@ -49,9 +49,18 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
     let upstream = config.upstream()?;
     let pipelines = load_pipelines(config)?;
     elastic::build_client(&config.elasticsearch)?;
+    let kibana = match &config.kibana {
+        Some(kibana) => format!(
+            "; importing {} saved object(s) from {:?} into {}",
+            elastic::kibana::check(kibana)?,
+            kibana.dashboards_dir,
+            kibana.url
+        ),
+        None => String::new(),
+    };
     let filters = pipelines.topic_filters();
     Ok(format!(
-        "configuration ok: {} pipeline(s) [{}] from {:?}; subscribing to {} as {:?} on {}:{}; writing to {}",
+        "configuration ok: {} pipeline(s) [{}] from {:?}; subscribing to {} as {:?} on {}:{}; writing to {}{}",
         pipelines.names().len(),
         pipelines.names().join(", "),
         config.pipelines.dir,
@@ -64,6 +73,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         upstream.host,
         upstream.port,
         config.elasticsearch.url,
+        kibana,
     ))
 }
 

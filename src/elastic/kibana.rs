@@ -346,6 +346,13 @@ fn describe_failure(failure: &ImportFailure, bundle: &Bundle) -> String {
     format!("{} {:?}{origin}: {what}", failure.kind, failure.id)
 }
 
+/// What `mqtt2es check` verifies without contacting Kibana: the client settings (URL, secret
+/// files, CA) and every saved object in the dashboards directory. Returns the object count.
+pub fn check(settings: &KibanaSettings) -> Result<usize, KibanaError> {
+    build_client(&settings.client_settings())?;
+    Ok(read_bundle(&settings.dashboards_dir)?.objects.len())
+}
+
 /// Imports every dashboard file; returns how many objects Kibana stored.
 pub async fn import_dashboards(settings: &KibanaSettings) -> Result<usize, KibanaError> {
     let bundle = read_bundle(&settings.dashboards_dir)?;
@@ -654,6 +661,19 @@ mod tests {
         assert!(
             err.to_string().contains("Saved Objects Management"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn check_counts_the_objects_and_names_a_bad_url() {
+        let dir = dashboards_dir();
+        let url = "http://kibana.local:5601";
+        assert_eq!(check(&settings(url, dir.path())).expect("valid"), 2);
+        let err = check(&settings("kibana.local:5601", dir.path())).expect_err("no scheme");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("kibana: ") && text.contains("\"kibana.local:5601\""),
+            "{text}"
         );
     }
 
