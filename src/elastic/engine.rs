@@ -91,6 +91,23 @@ pub struct Features {
     pub lifecycle_enforced: bool,
 }
 
+impl Features {
+    /// A full Elasticsearch distribution (8.14 or newer, with the data-streams module).
+    pub const ELASTICSEARCH: Features = Features {
+        time_series: true,
+        look_back_time: true,
+        lifecycle: true,
+        lifecycle_enforced: true,
+    };
+    /// OpenSearch: plain data streams only.
+    pub const OPENSEARCH: Features = Features {
+        time_series: false,
+        look_back_time: false,
+        lifecycle: false,
+        lifecycle_enforced: false,
+    };
+}
+
 impl Engine {
     /// Reads the probe's answer. `product` is the `X-elastic-product` header, which
     /// Elasticsearch sends on every response since 7.14; `build_flavor` marks older ones.
@@ -148,19 +165,13 @@ impl Engine {
         }
         Ok(match self.distribution {
             Distribution::Elasticsearch => Features {
-                time_series: true,
                 look_back_time: self.has_module("data-streams"),
-                lifecycle: true,
                 lifecycle_enforced: self.has_module("data-streams"),
+                ..Features::ELASTICSEARCH
             },
             // OpenSearch has neither time-series indices nor the data stream lifecycle; its
             // equivalent of the latter is an ISM policy, which mqtt2es does not install.
-            Distribution::OpenSearch => Features {
-                time_series: false,
-                look_back_time: false,
-                lifecycle: false,
-                lifecycle_enforced: false,
-            },
+            Distribution::OpenSearch => Features::OPENSEARCH,
         })
     }
 }

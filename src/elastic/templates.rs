@@ -81,6 +81,39 @@ pub struct Plan {
     pub data_streams: Vec<String>,
 }
 
+impl Plan {
+    /// The mappings a stream matched by `index_template` gets: its component templates'
+    /// mappings deep-merged in order, as Elasticsearch composes them. For checks that a field
+    /// exists with a given type (the dashboards' tests, for one). `None` for an unknown name.
+    pub fn composed_mappings(&self, index_template: &str) -> Option<Value> {
+        fn merge(into: &mut Value, from: &Value) {
+            match (into, from) {
+                (Value::Object(a), Value::Object(b)) => {
+                    for (k, v) in b {
+                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+                (slot, value) => *slot = value.clone(),
+            }
+        }
+        let template = self
+            .index_templates
+            .iter()
+            .find(|t| t.name == index_template)?;
+        let mut merged = json!({});
+        for part in template.body["composed_of"].as_array()? {
+            let component = self
+                .component_templates
+                .iter()
+                .find(|c| part.as_str() == Some(c.name.as_str()))?;
+            if let Some(mappings) = component.body["template"].get("mappings") {
+                merge(&mut merged, mappings);
+            }
+        }
+        Some(merged)
+    }
+}
+
 /// Names setup works with.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout<'a> {
@@ -369,23 +402,13 @@ fn dead_letter_mappings() -> Value {
 mod tests {
     use super::*;
 
-    const ELASTICSEARCH: Features = Features {
-        time_series: true,
-        look_back_time: true,
-        lifecycle: true,
-        lifecycle_enforced: true,
-    };
+    const ELASTICSEARCH: Features = Features::ELASTICSEARCH;
     const ELASTICSEARCH_MINIMAL: Features = Features {
         look_back_time: false,
         lifecycle_enforced: false,
         ..ELASTICSEARCH
     };
-    const OPENSEARCH: Features = Features {
-        time_series: false,
-        look_back_time: false,
-        lifecycle: false,
-        lifecycle_enforced: false,
-    };
+    const OPENSEARCH: Features = Features::OPENSEARCH;
 
     fn plan_for(features: &Features) -> Plan {
         plan(
@@ -406,31 +429,10 @@ mod tests {
             .body
     }
 
-    /// The mappings an index template resolves to: its components' properties merged in
-    /// order, as Elasticsearch composes them (deep merge of objects).
     fn composed_properties(plan: &Plan, index_template: &str) -> Value {
-        fn merge(into: &mut Value, from: &Value) {
-            match (into, from) {
-                (Value::Object(a), Value::Object(b)) => {
-                    for (k, v) in b {
-                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-                (slot, value) => *slot = value.clone(),
-            }
-        }
-        let mut merged = json!({});
-        let parts = find(&plan.index_templates, index_template)["composed_of"]
-            .as_array()
-            .expect("composed_of")
-            .clone();
-        for part in parts {
-            let body = find(&plan.component_templates, part.as_str().expect("a name"));
-            if let Some(mappings) = body["template"].get("mappings") {
-                merge(&mut merged, &mappings["properties"]);
-            }
-        }
-        merged
+        plan.composed_mappings(index_template)
+            .unwrap_or_else(|| panic!("no index template {index_template}"))["properties"]
+            .clone()
     }
 
     #[test]
@@ -637,6 +639,19 @@ mod tests {
         assert_eq!(mapped["payload"]["index"], json!(false));
         let body = find(&plan.component_templates, "mqtt2es-deadletter@mappings");
         assert_eq!(body["template"]["mappings"]["dynamic"], json!(false));
+    }
+
+    #[test]
+    fn composed_mappings_merge_the_components_in_order_and_know_only_installed_templates() {
+        let plan = plan_for(&ELASTICSEARCH);
+        let telemetry = plan.composed_mappings("mqtt2es-telemetry").expect("known");
+        // From the base component and from the telemetry one, side by side.
+        assert_eq!(
+            telemetry["properties"]["mqtt"]["properties"]["qos"]["type"],
+            "byte"
+        );
+        assert_eq!(telemetry["properties"]["humidity"]["type"], "float");
+        assert!(plan.composed_mappings("mqtt2es-nothing").is_none());
     }
 
     #[test]
