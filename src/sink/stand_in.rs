@@ -1,7 +1,8 @@
-//! A fault-injection stand-in for Elasticsearch, for tests only.
+//! A fault-injection stand-in for Elasticsearch, for tests only; also the stand-in for Kibana,
+//! which cannot run here (the tests of `elastic::kibana` say so).
 //!
 //! Used on purpose where a real node cannot produce the fault on cue: 429, 413, 503, a hung
-//! request, a dropped connection, a refused credential. It is a tokio `TcpListener` on
+//! request, a dropped connection, a refused credential, a version too old. It is a tokio `TcpListener` on
 //! 127.0.0.1:0 speaking just enough HTTP/1.1 (content-length or chunked bodies, keep-alive),
 //! answering each request with whatever the test's handler returns. Bodies must be plain:
 //! tests build their clients with `gzip: false`.
