@@ -50,9 +50,18 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
     let upstream = config.upstream()?;
     let pipelines = load_pipelines(config)?;
     elastic::build_client(&config.elasticsearch)?;
+    let kibana = match &config.kibana {
+        Some(kibana) => format!(
+            "; importing {} saved object(s) from {:?} into {}",
+            elastic::kibana::check(kibana)?,
+            kibana.dashboards_dir,
+            kibana.url
+        ),
+        None => String::new(),
+    };
     let filters = pipelines.topic_filters();
     Ok(format!(
-        "configuration ok: {} pipeline(s) [{}] from {:?}; subscribing to {} as {:?} on {}:{}; writing to {}",
+        "configuration ok: {} pipeline(s) [{}] from {:?}; subscribing to {} as {:?} on {}:{}; writing to {}{}",
         pipelines.names().len(),
         pipelines.names().join(", "),
         config.pipelines.dir,
@@ -65,6 +74,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         upstream.host,
         upstream.port,
         config.elasticsearch.url,
+        kibana,
     ))
 }
 
@@ -123,13 +133,31 @@ pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&shown)?)
 }
 
-/// `mqtt2es setup`: index templates, idempotently.
+/// The names setup works with, from the configuration.
+fn layout(config: &Config) -> elastic::Layout<'_> {
+    elastic::Layout {
+        prefix: &config.index.prefix,
+        dead_letter_index: &config.dead_letter.index,
+        retention: &config.setup.retention_days,
+    }
+}
+
+/// `mqtt2es setup`: templates, lifecycle and data streams in Elasticsearch, then the
+/// dashboards in Kibana when a `kibana:` section is configured. Idempotent.
 pub async fn setup(config: &Config) -> anyhow::Result<()> {
     let client = elastic::build_client(&config.elasticsearch)?;
-    elastic::install_templates(&client, &config.index.prefix, &config.dead_letter.index)
+    let installed = elastic::install(&client, &config.elasticsearch.url, &layout(config))
         .await
-        .context("installing index templates")?;
-    info!("index templates installed");
+        .context("setting up elasticsearch")?;
+    info!(engine = %installed.engine, "elasticsearch is set up");
+    match &config.kibana {
+        None => info!("no kibana section in the configuration: dashboards not imported"),
+        Some(kibana) => {
+            elastic::import_dashboards(kibana)
+                .await
+                .context("importing the dashboards into kibana")?;
+        }
+    }
     Ok(())
 }
 
@@ -185,9 +213,21 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         None => metrics::Mode::Broker,
     };
     let metrics = Metrics::start(&config.metrics, mode, &client, &config.index.prefix).await?;
-    if config.setup.on_start {
-        install_templates_until_done(&client, &config, &shutdown).await?;
-    }
+    // The sink must know which streams are time series (their documents go without `_id`),
+    // so the engine is identified even when setup is left to `mqtt2es setup`.
+    let url = config.elasticsearch.url.as_str();
+    let time_series_prefixes = if config.setup.on_start {
+        let layout = layout(&config);
+        until_ready(&shutdown, || elastic::install(&client, url, &layout))
+            .await
+            .context("setting up elasticsearch")?
+            .time_series_prefixes
+    } else {
+        let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
+            .await
+            .context("identifying the search engine")?;
+        elastic::templates::time_series_prefixes(&config.index.prefix, &features)
+    };
     metrics.setup_finished();
 
     let filters = pipelines.topic_filters();
@@ -209,6 +249,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             batch: config.batch.clone(),
             retry: config.retry.clone(),
             dead_letter: config.dead_letter.clone(),
+            time_series_prefixes,
         },
     );
     metrics::watch(writer.stats(), &records_tx, &routed_tx);
@@ -278,25 +319,23 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
 }
 
 /// Elasticsearch may still be starting (compose, reboot): keep trying until it answers or we are
-/// told to stop. Configuration errors it reports (401, 403, a bad template) end the start.
-async fn install_templates_until_done(
-    client: &elasticsearch::Elasticsearch,
-    config: &Config,
+/// told to stop. Configuration errors it reports (401, 403, a version too old, a bad template)
+/// end the start.
+async fn until_ready<T, Fut>(
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+    mut attempt: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Result<T, elastic::SetupError>>,
+{
     let mut delay = Duration::from_millis(500);
     loop {
-        match elastic::install_templates(client, &config.index.prefix, &config.dead_letter.index)
-            .await
-        {
-            Ok(()) => {
-                info!("index templates installed");
-                return Ok(());
-            }
+        match attempt().await {
+            Ok(done) => return Ok(done),
             Err(error) if error.is_retryable() => {
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "elasticsearch not ready for setup");
             }
-            Err(error) => return Err(error).context("installing index templates"),
+            Err(error) => return Err(error.into()),
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::broker::BrokerSettings;
-use crate::elastic::ElasticsearchSettings;
+
+use crate::elastic::{ElasticsearchSettings, KibanaSettings, RetentionDays};
 use crate::metrics::MetricsSettings;
 use crate::pipeline::{DecodeLimits, IndexPolicy};
 use crate::secret::Secret;
@@ -36,6 +37,8 @@ pub struct Config {
     pub retry: RetrySettings,
     pub dead_letter: DeadLetterSettings,
     pub setup: SetupSettings,
+    /// Kibana, for `mqtt2es setup` to import the dashboards; absent = no import.
+    pub kibana: Option<KibanaSettings>,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// The operations endpoint and the shipped `{prefix}metrics` documents.
@@ -66,13 +69,19 @@ impl Default for PipelineSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SetupSettings {
-    /// Install index templates when `run` starts (idempotent).
+    /// Install the templates when `run` starts (idempotent). Dashboards are imported by
+    /// `mqtt2es setup` only: a Kibana that is not up yet must not hold the bridge back.
     pub on_start: bool,
+    /// Days each kind of stream keeps its documents (data stream lifecycle; 0 = forever).
+    pub retention_days: RetentionDays,
 }
 
 impl Default for SetupSettings {
     fn default() -> Self {
-        SetupSettings { on_start: true }
+        SetupSettings {
+            on_start: true,
+            retention_days: RetentionDays::default(),
+        }
     }
 }
 
@@ -208,6 +217,9 @@ impl Config {
             }
         }
         self.broker.resolve_paths(&resolve);
+        if let Some(kibana) = &mut self.kibana {
+            kibana.resolve_paths(&resolve);
+        }
         let es = &mut self.elasticsearch;
         for file in [&mut es.password_file, &mut es.api_key_file, &mut es.ca_file]
             .into_iter()
@@ -555,6 +567,43 @@ mod tests {
             assert!(!shown.contains("mqtt-pass-456"), "{shown}");
             assert!(!shown.contains("es-pass-123"), "{shown}");
             assert!(shown.contains("[redacted]"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_kibana_section_is_optional_and_its_paths_resolve_against_the_config_directory() {
+        Jail::expect_with(|jail| {
+            let (config, _) = load(jail, "log: {level: info}\n").expect("valid");
+            assert!(config.kibana.is_none(), "no section, no import");
+            let (config, _) = load(
+                jail,
+                "kibana: {url: \"https://kibana:5601\", username: admin, password_file: kb-pass}\n",
+            )
+            .expect("valid");
+            let kibana = config.kibana.expect("a kibana section");
+            assert_eq!(kibana.url, "https://kibana:5601");
+            assert_eq!(kibana.dashboards_dir, jail.directory().join("dashboards"));
+            assert_eq!(kibana.password_file, Some(jail.directory().join("kb-pass")));
+            let text = error_text(jail, "kibana: {uri: x}\n");
+            assert!(text.contains("uri"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn retention_is_set_per_kind_of_stream_and_unknown_kinds_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MQTT2ES_SETUP__RETENTION_DAYS__METRICS", "7");
+            let (config, _) =
+                load(jail, "setup: {retention_days: {telemetry: 0}}\n").expect("valid");
+            let days = &config.setup.retention_days;
+            assert_eq!(
+                (days.telemetry, days.metrics, days.dead_letters),
+                (0, 7, 90)
+            );
+            let text = error_text(jail, "setup: {retention_days: {readings: 3}}\n");
+            assert!(text.contains("readings"), "{text}");
             Ok(())
         });
     }

@@ -16,7 +16,8 @@
 //! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
 //! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
-//! - `elastic`   — Elasticsearch client construction and setup (templates).
+//! - `elastic`   — the Elasticsearch client; setup: engine detection, templates, lifecycle,
+//!   data streams, and the Kibana dashboard import.
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.

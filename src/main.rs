@@ -42,7 +42,9 @@ enum Command {
     Run,
     /// Validate the configuration and every pipeline; print what is wrong and exit 2, or a summary.
     Check,
-    /// Install the index templates in Elasticsearch (idempotent; `run` does it at start too).
+    /// Install templates, lifecycle and data streams in Elasticsearch, and import the dashboards
+    /// into Kibana when `kibana:` is configured (idempotent; `run` does the Elasticsearch part
+    /// at start too).
     Setup,
     /// Push one sample message through the pipelines and print the resulting document as JSON.
     ///

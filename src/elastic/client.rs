@@ -66,7 +66,7 @@ impl Default for ElasticsearchSettings {
 /// Why a client could not be built. All of them are configuration mistakes: none is retryable.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid elasticsearch url {url:?}: {reason}")]
+    #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot read {key} {path:?}: {source}")]
     ReadFile {

@@ -1,12 +1,24 @@
 //! The Elasticsearch side that is not the bulk path: building the client from settings, and
-//! setup (templates today; lifecycle policies and dashboards later).
+//! setup (engine detection, templates, lifecycle, data streams, Kibana dashboards).
+//!
+//! - `client`    — the one place a client is built (timeout, gzip, TLS, credentials).
+//! - `engine`    — which engine and version answers, and what it supports; pure.
+//! - `templates` — component and index templates as pure functions of config and engine.
+//! - `setup`     — the thin I/O that installs them, with errors that say what to do.
+//! - `kibana`    — the `kibana:` settings and the saved-objects import of `dashboards/`.
 //!
 //! Kept apart from `sink` so that `mqtt2es setup` and `check` can use it without the writer,
 //! and so that everything talking to Elasticsearch goes through one `build_client` with the
 //! same timeout, compression, TLS and credential handling.
 
 pub mod client;
+pub mod engine;
+pub mod kibana;
 pub mod setup;
+pub mod templates;
 
 pub use client::{ClientError, ElasticsearchSettings, build_client};
-pub use setup::{IndexTemplate, SetupError, install_templates, templates};
+pub use engine::{Engine, Features};
+pub use kibana::{KibanaError, KibanaSettings, import_dashboards};
+pub use setup::{Installed, SetupError, detect, install};
+pub use templates::{Layout, RetentionDays};

@@ -160,3 +160,42 @@ fn shipped_pipelines_match_their_golden_fixtures() {
         failures.join("\n")
     );
 }
+
+/// Files load in name order and the first match wins: `status` and `telemetry` must take their
+/// topics before the catch-all `zz-default` does.
+#[test]
+fn shipped_pipelines_route_status_and_telemetry_before_the_catch_all() {
+    let pipelines = Pipelines::load_dir(
+        &root().join("pipelines"),
+        &IndexPolicy::default(),
+        &DecodeLimits::default(),
+    )
+    .expect("the shipped pipelines load");
+    let route = |topic: &str, payload: &str| {
+        let message = Message {
+            topic: topic.to_owned(),
+            payload: payload.as_bytes().into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            received_at: "2026-11-22T10:00:00Z".parse().expect("a time"),
+            user_properties: Vec::new(),
+        };
+        match pipelines.process(&message) {
+            Processed::Document(doc) => (doc.pipeline, doc.index),
+            other => panic!("{topic}: expected a document, got {}", to_json(&other)),
+        }
+    };
+    let expect = |pipeline: &str, index: &str| (pipeline.to_owned(), index.to_owned());
+    assert_eq!(
+        route("sensors/home/pi1/status", r#"{"state":"offline"}"#),
+        expect("status", "mqtt2es-status-home")
+    );
+    assert_eq!(
+        route("sensors/home/pi1/telemetry", r#"{"temp_c":21.5}"#),
+        expect("telemetry", "mqtt2es-telemetry-home")
+    );
+    assert_eq!(
+        route("sensors/home/pi1/config", r#"{"interval_s":10}"#),
+        expect("default", "mqtt2es-messages")
+    );
+}

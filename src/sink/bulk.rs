@@ -11,9 +11,15 @@
 //! Requests are sent with `filter_path=errors,items.*.status,items.*.error` to keep responses
 //! small. Filtering keeps the `items` array in request order, so results are matched to items
 //! by position, which is also what Elasticsearch documents for `_bulk`.
+//!
+//! `event.ingested` (when mqtt2es sent the document) is stamped into each document's encoded
+//! line by [`body`], with one timestamp per request: documents are encoded once, with a
+//! fixed-width placeholder where the time goes, and every attempt overwrites it in place. The
+//! integ-test engines have no ingest pipelines, so it cannot be set server-side.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -32,6 +38,13 @@ pub const DOCUMENT_TOO_LARGE: &str = "document_too_large";
 pub const MAPPING_CONFLICT: &str = "mapping_conflict";
 /// Dead-letter reason: any other per-document refusal (400, 404, conflict without our id).
 pub const REJECTED_BY_ELASTICSEARCH: &str = "rejected_by_elasticsearch";
+/// Dead-letter reason: a time-series data stream has no backing index for the document's
+/// `@timestamp` (older than its look-back time or retention, or too far in the future).
+pub const TIMESTAMP_OUT_OF_RANGE: &str = "timestamp_out_of_range";
+
+/// `event.ingested` is RFC 3339 with milliseconds, always this wide for years 1000 to 9999.
+const STAMP_LEN: usize = 24;
+const STAMP_PLACEHOLDER: &str = "1970-01-01T00:00:00.000Z";
 
 /// What an item is: a document, or the dead letter of a message that could not be one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +66,8 @@ pub struct Item {
     pub failures: u32,
     ndjson: Vec<u8>,
     source_at: usize,
+    /// Where the `event.ingested` placeholder sits in `ndjson`, if the document gets one.
+    stamp_at: Option<usize>,
 }
 
 impl Item {
@@ -88,7 +103,17 @@ pub enum Prepared {
 }
 
 /// Encodes a routed record, dead-lettering documents too large to ever be sent.
-pub fn prepare(routed: Routed, dead_letter_index: &str, max_bytes: usize) -> Prepared {
+///
+/// Documents bound for a stream whose name starts with one of `time_series_prefixes` are sent
+/// without `_id`: a time-series data stream derives the id from the dimensions and
+/// `@timestamp` and refuses one given. That id is deterministic too, so a 409 there still
+/// means "already stored".
+pub fn prepare(
+    routed: Routed,
+    dead_letter_index: &str,
+    max_bytes: usize,
+    time_series_prefixes: &[String],
+) -> Prepared {
     let Routed {
         message,
         processed,
@@ -101,7 +126,12 @@ pub fn prepare(routed: Routed, dead_letter_index: &str, max_bytes: usize) -> Pre
             max_bytes,
         ),
         Processed::Document(doc) => {
-            let (ndjson, source_at) = encode(&doc.index, doc.id.as_deref(), &doc.source);
+            let time_series = time_series_prefixes
+                .iter()
+                .any(|prefix| doc.index.starts_with(prefix.as_str()));
+            let id = if time_series { None } else { doc.id.as_deref() };
+            let (mut ndjson, source_at) = encode(&doc.index, id, &doc.source);
+            let stamp_at = stamp_placeholder(&mut ndjson, source_at, &doc.source);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
                     pipeline: Some(doc.pipeline),
@@ -120,13 +150,14 @@ pub fn prepare(routed: Routed, dead_letter_index: &str, max_bytes: usize) -> Pre
             Prepared::Send(Item {
                 kind: Kind::Document {
                     pipeline: doc.pipeline,
-                    has_id: doc.id.is_some(),
+                    has_id: doc.id.is_some() || time_series,
                 },
                 message,
                 ack,
                 failures: 0,
                 ndjson,
                 source_at,
+                stamp_at,
             })
         }
     }
@@ -151,7 +182,35 @@ pub fn dead_letter_item(
         failures: 0,
         ndjson,
         source_at,
+        stamp_at: None,
     }
+}
+
+/// Inserts `event.ingested` with a placeholder time as the document's first field and returns
+/// where the time sits. A document whose own `event` already holds `ingested`, or is not an
+/// object, is left alone: the pipeline set it, or the name means something else there.
+fn stamp_placeholder(
+    ndjson: &mut Vec<u8>,
+    source_at: usize,
+    source: &Map<String, Value>,
+) -> Option<usize> {
+    let field = match source.get("event") {
+        None => format!("\"event\":{{\"ingested\":\"{STAMP_PLACEHOLDER}\"}}"),
+        // A dotted name merges into the document's own `event` object on both engines.
+        Some(Value::Object(event)) if !event.contains_key("ingested") => {
+            format!("\"event.ingested\":\"{STAMP_PLACEHOLDER}\"")
+        }
+        Some(_) => return None,
+    };
+    let separator = if source.is_empty() { "" } else { "," };
+    let at = source_at + 1; // just after the source's opening brace
+    let inserted = format!("{field}{separator}");
+    let stamp_at = at
+        + field
+            .find(STAMP_PLACEHOLDER)
+            .expect("both field texts hold the placeholder");
+    ndjson.splice(at..at, inserted.into_bytes());
+    Some(stamp_at)
 }
 
 /// A dead letter too large for any bulk request goes straight to the file.
@@ -179,11 +238,22 @@ fn encode(index: &str, id: Option<&str>, source: &Map<String, Value>) -> (Vec<u8
     (out, source_at)
 }
 
-/// The NDJSON body for these items, in order.
-pub fn body(items: &[Item]) -> Vec<u8> {
+/// The NDJSON body for these items, in order, with `event.ingested` set to `now`.
+pub fn body(items: &[Item], now: DateTime<Utc>) -> Vec<u8> {
+    let stamp = now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    // Only a clock outside the years 1000 to 9999 formats to another width.
+    let stamp = if stamp.len() == STAMP_LEN {
+        stamp
+    } else {
+        STAMP_PLACEHOLDER.to_owned()
+    };
     let mut out = Vec::with_capacity(items.iter().map(Item::bytes).sum());
     for item in items {
+        let start = out.len();
         out.extend_from_slice(&item.ndjson);
+        if let Some(at) = item.stamp_at {
+            out[start + at..start + at + STAMP_LEN].copy_from_slice(stamp.as_bytes());
+        }
     }
     out
 }
@@ -298,6 +368,8 @@ fn item_outcome(status: u16, error: Option<&Value>, has_id: bool) -> Outcome {
         400 | 404 | 409 => Outcome::Reject {
             reason: if status == 400 && is_mapping_error(error) {
                 MAPPING_CONFLICT
+            } else if status == 400 && is_timestamp_out_of_range(error) {
+                TIMESTAMP_OUT_OF_RANGE
             } else {
                 REJECTED_BY_ELASTICSEARCH
             },
@@ -324,6 +396,16 @@ fn is_mapping_error(error: Option<&Value>) -> bool {
                 | "mapper_exception"
         )
     )
+}
+
+/// Elasticsearch 9 says `timestamp_error`; 8.x said `illegal_argument_exception` with the same
+/// reason text.
+fn is_timestamp_out_of_range(error: Option<&Value>) -> bool {
+    error_type(error) == Some("timestamp_error")
+        || error
+            .and_then(|e| e.get("reason"))
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.contains("is outside of ranges of currently writable indices"))
 }
 
 /// A cluster block (read-only after the flood-stage disk watermark, no master) is an
@@ -409,6 +491,19 @@ mod tests {
             .collect()
     }
 
+    fn sent_at() -> DateTime<Utc> {
+        "2025-03-01T12:00:01.250Z".parse().expect("a time")
+    }
+
+    fn document_with(index: &str, id: Option<&str>, source: Value) -> Processed {
+        Processed::Document(Document {
+            pipeline: "telemetry".to_owned(),
+            index: index.to_owned(),
+            id: id.map(str::to_owned),
+            source: source.as_object().expect("an object").clone(),
+        })
+    }
+
     fn sent(prepared: Prepared) -> Item {
         match prepared {
             Prepared::Send(item) => item,
@@ -420,32 +515,136 @@ mod tests {
 
     #[test]
     fn a_document_with_an_id_becomes_a_create_op_with_that_id() {
-        let item = sent(prepare(routed(document(Some("abc"))), "dl", 1 << 20));
+        let item = sent(prepare(routed(document(Some("abc"))), "dl", 1 << 20, &[]));
         assert_eq!(
-            lines(&body(&[item])),
+            lines(&body(&[item], sent_at())),
             [
                 json!({"create": {"_index": "mqtt2es-temp", "_id": "abc"}}),
-                json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 21.5}),
+                json!({
+                    "event": {"ingested": "2025-03-01T12:00:01.250Z"},
+                    "@timestamp": "2025-03-01T12:00:00Z",
+                    "t": 21.5,
+                }),
             ]
         );
     }
 
     #[test]
+    fn each_request_stamps_its_own_send_time_into_event_ingested() {
+        let item = sent(prepare(routed(document(Some("a"))), "dl", 1 << 20, &[]));
+        let first = lines(&body(std::slice::from_ref(&item), sent_at()));
+        let later = "2025-03-01T12:05:00Z".parse().expect("a time");
+        let retry = lines(&body(&[item], later));
+        assert_eq!(first[1]["event"]["ingested"], "2025-03-01T12:00:01.250Z");
+        assert_eq!(retry[1]["event"]["ingested"], "2025-03-01T12:05:00.000Z");
+    }
+
+    #[test]
+    fn event_ingested_joins_an_event_object_of_the_document_and_never_replaces_one() {
+        let own_event = json!({"@timestamp": "2025-03-01T12:00:00Z", "event": {"action": "open"}});
+        let item = sent(prepare(
+            routed(document_with("mqtt2es-messages", None, own_event)),
+            "dl",
+            1 << 20,
+            &[],
+        ));
+        let source = &lines(&body(&[item], sent_at()))[1];
+        assert_eq!(source["event.ingested"], "2025-03-01T12:00:01.250Z");
+        assert_eq!(source["event"], json!({"action": "open"}));
+
+        for kept in [
+            json!({"event": {"ingested": "2025-01-01T00:00:00Z"}}),
+            json!({"event": "door opened"}),
+        ] {
+            let item = sent(prepare(
+                routed(document_with("mqtt2es-messages", None, kept.clone())),
+                "dl",
+                1 << 20,
+                &[],
+            ));
+            assert_eq!(lines(&body(&[item], sent_at()))[1], kept);
+        }
+    }
+
+    #[test]
+    fn an_empty_document_still_gets_event_ingested_as_valid_json() {
+        let item = sent(prepare(
+            routed(document_with("mqtt2es-messages", None, json!({}))),
+            "dl",
+            1 << 20,
+            &[],
+        ));
+        assert_eq!(
+            lines(&body(&[item], sent_at()))[1],
+            json!({"event": {"ingested": "2025-03-01T12:00:01.250Z"}})
+        );
+    }
+
+    #[test]
+    fn a_document_for_a_time_series_stream_goes_without_id_but_a_409_still_means_stored() {
+        let prefixes = ["mqtt2es-telemetry-".to_owned()];
+        let reading = json!({"@timestamp": "2025-03-01T12:00:00Z", "site": "lab"});
+        let item = sent(prepare(
+            routed(document_with(
+                "mqtt2es-telemetry-lab",
+                Some("abc"),
+                reading.clone(),
+            )),
+            "dl",
+            1 << 20,
+            &prefixes,
+        ));
+        assert!(item.has_id(), "the derived id is deterministic");
+        assert_eq!(
+            lines(&body(&[item], sent_at()))[0],
+            json!({"create": {"_index": "mqtt2es-telemetry-lab"}})
+        );
+        // Other streams keep the pipeline's id.
+        let item = sent(prepare(
+            routed(document_with("mqtt2es-status-lab", Some("abc"), reading)),
+            "dl",
+            1 << 20,
+            &prefixes,
+        ));
+        assert_eq!(
+            lines(&body(&[item], sent_at()))[0]["create"]["_id"],
+            json!("abc")
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_gets_no_event_ingested() {
+        let rejection = Rejection {
+            pipeline: None,
+            stage: Some("decode".to_owned()),
+            reason: "invalid_json".to_owned(),
+            detail: "bad".to_owned(),
+        };
+        let item = sent(prepare(
+            routed(Processed::Rejected(rejection)),
+            "dl",
+            1 << 20,
+            &[],
+        ));
+        assert!(lines(&body(&[item], sent_at()))[1].get("event").is_none());
+    }
+
+    #[test]
     fn a_document_without_an_id_lets_elasticsearch_choose_one() {
-        let item = sent(prepare(routed(document(None)), "dl", 1 << 20));
+        let item = sent(prepare(routed(document(None)), "dl", 1 << 20, &[]));
         assert!(!item.has_id());
         assert_eq!(
-            lines(&body(&[item]))[0],
+            lines(&body(&[item], sent_at()))[0],
             json!({"create": {"_index": "mqtt2es-temp"}})
         );
     }
 
     #[test]
     fn the_body_is_the_items_in_order_each_line_newline_terminated() {
-        let a = sent(prepare(routed(document(Some("a"))), "dl", 1 << 20));
-        let b = sent(prepare(routed(document(Some("b"))), "dl", 1 << 20));
+        let a = sent(prepare(routed(document(Some("a"))), "dl", 1 << 20, &[]));
+        let b = sent(prepare(routed(document(Some("b"))), "dl", 1 << 20, &[]));
         let total = a.bytes() + b.bytes();
-        let body = body(&[a, b]);
+        let body = body(&[a, b], sent_at());
         assert_eq!(body.len(), total);
         assert!(body.ends_with(b"\n"));
         let ids: Vec<_> = lines(&body)
@@ -458,7 +657,7 @@ mod tests {
 
     #[test]
     fn the_source_of_an_item_is_its_json_line_without_newline() {
-        let item = sent(prepare(routed(document(None)), "dl", 1 << 20));
+        let item = sent(prepare(routed(document(None)), "dl", 1 << 20, &[]));
         let source: Value = serde_json::from_slice(item.source()).expect("json");
         assert_eq!(source["t"], json!(21.5));
         assert!(!item.source().ends_with(b"\n"));
@@ -476,6 +675,7 @@ mod tests {
             routed(Processed::Rejected(rejection)),
             "mqtt2es-deadletter",
             1 << 20,
+            &[],
         ));
         assert_eq!(
             item.kind,
@@ -483,7 +683,7 @@ mod tests {
                 reason: "invalid_json".to_owned()
             }
         );
-        let lines = lines(&body(&[item]));
+        let lines = lines(&body(&[item], sent_at()));
         assert_eq!(lines[0]["create"]["_index"], "mqtt2es-deadletter");
         let id = lines[0]["create"]["_id"]
             .as_str()
@@ -501,6 +701,7 @@ mod tests {
             }),
             "dl",
             1 << 20,
+            &[],
         );
         assert!(matches!(prepared, Prepared::Drop(_)));
     }
@@ -512,7 +713,7 @@ mod tests {
         };
         doc.source
             .insert("blob".to_owned(), json!("x".repeat(1000)));
-        let item = sent(prepare(routed(Processed::Document(doc)), "dl", 900));
+        let item = sent(prepare(routed(Processed::Document(doc)), "dl", 900, &[]));
         assert_eq!(
             item.kind,
             Kind::DeadLetter {
@@ -532,7 +733,7 @@ mod tests {
 
     #[test]
     fn a_dead_letter_too_large_for_any_request_goes_straight_to_the_file() {
-        let prepared = prepare(routed(document(Some("a"))), "dl", 50);
+        let prepared = prepare(routed(document(Some("a"))), "dl", 50, &[]);
         match prepared {
             Prepared::ToFile(item) => assert_eq!(
                 item.kind,
@@ -627,6 +828,27 @@ mod tests {
              [float] in document with id 'def'. Preview of field's value: 'hot'\" \
              (caused by number_format_exception: \"For input string: \\\"hot\\\"\")"
         );
+    }
+
+    #[test]
+    fn a_reading_outside_the_time_series_window_is_dead_lettered_as_timestamp_out_of_range() {
+        // Elasticsearch 9.2's answer (seen on the real node), then 8.x's for the same case.
+        let body = r#"{"errors":true,"items":[
+            {"create":{"status":400,"error":{"type":"timestamp_error","reason":"the document timestamp [2026-11-02T06:20:29.000Z] is outside of ranges of currently writable indices [[2026-11-21T06:20:29Z,2026-11-23T06:20:29Z]]"}}},
+            {"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"the document timestamp [2023-01-01T00:00:00.000Z] is outside of ranges of currently writable indices [[2024-01-01T00:00:00.000Z,2024-01-02T00:00:00.000Z]]"}}}
+        ]}"#;
+        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[true, true]) else {
+            panic!("expected per-item outcomes");
+        };
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Reject { reason, detail } => {
+                    assert_eq!(reason, TIMESTAMP_OUT_OF_RANGE);
+                    assert!(detail.contains("outside of ranges"), "{detail}");
+                }
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct SinkSettings {
     pub batch: BatchSettings,
     pub retry: RetrySettings,
     pub dead_letter: DeadLetterSettings,
+    /// Index-name prefixes of time-series data streams, found at setup (not configuration):
+    /// documents bound there are sent without `_id` (see `bulk::prepare`).
+    #[serde(skip)]
+    pub time_series_prefixes: Vec<String>,
 }
 
 /// `sink.batch:`. Zero is refused at load time for every count and size.

@@ -1,7 +1,8 @@
-//! A fault-injection stand-in for Elasticsearch, for tests only.
+//! A fault-injection stand-in for Elasticsearch, for tests only; also the stand-in for Kibana,
+//! which cannot run here (the tests of `elastic::kibana` say so).
 //!
 //! Used on purpose where a real node cannot produce the fault on cue: 429, 413, 503, a hung
-//! request, a dropped connection, a refused credential. It is a tokio `TcpListener` on
+//! request, a dropped connection, a refused credential, a version too old. It is a tokio `TcpListener` on
 //! 127.0.0.1:0 speaking just enough HTTP/1.1 (content-length or chunked bodies, keep-alive),
 //! answering each request with whatever the test's handler returns. Bodies must be plain:
 //! tests build their clients with `gzip: false`.
@@ -21,10 +22,20 @@ use tokio::{
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// Header names lowercased, in the order sent.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Request {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The `(action, source)` pairs of a bulk body.
     pub fn ops(&self) -> Vec<(Value, Value)> {
         let lines: Vec<Value> = self
@@ -167,9 +178,18 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
             }
         }
     }
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            Some((key.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect();
     Some(Request {
         method,
         path,
+        headers,
         body: String::from_utf8(body).expect("a utf-8 body (gzip is off in these tests)"),
     })
 }

@@ -101,6 +101,7 @@ pub async fn run(
         dead_letter_index: settings.dead_letter.index,
         file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
         max_bytes: settings.batch.max_bytes.get(),
+        time_series_prefixes: settings.time_series_prefixes,
         stats: Arc::clone(&stats),
     });
     let concurrency = settings.batch.concurrent_requests.get();
@@ -148,7 +149,12 @@ pub async fn run(
             }
             routed = rx.recv(), if intake_open && ready.is_none() => match routed {
                 None => intake_open = false,
-                Some(routed) => match bulk::prepare(routed, &shared.dead_letter_index, shared.max_bytes) {
+                Some(routed) => match bulk::prepare(
+                    routed,
+                    &shared.dead_letter_index,
+                    shared.max_bytes,
+                    &shared.time_series_prefixes,
+                ) {
                     Prepared::Drop(ack) => {
                         bump(&stats.dropped, 1);
                         ack.settle(Settlement::Dropped);
@@ -204,6 +210,7 @@ struct Shared {
     dead_letter_index: String,
     file: Arc<DeadLetterFile>,
     max_bytes: usize,
+    time_series_prefixes: Vec<String>,
     stats: Arc<SinkStats>,
 }
 
@@ -333,7 +340,7 @@ impl Shared {
             .client
             .bulk(BulkParts::None)
             .filter_path(bulk::FILTER_PATH)
-            .body(vec![bulk::body(chunk)])
+            .body(vec![bulk::body(chunk, chrono::Utc::now())])
             .send()
             .await;
         let response = match sent {

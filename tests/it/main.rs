@@ -11,6 +11,7 @@ mod dead_letters;
 mod faults;
 mod harness;
 mod metrics;
+mod setup;
 mod shared_group;
 mod support;
 mod upstream_options;

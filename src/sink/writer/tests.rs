@@ -104,6 +104,7 @@ impl Setup {
                     index: "mqtt2es-deadletter".to_owned(),
                     file: self.dead_letter_file.clone(),
                 },
+                time_series_prefixes: Vec::new(),
             },
         )
     }
@@ -167,6 +168,8 @@ fn hows(settled: &[Settled]) -> Vec<Settlement> {
 async fn closing_the_channel_flushes_the_open_batch_and_settles_every_record_stored() {
     let es = StandIn::start(|_, r| all_created(r)).await;
     let setup = Setup::new();
+    // event.ingested has millisecond precision.
+    let started = chrono::Utc::now() - chrono::Duration::milliseconds(1);
     let (report, settled, _) = run_all(setup.writer(&es.url), (0..3).map(doc).collect()).await;
 
     assert_eq!(hows(&settled), [Settlement::Stored; 3]);
@@ -187,8 +190,19 @@ async fn closing_the_channel_flushes_the_open_batch_and_settles_every_record_sto
         "{}",
         requests[0].path
     );
+    let (action, mut source) = requests[0].ops()[1].clone();
+    // The writer stamps the send time: after the test started, not in the future.
+    let ingested = source["event"]["ingested"]
+        .as_str()
+        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .unwrap_or_else(|| panic!("no event.ingested in {source}"));
+    assert!(
+        ingested >= started && ingested <= chrono::Utc::now(),
+        "{ingested}"
+    );
+    source.as_object_mut().expect("an object").remove("event");
     assert_eq!(
-        requests[0].ops()[1],
+        (action, source),
         (
             json!({"create": {"_index": "mqtt2es-temp", "_id": "id-1"}}),
             json!({"@timestamp": "2025-03-01T12:00:00Z", "n": 1})

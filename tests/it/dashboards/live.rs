@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::query::{LayerQuery, translate};
 use super::saved_objects::{Catalog, layers, panels};
-use super::schema::{self, rewrite_prefix};
+use super::schema::rewrite_prefix;
 use crate::bridge_basics::broker;
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::publish::{publish, publish_with};
@@ -32,17 +32,6 @@ fn shipped_pipeline(file: &str) -> String {
     );
     yaml.replace("index: \"mqtt2es-", "index: \"")
 }
-
-/// Until pipelines/status.yaml ships (setup helper, issue 4): the status stream as the data
-/// contract describes it (site and device from the topic, receive time as @timestamp).
-const STATUS_PIPELINE: &str = r#"
-name: status
-topics: ["sensors/+/+/status"]
-payload: json
-stages:
-  - topic: {pattern: "sensors/{site}/{device}/status"}
-  - route: {index: "status-{{site}}"}
-"#;
 
 /// A subscriber with a last will, killed (SIGKILL, no DISCONNECT) so the broker publishes the
 /// will: what a thermometer losing power looks like to the bridge.
@@ -180,21 +169,12 @@ async fn every_panel_query_finds_data_from_the_real_pipeline_and_a_misspelt_fiel
     let node = SearchNode::shared();
     let broker = broker();
     let spec = BridgeSpec::new(broker.port(), &node.url())
-        .pipeline("status.yaml", STATUS_PIPELINE)
+        .pipeline("status.yaml", shipped_pipeline("status.yaml"))
         .pipeline("telemetry.yaml", shipped_pipeline("telemetry.yaml"));
     let mut bridge = Bridge::start(&spec);
     bridge.wait_subscribed();
     let prefix = bridge.prefix().to_owned();
-    // Before the first document: a data stream takes its mappings when it is created.
-    for template in schema::pending_templates() {
-        let template = template.with_prefix(&prefix);
-        node.request(
-            reqwest::Method::PUT,
-            &format!("/_index_template/{}", template.name),
-            Some(template.body()),
-        )
-        .await;
-    }
+    // The bridge installed the real templates (setup.on_start) before it subscribed.
 
     let port = broker.port();
     let devices = ["pi-1", "pi-2", "pi-3"];

@@ -2,17 +2,12 @@
 //! Elasticsearch itself would pick the template for a new data stream (highest priority among
 //! those whose patterns match), so the checks follow whatever the templates say.
 //!
-//! THE ONE PLACE to switch: the telemetry, status and metrics templates are still being
-//! written (setup helper, issue 4), so [`pending_templates`] stands in for them with the field
-//! list of the data contract (`schema.md`). When `mqtt2es::elastic::templates` returns templates
-//! for those streams, delete [`pending_templates`] and its call in [`Schema::current`]: the
-//! offline checks then read the real mappings, and the live test stops installing stand-ins
-//! because the bridge installs the real ones. The dead-letter stream already reads its real
-//! template.
+//! The templates are the ones `mqtt2es setup` installs (`mqtt2es::elastic::templates::plan`),
+//! with each index template's component templates merged as Elasticsearch composes them.
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The prefix the shipped dashboards' data views assume (`index.prefix`'s default).
 pub const PREFIX: &str = "mqtt2es-";
@@ -42,31 +37,6 @@ impl Template {
                 .unwrap_or_default(),
             priority: body["priority"].as_u64().unwrap_or(0),
             mappings: body["template"]["mappings"].clone(),
-        }
-    }
-
-    /// The `PUT _index_template/{name}` body of a stand-in: a plain data stream (no time-series
-    /// mode, which OpenSearch lacks and the dashboards do not need).
-    pub fn body(&self) -> Value {
-        json!({
-            "index_patterns": self.patterns,
-            "data_stream": {},
-            "priority": self.priority,
-            "template": { "mappings": self.mappings },
-            "_meta": { "managed_by": "mqtt2es tests", "description": "stand-in until the setup templates land" }
-        })
-    }
-
-    /// The same template for another index prefix (tests isolate themselves by prefix).
-    pub fn with_prefix(&self, prefix: &str) -> Template {
-        Template {
-            name: format!("{prefix}{}", self.name.trim_start_matches(PREFIX)),
-            patterns: self
-                .patterns
-                .iter()
-                .map(|p| rewrite_prefix(p, prefix))
-                .collect(),
-            ..self.clone()
         }
     }
 }
@@ -120,15 +90,32 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// The templates mqtt2es installs with the default prefix, plus the stand-ins.
+    /// The index templates mqtt2es installs with the default prefix on Elasticsearch.
     pub fn current() -> Schema {
-        let mut templates: Vec<Template> = mqtt2es::elastic::templates(PREFIX, DEAD_LETTER_INDEX)
-            .expect("the default prefix is valid")
+        use mqtt2es::elastic::templates::{Layout, RetentionDays, plan};
+        let retention = RetentionDays::default();
+        let layout = Layout {
+            prefix: PREFIX,
+            dead_letter_index: DEAD_LETTER_INDEX,
+            retention: &retention,
+        };
+        let plan = plan(&layout, &mqtt2es::elastic::engine::Features::ELASTICSEARCH);
+        let templates = plan
+            .index_templates
             .iter()
-            .map(|t| Template::from_body(&t.name, &t.body))
+            .map(|t| {
+                let mut template = Template::from_body(&t.name, &t.body);
+                template.mappings = plan
+                    .composed_mappings(&t.name)
+                    .expect("every index template is composed of known components");
+                template
+            })
             .collect();
-        templates.extend(pending_templates());
         Schema { templates }
+    }
+
+    pub fn into_templates(self) -> Vec<Template> {
+        self.templates
     }
 
     pub fn from_templates(templates: Vec<Template>) -> Schema {
@@ -153,84 +140,6 @@ impl Schema {
         }
         fields
     }
-}
-
-/// Stand-ins for the telemetry, status and metrics templates, from the data contract
-/// (`schema.md`): see the module documentation for when to delete this.
-pub fn pending_templates() -> Vec<Template> {
-    let keyword = json!({ "type": "keyword" });
-    let float = json!({ "type": "float" });
-    let long = json!({ "type": "long" });
-    let date = json!({ "type": "date" });
-    let mqtt = json!({
-        "properties": {
-            "topic": keyword,
-            "qos": { "type": "byte" },
-            "retain": { "type": "boolean" },
-            "received_at": date
-        }
-    });
-    let stand_in = |name: &str, pattern: &str, properties: Value| Template {
-        name: name.to_owned(),
-        patterns: vec![pattern.to_owned()],
-        // Above the documents template (200), below the dead-letter template (300): equal
-        // priorities with overlapping patterns are refused.
-        priority: 250,
-        mappings: json!({ "properties": properties }),
-    };
-    vec![
-        stand_in(
-            "mqtt2es-telemetry",
-            "mqtt2es-telemetry-*",
-            json!({
-                "@timestamp": date,
-                "site": keyword,
-                "device": keyword,
-                "temperature_c": float,
-                "humidity": float,
-                "battery": float,
-                "mqtt": mqtt,
-                "event": { "properties": { "ingested": date } },
-                "mqtt2es": { "properties": { "timestamp_fallback": keyword } }
-            }),
-        ),
-        stand_in(
-            "mqtt2es-status",
-            "mqtt2es-status-*",
-            json!({
-                "@timestamp": date,
-                "site": keyword,
-                "device": keyword,
-                "state": keyword,
-                "mqtt": mqtt,
-                "event": { "properties": { "ingested": date } }
-            }),
-        ),
-        stand_in(
-            "mqtt2es-metrics",
-            "mqtt2es-metrics",
-            json!({
-                "@timestamp": date,
-                "mqtt2es": {
-                    "properties": {
-                        "instance": keyword,
-                        "mode": keyword,
-                        "interval_s": float,
-                        "messages_in": long,
-                        "documents_stored": long,
-                        "dead_letters": long,
-                        "retries": long,
-                        "bulk_requests": long,
-                        "documents_per_s": float,
-                        "bulk_latency_ms": { "properties": { "avg": float, "max": float } },
-                        "latency_ms": { "properties": { "avg": float, "max": float } },
-                        "queue_depth": long,
-                        "connected_clients": long
-                    }
-                }
-            }),
-        ),
-    ]
 }
 
 fn flatten(path: &str, properties: &Value, out: &mut BTreeMap<String, Field>) {

@@ -62,6 +62,17 @@ pub struct SearchNode {
     /// the atexit hook must still be able to kill it.
     child: Mutex<Option<Child>>,
     client: reqwest::Client,
+    /// Set for a node started by `start_secured`: security on, and the credentials the
+    /// harness's own health probe uses.
+    superuser: Option<(String, String)>,
+}
+
+/// A user of a secured node's file realm: name, password and role (`superuser`, or a role
+/// defined in the `roles` YAML given to `start_secured`).
+pub struct FileUser<'a> {
+    pub name: &'a str,
+    pub password: &'a str,
+    pub role: &'a str,
 }
 
 impl SearchNode {
@@ -85,6 +96,48 @@ impl SearchNode {
 
     /// A node of this test's own, for tests that stop it; killed on drop.
     pub fn start_private() -> SearchNode {
+        let node = SearchNode::prepare();
+        node.launch();
+        node
+    }
+
+    /// An Elasticsearch node of this test's own with security on (plain HTTP, no TLS), the
+    /// roles in `roles` (roles.yml syntax) and `users` in its file realm; the first user must
+    /// be a superuser (the harness's health probe uses it). Killed on drop.
+    pub fn start_secured(roles: &str, users: &[FileUser]) -> SearchNode {
+        let mut node = SearchNode::prepare();
+        assert_eq!(
+            node.engine,
+            Engine::Elasticsearch,
+            "only Elasticsearch's distribution has security"
+        );
+        let config = node.dir.path().join("config");
+        let mut file = File::options()
+            .append(true)
+            .open(config.join("roles.yml"))
+            .expect("open roles.yml");
+        writeln!(file, "\n{roles}").expect("write roles.yml");
+        for user in users {
+            let status = process::command(node.home.join("bin/elasticsearch-users"), node.user)
+                .args(["useradd", user.name, "-p", user.password, "-r", user.role])
+                .env("ES_JAVA_HOME", &node.java_home)
+                .env("ES_PATH_CONF", &config)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run elasticsearch-users");
+            assert!(
+                status.success(),
+                "elasticsearch-users useradd {}",
+                user.name
+            );
+        }
+        let first = users.first().expect("a superuser");
+        node.superuser = Some((first.name.to_owned(), first.password.to_owned()));
+        node.launch();
+        node
+    }
+
+    fn prepare() -> SearchNode {
         let engine = Engine::from_env();
         let (home_var, java_var) = match engine {
             Engine::Elasticsearch => ("MQTT2ES_TEST_ES_HOME", "MQTT2ES_TEST_ES_JAVA_HOME"),
@@ -117,7 +170,7 @@ impl SearchNode {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("build an HTTP client");
-        let node = SearchNode {
+        SearchNode {
             engine,
             home,
             java_home,
@@ -127,9 +180,8 @@ impl SearchNode {
             transport_port: free_port(),
             child: Mutex::new(None),
             client,
-        };
-        node.launch();
-        node
+            superuser: None,
+        }
     }
 
     /// `http://127.0.0.1:<port>`, no trailing slash.
@@ -173,12 +225,12 @@ impl SearchNode {
         let base = self.url();
         let refresh =
             format!("{base}/{index}/_refresh?ignore_unavailable=true&allow_no_indices=true");
-        let refreshed = self.client.post(&refresh).send().await.ok()?;
+        let refreshed = self.authed(self.client.post(&refresh)).send().await.ok()?;
         if !refreshed.status().is_success() {
             return None;
         }
         let url = format!("{base}/{index}/_count?ignore_unavailable=true");
-        let response = self.client.get(&url).send().await.ok()?;
+        let response = self.authed(self.client.get(&url)).send().await.ok()?;
         if !response.status().is_success() {
             return None;
         }
@@ -201,7 +253,7 @@ impl SearchNode {
     /// Any JSON request; panics with the response body unless the status is 2xx.
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}{path}", self.url());
-        let mut request = self.client.request(method.clone(), &url);
+        let mut request = self.authed(self.client.request(method.clone(), &url));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -216,6 +268,14 @@ impl SearchNode {
             .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
         assert!(status.is_success(), "{method} {url}: {status}: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
+    }
+
+    /// The superuser's credentials on a secured node; nothing otherwise.
+    fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.superuser {
+            Some((name, password)) => request.basic_auth(name, Some(password)),
+            None => request,
+        }
     }
 
     async fn refresh(&self, index: &str) {
@@ -244,6 +304,15 @@ impl SearchNode {
     fn launch(&self) {
         let dir = self.dir.path();
         let (script, prefix, extra_settings): (_, _, &[&str]) = match self.engine {
+            Engine::Elasticsearch if self.superuser.is_some() => (
+                "elasticsearch",
+                "ES",
+                &[
+                    "xpack.security.enabled=true",
+                    "xpack.security.http.ssl.enabled=false",
+                    "xpack.security.transport.ssl.enabled=false",
+                ],
+            ),
             Engine::Elasticsearch => ("elasticsearch", "ES", &["xpack.security.enabled=false"]),
             Engine::OpenSearch => ("opensearch", "OPENSEARCH", &[]),
         };
@@ -295,7 +364,7 @@ impl SearchNode {
                     tail(&self.out_path(), 40)
                 );
             }
-            if health_is_yellow(self.http_port) {
+            if health_is_yellow(self.http_port, self.superuser.as_ref()) {
                 break;
             }
             if started.elapsed() > START_TIMEOUT {
@@ -328,13 +397,24 @@ impl Drop for SearchNode {
 /// One `GET /_cluster/health?wait_for_status=yellow` over a plain socket: blocking and
 /// runtime-free, so starting a node works from sync code and from inside any async test.
 /// (Elasticsearch's integ-test distribution has no `GET /` handler.)
-fn health_is_yellow(port: u16) -> bool {
+fn health_is_yellow(port: u16, user: Option<&(String, String)>) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let request = "GET /_cluster/health?wait_for_status=yellow&timeout=2s HTTP/1.1\r\n\
-                   Host: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let authorization = match user {
+        Some((name, password)) => {
+            use base64::Engine as _;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        }
+        None => String::new(),
+    };
+    let request = format!(
+        "GET /_cluster/health?wait_for_status=yellow&timeout=2s HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
