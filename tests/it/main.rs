@@ -10,4 +10,5 @@ mod faults;
 mod harness;
 mod shared_group;
 mod support;
+mod thermometer;
 mod upstream_options;
