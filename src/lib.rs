@@ -19,6 +19,7 @@
 //! - `elastic`   — Elasticsearch client construction and setup (templates).
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
+//! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
 
 pub mod app;
 pub mod broker;
@@ -28,6 +29,7 @@ pub mod elastic;
 pub mod pipeline;
 pub mod record;
 pub mod secret;
+pub mod simulate;
 pub mod sink;
 pub mod topic;
 pub mod upstream;

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mqtt2es::app;
 use mqtt2es::config::{Config, LogFormat, LogSettings};
+use mqtt2es::secret::Secret;
+use mqtt2es::{app, simulate};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// MQTT to Elasticsearch telemetry bridge.
@@ -60,10 +62,65 @@ enum Command {
         #[arg(long)]
         retain: bool,
     },
+    /// Run a fleet of virtual Raspberry Pi thermometers against an MQTT broker (demos, load).
+    ///
+    /// Each device has its own connection, a last will {"state":"offline"} and a retained
+    /// {"state":"online"} on sensors/<site>/<device>/status, and publishes random-walk readings
+    /// {"temp_c":..,"humidity":..,"battery":..,"ts":..} to sensors/<site>/<device>/telemetry.
+    /// Progress goes to the log; a summary line (devices= sent= acked= dropped= seconds=) to
+    /// stdout at the end. Ctrl-C or SIGTERM: deliver what is queued, publish offline, exit.
+    /// Exit status 1 when readings were left unacknowledged. Needs no configuration file.
+    ///
+    /// Example: mqtt2es simulate --devices 50 --rate 2 --site lab --duration-s 60
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The MQTT broker: mqtt2es's embedded broker or any other.
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    #[arg(long)]
+    username: Option<String>,
+    #[arg(long, env = "MQTT2ES_SIMULATE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Number of devices, named <device-prefix>1 .. <device-prefix>N.
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Readings per second per device (0.1 = one every 10 s).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// The <site> topic segment; mqtt2es stores it in mqtt2es-telemetry-<site>.
+    #[arg(long, default_value = "sim")]
+    site: String,
+    #[arg(long, default_value = "pi-")]
+    device_prefix: String,
+    /// QoS of the readings (status messages are always QoS 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Readings per device, then stop.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Seconds between progress lines in the log; 0: none.
+    #[arg(long, default_value_t = 10.0)]
+    progress_s: f64,
+    /// At the end, seconds to wait for the broker to acknowledge queued readings.
+    #[arg(long, default_value_t = 10.0)]
+    drain_s: f64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Simulate(args) = cli.command {
+        // A load generator for any broker: no configuration file needed.
+        init_logs(&LogSettings::default());
+        return simulate(args);
+    }
     let (config, secrets) = match Config::load(&cli.config) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -106,6 +163,7 @@ fn main() -> ExitCode {
         }
         Command::Setup => runtime().and_then(|rt| rt.block_on(app::setup(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(app::run(config, secrets))),
+        Command::Simulate(_) => unreachable!("handled before the configuration is loaded"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +173,63 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    let fleet = match simulate::Fleet::new(simulate::FleetArgs {
+        host: args.host,
+        port: args.port,
+        username: args.username,
+        password: args.password.map(Secret::new),
+        site: args.site,
+        device_prefix: args.device_prefix,
+        devices: args.devices,
+        rate: args.rate,
+        qos: args.qos,
+        count: args.count,
+        duration_s: args.duration_s,
+        progress_s: args.progress_s,
+        drain_s: args.drain_s,
+    }) {
+        Ok(fleet) => fleet,
+        Err(error) => {
+            eprintln!("mqtt2es: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = match runtime() {
+        Ok(rt) => rt.block_on(async {
+            let stop = CancellationToken::new();
+            tokio::spawn(stop_on_signal(stop.clone()));
+            simulate::run(fleet, stop).await
+        }),
+        Err(error) => {
+            eprintln!("mqtt2es: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{summary}");
+    if summary.unacknowledged() > 0 {
+        eprintln!(
+            "mqtt2es: {} reading(s) were never acknowledged by the broker",
+            summary.unacknowledged()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM (docker stop) and SIGINT (Ctrl-C) both end a simulation cleanly.
+async fn stop_on_signal(stop: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    stop.cancel();
 }
 
 /// Offline commands print their result on stdout and their complaint on stderr, exit 2 on failure.

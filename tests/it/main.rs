@@ -9,6 +9,7 @@ mod dead_letters;
 mod faults;
 mod harness;
 mod shared_group;
+mod simulate;
 mod support;
 mod thermometer;
 mod upstream_options;
