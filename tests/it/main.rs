@@ -8,6 +8,7 @@ mod cli;
 mod dead_letters;
 mod faults;
 mod harness;
+mod packaging;
 mod shared_group;
 mod simulate;
 mod support;
