@@ -206,6 +206,13 @@ fn every_mqtt2es_container_configuration_passes_mqtt2es_check() {
         std::fs::copy(container_config(service), etc.path().join("mqtt2es.yaml"))
             .expect("copy the container's config");
         copy_dir(&repo().join("pipelines"), &etc.path().join("pipelines"));
+        // The Dockerfile copies dashboards/ or, in a tree without it, makes it empty.
+        let dashboards = repo().join("dashboards");
+        if dashboards.is_dir() {
+            copy_dir(&dashboards, &etc.path().join("dashboards"));
+        } else {
+            std::fs::create_dir(etc.path().join("dashboards")).expect("create dashboards");
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_mqtt2es"));
         command
             .args(["check", "--config"])
