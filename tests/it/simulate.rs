@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::support::certs::Certs;
 use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{Mosquitto, unique};
+use crate::thermometer::broker_with_tls_and_a_password;
 
 /// `mqtt2es simulate` as a child process; stdout (the summary) and stderr (the log) to files.
 struct Simulation {
@@ -19,6 +21,15 @@ struct Simulation {
 
 impl Simulation {
     fn start(broker: &Mosquitto, site: &str, args: &[&str]) -> Simulation {
+        Simulation::start_with_env(broker, site, args, &[])
+    }
+
+    fn start_with_env(
+        broker: &Mosquitto,
+        site: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Simulation {
         let dir = tempfile::tempdir().expect("temp dir for the simulation");
         let child = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
             .arg("simulate")
@@ -31,6 +42,8 @@ impl Simulation {
             .args(["--site", site])
             .args(args)
             .env("RUST_LOG", "mqtt2es=debug,info")
+            .env_remove("MQTT2ES_SIMULATE_PASSWORD")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(dir.path().join("stdout")).expect("stdout file"))
             .stderr(File::create(dir.path().join("stderr")).expect("stderr file"))
@@ -284,4 +297,38 @@ fn simulate_refuses_a_zero_rate_with_the_reason_and_exit_2() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--rate 0"), "{stderr}");
+}
+
+#[test]
+fn simulated_devices_log_in_with_the_password_from_the_environment() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
+    let site = unique("sim");
+    let sub = Subscriber::start(
+        &broker,
+        &format!("sensors/{site}/+/telemetry"),
+        &["-u", "pi", "-P", "s3cret"],
+    );
+    let mut simulation = Simulation::start_with_env(
+        &broker,
+        &site,
+        &[
+            "--username",
+            "pi",
+            "--devices",
+            "2",
+            "--rate",
+            "50",
+            "--count",
+            "5",
+        ],
+        &[("MQTT2ES_SIMULATE_PASSWORD", "s3cret")],
+    );
+    let status = simulation.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", simulation.log());
+    sub.wait_until("10 readings", Duration::from_secs(10), |m| {
+        total(&readings_by_device(m)) == 10
+    });
+    assert!(!simulation.log().contains("s3cret"), "{}", simulation.log());
 }

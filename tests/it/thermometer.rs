@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::support::certs::Certs;
 use crate::support::subscriber::{self, Subscriber};
-use crate::support::{Mosquitto, unique};
+use crate::support::{Mosquitto, free_port, unique};
 
 const GOOD_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=e1 YES\n5b 01 4b 46 7f ff 05 10 e1 t=21437\n";
@@ -86,6 +87,17 @@ struct Thermometer {
 
 impl Thermometer {
     fn start(broker: &Mosquitto, site: &str, args: &[&str]) -> Thermometer {
+        Thermometer::start_with_env(broker, site, args, &[])
+    }
+
+    /// Like `start`, with extra environment variables (`MQTT_PASSWORD`). Later arguments win
+    /// over the broker's port given first.
+    fn start_with_env(
+        broker: &Mosquitto,
+        site: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Thermometer {
         let log_dir = tempfile::tempdir().expect("temp dir for the thermometer log");
         let log = File::create(log_dir.path().join("thermometer.log")).expect("log file");
         let child = Command::new(python())
@@ -98,6 +110,14 @@ impl Thermometer {
             ])
             .args(["--site", site, "--device", "pi-1", "--reconnect-max-s", "1"])
             .args(args)
+            // Only the test's own settings: none of the program's variables from outside.
+            .env_remove("MQTT_HOST")
+            .env_remove("MQTT_PORT")
+            .env_remove("MQTT_USERNAME")
+            .env_remove("MQTT_PASSWORD")
+            .env_remove("THERMO_SITE")
+            .env_remove("THERMO_DEVICE")
+            .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
@@ -417,4 +437,78 @@ fn help_explains_the_sensors_the_broker_options_and_simulation() {
     ] {
         assert!(help.contains(part), "{part:?} missing from --help:\n{help}");
     }
+}
+
+/// A broker that wants a user name and password, with a TLS listener beside the plain one.
+pub(crate) fn broker_with_tls_and_a_password(certs: &Certs, dir: &Path) -> (Mosquitto, u16) {
+    let passwords = dir.join("passwords");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["pi", "s3cret"])
+        .status()
+        .expect("run mosquitto_passwd");
+    assert!(status.success(), "mosquitto_passwd failed");
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(&[
+        "allow_anonymous false",
+        &format!("password_file {}", passwords.display()),
+        &format!("listener {tls_port} 127.0.0.1"),
+        &format!("cafile {}", certs.ca().display()),
+        &format!("certfile {}", certs.server_cert().display()),
+        &format!("keyfile {}", certs.server_key().display()),
+    ]);
+    (broker, tls_port)
+}
+
+#[test]
+fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, tls_port) = broker_with_tls_and_a_password(&certs, dir.path());
+    let site = unique("thermo");
+    let sub = Subscriber::start(
+        &broker,
+        &format!("sensors/{site}/+/telemetry"),
+        &["-u", "pi", "-P", "s3cret"],
+    );
+    let ca = certs.ca();
+    let mut thermometer = Thermometer::start_with_env(
+        &broker,
+        &site,
+        &[
+            "--port",
+            &tls_port.to_string(),
+            "--ca-file",
+            ca.to_str().expect("utf-8 path"),
+            "--username",
+            "pi",
+            "--simulate",
+            "--count",
+            "1",
+        ],
+        &[("MQTT_PASSWORD", "s3cret")],
+    );
+    let status = thermometer.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", thermometer.log());
+    sub.wait_until("the reading", Duration::from_secs(10), |m| m.len() == 1);
+}
+
+#[test]
+fn a_wrong_password_is_logged_as_refused_and_retried() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
+    let site = unique("thermo");
+    let mut thermometer = Thermometer::start_with_env(
+        &broker,
+        &site,
+        &["--username", "pi", "--simulate", "--interval", "0.5"],
+        &[("MQTT_PASSWORD", "not-the-password-7f3a")],
+    );
+    thermometer.wait_for_log("refused the connection", 2, Duration::from_secs(30));
+    assert!(
+        !thermometer.log().contains("s3cret")
+            && !thermometer.log().contains("not-the-password-7f3a")
+    );
 }
