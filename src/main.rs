@@ -229,6 +229,7 @@ async fn stop_on_signal(stop: CancellationToken) {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    tracing::info!("stopping: delivering queued readings, then offline");
     stop.cancel();
 }
 

@@ -143,6 +143,8 @@ impl Fleet {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     pub devices: usize,
+    /// Readings taken and queued for sending.
+    pub queued: u64,
     /// Readings written to a connection.
     pub sent: u64,
     /// Readings the broker acknowledged (QoS 1: PUBACK, QoS 2: PUBCOMP; QoS 0: same as sent).
@@ -153,9 +155,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Readings queued but never acknowledged (lost at exit, or with a session the broker lost).
+    /// Readings queued but never acknowledged: still queued or in flight at exit, or lost
+    /// with a session the broker no longer had.
     pub fn unacknowledged(&self) -> u64 {
-        self.sent.saturating_sub(self.acked)
+        self.queued.saturating_sub(self.acked)
     }
 }
 
@@ -163,8 +166,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "devices={} sent={} acked={} dropped={} seconds={:.3}",
-            self.devices, self.sent, self.acked, self.dropped, self.seconds
+            "devices={} queued={} sent={} acked={} dropped={} seconds={:.3}",
+            self.devices, self.queued, self.sent, self.acked, self.dropped, self.seconds
         )
     }
 }
@@ -172,10 +175,13 @@ impl std::fmt::Display for Summary {
 /// Counters shared by every device task and the progress reporter.
 #[derive(Default)]
 struct Stats {
+    queued: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     dropped: AtomicU64,
     connected: AtomicU64,
+    /// Devices that left without DISCONNECT because the broker had not acknowledged everything.
+    unclean: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -190,14 +196,17 @@ pub async fn run(fleet: Fleet, stop: CancellationToken) -> Summary {
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(duration) => stop.cancel(),
+                _ = tokio::time::sleep(duration) => {
+                    info!("duration over: delivering queued readings, then offline");
+                    stop.cancel();
+                }
                 _ = stop.cancelled() => {}
             }
         });
     }
     let reporter = fleet.progress.map(|every| {
-        let (stats, fleet, stop) = (Arc::clone(&stats), Arc::clone(&fleet), stop.clone());
-        tokio::spawn(async move { report(&stats, &fleet, every, stop).await })
+        let (stats, fleet) = (Arc::clone(&stats), Arc::clone(&fleet));
+        tokio::spawn(async move { report(&stats, &fleet, every).await })
     });
     info!(
         devices = fleet.devices,
@@ -220,8 +229,17 @@ pub async fn run(fleet: Fleet, stop: CancellationToken) -> Summary {
     if let Some(reporter) = reporter {
         reporter.abort();
     }
+    let unclean = stats.unclean.load(Ordering::Relaxed);
+    if unclean > 0 {
+        warn!(
+            devices = unclean,
+            drain_s = fleet.drain.as_secs_f64(),
+            "devices left without DISCONNECT: the broker had not acknowledged everything in time (it publishes the will, offline, of those it had connected)"
+        );
+    }
     Summary {
         devices: fleet.devices,
+        queued: stats.queued.load(Ordering::Relaxed),
         sent: stats.sent.load(Ordering::Relaxed),
         acked: stats.acked.load(Ordering::Relaxed),
         dropped: stats.dropped.load(Ordering::Relaxed),
@@ -229,20 +247,12 @@ pub async fn run(fleet: Fleet, stop: CancellationToken) -> Summary {
     }
 }
 
-async fn report(stats: &Stats, fleet: &Fleet, every: Duration, stop: CancellationToken) {
+async fn report(stats: &Stats, fleet: &Fleet, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     let mut last = (Instant::now(), 0);
-    let mut stopping = false;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.cancelled(), if !stopping => {
-                stopping = true;
-                info!("stopping: delivering queued readings, then offline");
-                continue;
-            }
-        }
+        ticker.tick().await;
         let acked = stats.acked.load(Ordering::Relaxed);
         let per_s = (acked - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), acked);
@@ -419,6 +429,7 @@ impl Publisher {
             }
             let payload = walk.step(&mut rng, chrono::Utc::now());
             if self.queue(Kind::Reading, fleet.qos, &payload) {
+                stats.queued.fetch_add(1, Ordering::Relaxed);
                 taken += 1;
             } else {
                 // With --count, the next tick takes another reading in its place.
@@ -440,6 +451,8 @@ struct Connection {
     up: bool,
     ever_up: bool,
     backoff: Duration,
+    /// After a failure: when to poll (and so reconnect) again.
+    retry_at: Option<Instant>,
 }
 
 impl Device {
@@ -496,23 +509,33 @@ impl Device {
             };
             // Until the producer is done (count reached, duration over, or a signal).
             loop {
+                if let Some(at) = connection.retry_at.take() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = produced.cancelled() => break,
+                    }
+                }
                 tokio::select! {
-                    event = eventloop.poll() => on.event(event, &mut connection).await,
+                    event = eventloop.poll() => on.event(event, &mut connection),
                     _ = produced.cancelled() => break,
                 }
             }
             // Then: offline (behind every queued reading), deliver, disconnect.
             let deadline = Instant::now() + fleet.drain;
             let offline_queued = publisher.queue(Kind::Status, QoS::AtLeastOnce, OFFLINE);
-            while !publisher.outstanding().is_empty() {
+            while !publisher.outstanding().is_empty() && Instant::now() < deadline {
+                if let Some(at) = connection.retry_at.take() {
+                    tokio::time::sleep_until(at.min(deadline)).await;
+                }
                 match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                    Ok(event) => on.event(event, &mut connection).await,
+                    Ok(event) => on.event(event, &mut connection),
                     Err(_) => break,
                 }
             }
             if !offline_queued || !publisher.outstanding().is_empty() {
                 // Leaving without DISCONNECT makes the broker publish the will: still offline.
-                warn!(device = %name, "not everything was acknowledged in time; leaving without DISCONNECT");
+                debug!(device = %name, "not everything was acknowledged in time; leaving without DISCONNECT");
+                stats.unclean.fetch_add(1, Ordering::Relaxed);
             } else if publisher.client.try_disconnect().is_ok() {
                 loop {
                     match tokio::time::timeout_at(deadline, eventloop.poll()).await {
@@ -540,7 +563,8 @@ struct Handler<'a> {
 }
 
 impl Handler<'_> {
-    async fn event(&self, event: Result<Event, ConnectionError>, connection: &mut Connection) {
+    /// Handles one event; after a connection error, sets when to try again.
+    fn event(&self, event: Result<Event, ConnectionError>, connection: &mut Connection) {
         let stats = self.stats;
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
@@ -588,7 +612,7 @@ impl Handler<'_> {
                 connection.backoff = (connection.backoff * 2)
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
                 let jitter = rand::rng().random_range(0.5..1.0);
-                tokio::time::sleep(connection.backoff.mul_f64(jitter)).await;
+                connection.retry_at = Some(Instant::now() + connection.backoff.mul_f64(jitter));
             }
         }
     }

@@ -171,6 +171,7 @@ fn a_simulated_fleet_publishes_every_reading_and_its_status_to_a_real_broker() {
     let status = simulation.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", simulation.log());
     let summary = simulation.summary();
+    assert_eq!(summary["queued"], "100", "{summary:?}");
     assert_eq!(summary["sent"], "100", "{summary:?}");
     assert_eq!(summary["acked"], "100", "{summary:?}");
     assert_eq!(summary["dropped"], "0", "{summary:?}");
@@ -223,6 +224,7 @@ fn ctrl_c_stops_a_running_fleet_after_delivering_and_publishing_offline() {
     assert!(status.success(), "{status}:\n{}", simulation.log());
     let summary = simulation.summary();
     assert_eq!(summary["sent"], summary["acked"], "{summary:?}");
+    assert_eq!(summary["queued"], summary["acked"], "{summary:?}");
     let sent: usize = summary["sent"].parse().expect("a number");
 
     let messages = sub.wait_until(
@@ -286,6 +288,45 @@ fn a_simulated_fleet_delivers_every_reading_across_a_broker_restart() {
     sub.wait_until("160 distinct readings", Duration::from_secs(30), |m| {
         total(&readings_by_device(m)) == 160
     });
+}
+
+#[test]
+fn a_fleet_that_cannot_reach_its_broker_stops_within_the_drain_time_and_exits_1() {
+    // A port nothing listens on: the broker there is gone.
+    let port = crate::support::free_port().to_string();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+        .args([
+            "simulate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--devices",
+            "3",
+        ])
+        .args([
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+            "--drain-s",
+            "1",
+            "--progress-s",
+            "0.2",
+        ])
+        .output()
+        .expect("run mqtt2es simulate");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "took {elapsed:?}:\n{stderr}"
+    );
+    assert!(stderr.contains("never acknowledged"), "{stderr}");
+    assert!(stderr.contains("devices not connected"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
 }
 
 #[test]
