@@ -67,9 +67,10 @@ enum Command {
     /// Each device has its own connection, a last will {"state":"offline"} and a retained
     /// {"state":"online"} on sensors/<site>/<device>/status, and publishes random-walk readings
     /// {"temp_c":..,"humidity":..,"battery":..,"ts":..} to sensors/<site>/<device>/telemetry.
-    /// Progress goes to the log; a summary line (devices= sent= acked= dropped= seconds=) to
-    /// stdout at the end. Ctrl-C or SIGTERM: deliver what is queued, publish offline, exit.
-    /// Exit status 1 when readings were left unacknowledged. Needs no configuration file.
+    /// Progress goes to the log; a summary line (devices= queued= sent= acked= dropped=
+    /// seconds=) to stdout at the end. Ctrl-C or SIGTERM: deliver what is queued, publish
+    /// offline, exit. Exit status 1 when readings were left unacknowledged. Needs no
+    /// configuration file.
     ///
     /// Example: mqtt2es simulate --devices 50 --rate 2 --site lab --duration-s 60
     Simulate(SimulateArgs),
