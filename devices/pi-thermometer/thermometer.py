@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
 
     publisher = Publisher(args)
     publisher.start()
+    # Give the first connection a moment, so a normal start does not begin with a queued
+    # reading; an unreachable broker only delays the first reading by this much.
+    publisher.connected.wait(min(args.interval, 5.0))
     published = 0
     next_at = time.monotonic()
     while not stop.is_set():
