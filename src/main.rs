@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mqtt2es::config::{Config, LogFormat, LogSettings};
-use mqtt2es::secret::Secret;
 use mqtt2es::{app, simulate};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -73,46 +72,7 @@ enum Command {
     /// configuration file.
     ///
     /// Example: mqtt2es simulate --devices 50 --rate 2 --site lab --duration-s 60
-    Simulate(SimulateArgs),
-}
-
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// The MQTT broker: mqtt2es's embedded broker or any other.
-    #[arg(long, default_value = "localhost")]
-    host: String,
-    #[arg(long, default_value_t = 1883)]
-    port: u16,
-    #[arg(long)]
-    username: Option<String>,
-    #[arg(long, env = "MQTT2ES_SIMULATE_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// Number of devices, named <device-prefix>1 .. <device-prefix>N.
-    #[arg(long, default_value_t = 5)]
-    devices: usize,
-    /// Readings per second per device (0.1 = one every 10 s).
-    #[arg(long, default_value_t = 1.0)]
-    rate: f64,
-    /// The <site> topic segment; mqtt2es stores it in mqtt2es-telemetry-<site>.
-    #[arg(long, default_value = "sim")]
-    site: String,
-    #[arg(long, default_value = "pi-")]
-    device_prefix: String,
-    /// QoS of the readings (status messages are always QoS 1).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    qos: u8,
-    /// Readings per device, then stop.
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    duration_s: Option<f64>,
-    /// Seconds between progress lines in the log; 0: none.
-    #[arg(long, default_value_t = 10.0)]
-    progress_s: f64,
-    /// At the end, seconds to wait for the broker to acknowledge queued readings.
-    #[arg(long, default_value_t = 10.0)]
-    drain_s: f64,
+    Simulate(simulate::FleetArgs),
 }
 
 fn main() -> ExitCode {
@@ -176,22 +136,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn simulate(args: SimulateArgs) -> ExitCode {
-    let fleet = match simulate::Fleet::new(simulate::FleetArgs {
-        host: args.host,
-        port: args.port,
-        username: args.username,
-        password: args.password.map(Secret::new),
-        site: args.site,
-        device_prefix: args.device_prefix,
-        devices: args.devices,
-        rate: args.rate,
-        qos: args.qos,
-        count: args.count,
-        duration_s: args.duration_s,
-        progress_s: args.progress_s,
-        drain_s: args.drain_s,
-    }) {
+fn simulate(args: simulate::FleetArgs) -> ExitCode {
+    let fleet = match simulate::Fleet::new(args) {
         Ok(fleet) => fleet,
         Err(error) => {
             eprintln!("mqtt2es: {error}");

@@ -75,21 +75,44 @@ pub enum FleetError {
     Segment { flag: &'static str, value: String },
 }
 
-/// Unchecked fleet parameters, as the command line gives them.
-#[derive(Debug, Clone)]
+/// Unchecked fleet parameters: the command line of `mqtt2es simulate`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
+    /// The MQTT broker: mqtt2es's embedded broker or any other.
+    #[arg(long, default_value = "localhost")]
     pub host: String,
+    #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    #[arg(long)]
     pub username: Option<String>,
+    #[arg(long, env = "MQTT2ES_SIMULATE_PASSWORD", hide_env_values = true)]
     pub password: Option<Secret>,
+    /// The <site> topic segment; mqtt2es stores it in mqtt2es-telemetry-<site>.
+    #[arg(long, default_value = "sim")]
     pub site: String,
+    /// Devices are named <device-prefix>1 .. <device-prefix>N.
+    #[arg(long, default_value = "pi-")]
     pub device_prefix: String,
+    /// Number of devices, each with its own connection.
+    #[arg(long, default_value_t = 5)]
     pub devices: usize,
+    /// Readings per second per device (0.1 = one every 10 s).
+    #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// QoS of the readings (status messages are always QoS 1).
+    #[arg(long, default_value_t = 1)]
     pub qos: u8,
+    /// Readings per device, then stop.
+    #[arg(long)]
     pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
     pub duration_s: Option<f64>,
+    /// Seconds between progress lines in the log; 0: none.
+    #[arg(long, default_value_t = 10.0)]
     pub progress_s: f64,
+    /// At the end, seconds to wait for the broker to acknowledge what is queued.
+    #[arg(long, default_value_t = 10.0)]
     pub drain_s: f64,
 }
 
