@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::simulate::shipped_telemetry_bridge;
 use crate::support::certs::Certs;
 use crate::support::subscriber::{self, Subscriber};
-use crate::support::{Mosquitto, free_port, unique};
+use crate::support::{Mosquitto, SearchNode, free_port, unique, wait_for_count};
 
 const GOOD_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=e1 YES\n5b 01 4b 46 7f ff 05 10 e1 t=21437\n";
@@ -511,4 +512,53 @@ fn a_wrong_password_is_logged_as_refused_and_retried() {
         !thermometer.log().contains("s3cret")
             && !thermometer.log().contains("not-the-password-7f3a")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thermometer_readings_become_telemetry_documents_with_the_sensors_values() {
+    let node = SearchNode::shared();
+    let broker = Mosquitto::start_with(&["max_queued_messages 0"]);
+    let site = unique("thermo");
+    let (_bridge, index) = shipped_telemetry_bridge(&broker, node, &site);
+    let sysfs = FakeSysfs::new();
+    sysfs.ds18b20(GOOD_W1).dht22(24_500, 48_200);
+
+    let mut thermometer = Thermometer::start(
+        &broker,
+        &site,
+        &[
+            "--sysfs-root",
+            sysfs.path().to_str().expect("utf-8 path"),
+            "--interval",
+            "0.2",
+            "--count",
+            "3",
+        ],
+    );
+    let status = thermometer.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", thermometer.log());
+    assert_eq!(
+        wait_for_count(node, &index, 3, Duration::from_secs(30)).await,
+        3
+    );
+    let hits = node
+        .search(
+            &index,
+            serde_json::json!({"size": 10, "query": {"match_all": {}}}),
+        )
+        .await;
+    for hit in hits["hits"]["hits"].as_array().expect("hits") {
+        let document = &hit["_source"];
+        assert_eq!(document["device"], "pi-1", "{document}");
+        assert_eq!(document["temperature_c"], 21.437, "{document}");
+        assert_eq!(document["humidity"], 48.2, "{document}");
+        assert!(
+            document["battery"].is_null(),
+            "no battery file, no battery: {document}"
+        );
+        assert!(
+            document["mqtt2es"]["timestamp_fallback"].is_null(),
+            "the reading's ts was not taken as @timestamp: {document}"
+        );
+    }
 }
