@@ -522,3 +522,74 @@ fn the_dockerfile_builder_steps_run_here_as_written() {
     );
     assert_eq!(entrypoint, r#"["mqtt2es"]"#);
 }
+
+/// A service's `command` as strings.
+fn command_of(service: &Value) -> Vec<String> {
+    service["command"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|a| a.as_str().expect("string arguments").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_commands_in_the_compose_file_are_ones_the_programs_accept() {
+    let config = resolved();
+    let mut simulators = 0;
+    for (name, service) in services(&config) {
+        let command = command_of(service);
+        if service["image"] == "mqtt2es:local" {
+            if command.first().map(String::as_str) == Some("simulate") {
+                // The same arguments against a port nothing listens on, for a moment: a usage
+                // error would exit 2 at once; this exits 0 or 1 (readings not acknowledged).
+                let mut args = command.clone();
+                let host = args.iter().position(|a| a == "--host").expect("--host") + 1;
+                args[host] = "127.0.0.1".into();
+                args.extend(["--port", &crate::support::free_port().to_string()].map(String::from));
+                args.extend(["--duration-s", "0.3", "--drain-s", "0.1"].map(String::from));
+                let output = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+                    .args(&args)
+                    .output()
+                    .expect("run mqtt2es simulate");
+                assert!(
+                    matches!(output.status.code(), Some(0 | 1)),
+                    "{name}: mqtt2es {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                simulators += 1;
+            } else {
+                let mut args = command.clone();
+                args.push("--help".into());
+                let output = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+                    .args(&args)
+                    .output()
+                    .expect("run mqtt2es");
+                assert!(
+                    output.status.success(),
+                    "{name}: mqtt2es {args:?}: {output:?}"
+                );
+            }
+        } else if service["image"] == "mqtt2es-pi-thermometer:local" {
+            let program = repo().join("devices/pi-thermometer");
+            let check = format!(
+                "import sys; sys.path.insert(0, {:?}); import thermometer; thermometer.parse_args(sys.argv[1:])",
+                program.display()
+            );
+            let output = Command::new(crate::thermometer::python())
+                .args(["-c", &check])
+                .args(&command)
+                .output()
+                .expect("run python");
+            assert!(
+                output.status.success(),
+                "{name}: thermometer.py {command:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            simulators += 1;
+        }
+    }
+    assert!(simulators >= 4, "only {simulators} simulators found");
+}

@@ -25,7 +25,7 @@ const POWER_ON_W1: &str =
     "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n";
 
 /// The Python that runs the thermometer, from `MQTT2ES_TEST_PYTHON`.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let python = std::env::var_os("MQTT2ES_TEST_PYTHON").unwrap_or_else(|| {
         panic!(
             "MQTT2ES_TEST_PYTHON is not set: it must name a python3 that has paho-mqtt 2.x and \
