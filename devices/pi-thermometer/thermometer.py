@@ -312,11 +312,6 @@ class Publisher:
         self.acked -= stale
         self.status_mids -= stale
 
-    def unacknowledged(self) -> int:
-        with self.lock:
-            self._forget_acknowledged()
-            return len(self.sent)
-
     def drain(self, timeout_s: float) -> int:
         """Waits until the broker acknowledged every reading; returns how many it did not."""
         deadline = time.monotonic() + timeout_s
