@@ -21,6 +21,7 @@
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
+//! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
 
 pub mod app;
 pub mod broker;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod secret;
+pub mod simulate;
 pub mod sink;
 pub mod topic;
 pub mod upstream;

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mqtt2es::app;
 use mqtt2es::broker::auth::password::{self, Edit};
 use mqtt2es::config::{Config, LogFormat, LogSettings};
+use mqtt2es::{app, simulate};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// MQTT to Elasticsearch telemetry bridge.
@@ -72,6 +73,18 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run a fleet of virtual Raspberry Pi thermometers against an MQTT broker (demos, load).
+    ///
+    /// Each device has its own connection, a last will {"state":"offline"} and a retained
+    /// {"state":"online"} on sensors/<site>/<device>/status, and publishes random-walk readings
+    /// {"temp_c":..,"humidity":..,"battery":..,"ts":..} to sensors/<site>/<device>/telemetry.
+    /// Progress goes to the log; a summary line (devices= queued= sent= acked= dropped=
+    /// seconds=) to stdout at the end. Ctrl-C or SIGTERM: deliver what is queued, publish
+    /// offline, exit. Exit status 1 when readings were left unacknowledged. Needs no
+    /// configuration file.
+    ///
+    /// Example: mqtt2es simulate --devices 50 --rate 2 --site lab --duration-s 60
+    Simulate(simulate::FleetArgs),
 }
 
 /// Create and edit password files for the embedded broker (`broker.auth.password_file`).
@@ -128,10 +141,12 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Command::Passwd { .. } = cli.command {
-        eprintln!(
-            "mqtt2es: `passwd` must come first: mqtt2es passwd [-c] [-b] <file> <user> [<password>]"
-        );
-        return ExitCode::from(2);
+        return misplaced_passwd();
+    }
+    if let Command::Simulate(args) = cli.command {
+        // A load generator for any broker: no configuration file needed.
+        init_logs(&LogSettings::default());
+        return simulate(args);
     }
     let (config, secrets) = match Config::load(&cli.config) {
         Ok(loaded) => loaded,
@@ -176,6 +191,7 @@ fn main() -> ExitCode {
         Command::Setup => runtime().and_then(|rt| rt.block_on(app::setup(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(app::run(config, secrets))),
         Command::Passwd { .. } => return misplaced_passwd(),
+        Command::Simulate(_) => unreachable!("handled before the configuration is loaded"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,6 +260,50 @@ fn prompt_password() -> Result<String, String> {
         return Err("passwords do not match".into());
     }
     Ok(first)
+}
+
+fn simulate(args: simulate::FleetArgs) -> ExitCode {
+    let fleet = match simulate::Fleet::new(args) {
+        Ok(fleet) => fleet,
+        Err(error) => {
+            eprintln!("mqtt2es: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = match runtime() {
+        Ok(rt) => rt.block_on(async {
+            let stop = CancellationToken::new();
+            tokio::spawn(stop_on_signal(stop.clone()));
+            simulate::run(fleet, stop).await
+        }),
+        Err(error) => {
+            eprintln!("mqtt2es: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{summary}");
+    if summary.unacknowledged() > 0 {
+        eprintln!(
+            "mqtt2es: {} reading(s) were never acknowledged by the broker",
+            summary.unacknowledged()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM (docker stop) and SIGINT (Ctrl-C) both end a simulation cleanly.
+async fn stop_on_signal(stop: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: delivering queued readings, then offline");
+    stop.cancel();
 }
 
 /// Offline commands print their result on stdout and their complaint on stderr, exit 2 on failure.

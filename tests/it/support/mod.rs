@@ -10,6 +10,7 @@ pub mod mosquitto;
 pub mod ports;
 mod process;
 pub mod search;
+pub mod subscriber;
 
 pub use mosquitto::Mosquitto;
 pub use ports::free_port;
