@@ -20,6 +20,7 @@
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
 
+pub mod acks;
 pub mod app;
 pub mod broker;
 pub mod config;
