@@ -151,6 +151,21 @@ pub enum Goodbye {
     TopicAliasInvalid,
 }
 
+impl std::fmt::Display for Goodbye {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Goodbye::ShuttingDown => "server shutting down",
+            Goodbye::TakenOver => "session taken over",
+            Goodbye::KeepAliveTimeout => "keep-alive timeout",
+            Goodbye::ReceiveMaximumExceeded => "receive maximum exceeded",
+            Goodbye::ProtocolError => "protocol error",
+            Goodbye::MalformedPacket => "malformed packet",
+            Goodbye::PacketTooLarge => "packet too large",
+            Goodbye::TopicAliasInvalid => "topic alias invalid",
+        })
+    }
+}
+
 /// An outgoing PUBLISH.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -685,16 +700,28 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
             properties: None,
         }),
         Reply::PingResp => v5::Packet::PingResp(v5::PingResp),
-        Reply::Disconnect(goodbye) => v5::Packet::Disconnect(v5::Disconnect::new(match goodbye {
-            Goodbye::ShuttingDown => v5::DisconnectReasonCode::ServerShuttingDown,
-            Goodbye::TakenOver => v5::DisconnectReasonCode::SessionTakenOver,
-            Goodbye::KeepAliveTimeout => v5::DisconnectReasonCode::KeepAliveTimeout,
-            Goodbye::ReceiveMaximumExceeded => v5::DisconnectReasonCode::ReceiveMaximumExceeded,
-            Goodbye::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
-            Goodbye::MalformedPacket => v5::DisconnectReasonCode::MalformedPacket,
-            Goodbye::PacketTooLarge => v5::DisconnectReasonCode::PacketTooLarge,
-            Goodbye::TopicAliasInvalid => v5::DisconnectReasonCode::TopicAliasInvalid,
-        })),
+        Reply::Disconnect(goodbye) => v5::Packet::Disconnect(v5::Disconnect {
+            // rumqttc 0.25 miscounts the remaining length of a DISCONNECT with a reason code and
+            // no properties (it writes a property length it did not count), and writes one
+            // whose length comes to 2 as a bare `E0 00`. A reason string avoids both, and
+            // tells a person reading a client log why.
+            properties: Some(v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(goodbye.to_string()),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+            reason_code: match goodbye {
+                Goodbye::ShuttingDown => v5::DisconnectReasonCode::ServerShuttingDown,
+                Goodbye::TakenOver => v5::DisconnectReasonCode::SessionTakenOver,
+                Goodbye::KeepAliveTimeout => v5::DisconnectReasonCode::KeepAliveTimeout,
+                Goodbye::ReceiveMaximumExceeded => v5::DisconnectReasonCode::ReceiveMaximumExceeded,
+                Goodbye::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
+                Goodbye::MalformedPacket => v5::DisconnectReasonCode::MalformedPacket,
+                Goodbye::PacketTooLarge => v5::DisconnectReasonCode::PacketTooLarge,
+                Goodbye::TopicAliasInvalid => v5::DisconnectReasonCode::TopicAliasInvalid,
+            },
+        }),
     };
     // Only a PUBLISH can outgrow the client's limit; acks are a few bytes.
     let limit = matches!(reply, Reply::Publish(_)).then_some(max).flatten();
@@ -830,6 +857,26 @@ mod tests {
         .expect("encode");
         // Type, length, packet id, reason code, empty property length.
         assert_eq!(&buf[..], &[0x40, 0x04, 0x00, 0x09, 0x87, 0x00]);
+    }
+
+    #[test]
+    fn a_v5_disconnect_we_write_is_read_back_whole_with_its_reason() {
+        let mut buf = BytesMut::new();
+        write(
+            &Reply::Disconnect(Goodbye::TakenOver),
+            Version::V5,
+            &mut buf,
+            None,
+        )
+        .expect("encode");
+        let packet = v5::Packet::read(&mut buf, None).expect("decode");
+        assert!(buf.is_empty(), "bytes left over: {buf:?}");
+        match packet {
+            v5::Packet::Disconnect(d) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::SessionTakenOver)
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
     }
 
     #[test]
