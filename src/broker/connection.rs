@@ -512,6 +512,7 @@ impl Connection {
     }
 
     async fn handle(&mut self, packet: Packet, intake: &CancellationToken) -> Option<End> {
+        tracing::trace!(client_id = %self.client_id, ?packet, "packet");
         match packet {
             Packet::Connect(_) => {
                 return Some(End::Violation(
@@ -716,6 +717,7 @@ impl Connection {
     /// Sends PUBACK / PUBREC for the unbroken run of settled publishes, in arrival order.
     fn release_acks(&mut self) {
         for pending in self.acks.pop_ready() {
+            tracing::trace!(client_id = %self.client_id, ?pending, "ack");
             match pending.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {

@@ -536,3 +536,338 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
     );
     assert!(bridge.logs().contains("session taken over"));
 }
+
+/// What one persistent-session device saw while publishing through a crash.
+#[derive(Debug, Default)]
+struct DeviceRun {
+    acked: usize,
+    connacks: Vec<bool>,
+}
+
+/// Readings a crash-test device has unacknowledged at most, like a Pi publishing as it
+/// measures. It also keeps rumqttc from colliding packet ids when it replays after a
+/// reconnect: with a deep request queue its 0.25 event loop drops publishes there.
+const DEVICE_WINDOW: usize = 10;
+
+/// Publishes `count` QoS 1 readings from a 3.1.1 device with a persistent session, riding out
+/// broker restarts (rumqttc resends what was not acknowledged), until every one is acked.
+async fn persistent_v4_device(port: u16, device: String, count: usize) -> DeviceRun {
+    let mut options = rumqttc::MqttOptions::new(format!("it-{device}"), "127.0.0.1", port);
+    options
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(30));
+    // Room for every publish: they are queued before the event loop runs.
+    options.set_inflight(DEVICE_WINDOW as u16);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, count + 10);
+    let topic = format!("sensors/crash/{device}/telemetry");
+    let mut run = DeviceRun::default();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while run.acked < count && Instant::now() < deadline {
+        while sent < count && sent - run.acked < DEVICE_WINDOW {
+            client
+                .publish(
+                    &topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    reading(&device, sent),
+                )
+                .await
+                .expect("queue publish");
+            sent += 1;
+        }
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => run.acked += 1,
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                run.connacks.push(ack.session_present)
+            }
+            Ok(_) => {}
+            // The broker is down: a device retries after a pause (pacing, not a wait for
+            // anything in particular).
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    run
+}
+
+/// Like `persistent_v4_device`, over MQTT 5 with a session expiry.
+async fn persistent_v5_device(port: u16, device: String, count: usize) -> DeviceRun {
+    let mut options = v5::MqttOptions::new(format!("it-{device}"), "127.0.0.1", port);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(3600))
+        .set_keep_alive(Duration::from_secs(30));
+    options.set_outgoing_inflight_upper_limit(DEVICE_WINDOW as u16);
+    let (client, mut eventloop) = v5::AsyncClient::new(options, count + 10);
+    let topic = format!("sensors/crash/{device}/telemetry");
+    let mut run = DeviceRun::default();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while run.acked < count && Instant::now() < deadline {
+        while sent < count && sent - run.acked < DEVICE_WINDOW {
+            client
+                .publish(
+                    &topic,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    reading(&device, sent),
+                )
+                .await
+                .expect("queue publish");
+            sent += 1;
+        }
+        match eventloop.poll().await {
+            Ok(v5::Event::Incoming(v5::Incoming::PubAck(_))) => run.acked += 1,
+            Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) => {
+                run.connacks.push(ack.session_present)
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_stream_then_restart_loses_and_duplicates_no_reading_of_persistent_sessions() {
+    let node = SearchNode::shared();
+    let port = crate::support::free_port();
+    let (mut bridge, _) = start(
+        BridgeSpec::embedded(&node.url())
+            .bind(format!("127.0.0.1:{port}"))
+            // Small in-flight windows, so that much is unacknowledged when the kill comes.
+            .broker_lines("  max_inflight: 10\n"),
+    );
+    let index = readings_index(&bridge);
+    const READINGS: usize = 1500;
+    let v4 = tokio::spawn(persistent_v4_device(port, unique("pk4"), READINGS));
+    let v5 = tokio::spawn(persistent_v5_device(port, unique("pk5"), READINGS));
+
+    // Mid-stream: some readings stored, most still to come.
+    let stored_before = wait_for_count(node, &index, 300, Duration::from_secs(60)).await;
+    assert!(stored_before >= 300, "{}", bridge.logs());
+    bridge.kill();
+    bridge.restart();
+    assert_eq!(bridge.broker_port(), port);
+    bridge.wait_for_log("broker state loaded", 2, Duration::from_secs(30));
+
+    let (v4, v5) = (v4.await.expect("v4 device"), v5.await.expect("v5 device"));
+    for (name, run) in [("3.1.1", &v4), ("5", &v5)] {
+        assert_eq!(
+            run.acked,
+            READINGS,
+            "MQTT {name}: {run:?}\n{}",
+            bridge.logs()
+        );
+        assert!(
+            run.connacks.len() >= 2 && run.connacks[1..].iter().all(|present| *present),
+            "MQTT {name} device not told its session survived: {run:?}"
+        );
+    }
+    assert!(
+        stored_before < 2 * READINGS as u64,
+        "the kill came after everything was stored; the test proved nothing"
+    );
+    assert_eq!(
+        wait_for_count(node, &index, 2 * READINGS as u64, Duration::from_secs(60)).await,
+        2 * READINGS as u64,
+        "{}",
+        bridge.logs()
+    );
+    let restored = bridge
+        .logs()
+        .lines()
+        .filter(|l| l.contains("broker state loaded"))
+        .nth(1)
+        .map(str::to_owned)
+        .expect("second start");
+    assert!(restored.contains("sessions=2"), "{restored}");
+}
+
+/// Reads from `stream` until the server closes it; false if it stays open past `timeout`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A 3.1.1 CONNECT's bytes, made with rumqttc's encoder.
+fn connect_bytes(client_id: &str) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Connect::new(client_id)
+        .write(&mut buf)
+        .expect("encode CONNECT");
+    buf.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_a_five_byte_remaining_length_and_a_stalled_connect_close_only_their_own_connection()
+ {
+    use tokio::io::AsyncWriteExt;
+    let node = SearchNode::shared();
+    let (bridge, port) =
+        start(BridgeSpec::embedded(&node.url()).broker_lines("  connect_timeout_ms: 1000\n"));
+    // A well-behaved device, connected throughout.
+    let (client, mut eventloop) = v4_client(port, &unique("it-pi-good"), true);
+    assert!(drive_v4(&mut eventloop, Duration::from_secs(10), is_v4_connack).await);
+    let mut good_seq = 0;
+    let mut publish_ok = async |client: &rumqttc::AsyncClient,
+                                eventloop: &mut rumqttc::EventLoop| {
+        client
+            .publish(
+                "sensors/lab/pi-good/telemetry",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                reading("pi-good", good_seq),
+            )
+            .await
+            .expect("queue publish");
+        good_seq += 1;
+        drive_v4(eventloop, Duration::from_secs(30), |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
+        })
+        .await
+    };
+
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "garbage",
+            b"\xde\xad\xbe\xef not mqtt at all".to_vec(),
+            "first packet is not CONNECT",
+        ),
+        (
+            "five-byte remaining length",
+            [
+                connect_bytes("it-bad-length"),
+                vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+            ]
+            .concat(),
+            "malformed",
+        ),
+        (
+            "CONNECT that never completes",
+            vec![0x10, 0x20, 0x00, 0x04],
+            "no CONNECT within",
+        ),
+    ];
+    for (case, bytes, reason) in cases {
+        let mut bad = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let local = bad.local_addr().expect("local address");
+        bad.write_all(&bytes).await.expect("send bytes");
+        assert!(
+            closed_by_server(&mut bad, Duration::from_secs(10)).await,
+            "{case}: connection left open\n{}",
+            bridge.logs()
+        );
+        let logs = bridge.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("closing connection") && l.contains(&format!("peer={local}")))
+            .unwrap_or_else(|| panic!("{case}: no log line naming {local}:\n{logs}"));
+        assert!(line.contains(reason), "{case}: {line}");
+        assert!(
+            publish_ok(&client, &mut eventloop).await,
+            "{case}: the good device was affected\n{}",
+            bridge.logs()
+        );
+    }
+    assert!(!bridge.logs().contains("panicked"), "{}", bridge.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_devices_publishing_a_hundred_readings_each_give_exactly_a_hundred_thousand_documents()
+ {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(
+        BridgeSpec::embedded(&node.url())
+            .broker_lines("  max_connections: 2000\n")
+            .pipeline(
+                "fleet.yaml",
+                r#"
+topics: ["fleet/+/telemetry"]
+payload: json
+stages:
+  - topic: {pattern: "fleet/{device}/telemetry"}
+  - route: {index: "fleet"}
+  - id: {fields: [device, seq]}
+"#,
+            ),
+    );
+    const DEVICES: usize = 1000;
+    const PER_DEVICE: usize = 100;
+    let started = Instant::now();
+    let mut devices = tokio::task::JoinSet::new();
+    for n in 0..DEVICES {
+        devices.spawn(async move {
+            let device = format!("d{n:04}");
+            let mut options =
+                rumqttc::MqttOptions::new(format!("it-fleet-{device}"), "127.0.0.1", port);
+            options.set_keep_alive(Duration::from_secs(60));
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, PER_DEVICE + 10);
+            let topic = format!("fleet/{device}/telemetry");
+            for seq in 0..PER_DEVICE {
+                client
+                    .publish(
+                        &topic,
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        reading(&device, seq),
+                    )
+                    .await
+                    .expect("queue publish");
+            }
+            let mut acked = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while acked < PER_DEVICE && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => panic!("device {device}: {error}"),
+                    Err(_) => break,
+                }
+            }
+            acked
+        });
+    }
+    let mut acked = 0;
+    while let Some(result) = devices.join_next().await {
+        acked += result.expect("device task");
+    }
+    assert_eq!(
+        acked,
+        DEVICES * PER_DEVICE,
+        "{}",
+        bridge
+            .logs()
+            .lines()
+            .rev()
+            .take(50)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let index = format!("{}fleet", bridge.prefix());
+    assert_eq!(
+        wait_for_count(
+            node,
+            &index,
+            (DEVICES * PER_DEVICE) as u64,
+            Duration::from_secs(60)
+        )
+        .await,
+        (DEVICES * PER_DEVICE) as u64
+    );
+    eprintln!(
+        "1000 × 100 readings acknowledged and counted in {:?}",
+        started.elapsed()
+    );
+}
