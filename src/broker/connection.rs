@@ -138,12 +138,15 @@ pub async fn serve(
     let (mut reader, writer) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(4096);
     let limits = &context.limits;
-    let connect = match tokio::time::timeout(
-        limits.connect_timeout,
-        read_connect(&mut reader, &mut inbuf, limits.max_packet_bytes),
-    )
-    .await
-    {
+    // Shutdown does not wait for a CONNECT: this task holds a record sender meanwhile.
+    let first = tokio::select! {
+        first = tokio::time::timeout(
+            limits.connect_timeout,
+            read_connect(&mut reader, &mut inbuf, limits.max_packet_bytes),
+        ) => first,
+        _ = intake.cancelled() => return,
+    };
+    let connect = match first {
         Err(_) => {
             warn!(%peer, reason = "no CONNECT within broker.connect_timeout_ms", "closing connection");
             return;

@@ -871,3 +871,228 @@ stages:
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_publishers_get_reason_codes_after_durability_and_their_user_properties_are_stored() {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let (client, mut eventloop) = v5_client(port, &unique("it-pi-v5"), None);
+    assert!(
+        drive_v5(&mut eventloop, Duration::from_secs(10), is_v5_connack)
+            .await
+            .expect("connects")
+    );
+    let qos1 = v5::mqttbytes::QoS::AtLeastOnce;
+    // Stored: success, and the user property reaches the document.
+    let properties = v5::mqttbytes::v5::PublishProperties {
+        user_properties: vec![("site".into(), "lab".into())],
+        ..Default::default()
+    };
+    client
+        .publish_with_properties("home/door", qos1, false, "closed", properties)
+        .await
+        .expect("queue");
+    // Not UTF-8: the default pipeline dead-letters it; 0x99 once the dead letter is durable.
+    client
+        .publish("home/blob", qos1, false, vec![0xffu8, 0xfe, 0x00])
+        .await
+        .expect("queue");
+    // `$` topics are not for clients: 0x90, and nothing is stored.
+    client
+        .publish("$SYS/uptime", qos1, false, "forged")
+        .await
+        .expect("queue");
+    let mut reasons = Vec::new();
+    assert!(
+        drive_v5(&mut eventloop, Duration::from_secs(60), |e| {
+            if let v5::Event::Incoming(v5::Incoming::PubAck(ack)) = e {
+                reasons.push(ack.reason);
+            }
+            reasons.len() == 3
+        })
+        .await
+        .expect("connection stays up"),
+        "{reasons:?}\n{}",
+        bridge.logs()
+    );
+    use v5::mqttbytes::v5::PubAckReason;
+    assert_eq!(
+        reasons,
+        [
+            PubAckReason::Success,
+            PubAckReason::PayloadFormatInvalid,
+            PubAckReason::TopicNameInvalid
+        ]
+    );
+    let index = messages_index(&bridge);
+    assert_eq!(
+        node.count(&index).await,
+        1,
+        "only the valid message is a document"
+    );
+    let hits = node.search(&index, json!({"size": 1})).await;
+    let doc = &hits["hits"]["hits"][0]["_source"];
+    assert_eq!(
+        doc["mqtt"]["user_properties"],
+        json!([{"key": "site", "value": "lab"}]),
+        "{doc}"
+    );
+    assert_eq!(node.count(&bridge.dead_letter_index()).await, 1);
+}
+
+/// Writes one 3.1.1 packet made with rumqttc's encoder.
+async fn send_v4(stream: &mut tokio::net::TcpStream, packet: rumqttc::mqttbytes::v4::Packet) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::new();
+    packet.write(&mut buf, 1 << 20).expect("encode");
+    stream.write_all(&buf).await.expect("send");
+}
+
+/// Reads the next 3.1.1 packet, decoded with rumqttc's decoder.
+async fn receive_v4(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> rumqttc::mqttbytes::v4::Packet {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match rumqttc::mqttbytes::v4::Packet::read(buf, 1 << 20) {
+            Ok(packet) => return packet,
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(error) => panic!("undecodable reply: {error}"),
+        }
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(buf))
+            .await
+            .expect("a reply within 30 s")
+            .expect("read");
+        assert!(read > 0, "connection closed while waiting for a reply");
+    }
+}
+
+/// Connects as `client_id` with a persistent session; returns the stream and session_present.
+async fn connect_persistent(port: u16, client_id: &str) -> (tokio::net::TcpStream, bool) {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut connect = Connect::new(client_id);
+    connect.clean_session = false;
+    send_v4(&mut stream, Packet::Connect(connect)).await;
+    let mut buf = bytes::BytesMut::new();
+    match receive_v4(&mut stream, &mut buf).await {
+        Packet::ConnAck(ack) => {
+            assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+            (stream, ack.session_present)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_exchange_interrupted_by_sigkill_completes_after_restart_without_a_second_document()
+{
+    use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
+    let node = SearchNode::shared();
+    let port = crate::support::free_port();
+    let (mut bridge, _) =
+        start(BridgeSpec::embedded(&node.url()).bind(format!("127.0.0.1:{port}")));
+    let client_id = unique("it-pi-q2-crash");
+    let index = messages_index(&bridge);
+
+    let (mut stream, present) = connect_persistent(port, &client_id).await;
+    assert!(!present);
+    let mut publish = Publish::new("meter/1", rumqttc::QoS::ExactlyOnce, "reading 1");
+    publish.pkid = 7;
+    send_v4(&mut stream, Packet::Publish(publish)).await;
+    let mut buf = bytes::BytesMut::new();
+    match receive_v4(&mut stream, &mut buf).await {
+        Packet::PubRec(rec) => assert_eq!(rec.pkid, 7),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(node.count(&index).await, 1, "PUBREC only once stored");
+    // The state with packet id 7 awaiting PUBREL reaches the disk, then the crash.
+    let state = bridge.file("state/broker-state.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains(r#""awaiting_pubrel":[7]"#)) {
+        assert!(Instant::now() < deadline, "packet id 7 never persisted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bridge.kill();
+    bridge.restart();
+    bridge.wait_for_log("broker state loaded", 2, Duration::from_secs(60));
+    bridge.broker_port();
+
+    let (mut stream, present) = connect_persistent(port, &client_id).await;
+    assert!(present, "the session survived the crash");
+    // A client that missed the PUBREC resends the PUBLISH (DUP): it is not processed again,
+    // even with a different payload (which would otherwise be a second document).
+    let mut resent = Publish::new("meter/1", rumqttc::QoS::ExactlyOnce, "reading 1, resent");
+    resent.pkid = 7;
+    resent.dup = true;
+    send_v4(&mut stream, Packet::Publish(resent)).await;
+    let mut buf = bytes::BytesMut::new();
+    match receive_v4(&mut stream, &mut buf).await {
+        Packet::PubRec(rec) => assert_eq!(rec.pkid, 7),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    send_v4(&mut stream, Packet::PubRel(PubRel::new(7))).await;
+    match receive_v4(&mut stream, &mut buf).await {
+        Packet::PubComp(comp) => assert_eq!(comp.pkid, 7),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // A publish after it is flushed with the same batch timing; once it is stored, anything
+    // the resend had caused would be too.
+    let mut later = Publish::new("meter/1", rumqttc::QoS::AtLeastOnce, "reading 2");
+    later.pkid = 8;
+    send_v4(&mut stream, Packet::Publish(later)).await;
+    match receive_v4(&mut stream, &mut buf).await {
+        Packet::PubAck(ack) => assert_eq!(ack.pkid, 8),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(node.count(&index).await, 2, "{}", bridge.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down_and_exits_zero_with_state_saved() {
+    let node = SearchNode::shared();
+    let (mut bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let (client, mut eventloop) = v5_client(port, &unique("it-pi-term"), Some(600));
+    assert!(
+        drive_v5(&mut eventloop, Duration::from_secs(10), is_v5_connack)
+            .await
+            .expect("connects")
+    );
+    client
+        .subscribe("cmd/#", v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    assert!(
+        drive_v5(&mut eventloop, Duration::from_secs(10), |e| matches!(
+            e,
+            v5::Event::Incoming(v5::Incoming::SubAck(_))
+        ))
+        .await
+        .expect("subscribes")
+    );
+    let pid = bridge.pid().expect("running");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let error = drive_v5(&mut eventloop, Duration::from_secs(30), |_| false)
+        .await
+        .expect_err("the broker closes the connection");
+    assert!(
+        format!("{error:?}").contains("ServerShuttingDown"),
+        "{error:?}\n{}",
+        bridge.logs()
+    );
+    let status = bridge.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", bridge.logs());
+    let logs = bridge.logs();
+    let saved = logs
+        .lines()
+        .rfind(|l| l.contains("broker state saved") && l.contains("retained="))
+        .unwrap_or_else(|| panic!("no final save:\n{logs}"));
+    assert!(saved.contains("sessions=1"), "{saved}");
+}

@@ -172,6 +172,11 @@ impl Bridge {
         self.broker_address().port()
     }
 
+    /// A file in the bridge's directory (its config, log and broker state live there).
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
     /// The process id, for tests that signal it themselves.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
