@@ -60,6 +60,19 @@ struct Sub {
 impl Sub {
     /// Starts `mosquitto_sub` against mqtt2es and returns once its SUBACK arrived.
     fn start(port: u16, args: &[&str]) -> Sub {
+        let mut sub = Sub::spawn(port, args);
+        while !sub.seen.iter().any(|l| l.contains("received SUBACK")) {
+            match sub.output.next() {
+                Some(line) => sub.seen.push(line.expect("read mosquitto_sub output")),
+                None => panic!("mosquitto_sub ended before its SUBACK: {:?}", sub.seen),
+            }
+        }
+        sub
+    }
+
+    /// Starts `mosquitto_sub` without waiting for anything (a resumed session may deliver
+    /// before the SUBACK, and `-C 1` may then end it before one).
+    fn spawn(port: u16, args: &[&str]) -> Sub {
         // stdbuf: mosquitto_sub buffers stdout in a pipe; each line is needed as it comes.
         let mut child = Command::new("stdbuf")
             .args([
@@ -76,18 +89,11 @@ impl Sub {
             .spawn()
             .expect("start mosquitto_sub (Debian package mosquitto-clients)");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut sub = Sub {
+        Sub {
             child,
             output: BufReader::new(stdout).lines(),
             seen: Vec::new(),
-        };
-        while !sub.seen.iter().any(|l| l.contains("received SUBACK")) {
-            match sub.output.next() {
-                Some(line) => sub.seen.push(line.expect("read mosquitto_sub output")),
-                None => panic!("mosquitto_sub ended before its SUBACK: {:?}", sub.seen),
-            }
         }
-        sub
     }
 
     /// Waits for it to end (`-C n` or `-W`) and returns every line it printed.
@@ -1095,4 +1101,122 @@ async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down_and_exits_zero_
         .rfind(|l| l.contains("broker state saved") && l.contains("retained="))
         .unwrap_or_else(|| panic!("no final save:\n{logs}"));
     assert!(saved.contains("sessions=1"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_subscriber_gets_what_was_published_while_it_was_offline() {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let client_id = unique("it-sub-offline");
+    // A persistent QoS 1 subscription (-c), then offline (-E: exit once subscribed).
+    let lines = Sub::start(
+        port,
+        &["-t", "cmd/#", "-q", "1", "-c", "-i", &client_id, "-E"],
+    )
+    .finish();
+    assert!(Sub::messages(&lines).is_empty(), "{lines:?}");
+
+    mosquitto_pub(
+        port,
+        &["-t", "cmd/pi-1", "-q", "1", "-m", "queued while offline"],
+    );
+    let lines = Sub::spawn(
+        port,
+        &[
+            "-t", "cmd/#", "-q", "1", "-c", "-i", &client_id, "-C", "1", "-v",
+        ],
+    )
+    .finish();
+    assert_eq!(
+        Sub::messages(&lines),
+        ["cmd/pi-1 queued while offline"],
+        "{lines:?}\n{}",
+        bridge.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mqtt5_client_exceeding_our_receive_maximum_is_disconnected_with_0x93() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use v5::mqttbytes::v5::{Connect, ConnectProperties, DisconnectReasonCode, Packet, Publish};
+    let node = SearchNode::shared();
+    let (bridge, port) =
+        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 5\n"));
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: unique("it-pi-greedy"),
+            clean_start: true,
+            properties: Some(ConnectProperties::new()),
+        },
+        None,
+        None,
+    )
+    .write(&mut out, None)
+    .expect("encode CONNECT");
+    // Twenty QoS 1 publishes in one burst: none can be durable before the sixth arrives.
+    for pkid in 1..=20 {
+        let mut publish = Publish::new(
+            "sensors/lab/pi-g/telemetry",
+            v5::mqttbytes::QoS::AtLeastOnce,
+            reading("pi-g", pkid as usize),
+            None,
+        );
+        publish.pkid = pkid;
+        Packet::Publish(publish)
+            .write(&mut out, None)
+            .expect("encode PUBLISH");
+    }
+    stream.write_all(&out).await.expect("send");
+
+    let mut buf = bytes::BytesMut::new();
+    let mut receive_max = None;
+    let reason = loop {
+        match Packet::read(&mut buf, None) {
+            Ok(Packet::ConnAck(ack)) => {
+                receive_max = ack.properties.and_then(|p| p.receive_max);
+            }
+            Ok(Packet::Disconnect(disconnect)) => break disconnect.reason_code,
+            Ok(_) => {}
+            Err(v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let read = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf))
+                    .await
+                    .expect("a reply")
+                    .expect("read");
+                assert!(read > 0, "closed without DISCONNECT:\n{}", bridge.logs());
+            }
+            Err(error) => panic!("undecodable: {error}"),
+        }
+    };
+    assert_eq!(receive_max, Some(5), "our receive maximum is advertised");
+    assert_eq!(reason, DisconnectReasonCode::ReceiveMaximumExceeded);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_beyond_max_connections_is_refused_at_connect() {
+    let node = SearchNode::shared();
+    let (bridge, port) =
+        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_connections: 2\n"));
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let (client, mut eventloop) = v4_client(port, &unique(&format!("it-pi-cap{n}")), true);
+        assert!(drive_v4(&mut eventloop, Duration::from_secs(10), is_v4_connack).await);
+        held.push((client, eventloop));
+    }
+    let (_client, mut eventloop) = v4_client(port, &unique("it-pi-cap-extra"), true);
+    let error = eventloop.poll().await.expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::ServiceUnavailable
+            )
+        ),
+        "{error:?}\n{}",
+        bridge.logs()
+    );
 }
