@@ -1220,3 +1220,136 @@ async fn a_connection_beyond_max_connections_is_refused_at_connect() {
         bridge.logs()
     );
 }
+
+/// Sends `packets` (after an MQTT 5 CONNECT) in one burst and collects the replies until the
+/// server sends DISCONNECT, closes, or `until` is satisfied.
+async fn raw_v5_session(
+    port: u16,
+    packets: Vec<v5::mqttbytes::v5::Packet>,
+    mut until: impl FnMut(&v5::mqttbytes::v5::Packet) -> bool,
+) -> Vec<v5::mqttbytes::v5::Packet> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use v5::mqttbytes::v5::{Connect, ConnectProperties, Packet};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut out = bytes::BytesMut::new();
+    let connect = Connect {
+        keep_alive: 30,
+        client_id: unique("it-raw5"),
+        clean_start: true,
+        properties: Some(ConnectProperties::new()),
+    };
+    Packet::Connect(connect, None, None)
+        .write(&mut out, None)
+        .expect("encode CONNECT");
+    for packet in packets {
+        packet.write(&mut out, None).expect("encode");
+    }
+    stream.write_all(&out).await.expect("send");
+    let mut buf = bytes::BytesMut::new();
+    let mut replies = Vec::new();
+    loop {
+        match Packet::read(&mut buf, None) {
+            Ok(packet) => {
+                let last = matches!(packet, Packet::Disconnect(_)) || until(&packet);
+                replies.push(packet);
+                if last {
+                    return replies;
+                }
+            }
+            Err(v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let read = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf))
+                    .await
+                    .expect("a reply within 30 s")
+                    .expect("read");
+                if read == 0 {
+                    return replies;
+                }
+            }
+            Err(error) => panic!("undecodable reply: {error}"),
+        }
+    }
+}
+
+fn v5_publish(
+    topic: &str,
+    pkid: u16,
+    payload: &str,
+    alias: Option<u16>,
+) -> v5::mqttbytes::v5::Packet {
+    let properties = alias.map(|alias| v5::mqttbytes::v5::PublishProperties {
+        topic_alias: Some(alias),
+        ..Default::default()
+    });
+    let mut publish = v5::mqttbytes::v5::Publish::new(
+        topic,
+        v5::mqttbytes::QoS::AtLeastOnce,
+        payload.to_owned(),
+        properties,
+    );
+    publish.pkid = pkid;
+    v5::mqttbytes::v5::Packet::Publish(publish)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mqtt5_topic_alias_names_the_topic_of_later_publishes() {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let replies = raw_v5_session(
+        port,
+        vec![
+            v5_publish(
+                "sensors/lab/pi-alias/telemetry",
+                1,
+                &reading("pi-alias", 1),
+                Some(3),
+            ),
+            v5_publish("", 2, &reading("pi-alias", 2), Some(3)),
+        ],
+        |p| matches!(p, v5::mqttbytes::v5::Packet::PubAck(ack) if ack.pkid == 2),
+    )
+    .await;
+    let acks = replies
+        .iter()
+        .filter(|p| matches!(p, v5::mqttbytes::v5::Packet::PubAck(_)))
+        .count();
+    assert_eq!(acks, 2, "{replies:?}\n{}", bridge.logs());
+    let index = readings_index(&bridge);
+    assert_eq!(node.count(&index).await, 2);
+    let devices = node
+        .search(
+            &index,
+            json!({"query": {"term": {"device.keyword": "pi-alias"}}}),
+        )
+        .await;
+    assert_eq!(devices["hits"]["total"]["value"], 2, "{devices}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_packet_over_max_packet_bytes_closes_that_connection_with_0x95() {
+    let node = SearchNode::shared();
+    let mut spec = BridgeSpec::embedded(&node.url()).broker_lines("  max_packet_bytes: 2048\n");
+    spec.extra = "pipelines:\n  max_payload_bytes: 1024\n".into();
+    let (bridge, port) = start(spec);
+    let replies = raw_v5_session(
+        port,
+        vec![v5_publish("big/one", 1, &"x".repeat(4096), None)],
+        |_| false,
+    )
+    .await;
+    assert!(
+        matches!(
+            replies.last(),
+            Some(v5::mqttbytes::v5::Packet::Disconnect(d))
+                if d.reason_code == v5::mqttbytes::v5::DisconnectReasonCode::PacketTooLarge
+        ),
+        "{replies:?}\n{}",
+        bridge.logs()
+    );
+    assert!(
+        bridge.logs().contains("exceeds the maximum of 2048"),
+        "{}",
+        bridge.logs()
+    );
+}
