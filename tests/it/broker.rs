@@ -1353,3 +1353,79 @@ async fn a_packet_over_max_packet_bytes_closes_that_connection_with_0x95() {
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_search_node_is_down_acknowledges_nothing_and_the_resend_after_restart_is_stored_once()
+ {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut node = SearchNode::start_private();
+    let port = crate::support::free_port();
+    let (mut bridge, _) =
+        start(BridgeSpec::embedded(&node.url()).bind(format!("127.0.0.1:{port}")));
+    let index = readings_index(&bridge);
+    node.stop();
+
+    const READINGS: usize = 5;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let device = {
+        let acked = Arc::clone(&acked);
+        tokio::spawn(async move {
+            let mut options =
+                rumqttc::MqttOptions::new(unique("it-pi-term-down"), "127.0.0.1", port);
+            options.set_clean_session(false).set_inflight(10);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 20);
+            for seq in 0..READINGS {
+                client
+                    .publish(
+                        "sensors/lab/pi-td/telemetry",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        reading("pi-td", seq),
+                    )
+                    .await
+                    .expect("queue publish");
+            }
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while acked.load(Ordering::SeqCst) < READINGS && Instant::now() < deadline {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    // The publishes reach mqtt2es and wait on the search node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bridge.logs().contains("client connected") {
+        assert!(Instant::now() < deadline, "{}", bridge.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = bridge.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{}", bridge.logs());
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        0,
+        "acknowledged while nothing was stored:\n{}",
+        bridge.logs()
+    );
+    assert!(
+        bridge.logs().contains("grace period over"),
+        "{}",
+        bridge.logs()
+    );
+
+    node.start();
+    bridge.restart();
+    device.await.expect("device task");
+    assert_eq!(acked.load(Ordering::SeqCst), READINGS, "{}", bridge.logs());
+    assert_eq!(
+        node.count(&index).await,
+        READINGS as u64,
+        "{}",
+        bridge.logs()
+    );
+}

@@ -65,12 +65,6 @@ impl BridgeSpec {
         self
     }
 
-    /// An environment variable for the process (`MQTT2ES_…` overrides, `RUST_LOG`).
-    pub fn env_var(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
     /// Extra lines for the `broker:` section, each indented by two spaces.
     pub fn broker_lines(mut self, lines: &str) -> Self {
         if let Some(broker) = &mut self.broker {
