@@ -435,3 +435,133 @@ impl Default for Registry {
         Registry::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(connection: u64) -> (Attached, mpsc::Receiver<Delivery>) {
+        let (deliver, deliveries) = mpsc::channel(8);
+        (
+            Attached {
+                connection,
+                deliver,
+                kick: CancellationToken::new(),
+                done: CancellationToken::new(),
+            },
+            deliveries,
+        )
+    }
+
+    fn message(topic: &str, qos: QoS) -> Delivery {
+        Delivery {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            user_properties: Arc::from(Vec::new()),
+        }
+    }
+
+    fn subscribe(registry: &Registry, client_id: &str, filter: &str) {
+        registry.subscribe(
+            client_id,
+            vec![Subscription {
+                filter: TopicFilter::parse(filter).expect("filter"),
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+            }],
+        );
+    }
+
+    #[test]
+    fn a_clean_session_is_gone_once_its_connection_ends() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        assert!(!registry.attach("pi", true, 0, a).session_present);
+        registry.detach("pi", 1, 0, Vec::new());
+        assert_eq!(registry.session_count(), 0);
+    }
+
+    #[test]
+    fn a_persistent_session_queues_qos1_while_offline_and_hands_it_over_on_reconnect() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, u32::MAX, a);
+        subscribe(&registry, "pi", "cmd/#");
+        registry.detach("pi", 1, u32::MAX, Vec::new());
+
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
+
+        let (b, _rx) = attached(2);
+        let resumed = registry.attach("pi", false, u32::MAX, b);
+        assert!(resumed.session_present);
+        let topics: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();
+        assert_eq!(
+            topics,
+            ["cmd/reboot"],
+            "QoS 0 is not queued for the offline"
+        );
+    }
+
+    #[test]
+    fn a_live_subscriber_gets_one_copy_on_its_channel() {
+        let registry = Registry::new();
+        let (a, mut rx) = attached(1);
+        registry.attach("sub", true, 0, a);
+        subscribe(&registry, "sub", "test/#");
+        subscribe(&registry, "sub", "test/+");
+        registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
+        assert_eq!(&*rx.try_recv().expect("one delivery").topic, "test/a");
+        assert!(rx.try_recv().is_err(), "only one copy");
+    }
+
+    #[test]
+    fn the_old_connection_of_a_taken_over_session_cannot_detach_the_new_one() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, 60, a.clone());
+        registry.kick("pi").expect("attached");
+        assert!(a.kick.is_cancelled());
+        let (b, _rx) = attached(2);
+        registry.attach("pi", false, 60, b);
+        // The old connection hands back late: it no longer owns the session.
+        registry.detach("pi", 1, 0, Vec::new());
+        assert!(registry.is_attached("pi"));
+    }
+
+    #[test]
+    fn a_session_past_its_expiry_is_purged_and_one_within_it_is_kept() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("short", false, 1, a);
+        let (b, _rx) = attached(2);
+        registry.attach("long", false, 3600, b);
+        registry.detach("short", 1, 1, Vec::new());
+        registry.detach("long", 2, 3600, Vec::new());
+        if let Some(session) = registry.lock().sessions.get_mut("short") {
+            session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
+        }
+        assert_eq!(registry.purge_expired(), 1);
+        assert!(
+            registry
+                .snapshot()
+                .sessions
+                .iter()
+                .any(|s| s.client_id == "long")
+        );
+    }
+
+    #[test]
+    fn qos2_packet_ids_await_pubrel_until_released() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, 60, a);
+        registry.await_pubrel("pi", 7);
+        assert!(registry.is_awaiting_pubrel("pi", 7));
+        assert_eq!(registry.snapshot().sessions[0].awaiting_pubrel, vec![7]);
+        registry.release("pi", 7);
+        assert!(!registry.is_awaiting_pubrel("pi", 7));
+    }
+}
