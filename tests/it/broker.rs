@@ -1429,3 +1429,68 @@ async fn sigterm_while_the_search_node_is_down_acknowledges_nothing_and_the_rese
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mqtt5_will_delay_holds_the_will_back_while_the_device_reconnects_in_time() {
+    let node = SearchNode::shared();
+    let (mut bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let sub = Sub::start(port, &["-t", "devices/+/status", "-v", "-C", "1"]);
+    let client_id = unique("it-pi-delay");
+    let will = |payload: &str, delay_s: u32| {
+        v5::mqttbytes::v5::LastWill::new(
+            "devices/pi-d/status",
+            payload.to_owned(),
+            v5::mqttbytes::QoS::AtMostOnce,
+            false,
+            Some(v5::mqttbytes::v5::LastWillProperties {
+                delay_interval: Some(delay_s),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            }),
+        )
+    };
+    let connect = |will: v5::mqttbytes::v5::LastWill| {
+        let mut options = v5::MqttOptions::new(client_id.clone(), "127.0.0.1", port);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(600))
+            .set_last_will(will);
+        v5::AsyncClient::new(options, 10)
+    };
+
+    // Drops off with a 3 s will delay and is back within it: that will is never published.
+    let (first, mut first_loop) = connect(will("flaky link", 3));
+    assert!(
+        drive_v5(&mut first_loop, Duration::from_secs(10), is_v5_connack)
+            .await
+            .expect("up")
+    );
+    drop(first_loop);
+    drop(first);
+    let (second, mut second_loop) = connect(will("offline for good", 0));
+    assert!(
+        drive_v5(&mut second_loop, Duration::from_secs(10), is_v5_connack)
+            .await
+            .expect("up")
+    );
+    bridge.wait_for_log(
+        "reconnected within its will delay",
+        1,
+        Duration::from_secs(10),
+    );
+    // Now it drops off for good, with no delay: that will is published.
+    drop(second_loop);
+    drop(second);
+
+    let lines = sub.finish();
+    assert_eq!(
+        Sub::messages(&lines),
+        ["devices/pi-d/status offline for good"],
+        "{lines:?}\n{}",
+        bridge.logs()
+    );
+}
