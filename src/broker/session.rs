@@ -7,7 +7,7 @@
 //! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
 //! next to the pipeline and keeps takeover, fan-out and persistence trivially consistent.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -87,7 +87,24 @@ pub struct Resumed {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Session>,
+    /// The client ids whose sessions have subscriptions: fan-out walks these only, so a fleet
+    /// of publish-only devices costs nothing per message.
+    subscribers: HashSet<String>,
     retained: Retained,
+}
+
+impl Inner {
+    /// Keeps `subscribers` true for `client_id` after its session changed or went away.
+    fn reindex(&mut self, client_id: &str) {
+        match self.sessions.get(client_id) {
+            Some(session) if !session.subscriptions.is_empty() => {
+                self.subscribers.insert(client_id.to_owned());
+            }
+            _ => {
+                self.subscribers.remove(client_id);
+            }
+        }
+    }
 }
 
 pub struct Registry {
@@ -143,7 +160,8 @@ impl Registry {
                     attached: None,
                 };
                 if !session.expired(now) {
-                    inner.sessions.insert(saved.client_id, session);
+                    inner.sessions.insert(saved.client_id.clone(), session);
+                    inner.reindex(&saved.client_id);
                 }
             }
             for message in state.retained {
@@ -199,6 +217,7 @@ impl Registry {
         let mut inner = self.lock();
         if clean_start {
             inner.sessions.remove(client_id);
+            inner.reindex(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
@@ -227,6 +246,7 @@ impl Registry {
         session.attached = None;
         if expiry_s == 0 {
             inner.sessions.remove(client_id);
+            inner.reindex(client_id);
         } else {
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
@@ -288,6 +308,7 @@ impl Registry {
             };
             result.push((existed, retained));
         }
+        inner.reindex(client_id);
         self.touch();
         result
     }
@@ -307,6 +328,7 @@ impl Registry {
                 session.subscriptions.len() != before
             })
             .collect();
+        inner.reindex(client_id);
         drop(inner);
         self.touch();
         existed
@@ -322,10 +344,15 @@ impl Registry {
             self.touch();
         }
         let mut dropped = Vec::new();
-        for (client_id, session) in inner.sessions.iter_mut() {
-            if session.subscriptions.is_empty() {
+        let Inner {
+            sessions,
+            subscribers,
+            ..
+        } = &mut *inner;
+        for client_id in subscribers.iter() {
+            let Some(session) = sessions.get_mut(client_id) else {
                 continue;
-            }
+            };
             let own = client_id == publisher;
             let Some(qos) =
                 router::delivery_qos(&session.subscriptions, &message.topic, message.qos, own)
@@ -401,6 +428,12 @@ impl Registry {
         let before = inner.sessions.len();
         inner.sessions.retain(|_, s| !s.expired(now));
         let purged = before - inner.sessions.len();
+        let Inner {
+            sessions,
+            subscribers,
+            ..
+        } = &mut *inner;
+        subscribers.retain(|id| sessions.contains_key(id));
         drop(inner);
         if purged > 0 {
             self.touch();
@@ -551,6 +584,39 @@ mod tests {
                 .iter()
                 .any(|s| s.client_id == "long")
         );
+    }
+
+    #[test]
+    fn a_subscriber_restored_from_disk_queues_what_is_published_before_it_reconnects() {
+        let state = State {
+            sessions: vec![store::SavedSession {
+                client_id: "pi".into(),
+                subscriptions: vec![store::SavedSubscription {
+                    filter: "cmd/#".into(),
+                    qos: 1,
+                    no_local: false,
+                }],
+                expiry_s: u32::MAX,
+                awaiting_pubrel: Vec::new(),
+                disconnected_at: None,
+            }],
+            retained: Vec::new(),
+        };
+        let registry = Registry::restore(state);
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        let (a, _rx) = attached(1);
+        assert_eq!(registry.attach("pi", false, u32::MAX, a).queued.len(), 1);
+    }
+
+    #[test]
+    fn after_its_last_unsubscribe_a_session_gets_nothing() {
+        let registry = Registry::new();
+        let (a, mut rx) = attached(1);
+        registry.attach("sub", true, 0, a);
+        subscribe(&registry, "sub", "test/#");
+        assert_eq!(registry.unsubscribe("sub", &["test/#".into()]), [true]);
+        registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
