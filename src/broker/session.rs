@@ -1,0 +1,633 @@
+//! Sessions and the registry that holds them: which client ids have a session, what each is
+//! subscribed to, when it expires, which QoS 2 packet ids await PUBREL, what is queued for it
+//! while it is offline, and which connection (if any) owns it now. The retained store lives
+//! here too, because a retained publish and the fan-out it causes must be one step.
+//!
+//! One `std::sync::Mutex` over everything, held only for map work and never across an await:
+//! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
+//! next to the pipeline and keeps takeover, fan-out and persistence trivially consistent.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::retained::Retained;
+use super::router;
+use super::store::{self, State};
+use crate::record::QoS;
+use crate::topic::TopicFilter;
+
+/// Messages kept for a disconnected persistent session (QoS 1 and 2 only). Beyond this the
+/// oldest are dropped with a counted warning, as Mosquitto's `max_queued_messages` does.
+pub const MAX_QUEUED: usize = 1000;
+
+/// A message on its way to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub user_properties: Arc<[(String, String)]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub filter: TopicFilter,
+    pub qos: QoS,
+    pub no_local: bool,
+}
+
+/// The connection that owns a session now.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub connection: u64,
+    pub deliver: mpsc::Sender<Delivery>,
+    /// Cancelled to take the session over: the connection says goodbye and ends.
+    pub kick: CancellationToken,
+    /// Cancelled by the connection once it has handed the session back.
+    pub done: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct Session {
+    pub subscriptions: Vec<Subscription>,
+    /// Seconds the session outlives its connection; `u32::MAX` means forever (3.1.1).
+    pub expiry_s: u32,
+    pub awaiting_pubrel: BTreeSet<u16>,
+    pub queued: VecDeque<Delivery>,
+    pub disconnected_at: Option<SystemTime>,
+    pub attached: Option<Attached>,
+}
+
+impl Session {
+    fn expired(&self, now: SystemTime) -> bool {
+        match (self.attached.is_some(), self.disconnected_at) {
+            (false, Some(at)) if self.expiry_s != u32::MAX => {
+                at + Duration::from_secs(u64::from(self.expiry_s)) <= now
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a new connection finds.
+pub struct Resumed {
+    pub session_present: bool,
+    /// Messages queued while it was away, to send first.
+    pub queued: Vec<Delivery>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, Session>,
+    /// The client ids whose sessions have subscriptions: fan-out walks these only, so a fleet
+    /// of publish-only devices costs nothing per message.
+    subscribers: HashSet<String>,
+    retained: Retained,
+}
+
+impl Inner {
+    /// Keeps `subscribers` true for `client_id` after its session changed or went away.
+    fn reindex(&mut self, client_id: &str) {
+        match self.sessions.get(client_id) {
+            Some(session) if !session.subscriptions.is_empty() => {
+                self.subscribers.insert(client_id.to_owned());
+            }
+            _ => {
+                self.subscribers.remove(client_id);
+            }
+        }
+    }
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Bumped on every change worth persisting; the store task writes when it moved.
+    version: AtomicU64,
+    changed: Notify,
+    next_connection: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            version: AtomicU64::new(0),
+            changed: Notify::new(),
+            next_connection: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Sessions and retained messages as persisted by an earlier run. Sessions that were
+    /// connected when it stopped count as disconnected now, so their expiry starts over.
+    pub fn restore(state: State) -> Registry {
+        let registry = Registry::new();
+        {
+            let mut inner = registry.lock();
+            let now = SystemTime::now();
+            for saved in state.sessions {
+                let subscriptions = saved
+                    .subscriptions
+                    .iter()
+                    .filter_map(|s| {
+                        Some(Subscription {
+                            filter: TopicFilter::parse(&s.filter).ok()?,
+                            qos: store::qos(s.qos),
+                            no_local: s.no_local,
+                        })
+                    })
+                    .collect();
+                let session = Session {
+                    subscriptions,
+                    expiry_s: saved.expiry_s,
+                    awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
+                    queued: VecDeque::new(),
+                    disconnected_at: Some(
+                        saved
+                            .disconnected_at
+                            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                            .unwrap_or(now),
+                    ),
+                    attached: None,
+                };
+                if !session.expired(now) {
+                    inner.sessions.insert(saved.client_id.clone(), session);
+                    inner.reindex(&saved.client_id);
+                }
+            }
+            for message in state.retained {
+                if let Some(delivery) = message.into_delivery() {
+                    inner.retained.update(&delivery);
+                }
+            }
+        }
+        registry
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way later
+        // readers would misread (every update is a single insert/remove), so keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn touch(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tells the connection that holds `client_id` to go; returns what to await until it has.
+    pub fn kick(&self, client_id: &str) -> Option<CancellationToken> {
+        let inner = self.lock();
+        let attached = inner.sessions.get(client_id)?.attached.as_ref()?;
+        attached.kick.cancel();
+        Some(attached.done.clone())
+    }
+
+    /// Gives `client_id`'s session to a new connection, after any old one was kicked.
+    pub fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_s: u32,
+        attached: Attached,
+    ) -> Resumed {
+        let mut inner = self.lock();
+        if clean_start {
+            inner.sessions.remove(client_id);
+            inner.reindex(client_id);
+        }
+        let session_present = inner.sessions.contains_key(client_id);
+        let session = inner.sessions.entry(client_id.to_owned()).or_default();
+        session.expiry_s = expiry_s;
+        session.disconnected_at = None;
+        session.attached = Some(attached);
+        let queued = session.queued.drain(..).collect();
+        drop(inner);
+        self.touch();
+        Resumed {
+            session_present,
+            queued,
+        }
+    }
+
+    /// Hands the session back when `connection` ends: kept with its queue if it has an expiry,
+    /// otherwise removed. A connection that was taken over no longer owns it and changes nothing.
+    pub fn detach(&self, client_id: &str, connection: u64, expiry_s: u32, unsent: Vec<Delivery>) {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.attached.as_ref().map(|a| a.connection) != Some(connection) {
+            return;
+        }
+        session.attached = None;
+        if expiry_s == 0 {
+            inner.sessions.remove(client_id);
+            inner.reindex(client_id);
+        } else {
+            session.expiry_s = expiry_s;
+            session.disconnected_at = Some(SystemTime::now());
+            for delivery in unsent.into_iter().filter(|d| d.qos > QoS::AtMostOnce) {
+                session.queued.push_back(delivery);
+            }
+            while session.queued.len() > MAX_QUEUED {
+                session.queued.pop_front();
+                self.count_dropped(client_id);
+            }
+        }
+        drop(inner);
+        self.touch();
+    }
+
+    /// Whether `connection` still owns the session (a delayed will checks this).
+    pub fn is_attached(&self, client_id: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.attached.is_some())
+    }
+
+    /// Adds or replaces subscriptions; returns, per filter, whether it existed before, and the
+    /// retained messages to deliver for it (already capped at the granted QoS).
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        subscriptions: Vec<Subscription>,
+    ) -> Vec<(bool, Vec<Delivery>)> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        let mut result = Vec::with_capacity(subscriptions.len());
+        for subscription in subscriptions {
+            let retained = inner
+                .retained
+                .matching(&subscription.filter)
+                .map(|m| Delivery {
+                    qos: m.qos.min(subscription.qos),
+                    ..m.clone()
+                })
+                .collect();
+            let existing = session
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.filter.as_str() == subscription.filter.as_str());
+            let existed = match existing {
+                Some(slot) => {
+                    *slot = subscription;
+                    true
+                }
+                None => {
+                    session.subscriptions.push(subscription);
+                    false
+                }
+            };
+            result.push((existed, retained));
+        }
+        inner.reindex(client_id);
+        self.touch();
+        result
+    }
+
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return vec![false; filters.len()];
+        };
+        let existed = filters
+            .iter()
+            .map(|filter| {
+                let before = session.subscriptions.len();
+                session
+                    .subscriptions
+                    .retain(|s| s.filter.as_str() != filter);
+                session.subscriptions.len() != before
+            })
+            .collect();
+        inner.reindex(client_id);
+        drop(inner);
+        self.touch();
+        existed
+    }
+
+    /// Updates the retained store and fans `message` out to every matching session: live
+    /// connections get it on their channel (dropped with a count if a subscriber lags that
+    /// far behind), offline persistent sessions queue QoS 1/2 messages.
+    pub fn publish(&self, publisher: &str, message: &Delivery) {
+        let mut inner = self.lock();
+        if message.retain {
+            inner.retained.update(message);
+            self.touch();
+        }
+        let mut dropped = Vec::new();
+        let Inner {
+            sessions,
+            subscribers,
+            ..
+        } = &mut *inner;
+        for client_id in subscribers.iter() {
+            let Some(session) = sessions.get_mut(client_id) else {
+                continue;
+            };
+            let own = client_id == publisher;
+            let Some(qos) =
+                router::delivery_qos(&session.subscriptions, &message.topic, message.qos, own)
+            else {
+                continue;
+            };
+            // Live deliveries carry retain = false (MQTT 3.1.1 §3.3.1.3; 5 without
+            // retain-as-published): the flag tells a subscriber "this is old news".
+            let delivery = Delivery {
+                qos,
+                retain: false,
+                ..message.clone()
+            };
+            if let Some(attached) = &session.attached {
+                if attached.deliver.try_send(delivery).is_err() {
+                    dropped.push(client_id.clone());
+                }
+            } else if qos > QoS::AtMostOnce {
+                session.queued.push_back(delivery);
+                if session.queued.len() > MAX_QUEUED {
+                    session.queued.pop_front();
+                    dropped.push(client_id.clone());
+                }
+            }
+        }
+        drop(inner);
+        for client_id in dropped {
+            self.count_dropped(&client_id);
+        }
+    }
+
+    fn count_dropped(&self, client_id: &str) {
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if total == 1 || total.is_power_of_two() {
+            warn!(
+                client_id,
+                dropped_total = total,
+                "a subscriber lags behind: messages for it were dropped"
+            );
+        }
+    }
+
+    /// A PUBREC went out for `pkid`: until its PUBREL, a resent PUBLISH with that id is not new.
+    pub fn await_pubrel(&self, client_id: &str, pkid: u16) {
+        if let Some(session) = self.lock().sessions.get_mut(client_id) {
+            session.awaiting_pubrel.insert(pkid);
+        }
+        self.touch();
+    }
+
+    pub fn is_awaiting_pubrel(&self, client_id: &str, pkid: u16) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.awaiting_pubrel.contains(&pkid))
+    }
+
+    pub fn release(&self, client_id: &str, pkid: u16) {
+        let removed = self
+            .lock()
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.awaiting_pubrel.remove(&pkid));
+        if removed {
+            self.touch();
+        }
+    }
+
+    /// Removes expired disconnected sessions; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        let before = inner.sessions.len();
+        inner.sessions.retain(|_, s| !s.expired(now));
+        let purged = before - inner.sessions.len();
+        let Inner {
+            sessions,
+            subscribers,
+            ..
+        } = &mut *inner;
+        subscribers.retain(|id| sessions.contains_key(id));
+        drop(inner);
+        if purged > 0 {
+            self.touch();
+        }
+        purged
+    }
+
+    /// What survives a restart: sessions that outlive their connection, and retained messages.
+    pub fn snapshot(&self) -> State {
+        let inner = self.lock();
+        State::capture(
+            inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.expiry_s > 0)
+                .map(|(id, s)| (id.as_str(), s)),
+            inner.retained.iter(),
+        )
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.lock().retained.len()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(connection: u64) -> (Attached, mpsc::Receiver<Delivery>) {
+        let (deliver, deliveries) = mpsc::channel(8);
+        (
+            Attached {
+                connection,
+                deliver,
+                kick: CancellationToken::new(),
+                done: CancellationToken::new(),
+            },
+            deliveries,
+        )
+    }
+
+    fn message(topic: &str, qos: QoS) -> Delivery {
+        Delivery {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            user_properties: Arc::from(Vec::new()),
+        }
+    }
+
+    fn subscribe(registry: &Registry, client_id: &str, filter: &str) {
+        registry.subscribe(
+            client_id,
+            vec![Subscription {
+                filter: TopicFilter::parse(filter).expect("filter"),
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+            }],
+        );
+    }
+
+    #[test]
+    fn a_clean_session_is_gone_once_its_connection_ends() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        assert!(!registry.attach("pi", true, 0, a).session_present);
+        registry.detach("pi", 1, 0, Vec::new());
+        assert_eq!(registry.session_count(), 0);
+    }
+
+    #[test]
+    fn a_persistent_session_queues_qos1_while_offline_and_hands_it_over_on_reconnect() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, u32::MAX, a);
+        subscribe(&registry, "pi", "cmd/#");
+        registry.detach("pi", 1, u32::MAX, Vec::new());
+
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
+
+        let (b, _rx) = attached(2);
+        let resumed = registry.attach("pi", false, u32::MAX, b);
+        assert!(resumed.session_present);
+        let topics: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();
+        assert_eq!(
+            topics,
+            ["cmd/reboot"],
+            "QoS 0 is not queued for the offline"
+        );
+    }
+
+    #[test]
+    fn a_live_subscriber_gets_one_copy_on_its_channel() {
+        let registry = Registry::new();
+        let (a, mut rx) = attached(1);
+        registry.attach("sub", true, 0, a);
+        subscribe(&registry, "sub", "test/#");
+        subscribe(&registry, "sub", "test/+");
+        registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
+        assert_eq!(&*rx.try_recv().expect("one delivery").topic, "test/a");
+        assert!(rx.try_recv().is_err(), "only one copy");
+    }
+
+    #[test]
+    fn the_old_connection_of_a_taken_over_session_cannot_detach_the_new_one() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, 60, a.clone());
+        registry.kick("pi").expect("attached");
+        assert!(a.kick.is_cancelled());
+        let (b, _rx) = attached(2);
+        registry.attach("pi", false, 60, b);
+        // The old connection hands back late: it no longer owns the session.
+        registry.detach("pi", 1, 0, Vec::new());
+        assert!(registry.is_attached("pi"));
+    }
+
+    #[test]
+    fn a_session_past_its_expiry_is_purged_and_one_within_it_is_kept() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("short", false, 1, a);
+        let (b, _rx) = attached(2);
+        registry.attach("long", false, 3600, b);
+        registry.detach("short", 1, 1, Vec::new());
+        registry.detach("long", 2, 3600, Vec::new());
+        if let Some(session) = registry.lock().sessions.get_mut("short") {
+            session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
+        }
+        assert_eq!(registry.purge_expired(), 1);
+        assert!(
+            registry
+                .snapshot()
+                .sessions
+                .iter()
+                .any(|s| s.client_id == "long")
+        );
+    }
+
+    #[test]
+    fn a_subscriber_restored_from_disk_queues_what_is_published_before_it_reconnects() {
+        let state = State {
+            sessions: vec![store::SavedSession {
+                client_id: "pi".into(),
+                subscriptions: vec![store::SavedSubscription {
+                    filter: "cmd/#".into(),
+                    qos: 1,
+                    no_local: false,
+                }],
+                expiry_s: u32::MAX,
+                awaiting_pubrel: Vec::new(),
+                disconnected_at: None,
+            }],
+            retained: Vec::new(),
+        };
+        let registry = Registry::restore(state);
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        let (a, _rx) = attached(1);
+        assert_eq!(registry.attach("pi", false, u32::MAX, a).queued.len(), 1);
+    }
+
+    #[test]
+    fn after_its_last_unsubscribe_a_session_gets_nothing() {
+        let registry = Registry::new();
+        let (a, mut rx) = attached(1);
+        registry.attach("sub", true, 0, a);
+        subscribe(&registry, "sub", "test/#");
+        assert_eq!(registry.unsubscribe("sub", &["test/#".into()]), [true]);
+        registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn qos2_packet_ids_await_pubrel_until_released() {
+        let registry = Registry::new();
+        let (a, _rx) = attached(1);
+        registry.attach("pi", false, 60, a);
+        registry.await_pubrel("pi", 7);
+        assert!(registry.is_awaiting_pubrel("pi", 7));
+        assert_eq!(registry.snapshot().sessions[0].awaiting_pubrel, vec![7]);
+        registry.release("pi", 7);
+        assert!(!registry.is_awaiting_pubrel("pi", 7));
+    }
+}
