@@ -280,11 +280,11 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
                 elasticsearch = %config.elasticsearch.url,
                 "mqtt2es starting with the embedded broker"
             );
-            Source::Broker(
-                Broker::start(&config.broker)
-                    .await
-                    .context("starting the embedded broker")?,
-            )
+            let broker = Broker::start(&config.broker)
+                .await
+                .context("starting the embedded broker")?;
+            metrics::broker_listening(true);
+            Source::Broker(broker)
         }
     };
 

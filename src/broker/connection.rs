@@ -35,6 +35,7 @@ use super::codec::{
 use super::listener::{Accepted, Stream};
 use super::session::{Attached, Delivery, Registry, Subscription};
 use crate::acks::AckQueue;
+use crate::metrics;
 use crate::record::{Ack, Message, QoS, Record, Settled, Settlement};
 use crate::topic::TopicFilter;
 
@@ -179,6 +180,8 @@ pub async fn serve(
     };
     let live = context.live.fetch_add(1, Ordering::Relaxed) + 1;
     let _live = Live(&context.live);
+    // Counted for /metrics and the shipped documents while this connection lasts.
+    let _connected = metrics::connected(metrics::Source::Broker);
     let mut out = Outbound::new(writer, connect.version);
     if live > limits.max_connections {
         warn!(%peer, client_id = %connect.client_id, max_connections = limits.max_connections, "connection refused: too many connections");
@@ -671,6 +674,7 @@ impl Connection {
                 Ack::new(settle_to.clone(), token)
             }
         };
+        metrics::message_in(metrics::Source::Broker);
         let record = Record {
             message: Message {
                 topic,
@@ -955,6 +959,7 @@ fn publish_will(
                 user_properties,
             },
         );
+        metrics::message_in(metrics::Source::Broker);
         let record = Record {
             message: Message {
                 topic: will.topic,

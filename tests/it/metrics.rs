@@ -333,3 +333,66 @@ async fn shipped_metrics_documents_carry_the_schema_fields_and_add_up_to_the_sto
         assert!(avg >= 0.0 && max >= avg, "{latency} in {busy}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_broker_mode_readyz_says_ready_and_metrics_count_connected_devices_and_their_messages() {
+    let node = SearchNode::shared();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url()).pipeline("readings.yaml", readings_pipeline()),
+    );
+    let port = bridge.broker_port();
+    let address = bridge.metrics_address();
+    let body = wait_for_readyz(address, 200, Duration::from_secs(30)).await;
+    assert!(body.contains("ready"), "{body}");
+
+    // A subscriber that stays connected is one connected client.
+    let mut subscriber = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "sensors/#",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
+    wait_for_samples(
+        address,
+        &[(r#"mqtt2es_connected_clients{source="broker"}"#, 1.0)],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let sent = publish_lines_qos1(
+        port,
+        "sensors/lab/pi-01/telemetry",
+        &readings("pi-01", 0, 4),
+    );
+    assert_eq!(sent, 4);
+    let index = format!("{}readings", bridge.prefix());
+    assert_eq!(
+        wait_for_count(node, &index, 4, Duration::from_secs(30)).await,
+        4
+    );
+    wait_for_samples(
+        address,
+        &[
+            (r#"mqtt2es_messages_in_total{source="broker"}"#, 4.0),
+            (r#"mqtt2es_connected_clients{source="broker"}"#, 1.0),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    wait_for_samples(
+        address,
+        &[(r#"mqtt2es_connected_clients{source="broker"}"#, 0.0)],
+        Duration::from_secs(30),
+    )
+    .await;
+}
