@@ -77,6 +77,17 @@ impl BrokerSettings {
         for listener in &self.listeners {
             listener.check()?;
         }
+        if !self.auth.allow_anonymous
+            && self.auth.password_file.is_none()
+            && self.auth.jwt.is_none()
+        {
+            return Err(ConfigError::Key {
+                key: "broker.auth",
+                message:
+                    "no client could connect: set allow_anonymous: true, a password_file or jwt"
+                        .into(),
+            });
+        }
         self.auth.check()
     }
 
