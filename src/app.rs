@@ -1,15 +1,16 @@
 //! Wires the edges together and owns startup and the shutdown order.
 //!
 //! ```text
-//! upstream ──Record──► process ──Routed──► sink ──► Elasticsearch
-//!     ▲                                      │
-//!     └──────── Settled (ack in order) ◄─────┘
+//! broker or upstream ──Record──► process ──Routed──► sink ──► Elasticsearch
+//!         ▲                                            │
+//!         └──────────── Settled (ack in order) ◄───────┘
 //! ```
-//! Shutdown flows downstream: a signal stops intake at the upstream connections, which drop
-//! their record senders; the processor drains and drops its sender; the sink flushes and
-//! returns. Acks settle along the way and the connections send them before disconnecting. If
-//! the sink cannot finish within `shutdown.grace_ms` (Elasticsearch down), it is told to
-//! abandon: what is not stored stays unacknowledged and the broker redelivers it next start.
+//! The source is the embedded broker unless an `upstream` broker is configured.
+//! Shutdown flows downstream: a signal stops intake at the connections, which drop their
+//! record senders; the processor drains and drops its sender; the sink flushes and returns.
+//! Acks settle along the way and the connections send them before disconnecting. If the sink
+//! cannot finish within `shutdown.grace_ms` (Elasticsearch down), it is told to abandon: what
+//! is not stored stays unacknowledged, and the device (or the upstream broker) sends it again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::broker::{self, Broker};
 use crate::config::{Config, Secrets};
 use crate::document::{Processed, Rejection};
 use crate::elastic;
@@ -47,7 +49,6 @@ fn load_pipelines(config: &Config) -> anyhow::Result<Pipelines> {
 
 /// `mqtt2es check`: everything `run` would verify before connecting anywhere.
 pub fn check(config: &Config) -> anyhow::Result<String> {
-    let upstream = config.upstream()?;
     let pipelines = load_pipelines(config)?;
     elastic::build_client(&config.elasticsearch)?;
     let kibana = match &config.kibana {
@@ -58,6 +59,30 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
             kibana.url
         ),
         None => String::new(),
+    };
+    let Some(upstream) = &config.upstream else {
+        broker::auth::Auth::load(&config.broker.auth).context("broker.auth")?;
+        let broker = &config.broker;
+        return Ok(format!(
+            "configuration ok: {} pipeline(s) [{}] from {:?}; embedded broker listening on {}; anonymous clients {}; state in {:?}; writing to {}{}",
+            pipelines.names().len(),
+            pipelines.names().join(", "),
+            config.pipelines.dir,
+            broker
+                .listeners
+                .iter()
+                .map(|l| format!("{} {}", broker::transport_name(l.transport), l.bind))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if broker.auth.allow_anonymous {
+                "allowed"
+            } else {
+                "refused"
+            },
+            broker.state_dir,
+            config.elasticsearch.url,
+            kibana,
+        ));
     };
     let filters = pipelines.topic_filters();
     Ok(format!(
@@ -199,9 +224,14 @@ async fn run_processor(
     }
 }
 
+/// Where records come from.
+enum Source {
+    Upstream(Box<upstream::UpstreamSettings>),
+    Broker(Broker),
+}
+
 /// `mqtt2es run`.
 pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
-    let upstream_settings = config.upstream()?.clone();
     let pipelines = Arc::new(load_pipelines(&config)?);
     let client = elastic::build_client(&config.elasticsearch)?;
     let shutdown = CancellationToken::new();
@@ -231,13 +261,32 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     metrics.setup_finished();
 
     let filters = pipelines.topic_filters();
-    info!(
-        pipelines = ?pipelines.names(),
-        filters = ?filters,
-        broker = %format!("{}:{}", upstream_settings.host, upstream_settings.port),
-        elasticsearch = %config.elasticsearch.url,
-        "mqtt2es starting"
-    );
+    // The embedded broker binds (and logs `listening`) before anything else starts, so a
+    // taken port ends the start with its reason instead of a half-running bridge.
+    let source = match &config.upstream {
+        Some(upstream) => {
+            info!(
+                pipelines = ?pipelines.names(),
+                filters = ?filters,
+                broker = %format!("{}:{}", upstream.host, upstream.port),
+                elasticsearch = %config.elasticsearch.url,
+                "mqtt2es starting"
+            );
+            Source::Upstream(Box::new(upstream.clone()))
+        }
+        None => {
+            info!(
+                pipelines = ?pipelines.names(),
+                elasticsearch = %config.elasticsearch.url,
+                "mqtt2es starting with the embedded broker"
+            );
+            Source::Broker(
+                Broker::start(&config.broker)
+                    .await
+                    .context("starting the embedded broker")?,
+            )
+        }
+    };
 
     let (records_tx, records_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (routed_tx, routed_rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -260,25 +309,41 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         records_rx,
         routed_tx,
     ));
-    let mut upstream_task = tokio::spawn(upstream::run(
-        upstream_settings,
-        secrets.upstream_password,
-        filters,
-        records_tx,
-        shutdown.clone(),
-    ));
+    let mut source_task: tokio::task::JoinHandle<anyhow::Result<()>> = match source {
+        Source::Upstream(settings) => {
+            let intake = shutdown.clone();
+            tokio::spawn(async move {
+                upstream::run(
+                    *settings,
+                    secrets.upstream_password,
+                    filters,
+                    records_tx,
+                    intake,
+                )
+                .await
+                .context("upstream subscriber")
+            })
+        }
+        Source::Broker(broker) => {
+            let intake = shutdown.clone();
+            tokio::spawn(async move {
+                broker.run(records_tx, intake).await;
+                Ok(())
+            })
+        }
+    };
 
     // Biased: after a signal the connections may finish before this select is polled, and that
     // normal end must not be mistaken for the unexpected one below.
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => {},
-        result = &mut upstream_task => {
+        result = &mut source_task => {
             shutdown.cancel();
             match result {
-                Ok(Ok(())) => bail!("upstream connections ended unexpectedly"),
-                Ok(Err(error)) => return Err(error).context("upstream subscriber"),
-                Err(error) => bail!("upstream subscriber failed: {error}"),
+                Ok(Ok(())) => bail!("connections ended unexpectedly"),
+                Ok(Err(error)) => return Err(error),
+                Err(error) => bail!("connections failed: {error}"),
             }
         }
         result = &mut sink_task => {
@@ -307,11 +372,11 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         Err(error) => error!(%error, "sink task failed"),
     }
     processor.abort();
-    match tokio::time::timeout(DISCONNECT_GRACE, &mut upstream_task).await {
-        Ok(_) => info!("upstream connections closed; bye"),
+    match tokio::time::timeout(DISCONNECT_GRACE, &mut source_task).await {
+        Ok(_) => info!("connections closed; bye"),
         Err(_) => {
-            warn!("upstream broker did not take the disconnect in time; closing anyway");
-            upstream_task.abort();
+            warn!("connections did not close in time; closing anyway");
+            source_task.abort();
         }
     }
     metrics.stop().await;

@@ -1,7 +1,7 @@
 //! mqtt2es: an MQTT to Elasticsearch telemetry bridge whose promise is that an acknowledged
 //! reading is a durable reading.
 //!
-//! Messages come in from an upstream broker (or, later, the embedded broker), run through the
+//! Messages come in through the embedded broker (or from an upstream broker), run through the
 //! pipelines configured in YAML, and are written to Elasticsearch data streams with `_bulk`.
 //! The MQTT acknowledgement for QoS 1 and 2 is sent only after the document is stored or
 //! dead-lettered, so every failure in between is covered by MQTT's own redelivery.
@@ -11,6 +11,7 @@
 //! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
+//! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
 //! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
@@ -19,10 +20,12 @@
 //! - `elastic`   — the Elasticsearch client; setup: engine detection, templates, lifecycle,
 //!   data streams, and the Kibana dashboard import.
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
-//! - `broker`    — the embedded mini-broker: listeners, auth, sessions, ack-after-durable.
+//! - `broker`    — the embedded mini-broker (the default source): codec, connections, sessions,
+//!   fan-out, retained messages, persisted state, listeners, auth; acks only once durable.
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
 //! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
 
+pub mod acks;
 pub mod app;
 pub mod broker;
 pub mod config;

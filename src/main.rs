@@ -15,9 +15,10 @@ use tracing_subscriber::EnvFilter;
 
 /// MQTT to Elasticsearch telemetry bridge.
 ///
-/// Subscribes to an MQTT broker, runs each message through the pipelines in `pipelines/*.yaml`,
-/// and writes the documents to Elasticsearch data streams with `_bulk`. QoS 1 and 2 messages are
-/// acknowledged to the broker only once stored in Elasticsearch or dead-lettered with a reason.
+/// Is an MQTT broker (or subscribes to one, with an `upstream` section), runs each message through
+/// the pipelines in `pipelines/*.yaml`, and writes the documents to Elasticsearch data streams
+/// with `_bulk`. QoS 1 and 2 messages are acknowledged only once stored in Elasticsearch or
+/// dead-lettered with a reason.
 ///
 /// Configuration: defaults, then the YAML file, then environment variables
 /// MQTT2ES_<SECTION>__<KEY> (for example MQTT2ES_ELASTICSEARCH__URL=http://es:9200).
@@ -39,7 +40,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Subscribe, transform and index until SIGTERM or Ctrl-C; then flush, ack what was stored, exit 0.
+    /// Accept (or subscribe), transform and index until SIGTERM or Ctrl-C; then flush, ack what was stored, exit 0.
     Run,
     /// Validate the configuration and every pipeline; print what is wrong and exit 2, or a summary.
     Check,

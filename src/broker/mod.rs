@@ -6,12 +6,175 @@
 //! on the sink. Packets are read and written by rumqttc's codec (`mqttbytes` v4 and v5); there
 //! is no hand-written packet parsing here.
 //!
-//! - `settings` — the `broker:` config section (limits, state directory) and its sub-sections.
-//! - `listener` — TCP, TLS and WebSocket listeners; handshakes happen off the accept loop.
-//! - `auth`     — password file, JWT-as-password and per-user ACLs.
+//! - `settings`   — the `broker:` config section (limits, state directory) and its sub-sections.
+//! - `listener`   — TCP, TLS and WebSocket listeners; handshakes happen off the accept loop.
+//! - `auth`       — password file, JWT-as-password and per-user ACLs.
+//! - `codec`      — bytes ⇄ packets for 3.1.1 and 5 behind one pair of enums.
+//! - `connection` — one client: CONNECT, publishes into records, acks once durable, deliveries.
+//! - `session`    — the registry of sessions (subscriptions, expiry, QoS 2 state, takeover).
+//! - `router`     — which subscription a message matches, at which QoS.
+//! - `retained`   — the retained message store.
+//! - `store`      — sessions and retained messages on disk, written atomically.
 
 pub mod auth;
+pub mod codec;
+pub mod connection;
 pub mod listener;
+pub mod retained;
+pub mod router;
+pub mod session;
 pub mod settings;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info};
 
 pub use settings::BrokerSettings;
+
+use crate::record::Record;
+use auth::{Auth, AuthError};
+use connection::{Context, Limits};
+use listener::{ListenerError, Listeners, Transport};
+use session::Registry;
+use store::{Store, StoreError};
+
+/// Accepted connections waiting for their task; the listeners wait when it is full.
+const ACCEPT_QUEUE: usize = 128;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Listen(#[from] ListenerError),
+    #[error("broker.auth: {0}")]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The transport's name as written in the configuration.
+pub fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+        Transport::Ws => "ws",
+        Transport::Wss => "wss",
+    }
+}
+
+/// A broker whose listeners are bound and whose state is loaded, ready to run.
+pub struct Broker {
+    listeners: Listeners,
+    context: Arc<Context>,
+    store: Arc<Store>,
+}
+
+impl Broker {
+    /// Loads auth and the persisted state, then binds every listener and logs `listening`
+    /// with its transport and address (port 0 resolved). Fails fast on any of them.
+    pub async fn start(settings: &BrokerSettings) -> Result<Broker, BrokerError> {
+        let auth = Auth::load(&settings.auth)?;
+        let store = Store::open(&settings.state_dir)?;
+        let registry = Registry::restore(store.load()?);
+        info!(
+            state_dir = ?settings.state_dir,
+            sessions = registry.session_count(),
+            retained = registry.retained_count(),
+            "broker state loaded"
+        );
+        let listeners = Listeners::bind(&settings.listeners).await?;
+        for (transport, address) in listeners.local_addrs() {
+            info!(
+                transport = transport_name(transport),
+                %address,
+                "listening"
+            );
+        }
+        Ok(Broker {
+            listeners,
+            context: Arc::new(Context {
+                registry: Arc::new(registry),
+                auth: Arc::new(auth),
+                limits: Limits {
+                    max_packet_bytes: settings.max_packet_bytes,
+                    max_connections: settings.max_connections,
+                    max_inflight: settings.max_inflight,
+                    connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+                },
+                live: AtomicUsize::new(0),
+            }),
+            store: Arc::new(store),
+        })
+    }
+
+    /// Serves clients until `intake` is cancelled; then stops accepting and reading, lets each
+    /// connection send the acks that settle (the sink flushes meanwhile) and say goodbye, and
+    /// saves the state last. Records go to `records`; every clone of it is dropped once intake
+    /// stopped, which is how the pipeline learns that no more come.
+    pub async fn run(self, records: mpsc::Sender<Record>, intake: CancellationToken) {
+        let Broker {
+            listeners,
+            context,
+            store,
+        } = self;
+        let registry = Arc::clone(&context.registry);
+        let (accepted_tx, mut accepted) = mpsc::channel(ACCEPT_QUEUE);
+        let accept = tokio::spawn(listeners.run(
+            context.limits.connect_timeout,
+            accepted_tx,
+            intake.clone(),
+        ));
+        let store_stop = CancellationToken::new();
+        let store_task =
+            tokio::spawn(Arc::clone(&store).run(Arc::clone(&registry), store_stop.clone()));
+
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                next = accepted.recv() => match next {
+                    Some(client) => {
+                        let span = tracing::debug_span!("client", peer = %client.peer);
+                        connections.spawn(
+                            connection::serve(client, Arc::clone(&context), records.clone(), intake.clone())
+                                .instrument(span),
+                        );
+                    }
+                    None => break,
+                },
+                Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                    // One client's bug must not take the others down: log it and go on.
+                    if let Err(error) = joined && error.is_panic() {
+                        error!(%error, "a connection task panicked");
+                    }
+                }
+            }
+        }
+        drop(records);
+        let _ = accept.await;
+        info!(
+            connections = connections.len(),
+            "broker stopped accepting; waiting for connections to send their last acks"
+        );
+        while let Some(joined) = connections.join_next().await {
+            if let Err(error) = joined
+                && error.is_panic()
+            {
+                error!(%error, "a connection task panicked");
+            }
+        }
+        store_stop.cancel();
+        let _ = store_task.await;
+        store.save_now(&registry).await;
+        info!(
+            sessions = registry.session_count(),
+            retained = registry.retained_count(),
+            "broker state saved"
+        );
+    }
+}

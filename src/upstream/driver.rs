@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::acks::AckQueue;
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
+use crate::acks::AckQueue;
 use crate::metrics::{self, Source};
 use crate::record::{Ack, QoS, Record, Settled};
 

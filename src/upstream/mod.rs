@@ -6,7 +6,6 @@
 //! Several connections may share one `$share` group: the broker's in-flight window applies per
 //! connection, so N connections give N windows while every ack still means "durable".
 
-mod acks;
 mod driver;
 pub mod session;
 pub mod settings;

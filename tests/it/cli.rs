@@ -44,6 +44,24 @@ fn check_accepts_the_shipped_setup_and_summarises_it() {
 }
 
 #[test]
+fn check_of_the_shipped_config_describes_the_embedded_broker_it_would_run() {
+    let dir = shipped_setup();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("mqtt2es.yaml"),
+        dir.path().join("mqtt2es.yaml"),
+    )
+    .expect("copy the shipped config");
+    let output = mqtt2es(dir.path(), &["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("embedded broker listening on tcp 0.0.0.0:1883"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("anonymous clients allowed"), "{stdout}");
+}
+
+#[test]
 fn check_names_the_file_stage_key_and_value_of_a_pipeline_mistake_and_exits_2() {
     let dir = shipped_setup();
     std::fs::write(

@@ -1,4 +1,5 @@
-//! The real `mqtt2es` binary as a child process, configured in its own temporary directory.
+//! The real `mqtt2es` binary as a child process, configured in its own temporary directory,
+//! either subscribed to an upstream broker or as the broker itself (`BridgeSpec::embedded`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -23,6 +24,16 @@ pub struct BridgeSpec {
     pub extra: String,
     /// `MQTT2ES_…` overrides for the process: configuration through the environment.
     pub env: Vec<(String, String)>,
+    /// `Some`: no `upstream` section; mqtt2es runs its embedded broker.
+    pub broker: Option<EmbeddedBroker>,
+}
+
+/// The `broker:` section of an embedded-broker bridge.
+pub struct EmbeddedBroker {
+    /// The TCP listener's address; port 0 (the default) is resolved from the `listening` log.
+    pub bind: String,
+    /// Extra YAML lines inside `broker:` (indented by the caller with two spaces).
+    pub extra: String,
 }
 
 impl BridgeSpec {
@@ -35,7 +46,36 @@ impl BridgeSpec {
             metrics_extra: String::new(),
             extra: String::new(),
             env: Vec::new(),
+            broker: None,
         }
+    }
+
+    /// mqtt2es as the broker: a TCP listener on 127.0.0.1 (port 0 unless `bind` says
+    /// otherwise), anonymous clients allowed, state in the bridge's directory.
+    pub fn embedded(search_url: &str) -> Self {
+        BridgeSpec {
+            broker: Some(EmbeddedBroker {
+                bind: "127.0.0.1:0".into(),
+                extra: String::new(),
+            }),
+            ..BridgeSpec::new(0, search_url)
+        }
+    }
+
+    /// A fixed listener address, for tests that restart the bridge and reconnect to it.
+    pub fn bind(mut self, address: impl Into<String>) -> Self {
+        if let Some(broker) = &mut self.broker {
+            broker.bind = address.into();
+        }
+        self
+    }
+
+    /// Extra lines for the `broker:` section, each indented by two spaces.
+    pub fn broker_lines(mut self, lines: &str) -> Self {
+        if let Some(broker) = &mut self.broker {
+            broker.extra.push_str(lines);
+        }
+        self
     }
 
     pub fn pipeline(mut self, file: &'static str, yaml: impl Into<String>) -> Self {
@@ -55,6 +95,8 @@ pub struct Bridge {
     dir: TempDir,
     spec_prefix: String,
     env: Vec<(String, String)>,
+    /// How many times the process was started (the log is appended to across restarts).
+    starts: usize,
 }
 
 impl Bridge {
@@ -69,6 +111,7 @@ impl Bridge {
             dir,
             spec_prefix: prefix,
             env: spec.env.clone(),
+            starts: 0,
         };
         bridge.spawn();
         bridge
@@ -101,6 +144,36 @@ impl Bridge {
             .spawn()
             .expect("start mqtt2es");
         self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// The embedded broker's TCP address, from this run's `listening` log line.
+    pub fn broker_address(&mut self) -> std::net::SocketAddr {
+        self.wait_for_log(" listening ", self.starts, Duration::from_secs(30));
+        let logs = self.logs();
+        let line = logs
+            .lines()
+            .rev()
+            .find(|line| line.contains(" listening ") && line.contains("transport=\"tcp\""))
+            .expect("a listening line for tcp");
+        let address = line
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("an address field");
+        address
+            .parse()
+            .unwrap_or_else(|e| panic!("listening address {address:?}: {e}"))
+    }
+
+    /// The embedded broker's TCP port.
+    pub fn broker_port(&mut self) -> u16 {
+        self.broker_address().port()
+    }
+
+    /// The process id, for tests that signal it themselves.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn prefix(&self) -> &str {
@@ -215,8 +288,20 @@ fn write_config(dir: &Path, spec: &BridgeSpec, prefix: &str, client_id: &str) {
     for (file, yaml) in &spec.pipelines {
         std::fs::write(pipelines.join(file), yaml).expect("write pipeline");
     }
+    let source = match &spec.broker {
+        None => format!(
+            "upstream:\n  host: 127.0.0.1\n  port: {port}\n  client_id: {client_id}\n  reconnect_initial_ms: 50\n  reconnect_max_ms: 1000\n{upstream_extra}",
+            port = spec.broker_port,
+            upstream_extra = spec.upstream_extra,
+        ),
+        Some(broker) => format!(
+            "broker:\n  listeners:\n    - {{transport: tcp, bind: \"{bind}\"}}\n  state_dir: state\n  auth: {{allow_anonymous: true}}\n{extra}",
+            bind = broker.bind,
+            extra = broker.extra,
+        ),
+    };
     let config = format!(
-        "upstream:\n  host: 127.0.0.1\n  port: {port}\n  client_id: {client_id}\n  reconnect_initial_ms: 50\n  reconnect_max_ms: 1000\n{upstream_extra}\
+        "{source}\
 elasticsearch:\n  url: {url}\n\
 index:\n  prefix: {prefix}\n  default_index: {prefix}default\n\
 dead_letter:\n  index: {prefix}deadletter\n  file: deadletter.ndjson\n\
@@ -225,9 +310,7 @@ retry:\n  initial_backoff_ms: 50\n  max_backoff_ms: 1000\n\
 shutdown:\n  grace_ms: 10000\n\
 metrics:\n  bind: 127.0.0.1:0\n{metrics_extra}\
 {extra}",
-        port = spec.broker_port,
         url = spec.search_url,
-        upstream_extra = spec.upstream_extra,
         metrics_extra = spec.metrics_extra,
         extra = spec.extra,
     );

@@ -1,6 +1,6 @@
-//! Acknowledgements in arrival order.
+//! Acknowledgements in arrival order, shared by the upstream subscriber and the embedded broker.
 //!
-//! MQTT requires a client to send PUBACK/PUBREC in the order the PUBLISH packets arrived, but
+//! MQTT requires PUBACK/PUBREC to go out in the order the PUBLISH packets arrived, but
 //! records settle out of order (concurrent bulk requests, retries of single items). This queue
 //! releases only the unbroken run of settled records at its front, so an ack never overtakes a
 //! record that is not yet durable.
@@ -53,6 +53,21 @@ impl<K> AckQueue<K> {
             .ok()
             .and_then(|i| self.slots.get_mut(i))
         {
+            slot.settled = true;
+        }
+    }
+
+    /// Like `settle`, and lets the caller record on the key how the record settled (the broker
+    /// answers an MQTT 5 client with a reason code taken from it).
+    pub fn settle_with(&mut self, token: u64, update: impl FnOnce(&mut K)) {
+        let Some(index) = token.checked_sub(self.base) else {
+            return;
+        };
+        if let Some(slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+        {
+            update(&mut slot.key);
             slot.settled = true;
         }
     }

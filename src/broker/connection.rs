@@ -1,0 +1,975 @@
+//! One client connection, from CONNECT to goodbye: the task that reads packets, turns
+//! publishes into records, sends PUBACK/PUBREC once those records are durable, and delivers
+//! what the client subscribed to.
+//!
+//! The decision a reader would question: reading stops instead of buffering. A 3.1.1 client
+//! has no receive maximum, so when `broker.max_inflight` of its publishes are not yet durable
+//! this task stops reading the socket (TCP then slows the device), and a full pipeline channel
+//! stops it too. An MQTT 5 client is told our receive maximum and disconnected with 0x93 if
+//! it exceeds it. Either way memory per connection stays bounded.
+//!
+//! Acks go out in arrival order (see `crate::acks`). Fan-out to subscribers and the retained
+//! store happen on arrival, not on durability: `mosquitto_sub` shows live traffic even while
+//! Elasticsearch is down, at the price that a publisher's retry may reach subscribers twice
+//! (which QoS 1 allows).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::auth::{Auth, Identity, Refusal};
+use super::codec::{
+    self, AckReason, CodecError, Connect, ConnectCode, Goodbye, Outgoing, Packet, Publish, Reply,
+    SubCode, Version, Will,
+};
+use super::listener::{Accepted, Stream};
+use super::session::{Attached, Delivery, Registry, Subscription};
+use crate::acks::AckQueue;
+use crate::record::{Ack, Message, QoS, Record, Settled, Settlement};
+use crate::topic::TopicFilter;
+
+/// Topic aliases we accept per MQTT 5 connection (advertised in CONNACK).
+pub const TOPIC_ALIAS_MAX: u16 = 64;
+
+/// Deliveries buffered for one subscriber before the registry drops further ones for it.
+const DELIVERY_CAPACITY: usize = 1024;
+
+/// How long a new connection waits for the one it takes over to hand the session back.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A client that does not read what we write for this long is cut off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The broker limits every connection applies.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_packet_bytes: usize,
+    pub max_connections: usize,
+    pub max_inflight: u16,
+    pub connect_timeout: Duration,
+}
+
+/// What every connection shares.
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+    pub limits: Limits,
+    pub live: AtomicUsize,
+}
+
+/// Counts a live connection for `max_connections` while it exists.
+struct Live<'a>(&'a AtomicUsize);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a connection ended, which decides the goodbye and whether the will is published.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT (`will`: MQTT 5 reason 0x04 asks for the will anyway).
+    Normal {
+        will: bool,
+    },
+    /// The network connection went away without DISCONNECT.
+    Lost(String),
+    KeepAlive,
+    TakenOver,
+    /// The broker is stopping: acks that settled were sent; no will (the device is fine).
+    Shutdown,
+    /// The client broke the protocol: one log line, a reason code for MQTT 5, then close.
+    Violation(Goodbye, String),
+}
+
+impl End {
+    fn publishes_will(&self) -> bool {
+        match self {
+            End::Normal { will } => *will,
+            End::Shutdown => false,
+            _ => true,
+        }
+    }
+}
+
+/// An inbound QoS 1/2 publish waiting for its record to settle.
+#[derive(Debug)]
+struct Pending {
+    pkid: u16,
+    qos: QoS,
+    reason: AckReason,
+}
+
+/// Where an outgoing QoS 1/2 delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for PUBACK (QoS 1), PUBREC or PUBCOMP (QoS 2).
+    Ack,
+    Rec,
+    Comp,
+}
+
+/// Publishes refused for this connection (ACL, `$` topics), logged once and then counted.
+#[derive(Default)]
+struct Refused {
+    count: u64,
+}
+
+/// Serves one accepted connection until it ends. `records` is this connection's sender into
+/// the pipeline; it is dropped when `intake` stops, so the pipeline can drain.
+pub async fn serve(
+    accepted: Accepted,
+    context: Arc<Context>,
+    records: mpsc::Sender<Record>,
+    intake: CancellationToken,
+) {
+    let Accepted { stream, peer, .. } = accepted;
+    let (mut reader, writer) = tokio::io::split(stream);
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let limits = &context.limits;
+    let connect = match tokio::time::timeout(
+        limits.connect_timeout,
+        read_connect(&mut reader, &mut inbuf, limits.max_packet_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            warn!(%peer, reason = "no CONNECT within broker.connect_timeout_ms", "closing connection");
+            return;
+        }
+        Ok(Err(ConnectFailure::Closed)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return;
+        }
+        Ok(Err(ConnectFailure::Codec(CodecError::UnsupportedProtocol(level)))) => {
+            warn!(%peer, reason = %format!("unsupported protocol level {level}"), "closing connection");
+            let mut connection = Outbound::new(writer, Version::V311);
+            connection.reply(&connack(
+                ConnectCode::UnsupportedProtocol,
+                false,
+                None,
+                limits,
+            ));
+            let _ = connection.flush().await;
+            return;
+        }
+        Ok(Err(ConnectFailure::Codec(error))) => {
+            warn!(%peer, reason = %error, "closing connection");
+            return;
+        }
+        Ok(Err(ConnectFailure::Io(error))) => {
+            debug!(%peer, %error, "connection failed before CONNECT");
+            return;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let live = context.live.fetch_add(1, Ordering::Relaxed) + 1;
+    let _live = Live(&context.live);
+    let mut out = Outbound::new(writer, connect.version);
+    if live > limits.max_connections {
+        warn!(%peer, client_id = %connect.client_id, max_connections = limits.max_connections, "connection refused: too many connections");
+        out.reply(&connack(ConnectCode::ServerBusy, false, None, limits));
+        let _ = out.flush().await;
+        return;
+    }
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if connect.version == Version::V311 && !connect.clean_start {
+            info!(%peer, "connection refused: an empty client id needs clean session");
+            out.reply(&connack(ConnectCode::BadClientId, false, None, limits));
+            let _ = out.flush().await;
+            return;
+        }
+        let id = format!("mqtt2es-{}", context.registry.next_connection_id());
+        (id.clone(), Some(id))
+    } else {
+        (connect.client_id.clone(), None)
+    };
+    let identity = match context.auth.authenticate(
+        &client_id,
+        connect.username.as_deref(),
+        connect.password.as_deref(),
+    ) {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            info!(%peer, %client_id, reason = %refusal, "connection refused");
+            let code = match refusal {
+                Refusal::BadCredentials => ConnectCode::BadCredentials,
+                Refusal::NotAuthorized => ConnectCode::NotAuthorized,
+            };
+            out.reply(&connack(code, false, None, limits));
+            let _ = out.flush().await;
+            return;
+        }
+    };
+
+    if let Some(done) = context.registry.kick(&client_id) {
+        debug!(%client_id, "taking over the session from its previous connection");
+        if tokio::time::timeout(TAKEOVER_WAIT, done.cancelled())
+            .await
+            .is_err()
+        {
+            warn!(%client_id, "previous connection did not hand its session back in time");
+        }
+    }
+    let id = context.registry.next_connection_id();
+    let (deliver, deliveries) = mpsc::channel(DELIVERY_CAPACITY);
+    let kick = CancellationToken::new();
+    let done = CancellationToken::new();
+    let resumed = context.registry.attach(
+        &client_id,
+        connect.clean_start,
+        connect.session_expiry_s,
+        Attached {
+            connection: id,
+            deliver,
+            kick: kick.clone(),
+            done: done.clone(),
+        },
+    );
+    out.reply(&connack(
+        ConnectCode::Accepted,
+        resumed.session_present,
+        assigned,
+        limits,
+    ));
+    debug!(
+        %peer,
+        %client_id,
+        version = ?connect.version,
+        session_present = resumed.session_present,
+        keep_alive_s = connect.keep_alive_s,
+        "client connected"
+    );
+    let (settle_to, settled) = mpsc::unbounded_channel();
+    let mut connection = Connection {
+        context: Arc::clone(&context),
+        peer,
+        id,
+        client_id,
+        identity,
+        version: connect.version,
+        expiry_s: connect.session_expiry_s,
+        will: connect.will.clone(),
+        receive_maximum: connect
+            .receive_maximum
+            .unwrap_or(limits.max_inflight)
+            .max(1),
+        out,
+        inbuf,
+        records: Some(records),
+        settle_to: Some(settle_to),
+        acks: AckQueue::default(),
+        qos2_unsettled: HashSet::new(),
+        aliases: HashMap::new(),
+        pending: resumed.queued.into(),
+        inflight: BTreeMap::new(),
+        next_pkid: 0,
+        refused: Refused::default(),
+        dead_lettered: 0,
+        deliveries,
+    };
+    connection.out.max_packet = connect.max_packet_size;
+    connection.send_pending();
+    let end = connection
+        .run(&mut reader, settled, &kick, &intake, &connect)
+        .await;
+    connection.finish(end, intake).await;
+    done.cancel();
+}
+
+fn connack(
+    code: ConnectCode,
+    session_present: bool,
+    assigned_client_id: Option<String>,
+    limits: &Limits,
+) -> Reply {
+    Reply::ConnAck {
+        session_present,
+        code,
+        assigned_client_id,
+        receive_maximum: limits.max_inflight,
+        max_packet_size: u32::try_from(limits.max_packet_bytes).unwrap_or(u32::MAX),
+        topic_alias_max: TOPIC_ALIAS_MAX,
+    }
+}
+
+enum ConnectFailure {
+    Closed,
+    Io(std::io::Error),
+    Codec(CodecError),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    inbuf: &mut BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Box<Connect>, ConnectFailure> {
+    loop {
+        match codec::read(inbuf, None, max_packet_bytes) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => {
+                return Err(ConnectFailure::Codec(CodecError::Malformed(
+                    "first packet is not CONNECT".into(),
+                )));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(ConnectFailure::Codec(error)),
+        }
+        match reader.read_buf(inbuf).await {
+            Ok(0) => return Err(ConnectFailure::Closed),
+            Ok(_) => {}
+            Err(error) => return Err(ConnectFailure::Io(error)),
+        }
+    }
+}
+
+/// The write side: replies are encoded into a buffer and written after each event, so one
+/// socket write carries every ack a batch of settlements released.
+struct Outbound {
+    writer: WriteHalf<Box<dyn Stream>>,
+    buf: BytesMut,
+    version: Version,
+    /// The client's maximum packet size (MQTT 5).
+    max_packet: Option<u32>,
+}
+
+impl Outbound {
+    fn new(writer: WriteHalf<Box<dyn Stream>>, version: Version) -> Outbound {
+        Outbound {
+            writer,
+            buf: BytesMut::with_capacity(1024),
+            version,
+            max_packet: None,
+        }
+    }
+
+    /// Encodes `reply`; false if it is a PUBLISH the client's packet size limit excludes.
+    fn reply(&mut self, reply: &Reply) -> bool {
+        match codec::write(reply, self.version, &mut self.buf, self.max_packet) {
+            Ok(()) => true,
+            Err(error) => {
+                debug!(%error, "packet not sent");
+                false
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.buf)).await;
+        self.buf.clear();
+        match result {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client does not read",
+            )),
+        }
+    }
+}
+
+struct Connection {
+    context: Arc<Context>,
+    peer: SocketAddr,
+    id: u64,
+    client_id: String,
+    identity: Identity,
+    version: Version,
+    expiry_s: u32,
+    will: Option<Will>,
+    /// The client's receive maximum: outgoing QoS 1/2 deliveries in flight at most.
+    receive_maximum: u16,
+    out: Outbound,
+    inbuf: BytesMut,
+    /// `None` once intake stopped.
+    records: Option<mpsc::Sender<Record>>,
+    /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
+    settle_to: Option<mpsc::UnboundedSender<Settled>>,
+    acks: AckQueue<Pending>,
+    /// QoS 2 packet ids received whose PUBREC has not gone out: a DUP resend is not new.
+    qos2_unsettled: HashSet<u16>,
+    aliases: HashMap<u16, String>,
+    pending: VecDeque<Delivery>,
+    inflight: BTreeMap<u16, (Delivery, Stage)>,
+    next_pkid: u16,
+    refused: Refused,
+    dead_lettered: u64,
+    /// What the registry fans out to this client.
+    deliveries: mpsc::Receiver<Delivery>,
+}
+
+impl Connection {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        mut settled: mpsc::UnboundedReceiver<Settled>,
+        kick: &CancellationToken,
+        intake: &CancellationToken,
+        connect: &Connect,
+    ) -> End {
+        let keep_alive = (connect.keep_alive_s > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        let mut settled_open = true;
+        // Bytes that arrived with CONNECT.
+        if let Some(end) = self.process_buffer(intake).await {
+            return end;
+        }
+        loop {
+            if let Err(error) = self.out.flush().await {
+                return End::Lost(error.to_string());
+            }
+            if self.records.is_none() && !settled_open {
+                return End::Shutdown;
+            }
+            let reading = self.records.is_some() && self.may_read();
+            tokio::select! {
+                biased;
+                _ = kick.cancelled() => return End::TakenOver,
+                _ = intake.cancelled(), if self.records.is_some() => self.stop_intake(),
+                done = settled.recv(), if settled_open => match done {
+                    Some(done) => {
+                        self.settle(done);
+                        while let Ok(more) = settled.try_recv() {
+                            self.settle(more);
+                        }
+                        self.release_acks();
+                        if let Some(end) = self.process_buffer(intake).await {
+                            return end;
+                        }
+                    }
+                    None => settled_open = false,
+                },
+                Some(delivery) = self.deliveries.recv() => {
+                    self.pending.push_back(delivery);
+                    while let Ok(more) = self.deliveries.try_recv() {
+                        self.pending.push_back(more);
+                    }
+                    self.send_pending();
+                }
+                read = reader.read_buf(&mut self.inbuf), if reading => match read {
+                    Ok(0) => return End::Lost("closed by the client without DISCONNECT".into()),
+                    Ok(_) => {
+                        deadline = keep_alive.map(|k| Instant::now() + k);
+                        if let Some(end) = self.process_buffer(intake).await {
+                            return end;
+                        }
+                    }
+                    Err(error) => return End::Lost(error.to_string()),
+                },
+                _ = sleep_until(deadline), if deadline.is_some() && self.records.is_some() => {
+                    return End::KeepAlive;
+                }
+            }
+        }
+    }
+
+    /// 3.1.1 backpressure: no more reading while `max_inflight` publishes are not durable.
+    fn may_read(&self) -> bool {
+        self.version == Version::V5
+            || self.acks.outstanding() < usize::from(self.context.limits.max_inflight)
+    }
+
+    fn stop_intake(&mut self) {
+        debug!(client_id = %self.client_id, outstanding = self.acks.outstanding(), "stopping intake");
+        self.records = None;
+        self.settle_to = None;
+    }
+
+    /// Handles every complete packet in the buffer (as far as 3.1.1 backpressure allows).
+    async fn process_buffer(&mut self, intake: &CancellationToken) -> Option<End> {
+        while self.records.is_some() && self.may_read() {
+            let max = self.context.limits.max_packet_bytes;
+            match codec::read(&mut self.inbuf, Some(self.version), max) {
+                Ok(None) => return None,
+                Ok(Some(packet)) => {
+                    if let Some(end) = self.handle(packet, intake).await {
+                        return Some(end);
+                    }
+                }
+                Err(error @ CodecError::TooLarge { .. }) => {
+                    return Some(End::Violation(Goodbye::PacketTooLarge, error.to_string()));
+                }
+                Err(error) => {
+                    return Some(End::Violation(Goodbye::MalformedPacket, error.to_string()));
+                }
+            }
+        }
+        None
+    }
+
+    async fn handle(&mut self, packet: Packet, intake: &CancellationToken) -> Option<End> {
+        match packet {
+            Packet::Connect(_) => {
+                return Some(End::Violation(
+                    Goodbye::ProtocolError,
+                    "second CONNECT".into(),
+                ));
+            }
+            Packet::Publish(publish) => return self.on_publish(publish, intake).await,
+            Packet::PubAck(pkid) => {
+                if let Some((_, Stage::Ack)) = self.inflight.get(&pkid) {
+                    self.inflight.remove(&pkid);
+                }
+                self.send_pending();
+            }
+            Packet::PubRec(pkid) => {
+                if let Some((_, stage)) = self.inflight.get_mut(&pkid) {
+                    *stage = Stage::Comp;
+                }
+                self.out.reply(&Reply::PubRel(pkid));
+            }
+            Packet::PubComp(pkid) => {
+                self.inflight.remove(&pkid);
+                self.send_pending();
+            }
+            Packet::PubRel(pkid) => {
+                self.context.registry.release(&self.client_id, pkid);
+                self.out.reply(&Reply::PubComp(pkid));
+            }
+            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Unsubscribe { pkid, filters } => {
+                let existed = self.context.registry.unsubscribe(&self.client_id, &filters);
+                self.out.reply(&Reply::UnsubAck { pkid, existed });
+            }
+            Packet::PingReq => {
+                self.out.reply(&Reply::PingResp);
+            }
+            Packet::Disconnect {
+                publish_will,
+                session_expiry_s,
+            } => {
+                if let Some(expiry) = session_expiry_s {
+                    self.expiry_s = expiry;
+                }
+                return Some(End::Normal { will: publish_will });
+            }
+            Packet::Unexpected(name) => {
+                return Some(End::Violation(
+                    Goodbye::ProtocolError,
+                    format!("unexpected {name} from a client"),
+                ));
+            }
+        }
+        None
+    }
+
+    async fn on_publish(&mut self, publish: Publish, intake: &CancellationToken) -> Option<End> {
+        let topic = match publish.topic_alias {
+            Some(alias) if self.version != Version::V5 || alias == 0 || alias > TOPIC_ALIAS_MAX => {
+                return Some(End::Violation(
+                    Goodbye::TopicAliasInvalid,
+                    format!("topic alias {alias} out of range"),
+                ));
+            }
+            Some(alias) if publish.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(topic) => topic.clone(),
+                None => {
+                    return Some(End::Violation(
+                        Goodbye::ProtocolError,
+                        format!("unknown topic alias {alias}"),
+                    ));
+                }
+            },
+            Some(alias) => {
+                self.aliases.insert(alias, publish.topic.clone());
+                publish.topic
+            }
+            None => publish.topic,
+        };
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Some(End::Violation(
+                Goodbye::ProtocolError,
+                format!("invalid topic name {topic:?}"),
+            ));
+        }
+        let qos = publish.qos;
+        if qos > QoS::AtMostOnce
+            && self.version == Version::V5
+            && self.acks.outstanding() >= usize::from(self.context.limits.max_inflight)
+        {
+            return Some(End::Violation(
+                Goodbye::ReceiveMaximumExceeded,
+                format!(
+                    "more than {} unacknowledged publishes",
+                    self.context.limits.max_inflight
+                ),
+            ));
+        }
+        let pkid = publish.pkid;
+        if qos == QoS::ExactlyOnce {
+            if self.qos2_unsettled.contains(&pkid) {
+                // A resend of a publish not yet durable: its PUBREC follows when it is.
+                return None;
+            }
+            if self
+                .context
+                .registry
+                .is_awaiting_pubrel(&self.client_id, pkid)
+            {
+                self.out.reply(&Reply::PubRec {
+                    pkid,
+                    reason: AckReason::Success,
+                });
+                return None;
+            }
+        }
+        if topic.starts_with('$') || !self.context.auth.may_publish(&self.identity, &topic) {
+            let reason = if topic.starts_with('$') {
+                AckReason::TopicNameInvalid
+            } else {
+                AckReason::NotAuthorized
+            };
+            self.refuse(&topic, reason);
+            if qos > QoS::AtMostOnce {
+                let token = self.acks.push(Pending { pkid, qos, reason });
+                self.acks.settle(token);
+                self.release_acks();
+            }
+            return None;
+        }
+        let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
+            return None;
+        };
+        let user_properties: Arc<[(String, String)]> = Arc::from(publish.user_properties.clone());
+        let delivery = Delivery {
+            topic: Arc::from(topic.as_str()),
+            payload: publish.payload.clone(),
+            qos,
+            retain: publish.retain,
+            user_properties,
+        };
+        self.context.registry.publish(&self.client_id, &delivery);
+        let ack = match qos {
+            QoS::AtMostOnce => Ack::none(),
+            _ => {
+                if qos == QoS::ExactlyOnce {
+                    self.qos2_unsettled.insert(pkid);
+                }
+                let token = self.acks.push(Pending {
+                    pkid,
+                    qos,
+                    reason: AckReason::Success,
+                });
+                Ack::new(settle_to.clone(), token)
+            }
+        };
+        let record = Record {
+            message: Message {
+                topic,
+                payload: Arc::from(&publish.payload[..]),
+                qos,
+                retain: publish.retain,
+                received_at: Utc::now(),
+                user_properties: publish.user_properties,
+            },
+            ack,
+        };
+        let records = records.clone();
+        tokio::select! {
+            sent = records.send(record) => if sent.is_err() {
+                warn!(client_id = %self.client_id, "pipeline closed; stopping intake");
+                self.stop_intake();
+            },
+            _ = intake.cancelled() => self.stop_intake(),
+        }
+        None
+    }
+
+    fn refuse(&mut self, topic: &str, reason: AckReason) {
+        self.refused.count += 1;
+        if self.refused.count == 1 {
+            warn!(
+                client_id = %self.client_id,
+                topic,
+                reason = ?reason,
+                "publish refused; further refusals on this connection are counted"
+            );
+        }
+    }
+
+    fn settle(&mut self, done: Settled) {
+        let dead = done.how == Settlement::DeadLettered;
+        if dead {
+            self.dead_lettered += 1;
+        }
+        self.acks.settle_with(done.token, |pending| {
+            if dead {
+                pending.reason = AckReason::PayloadFormatInvalid;
+            }
+        });
+    }
+
+    /// Sends PUBACK / PUBREC for the unbroken run of settled publishes, in arrival order.
+    fn release_acks(&mut self) {
+        for pending in self.acks.pop_ready() {
+            match pending.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.out.reply(&Reply::PubAck {
+                        pkid: pending.pkid,
+                        reason: pending.reason,
+                    });
+                }
+                QoS::ExactlyOnce => {
+                    self.qos2_unsettled.remove(&pending.pkid);
+                    // An error reason ends the exchange: no PUBREL follows (MQTT 5 §4.3.3).
+                    if !pending.reason.is_error() {
+                        self.context
+                            .registry
+                            .await_pubrel(&self.client_id, pending.pkid);
+                    }
+                    self.out.reply(&Reply::PubRec {
+                        pkid: pending.pkid,
+                        reason: pending.reason,
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<codec::Filter>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut accepted = Vec::new();
+        let mut retain_rules = Vec::new();
+        for filter in filters {
+            let code = match TopicFilter::parse(&filter.filter) {
+                Err(_) => SubCode::FilterInvalid,
+                Ok(parsed) if parsed.share_group().is_some() => SubCode::SharedNotSupported,
+                Ok(_)
+                    if !self
+                        .context
+                        .auth
+                        .may_subscribe(&self.identity, &filter.filter) =>
+                {
+                    SubCode::NotAuthorized
+                }
+                Ok(parsed) => {
+                    accepted.push(Subscription {
+                        filter: parsed,
+                        qos: filter.qos,
+                        no_local: filter.no_local,
+                    });
+                    retain_rules.push(filter.retain_handling);
+                    SubCode::Granted(filter.qos)
+                }
+            };
+            if code != SubCode::Granted(filter.qos) {
+                info!(client_id = %self.client_id, filter = %filter.filter, code = ?code, "subscription refused");
+            }
+            codes.push(code);
+        }
+        let results = self.context.registry.subscribe(&self.client_id, accepted);
+        self.out.reply(&Reply::SubAck { pkid, codes });
+        for ((existed, retained), rule) in results.into_iter().zip(retain_rules) {
+            let send = match rule {
+                codec::RetainHandling::Send => true,
+                codec::RetainHandling::SendIfNew => !existed,
+                codec::RetainHandling::Never => false,
+            };
+            if send {
+                self.pending.extend(retained);
+            }
+        }
+        self.send_pending();
+    }
+
+    /// Writes queued deliveries while the client's receive maximum allows.
+    fn send_pending(&mut self) {
+        while let Some(front) = self.pending.front() {
+            if front.qos > QoS::AtMostOnce
+                && self.inflight.len() >= usize::from(self.receive_maximum)
+            {
+                return;
+            }
+            let Some(delivery) = self.pending.pop_front() else {
+                return;
+            };
+            let pkid = match delivery.qos {
+                QoS::AtMostOnce => 0,
+                _ => self.next_free_pkid(),
+            };
+            let sent = self.out.reply(&Reply::Publish(Outgoing {
+                topic: delivery.topic.to_string(),
+                payload: delivery.payload.clone(),
+                qos: delivery.qos,
+                retain: delivery.retain,
+                dup: false,
+                pkid,
+                user_properties: delivery.user_properties.to_vec(),
+            }));
+            if sent && delivery.qos > QoS::AtMostOnce {
+                let stage = match delivery.qos {
+                    QoS::ExactlyOnce => Stage::Rec,
+                    _ => Stage::Ack,
+                };
+                self.inflight.insert(pkid, (delivery, stage));
+            }
+        }
+    }
+
+    fn next_free_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Says goodbye, hands the session back, and publishes the will if the end calls for it.
+    async fn finish(mut self, end: End, intake: CancellationToken) {
+        let goodbye = match &end {
+            End::Shutdown => Some(Goodbye::ShuttingDown),
+            End::TakenOver => Some(Goodbye::TakenOver),
+            End::KeepAlive => Some(Goodbye::KeepAliveTimeout),
+            End::Violation(goodbye, _) => Some(*goodbye),
+            End::Normal { .. } | End::Lost(_) => None,
+        };
+        match &end {
+            End::Violation(_, reason) => {
+                warn!(peer = %self.peer, client_id = %self.client_id, reason = %reason, "closing connection");
+            }
+            End::KeepAlive => {
+                info!(peer = %self.peer, client_id = %self.client_id, "keep-alive expired; closing connection");
+            }
+            End::TakenOver => {
+                info!(peer = %self.peer, client_id = %self.client_id, "session taken over by a new connection");
+            }
+            End::Lost(reason) => {
+                debug!(peer = %self.peer, client_id = %self.client_id, reason = %reason, "connection lost");
+            }
+            End::Normal { .. } | End::Shutdown => {
+                debug!(peer = %self.peer, client_id = %self.client_id, "client disconnected");
+            }
+        }
+        if self.refused.count > 1 {
+            warn!(client_id = %self.client_id, refused = self.refused.count, "publishes refused on this connection");
+        }
+        if self.dead_lettered > 0 && self.version == Version::V311 {
+            info!(
+                client_id = %self.client_id,
+                dead_lettered = self.dead_lettered,
+                "publishes dead-lettered (acknowledged: 3.1.1 cannot say otherwise)"
+            );
+        }
+        if let Some(goodbye) = goodbye {
+            self.out.reply(&Reply::Disconnect(goodbye));
+        }
+        let _ = self.out.flush().await;
+        let _ = self.out.writer.shutdown().await;
+
+        // Outgoing messages not yet acknowledged go back to the session (QoS 1/2), so a
+        // persistent subscriber gets them after reconnecting.
+        let mut unsent: Vec<Delivery> = std::mem::take(&mut self.inflight)
+            .into_values()
+            .filter(|(_, stage)| *stage != Stage::Comp)
+            .map(|(delivery, _)| delivery)
+            .collect();
+        unsent.extend(self.pending.drain(..));
+        self.deliveries.close();
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            unsent.push(delivery);
+        }
+        self.context
+            .registry
+            .detach(&self.client_id, self.id, self.expiry_s, unsent);
+
+        if end.publishes_will()
+            && let Some(will) = self.will.take()
+            && let Some(records) = self.records.take()
+        {
+            publish_will(
+                Arc::clone(&self.context),
+                self.client_id.clone(),
+                self.identity.clone(),
+                will,
+                self.expiry_s,
+                records,
+                intake,
+            );
+        }
+    }
+}
+
+/// Publishes a last will: to subscribers and the retained store, and into the pipelines as
+/// a record, so that dashboards can show the device going offline. An MQTT 5 will delay is
+/// honoured by waiting, in a task of its own, unless the client has reconnected by then.
+fn publish_will(
+    context: Arc<Context>,
+    client_id: String,
+    identity: Identity,
+    will: Will,
+    expiry_s: u32,
+    records: mpsc::Sender<Record>,
+    intake: CancellationToken,
+) {
+    if will.topic.is_empty()
+        || will.topic.starts_with('$')
+        || will.topic.contains(['+', '#', '\0'])
+        || !context.auth.may_publish(&identity, &will.topic)
+    {
+        warn!(%client_id, topic = %will.topic, "will not published: topic not allowed");
+        return;
+    }
+    let delay = Duration::from_secs(u64::from(will.delay_s.min(expiry_s)));
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Holding a record sender through shutdown would keep the pipeline open.
+                _ = intake.cancelled() => return,
+            }
+            if context.registry.is_attached(&client_id) {
+                debug!(%client_id, "client reconnected within its will delay; will not published");
+                return;
+            }
+        }
+        info!(%client_id, topic = %will.topic, "publishing last will");
+        let user_properties: Arc<[(String, String)]> = Arc::from(will.user_properties.clone());
+        context.registry.publish(
+            &client_id,
+            &Delivery {
+                topic: Arc::from(will.topic.as_str()),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                user_properties,
+            },
+        );
+        let record = Record {
+            message: Message {
+                topic: will.topic,
+                payload: Arc::from(&will.payload[..]),
+                qos: will.qos,
+                retain: will.retain,
+                received_at: Utc::now(),
+                user_properties: will.user_properties,
+            },
+            ack: Ack::none(),
+        };
+        if records.send(record).await.is_err() {
+            debug!(%client_id, "pipeline closed; will only published to subscribers");
+        }
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,437 @@
+//! Sessions and the registry that holds them: which client ids have a session, what each is
+//! subscribed to, when it expires, which QoS 2 packet ids await PUBREL, what is queued for it
+//! while it is offline, and which connection (if any) owns it now. The retained store lives
+//! here too, because a retained publish and the fan-out it causes must be one step.
+//!
+//! One `std::sync::Mutex` over everything, held only for map work and never across an await:
+//! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
+//! next to the pipeline and keeps takeover, fan-out and persistence trivially consistent.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::retained::Retained;
+use super::router;
+use super::store::{self, State};
+use crate::record::QoS;
+use crate::topic::TopicFilter;
+
+/// Messages kept for a disconnected persistent session (QoS 1 and 2 only). Beyond this the
+/// oldest are dropped with a counted warning, as Mosquitto's `max_queued_messages` does.
+pub const MAX_QUEUED: usize = 1000;
+
+/// A message on its way to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub user_properties: Arc<[(String, String)]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub filter: TopicFilter,
+    pub qos: QoS,
+    pub no_local: bool,
+}
+
+/// The connection that owns a session now.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub connection: u64,
+    pub deliver: mpsc::Sender<Delivery>,
+    /// Cancelled to take the session over: the connection says goodbye and ends.
+    pub kick: CancellationToken,
+    /// Cancelled by the connection once it has handed the session back.
+    pub done: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct Session {
+    pub subscriptions: Vec<Subscription>,
+    /// Seconds the session outlives its connection; `u32::MAX` means forever (3.1.1).
+    pub expiry_s: u32,
+    pub awaiting_pubrel: BTreeSet<u16>,
+    pub queued: VecDeque<Delivery>,
+    pub disconnected_at: Option<SystemTime>,
+    pub attached: Option<Attached>,
+}
+
+impl Session {
+    fn expired(&self, now: SystemTime) -> bool {
+        match (self.attached.is_some(), self.disconnected_at) {
+            (false, Some(at)) if self.expiry_s != u32::MAX => {
+                at + Duration::from_secs(u64::from(self.expiry_s)) <= now
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a new connection finds.
+pub struct Resumed {
+    pub session_present: bool,
+    /// Messages queued while it was away, to send first.
+    pub queued: Vec<Delivery>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, Session>,
+    retained: Retained,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Bumped on every change worth persisting; the store task writes when it moved.
+    version: AtomicU64,
+    changed: Notify,
+    next_connection: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            version: AtomicU64::new(0),
+            changed: Notify::new(),
+            next_connection: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Sessions and retained messages as persisted by an earlier run. Sessions that were
+    /// connected when it stopped count as disconnected now, so their expiry starts over.
+    pub fn restore(state: State) -> Registry {
+        let registry = Registry::new();
+        {
+            let mut inner = registry.lock();
+            let now = SystemTime::now();
+            for saved in state.sessions {
+                let subscriptions = saved
+                    .subscriptions
+                    .iter()
+                    .filter_map(|s| {
+                        Some(Subscription {
+                            filter: TopicFilter::parse(&s.filter).ok()?,
+                            qos: store::qos(s.qos),
+                            no_local: s.no_local,
+                        })
+                    })
+                    .collect();
+                let session = Session {
+                    subscriptions,
+                    expiry_s: saved.expiry_s,
+                    awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
+                    queued: VecDeque::new(),
+                    disconnected_at: Some(
+                        saved
+                            .disconnected_at
+                            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                            .unwrap_or(now),
+                    ),
+                    attached: None,
+                };
+                if !session.expired(now) {
+                    inner.sessions.insert(saved.client_id, session);
+                }
+            }
+            for message in state.retained {
+                if let Some(delivery) = message.into_delivery() {
+                    inner.retained.update(&delivery);
+                }
+            }
+        }
+        registry
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way later
+        // readers would misread (every update is a single insert/remove), so keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn touch(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tells the connection that holds `client_id` to go; returns what to await until it has.
+    pub fn kick(&self, client_id: &str) -> Option<CancellationToken> {
+        let inner = self.lock();
+        let attached = inner.sessions.get(client_id)?.attached.as_ref()?;
+        attached.kick.cancel();
+        Some(attached.done.clone())
+    }
+
+    /// Gives `client_id`'s session to a new connection, after any old one was kicked.
+    pub fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_s: u32,
+        attached: Attached,
+    ) -> Resumed {
+        let mut inner = self.lock();
+        if clean_start {
+            inner.sessions.remove(client_id);
+        }
+        let session_present = inner.sessions.contains_key(client_id);
+        let session = inner.sessions.entry(client_id.to_owned()).or_default();
+        session.expiry_s = expiry_s;
+        session.disconnected_at = None;
+        session.attached = Some(attached);
+        let queued = session.queued.drain(..).collect();
+        drop(inner);
+        self.touch();
+        Resumed {
+            session_present,
+            queued,
+        }
+    }
+
+    /// Hands the session back when `connection` ends: kept with its queue if it has an expiry,
+    /// otherwise removed. A connection that was taken over no longer owns it and changes nothing.
+    pub fn detach(&self, client_id: &str, connection: u64, expiry_s: u32, unsent: Vec<Delivery>) {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.attached.as_ref().map(|a| a.connection) != Some(connection) {
+            return;
+        }
+        session.attached = None;
+        if expiry_s == 0 {
+            inner.sessions.remove(client_id);
+        } else {
+            session.expiry_s = expiry_s;
+            session.disconnected_at = Some(SystemTime::now());
+            for delivery in unsent.into_iter().filter(|d| d.qos > QoS::AtMostOnce) {
+                session.queued.push_back(delivery);
+            }
+            while session.queued.len() > MAX_QUEUED {
+                session.queued.pop_front();
+                self.count_dropped(client_id);
+            }
+        }
+        drop(inner);
+        self.touch();
+    }
+
+    /// Whether `connection` still owns the session (a delayed will checks this).
+    pub fn is_attached(&self, client_id: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.attached.is_some())
+    }
+
+    /// Adds or replaces subscriptions; returns, per filter, whether it existed before, and the
+    /// retained messages to deliver for it (already capped at the granted QoS).
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        subscriptions: Vec<Subscription>,
+    ) -> Vec<(bool, Vec<Delivery>)> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        let mut result = Vec::with_capacity(subscriptions.len());
+        for subscription in subscriptions {
+            let retained = inner
+                .retained
+                .matching(&subscription.filter)
+                .map(|m| Delivery {
+                    qos: m.qos.min(subscription.qos),
+                    ..m.clone()
+                })
+                .collect();
+            let existing = session
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.filter.as_str() == subscription.filter.as_str());
+            let existed = match existing {
+                Some(slot) => {
+                    *slot = subscription;
+                    true
+                }
+                None => {
+                    session.subscriptions.push(subscription);
+                    false
+                }
+            };
+            result.push((existed, retained));
+        }
+        self.touch();
+        result
+    }
+
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return vec![false; filters.len()];
+        };
+        let existed = filters
+            .iter()
+            .map(|filter| {
+                let before = session.subscriptions.len();
+                session
+                    .subscriptions
+                    .retain(|s| s.filter.as_str() != filter);
+                session.subscriptions.len() != before
+            })
+            .collect();
+        drop(inner);
+        self.touch();
+        existed
+    }
+
+    /// Updates the retained store and fans `message` out to every matching session: live
+    /// connections get it on their channel (dropped with a count if a subscriber lags that
+    /// far behind), offline persistent sessions queue QoS 1/2 messages.
+    pub fn publish(&self, publisher: &str, message: &Delivery) {
+        let mut inner = self.lock();
+        if message.retain {
+            inner.retained.update(message);
+            self.touch();
+        }
+        let mut dropped = Vec::new();
+        for (client_id, session) in inner.sessions.iter_mut() {
+            if session.subscriptions.is_empty() {
+                continue;
+            }
+            let own = client_id == publisher;
+            let Some(qos) =
+                router::delivery_qos(&session.subscriptions, &message.topic, message.qos, own)
+            else {
+                continue;
+            };
+            // Live deliveries carry retain = false (MQTT 3.1.1 §3.3.1.3; 5 without
+            // retain-as-published): the flag tells a subscriber "this is old news".
+            let delivery = Delivery {
+                qos,
+                retain: false,
+                ..message.clone()
+            };
+            if let Some(attached) = &session.attached {
+                if attached.deliver.try_send(delivery).is_err() {
+                    dropped.push(client_id.clone());
+                }
+            } else if qos > QoS::AtMostOnce {
+                session.queued.push_back(delivery);
+                if session.queued.len() > MAX_QUEUED {
+                    session.queued.pop_front();
+                    dropped.push(client_id.clone());
+                }
+            }
+        }
+        drop(inner);
+        for client_id in dropped {
+            self.count_dropped(&client_id);
+        }
+    }
+
+    fn count_dropped(&self, client_id: &str) {
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if total == 1 || total.is_power_of_two() {
+            warn!(
+                client_id,
+                dropped_total = total,
+                "a subscriber lags behind: messages for it were dropped"
+            );
+        }
+    }
+
+    /// A PUBREC went out for `pkid`: until its PUBREL, a resent PUBLISH with that id is not new.
+    pub fn await_pubrel(&self, client_id: &str, pkid: u16) {
+        if let Some(session) = self.lock().sessions.get_mut(client_id) {
+            session.awaiting_pubrel.insert(pkid);
+        }
+        self.touch();
+    }
+
+    pub fn is_awaiting_pubrel(&self, client_id: &str, pkid: u16) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.awaiting_pubrel.contains(&pkid))
+    }
+
+    pub fn release(&self, client_id: &str, pkid: u16) {
+        let removed = self
+            .lock()
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.awaiting_pubrel.remove(&pkid));
+        if removed {
+            self.touch();
+        }
+    }
+
+    /// Removes expired disconnected sessions; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        let before = inner.sessions.len();
+        inner.sessions.retain(|_, s| !s.expired(now));
+        let purged = before - inner.sessions.len();
+        drop(inner);
+        if purged > 0 {
+            self.touch();
+        }
+        purged
+    }
+
+    /// What survives a restart: sessions that outlive their connection, and retained messages.
+    pub fn snapshot(&self) -> State {
+        let inner = self.lock();
+        State::capture(
+            inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.expiry_s > 0)
+                .map(|(id, s)| (id.as_str(), s)),
+            inner.retained.iter(),
+        )
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.lock().retained.len()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
