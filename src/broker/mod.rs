@@ -76,8 +76,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Loads auth and the persisted state, then binds every listener and logs `listening`
-    /// with its transport and address (port 0 resolved). Fails fast on any of them.
+    /// Loads auth and the persisted state, then binds every listener (each logs `listening`
+    /// with its transport and address, port 0 resolved). Fails fast on any of them.
     pub async fn start(settings: &BrokerSettings) -> Result<Broker, BrokerError> {
         let auth = Auth::load(&settings.auth)?;
         let store = Store::open(&settings.state_dir)?;
@@ -89,13 +89,6 @@ impl Broker {
             "broker state loaded"
         );
         let listeners = Listeners::bind(&settings.listeners).await?;
-        for (transport, address) in listeners.local_addrs() {
-            info!(
-                transport = transport_name(transport),
-                %address,
-                "listening"
-            );
-        }
         Ok(Broker {
             listeners,
             context: Arc::new(Context {

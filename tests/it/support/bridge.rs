@@ -149,12 +149,16 @@ impl Bridge {
 
     /// The embedded broker's TCP address, from this run's `listening` log line.
     pub fn broker_address(&mut self) -> std::net::SocketAddr {
-        self.wait_for_log(" listening ", self.starts, Duration::from_secs(30));
+        self.wait_for_log(
+            "listening transport=tcp ",
+            self.starts,
+            Duration::from_secs(30),
+        );
         let logs = self.logs();
         let line = logs
             .lines()
             .rev()
-            .find(|line| line.contains(" listening ") && line.contains("transport=\"tcp\""))
+            .find(|line| line.contains("listening transport=tcp "))
             .expect("a listening line for tcp");
         let address = line
             .split("address=")
