@@ -369,7 +369,15 @@ impl Outbound {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.buf)).await;
+        // write_all alone leaves a WebSocket frame (and possibly a TLS record) queued in the
+        // stream: flush is what puts it on the socket.
+        let writer = &mut self.writer;
+        let buf = &self.buf;
+        let write = async move {
+            writer.write_all(buf).await?;
+            writer.flush().await
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
         self.buf.clear();
         match result {
             Ok(result) => result,
