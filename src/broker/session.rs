@@ -64,6 +64,9 @@ pub struct Session {
     pub queued: VecDeque<Delivery>,
     pub disconnected_at: Option<SystemTime>,
     pub attached: Option<Attached>,
+    /// The connection that attached last (0: none since this process started), so a delayed
+    /// will can tell a reconnect that has already left again from no reconnect at all.
+    pub last_connection: u64,
 }
 
 impl Session {
@@ -141,6 +144,7 @@ impl Registry {
                             .unwrap_or(now),
                     ),
                     attached: None,
+                    last_connection: 0,
                 };
                 if !session.expired(now) {
                     inner.sessions.insert(saved.client_id, session);
@@ -204,6 +208,7 @@ impl Registry {
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
         session.expiry_s = expiry_s;
         session.disconnected_at = None;
+        session.last_connection = attached.connection;
         session.attached = Some(attached);
         let queued = session.queued.drain(..).collect();
         drop(inner);
@@ -242,12 +247,13 @@ impl Registry {
         self.touch();
     }
 
-    /// Whether `connection` still owns the session (a delayed will checks this).
-    pub fn is_attached(&self, client_id: &str) -> bool {
+    /// Whether another connection than `connection` has taken up `client_id`'s session since,
+    /// even one that has already gone again (a delayed will checks this: MQTT 5 §3.1.3.2.2).
+    pub fn reconnected_since(&self, client_id: &str, connection: u64) -> bool {
         self.lock()
             .sessions
             .get(client_id)
-            .is_some_and(|s| s.attached.is_some())
+            .is_some_and(|s| s.attached.is_some() || s.last_connection != connection)
     }
 
     /// Adds or replaces subscriptions; returns, per filter, whether it existed before, and the
@@ -433,5 +439,33 @@ impl Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(connection: u64) -> Attached {
+        Attached {
+            connection,
+            deliver: mpsc::channel(1).0,
+            kick: CancellationToken::new(),
+            done: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
+        let registry = Registry::new();
+        registry.attach("pi", false, 300, attached(1));
+        registry.detach("pi", 1, 300, Vec::new());
+        assert!(!registry.reconnected_since("pi", 1));
+
+        registry.attach("pi", false, 300, attached(2));
+        assert!(registry.reconnected_since("pi", 1));
+        registry.detach("pi", 2, 300, Vec::new());
+        assert!(registry.reconnected_since("pi", 1));
+        assert!(!registry.reconnected_since("pi", 2));
     }
 }
