@@ -374,6 +374,10 @@ async fn mosquitto_sub_sees_hello_world_from_mosquitto_pub_go_and_python_and_eac
 
 // ---- seeds/003 and 004: a password file made by mosquitto_passwd ----------------------------
 
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A password file for the seed's user, made by the real `mosquitto_passwd`.
 fn seed_password_file(dir: &Path) -> PathBuf {
     let path = dir.join("auth.txt");
@@ -495,6 +499,48 @@ async fn the_seed_publisher_with_a_mosquitto_passwd_file_is_let_in_and_a_wrong_p
         0
     );
 
+    // seeds/004: retained, with the password; a later subscriber with it gets the message.
+    let seed4 = |extra: &[&str]| -> Vec<String> {
+        [
+            "-h",
+            "localhost",
+            "-p",
+            &p,
+            "-u",
+            "rajan",
+            "-P",
+            "password123",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
+    run_ok(
+        "mosquitto_pub",
+        &refs(&seed4(&[
+            "-t",
+            "greetings",
+            "-m",
+            "Hello World MQTT",
+            "-d",
+            "-r",
+        ])),
+    );
+    let later = run_ok(
+        "mosquitto_sub",
+        &refs(&seed4(&["-t", "greetings", "-C", "1", "-W", "10"])),
+    );
+    assert_eq!(later.lines().collect::<Vec<_>>(), ["Hello World MQTT"]);
+    let retained = docs(node, &messages_index(&bridge), topic_is("greetings"), 1).await;
+    assert_eq!(
+        messages(&retained),
+        ["Hello World MQTT"],
+        "{}",
+        bridge.logs()
+    );
+    assert_eq!(retained[0]["mqtt"]["retain"], true, "{}", retained[0]);
+
     let found = docs(node, &messages_index(&bridge), topic_is("test/terminal"), 2).await;
     assert_eq!(
         messages(&found),
@@ -512,6 +558,10 @@ const JWT_SECRET: &str = "seed-003-vernemq-style-shared-secret";
 /// A compact JWT made by Python's standard library (hmac, hashlib, base64, json), so the token
 /// does not come from the code under test. `alg` "HS256" signs; anything else gets `signature`.
 fn jwt(header: Value, claims: Value, signature: &str) -> String {
+    jwt_signed_with(JWT_SECRET, header, claims, signature)
+}
+
+fn jwt_signed_with(secret: &str, header: Value, claims: Value, signature: &str) -> String {
     let (python, _) = python_publish();
     let program = r#"
 import base64, hashlib, hmac, json, sys
@@ -529,7 +579,7 @@ print(signing_input + "." + signature)
             program,
             &header.to_string(),
             &claims.to_string(),
-            JWT_SECRET,
+            secret,
             signature,
         ],
     );
@@ -544,7 +594,7 @@ fn now_s() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_jwt_as_the_password_is_accepted_and_expired_or_unsigned_tokens_are_refused() {
+async fn a_jwt_as_the_password_is_accepted_and_expired_forged_or_unsigned_tokens_are_refused() {
     let node = SearchNode::shared();
     let mut bridge = start(
         BridgeSpec::embedded(&node.url())
@@ -584,11 +634,22 @@ async fn a_jwt_as_the_password_is_accepted_and_expired_or_unsigned_tokens_are_re
     assert!(status.success(), "{output}\n{}", bridge.logs());
     assert!(output.contains("received PUBACK"), "{output}");
 
-    let expired = jwt(hs256, json!({"sub": "device-7", "exp": now_s() - 3600}), "");
+    let expired = jwt(
+        hs256.clone(),
+        json!({"sub": "device-7", "exp": now_s() - 3600}),
+        "",
+    );
+    let forged = jwt_signed_with(
+        "another-secret-of-at-least-32-bytes!",
+        hs256,
+        json!({"sub": "device-7", "exp": now_s() + 600}),
+        "",
+    );
     let unsigned = json!({"alg": "none", "typ": "JWT"});
     let claims = json!({"sub": "device-7", "exp": now_s() + 600});
     for (what, token) in [
         ("expired", expired),
+        ("signed with another secret", forged),
         (
             "alg none, no signature",
             jwt(unsigned.clone(), claims.clone(), ""),
