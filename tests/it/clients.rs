@@ -986,6 +986,9 @@ fn events_of(output: &str, event: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Long enough for node to start and reconnect on a loaded machine; short enough to wait for.
+const WILL_DELAY_S: &str = "5";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delayed_will_is_not_published_when_the_device_reconnects_within_the_delay() {
     let node = SearchNode::shared();
@@ -1022,7 +1025,7 @@ async fn a_delayed_will_is_not_published_when_the_device_reconnects_within_the_d
                 "--will-payload",
                 payload,
                 "--will-delay",
-                "2",
+                WILL_DELAY_S,
                 "--end",
                 "abrupt",
             ],
@@ -1030,6 +1033,7 @@ async fn a_delayed_will_is_not_published_when_the_device_reconnects_within_the_d
     };
     let returning = unique("returning");
     will(&returning, "returning went offline");
+    let dropped = Instant::now();
     // It comes back within the delay and leaves cleanly (as seed 002's basic client would).
     let back = mqtt_js_ok(
         &bridge,
@@ -1043,6 +1047,11 @@ async fn a_delayed_will_is_not_published_when_the_device_reconnects_within_the_d
         ],
     );
     assert_eq!(connect_event(&back)["sessionPresent"], true, "{back:?}");
+    let away = dropped.elapsed();
+    assert!(
+        away < Duration::from_secs(WILL_DELAY_S.parse().expect("a number")),
+        "the machine is too slow for this test: the device was away {away:?}"
+    );
 
     // The control: the same will delay on a device that stays away, dropped after the first.
     // Its will arriving means the first one's delay has passed too.
