@@ -375,7 +375,15 @@ impl Outbound {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.buf)).await;
+        // write_all alone leaves a WebSocket frame (and possibly a TLS record) queued in the
+        // stream: flush is what puts it on the socket.
+        let writer = &mut self.writer;
+        let buf = &self.buf;
+        let write = async move {
+            writer.write_all(buf).await?;
+            writer.flush().await
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
         self.buf.clear();
         match result {
             Ok(result) => result,
@@ -903,7 +911,7 @@ impl Connection {
         {
             publish_will(
                 Arc::clone(&self.context),
-                self.client_id.clone(),
+                self.id,
                 self.identity.clone(),
                 will,
                 self.expiry_s,
@@ -916,16 +924,18 @@ impl Connection {
 
 /// Publishes a last will: to subscribers and the retained store, and into the pipelines as
 /// a record, so that dashboards can show the device going offline. An MQTT 5 will delay is
-/// honoured by waiting, in a task of its own, unless the client has reconnected by then.
+/// honoured by waiting, in a task of its own, unless the client has reconnected by then
+/// (even if that connection has ended again).
 fn publish_will(
     context: Arc<Context>,
-    client_id: String,
+    connection: u64,
     identity: Identity,
     will: Will,
     expiry_s: u32,
     records: mpsc::Sender<Record>,
     intake: CancellationToken,
 ) {
+    let client_id = identity.client_id.clone();
     if will.topic.is_empty()
         || will.topic.starts_with('$')
         || will.topic.contains(['+', '#', '\0'])
@@ -942,7 +952,7 @@ fn publish_will(
                 // Holding a record sender through shutdown would keep the pipeline open.
                 _ = intake.cancelled() => return,
             }
-            if context.registry.is_attached(&client_id) {
+            if context.registry.reconnected_since(&client_id, connection) {
                 debug!(%client_id, "client reconnected within its will delay; will not published");
                 return;
             }

@@ -64,6 +64,9 @@ pub struct Session {
     pub queued: VecDeque<Delivery>,
     pub disconnected_at: Option<SystemTime>,
     pub attached: Option<Attached>,
+    /// The connection that attached last (0: none since this process started), so a delayed
+    /// will can tell a reconnect that has already left again from no reconnect at all.
+    pub last_connection: u64,
 }
 
 impl Session {
@@ -158,6 +161,7 @@ impl Registry {
                             .unwrap_or(now),
                     ),
                     attached: None,
+                    last_connection: 0,
                 };
                 if !session.expired(now) {
                     inner.sessions.insert(saved.client_id.clone(), session);
@@ -223,6 +227,7 @@ impl Registry {
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
         session.expiry_s = expiry_s;
         session.disconnected_at = None;
+        session.last_connection = attached.connection;
         session.attached = Some(attached);
         let queued = session.queued.drain(..).collect();
         drop(inner);
@@ -262,12 +267,13 @@ impl Registry {
         self.touch();
     }
 
-    /// Whether `connection` still owns the session (a delayed will checks this).
-    pub fn is_attached(&self, client_id: &str) -> bool {
+    /// Whether another connection than `connection` has taken up `client_id`'s session since,
+    /// even one that has already gone again (a delayed will checks this: MQTT 5 §3.1.3.2.2).
+    pub fn reconnected_since(&self, client_id: &str, connection: u64) -> bool {
         self.lock()
             .sessions
             .get(client_id)
-            .is_some_and(|s| s.attached.is_some())
+            .is_some_and(|s| s.attached.is_some() || s.last_connection != connection)
     }
 
     /// Adds or replaces subscriptions; returns, per filter, whether it existed before, and the
@@ -561,7 +567,10 @@ mod tests {
         registry.attach("pi", false, 60, b);
         // The old connection hands back late: it no longer owns the session.
         registry.detach("pi", 1, 0, Vec::new());
-        assert!(registry.is_attached("pi"));
+        assert!(
+            registry.reconnected_since("pi", 1),
+            "connection 2 still holds it"
+        );
     }
 
     #[test]
@@ -629,5 +638,19 @@ mod tests {
         assert_eq!(registry.snapshot().sessions[0].awaiting_pubrel, vec![7]);
         registry.release("pi", 7);
         assert!(!registry.is_awaiting_pubrel("pi", 7));
+    }
+
+    #[test]
+    fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
+        let registry = Registry::new();
+        registry.attach("pi", false, 300, attached(1).0);
+        registry.detach("pi", 1, 300, Vec::new());
+        assert!(!registry.reconnected_since("pi", 1));
+
+        registry.attach("pi", false, 300, attached(2).0);
+        assert!(registry.reconnected_since("pi", 1));
+        registry.detach("pi", 2, 300, Vec::new());
+        assert!(registry.reconnected_since("pi", 1));
+        assert!(!registry.reconnected_since("pi", 2));
     }
 }

@@ -7,6 +7,7 @@ pub mod bridge_basics;
 mod broker;
 mod broker_auth;
 mod cli;
+mod clients;
 mod dashboards;
 mod dead_letters;
 mod faults;

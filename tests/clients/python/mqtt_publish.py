@@ -5,7 +5,7 @@
 With -n N it publishes N numbered messages ({"seq": i}) on one connection and waits for every
 acknowledgement, printing one line per message as it is acknowledged. With -c (clean session
 off) it keeps its session and, when the connection drops, reconnects and resends what was not
-acknowledged, as a device would.
+acknowledged, as a device would. With -d it prints paho's packet log, as mosquitto_pub -d does.
 """
 import argparse
 import json
@@ -29,6 +29,7 @@ def main():
     p.add_argument("-i", "--id", default="")
     p.add_argument("-c", "--persistent", action="store_true", help="clean session off")
     p.add_argument("-n", "--count", type=int, default=0, help="publish N numbered messages")
+    p.add_argument("-d", "--debug", action="store_true", help="print paho's packet log")
     p.add_argument("--timeout", type=float, default=60.0)
     args = p.parse_args()
 
@@ -51,6 +52,9 @@ def main():
 
     client.on_connect = on_connect
     client.on_publish = on_publish
+    if args.debug:
+        # As mosquitto_pub -d: one line per packet ("Sending PUBLISH (d1, q1, ...)" for a resend).
+        client.on_log = lambda _c, _u, _level, line: print(line, flush=True)
     client.connect(args.host, args.port, keepalive=30)
     client.loop_start()
     messages = (

@@ -34,6 +34,10 @@ pub struct EmbeddedBroker {
     pub bind: String,
     /// Extra YAML lines inside `broker:` (indented by the caller with two spaces).
     pub extra: String,
+    /// Listeners after the TCP one, each a YAML flow mapping (`{transport: ws, bind: ...}`).
+    pub listeners: Vec<String>,
+    /// The `auth:` value (a YAML flow mapping); anonymous clients allowed when `None`.
+    pub auth: Option<String>,
 }
 
 impl BridgeSpec {
@@ -57,6 +61,8 @@ impl BridgeSpec {
             broker: Some(EmbeddedBroker {
                 bind: "127.0.0.1:0".into(),
                 extra: String::new(),
+                listeners: Vec::new(),
+                auth: None,
             }),
             ..BridgeSpec::new(0, search_url)
         }
@@ -74,6 +80,24 @@ impl BridgeSpec {
     pub fn broker_lines(mut self, lines: &str) -> Self {
         if let Some(broker) = &mut self.broker {
             broker.extra.push_str(lines);
+        }
+        self
+    }
+
+    /// One more listener, a YAML flow mapping such as
+    /// `{transport: wss, bind: "127.0.0.1:0", cert_file: /tmp/c.pem, key_file: /tmp/k.pem}`.
+    /// Find where it listens with `Bridge::listener_address`.
+    pub fn listener(mut self, mapping: impl Into<String>) -> Self {
+        if let Some(broker) = &mut self.broker {
+            broker.listeners.push(mapping.into());
+        }
+        self
+    }
+
+    /// Replaces the default `auth: {allow_anonymous: true}` with this YAML flow mapping.
+    pub fn auth(mut self, mapping: impl Into<String>) -> Self {
+        if let Some(broker) = &mut self.broker {
+            broker.auth = Some(mapping.into());
         }
         self
     }
@@ -149,17 +173,21 @@ impl Bridge {
 
     /// The embedded broker's TCP address, from this run's `listening` log line.
     pub fn broker_address(&mut self) -> std::net::SocketAddr {
-        self.wait_for_log(
-            "listening transport=tcp ",
-            self.starts,
-            Duration::from_secs(30),
-        );
+        self.listener_address("tcp")
+    }
+
+    /// Where this run's listener for `transport` (`tcp`, `tls`, `ws`, `wss`) listens, from its
+    /// `listening transport=<t> address=<a>` log line. With several listeners of one transport,
+    /// the last one logged.
+    pub fn listener_address(&mut self, transport: &str) -> std::net::SocketAddr {
+        let needle = format!("listening transport={transport} ");
+        self.wait_for_log(&needle, self.starts, Duration::from_secs(30));
         let logs = self.logs();
         let line = logs
             .lines()
             .rev()
-            .find(|line| line.contains("listening transport=tcp "))
-            .expect("a listening line for tcp");
+            .find(|line| line.contains(&needle))
+            .unwrap_or_else(|| panic!("a listening line for {transport}"));
         let address = line
             .split("address=")
             .nth(1)
@@ -304,8 +332,14 @@ fn write_config(dir: &Path, spec: &BridgeSpec, prefix: &str, client_id: &str) {
             upstream_extra = spec.upstream_extra,
         ),
         Some(broker) => format!(
-            "broker:\n  listeners:\n    - {{transport: tcp, bind: \"{bind}\"}}\n  state_dir: state\n  auth: {{allow_anonymous: true}}\n{extra}",
+            "broker:\n  listeners:\n    - {{transport: tcp, bind: \"{bind}\"}}\n{listeners}  state_dir: state\n  auth: {auth}\n{extra}",
             bind = broker.bind,
+            listeners = broker
+                .listeners
+                .iter()
+                .map(|l| format!("    - {l}\n"))
+                .collect::<String>(),
+            auth = broker.auth.as_deref().unwrap_or("{allow_anonymous: true}"),
             extra = broker.extra,
         ),
     };

@@ -8,7 +8,7 @@
 pub mod certs;
 pub mod mosquitto;
 pub mod ports;
-mod process;
+pub mod process;
 pub mod search;
 pub mod subscriber;
 
