@@ -243,22 +243,6 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         None => metrics::Mode::Broker,
     };
     let metrics = Metrics::start(&config.metrics, mode, &client, &config.index.prefix).await?;
-    // The sink must know which streams are time series (their documents go without `_id`),
-    // so the engine is identified even when setup is left to `mqtt2es setup`.
-    let url = config.elasticsearch.url.as_str();
-    let time_series_prefixes = if config.setup.on_start {
-        let layout = layout(&config);
-        until_ready(&shutdown, || elastic::install(&client, url, &layout))
-            .await
-            .context("setting up elasticsearch")?
-            .time_series_prefixes
-    } else {
-        let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
-            .await
-            .context("identifying the search engine")?;
-        elastic::templates::time_series_prefixes(&config.index.prefix, &features)
-    };
-    metrics.setup_finished();
 
     let filters = pipelines.topic_filters();
     // The embedded broker binds (and logs `listening`) before anything else starts, so a
@@ -291,24 +275,11 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let (records_tx, records_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (routed_tx, routed_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let abandon = CancellationToken::new();
-
-    let writer = sink::Writer::new(
-        client,
-        sink::SinkSettings {
-            batch: config.batch.clone(),
-            retry: config.retry.clone(),
-            dead_letter: config.dead_letter.clone(),
-            time_series_prefixes,
-        },
-    );
-    metrics::watch(writer.stats(), &records_tx, &routed_tx);
-    let mut sink_task = tokio::spawn(sink::run(routed_rx, writer, abandon.clone()));
-    let processor = tokio::spawn(run_processor(
-        Arc::clone(&pipelines),
-        config.pipelines.max_payload_bytes,
-        records_rx,
-        routed_tx,
-    ));
+    // Connections are served before setup: devices connect and subscribers see live traffic
+    // while Elasticsearch is still starting (compose, a reboot). Their records wait in the
+    // channels, unacknowledged, until the sink runs; templates are in place before the first
+    // document is written.
+    let records_probe = records_tx.downgrade();
     let mut source_task: tokio::task::JoinHandle<anyhow::Result<()>> = match source {
         Source::Upstream(settings) => {
             let intake = shutdown.clone();
@@ -332,6 +303,44 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             })
         }
     };
+
+    // The sink must know which streams are time series (their documents go without `_id`),
+    // so the engine is identified even when setup is left to `mqtt2es setup`.
+    let url = config.elasticsearch.url.as_str();
+    let time_series_prefixes = if config.setup.on_start {
+        let layout = layout(&config);
+        until_ready(&shutdown, || elastic::install(&client, url, &layout))
+            .await
+            .context("setting up elasticsearch")?
+            .time_series_prefixes
+    } else {
+        let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
+            .await
+            .context("identifying the search engine")?;
+        elastic::templates::time_series_prefixes(&config.index.prefix, &features)
+    };
+    metrics.setup_finished();
+
+    let writer = sink::Writer::new(
+        client,
+        sink::SinkSettings {
+            batch: config.batch.clone(),
+            retry: config.retry.clone(),
+            dead_letter: config.dead_letter.clone(),
+            time_series_prefixes,
+        },
+    );
+    // A weak probe: a strong sender kept here would keep the pipeline open after intake stops.
+    if let Some(records) = records_probe.upgrade() {
+        metrics::watch(writer.stats(), &records, &routed_tx);
+    }
+    let mut sink_task = tokio::spawn(sink::run(routed_rx, writer, abandon.clone()));
+    let processor = tokio::spawn(run_processor(
+        Arc::clone(&pipelines),
+        config.pipelines.max_payload_bytes,
+        records_rx,
+        routed_tx,
+    ));
 
     // Biased: after a signal the connections may finish before this select is polled, and that
     // normal end must not be mistaken for the unexpected one below.

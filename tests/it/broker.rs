@@ -1504,3 +1504,49 @@ async fn an_mqtt5_will_delay_holds_the_will_back_while_the_device_reconnects_in_
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_connect_while_the_search_node_is_still_down_at_start_and_are_stored_once_it_is_up()
+{
+    let mut node = SearchNode::start_private();
+    node.stop();
+    // Compose or a reboot: mqtt2es comes up before Elasticsearch. The broker listens anyway.
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let index = readings_index(&bridge);
+    let mut sub = Sub::start(port, &["-t", "sensors/#", "-v"]);
+    let publisher = std::thread::spawn(move || {
+        mosquitto_pub(
+            port,
+            &[
+                "-q",
+                "1",
+                "-t",
+                "sensors/lab/pi-9/telemetry",
+                "-m",
+                &reading("pi-9", 1),
+            ],
+        )
+    });
+    // Subscribers see live traffic while nothing can be stored yet.
+    // (mosquitto_sub's own -W 30 bounds this read.)
+    let live = sub
+        .output
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("sensors/lab/pi-9/telemetry "));
+    assert!(live.is_some(), "no live message:\n{}", bridge.logs());
+    assert!(
+        !publisher.is_finished(),
+        "the PUBACK came before the document could be stored:\n{}",
+        bridge.logs()
+    );
+    node.start();
+    let output = publisher.join().expect("mosquitto_pub thread");
+    assert!(output.status.success());
+    assert_eq!(
+        wait_for_count(&node, &index, 1, Duration::from_secs(60)).await,
+        1,
+        "{}",
+        bridge.logs()
+    );
+}
