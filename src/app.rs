@@ -61,6 +61,9 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         None => String::new(),
     };
     let Some(upstream) = &config.upstream else {
+        if let Some(problem) = config.broker.refuses_everyone() {
+            bail!("{problem}");
+        }
         broker::auth::Auth::load(&config.broker.auth).context("broker.auth")?;
         let broker = &config.broker;
         return Ok(format!(
@@ -264,6 +267,9 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
                 elasticsearch = %config.elasticsearch.url,
                 "mqtt2es starting with the embedded broker"
             );
+            if let Some(problem) = config.broker.refuses_everyone() {
+                bail!("{problem}");
+            }
             let broker = Broker::start(&config.broker)
                 .await
                 .context("starting the embedded broker")?;

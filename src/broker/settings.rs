@@ -77,18 +77,17 @@ impl BrokerSettings {
         for listener in &self.listeners {
             listener.check()?;
         }
-        if !self.auth.allow_anonymous
-            && self.auth.password_file.is_none()
-            && self.auth.jwt.is_none()
-        {
-            return Err(ConfigError::Key {
-                key: "broker.auth",
-                message:
-                    "no client could connect: set allow_anonymous: true, a password_file or jwt"
-                        .into(),
-            });
-        }
         self.auth.check()
+    }
+
+    /// Why no client could ever connect with these settings, if that is so: anonymous clients
+    /// refused and no way to log in. Checked where the broker is about to run (`run`, `check`),
+    /// not at load, so that `setup` works with a config that has no broker section.
+    pub fn refuses_everyone(&self) -> Option<&'static str> {
+        let auth = &self.auth;
+        (!auth.allow_anonymous && auth.password_file.is_none() && auth.jwt.is_none()).then_some(
+            "broker.auth: no client could connect: set allow_anonymous: true, a password_file or jwt",
+        )
     }
 
     pub fn state_dir(&self) -> &Path {

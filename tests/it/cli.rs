@@ -150,3 +150,20 @@ fn help_explains_the_commands_and_the_environment_overrides() {
         );
     }
 }
+
+#[test]
+fn check_of_a_broker_nobody_could_log_in_to_says_so_and_exits_2() {
+    let dir = shipped_setup();
+    std::fs::write(
+        dir.path().join("mqtt2es.yaml"),
+        "elasticsearch: {url: 'http://es.local:9200'}\n",
+    )
+    .expect("config");
+    let output = mqtt2es(dir.path(), &["check"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr.contains("broker.auth: no client could connect"),
+        "{stderr}"
+    );
+}
