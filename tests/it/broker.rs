@@ -850,13 +850,16 @@ stages:
                     .expect("queue publish");
             }
             let mut acked = 0;
-            let deadline = Instant::now() + Duration::from_secs(120);
+            // Generous: on a loaded machine a thousand connects and 100,000 documents take
+            // longer than the ~30 s they take alone.
+            let deadline = Instant::now() + Duration::from_secs(300);
             while acked < PER_DEVICE && Instant::now() < deadline {
-                match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => panic!("device {device}: {error}"),
-                    Err(_) => break,
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    // A connect that timed out under load: the device retries, as a real one
+                    // would (rumqttc resends what was not acknowledged).
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
             acked
@@ -1415,12 +1418,8 @@ async fn sigterm_while_the_search_node_is_down_acknowledges_nothing_and_the_rese
             }
         })
     };
-    // The publishes reach mqtt2es and wait on the search node.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !bridge.logs().contains("client connected") {
-        assert!(Instant::now() < deadline, "{}", bridge.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The publishes reach mqtt2es, and its sink is failing to store them.
+    bridge.wait_for_log("retrying", 1, Duration::from_secs(60));
     let status = bridge.terminate(Duration::from_secs(60));
     assert!(status.success(), "{}", bridge.logs());
     assert_eq!(
