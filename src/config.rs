@@ -155,12 +155,13 @@ pub struct Secrets {
 }
 
 impl Config {
-    /// The broker to subscribe to; only `run` needs one.
+    /// The broker to subscribe to, for callers that need one; without it, `run` starts the
+    /// embedded broker instead.
     pub fn upstream(&self) -> Result<&UpstreamSettings, ConfigError> {
         self.upstream.as_ref().ok_or_else(|| {
             key_error(
                 "upstream",
-                "no source configured: set upstream.host (and port) to the MQTT broker to subscribe to",
+                "no upstream broker configured (mqtt2es is the broker itself then): set upstream.host to subscribe to one",
             )
         })
     }

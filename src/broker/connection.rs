@@ -450,6 +450,11 @@ impl Connection {
                 return End::Shutdown;
             }
             let reading = self.records.is_some() && self.may_read();
+            if !reading {
+                // Not reading is our doing (backpressure, shutdown), not the client's silence:
+                // its keep-alive starts over once we read again.
+                deadline = keep_alive.map(|k| Instant::now() + k);
+            }
             tokio::select! {
                 biased;
                 _ = kick.cancelled() => return End::TakenOver,
@@ -484,7 +489,7 @@ impl Connection {
                     }
                     Err(error) => return End::Lost(error.to_string()),
                 },
-                _ = sleep_until(deadline), if deadline.is_some() && self.records.is_some() => {
+                _ = sleep_until(deadline), if deadline.is_some() && reading => {
                     return End::KeepAlive;
                 }
             }

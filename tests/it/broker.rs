@@ -248,12 +248,19 @@ async fn a_qos1_publish_is_not_acknowledged_while_the_search_node_is_down_and_is
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut node = SearchNode::start_private();
-    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    // Two unacknowledged publishes at most: the rest wait unread in the socket.
+    let (bridge, port) =
+        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 2\n"));
     let index = readings_index(&bridge);
-    let (client, mut eventloop) = v4_client(port, &unique("it-pi-down"), true);
+    let mut options = rumqttc::MqttOptions::new(unique("it-pi-down"), "127.0.0.1", port);
+    options
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     assert!(drive_v4(&mut eventloop, Duration::from_secs(10), is_v4_connack).await);
-    // The device keeps its connection alive on its own (node restarts take a while), and
-    // counts the PUBACKs it gets.
+    // The device keeps its connection up on its own (node restarts take a while), retries
+    // when it drops (its own ping timeout may fire while we do not read), and counts the
+    // PUBACKs it gets.
     let acks = Arc::new(AtomicUsize::new(0));
     let device = {
         let acks = Arc::clone(&acks);
@@ -264,7 +271,7 @@ async fn a_qos1_publish_is_not_acknowledged_while_the_search_node_is_down_and_is
                         acks.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(_) => {}
-                    Err(error) => return error,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         })
@@ -283,27 +290,27 @@ async fn a_qos1_publish_is_not_acknowledged_while_the_search_node_is_down_and_is
             .expect("queue publish");
     }
     // While the node is down no PUBACK may come: observe for a while (an absence has no
-    // event to wait for).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // event to wait for), longer than 1.5 keep-alives: a stall of our making must not count
+    // as the device falling silent.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(
         acks.load(Ordering::SeqCst),
         0,
         "PUBACK sent before the document was stored:\n{}",
         bridge.logs()
     );
+    assert!(
+        !bridge.logs().contains("keep-alive expired"),
+        "a device we stopped reading was taken for silent:\n{}",
+        bridge.logs()
+    );
 
     node.start();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while acks.load(Ordering::SeqCst) < 10 && Instant::now() < deadline && !device.is_finished() {
+    while acks.load(Ordering::SeqCst) < 10 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        acks.load(Ordering::SeqCst),
-        10,
-        "device: {:?}\n{}",
-        device.is_finished(),
-        bridge.logs()
-    );
+    assert_eq!(acks.load(Ordering::SeqCst), 10, "{}", bridge.logs());
     assert_eq!(node.count(&index).await, 10, "{}", bridge.logs());
     device.abort();
 }
@@ -843,15 +850,16 @@ stages:
                     .expect("queue publish");
             }
             let mut acked = 0;
-            // Generous: a deadline here only turns a stall into a failure; on a loaded
-            // two-core machine the search node alone may need minutes for 100,000 documents.
+            // Generous: on a loaded machine a thousand connects and 100,000 documents take
+            // longer than the ~30 s they take alone.
             let deadline = Instant::now() + Duration::from_secs(600);
             while acked < PER_DEVICE && Instant::now() < deadline {
-                match tokio::time::timeout(Duration::from_secs(120), eventloop.poll()).await {
-                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => panic!("device {device}: {error}"),
-                    Err(_) => break,
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    // A connect that timed out under load: the device retries, as a real one
+                    // would (rumqttc resends what was not acknowledged).
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
             acked
@@ -1410,12 +1418,8 @@ async fn sigterm_while_the_search_node_is_down_acknowledges_nothing_and_the_rese
             }
         })
     };
-    // The publishes reach mqtt2es and wait on the search node.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !bridge.logs().contains("client connected") {
-        assert!(Instant::now() < deadline, "{}", bridge.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The publishes reach mqtt2es, and its sink is failing to store them.
+    bridge.wait_for_log("retrying", 1, Duration::from_secs(60));
     let status = bridge.terminate(Duration::from_secs(60));
     assert!(status.success(), "{}", bridge.logs());
     assert_eq!(
