@@ -313,19 +313,43 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     // The sink must know which streams are time series (their documents go without `_id`),
     // so the engine is identified even when setup is left to `mqtt2es setup`.
     let url = config.elasticsearch.url.as_str();
-    let time_series_prefixes = if config.setup.on_start {
-        let layout = layout(&config);
-        until_ready(&shutdown, || elastic::install(&client, url, &layout))
-            .await
-            .context("setting up elasticsearch")?
-            .time_series_prefixes
-    } else {
-        let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
-            .await
-            .context("identifying the search engine")?;
-        elastic::templates::time_series_prefixes(&config.index.prefix, &features)
+    let setup = async {
+        if config.setup.on_start {
+            let layout = layout(&config);
+            until_ready(&shutdown, || elastic::install(&client, url, &layout))
+                .await
+                .context("setting up elasticsearch")
+                .map(|installed| installed.time_series_prefixes)
+        } else {
+            let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
+                .await
+                .context("identifying the search engine")?;
+            Ok(elastic::templates::time_series_prefixes(
+                &config.index.prefix,
+                &features,
+            ))
+        }
+    };
+    let time_series_prefixes = match setup.await {
+        Ok(prefixes) => prefixes,
+        Err(_) if shutdown.is_cancelled() => {
+            // Told to stop before anything could be stored: nothing was acknowledged, so the
+            // devices (or the upstream broker) still hold every message. A clean exit.
+            warn!("stopped before elasticsearch was ready; nothing was acknowledged");
+            metrics::shutting_down();
+            if tokio::time::timeout(DISCONNECT_GRACE, &mut source_task)
+                .await
+                .is_err()
+            {
+                source_task.abort();
+            }
+            metrics.stop().await;
+            return Ok(());
+        }
+        Err(error) => return Err(error),
     };
     metrics.setup_finished();
+    info!("elasticsearch ready: writing documents");
 
     let writer = sink::Writer::new(
         client,

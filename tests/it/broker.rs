@@ -23,6 +23,7 @@ fn start(spec: BridgeSpec) -> (Bridge, u16) {
             .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
     );
     let port = bridge.broker_port();
+    bridge.wait_ready();
     (bridge, port)
 }
 
@@ -1517,7 +1518,10 @@ async fn devices_connect_while_the_search_node_is_still_down_at_start_and_are_st
     let mut node = SearchNode::start_private();
     node.stop();
     // Compose or a reboot: mqtt2es comes up before Elasticsearch. The broker listens anyway.
-    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url()).pipeline("readings.yaml", readings_pipeline()),
+    );
+    let port = bridge.broker_port();
     let index = readings_index(&bridge);
     let mut sub = Sub::start(port, &["-t", "sensors/#", "-v"]);
     let publisher = std::thread::spawn(move || {
@@ -1552,6 +1556,30 @@ async fn devices_connect_while_the_search_node_is_still_down_at_start_and_are_st
     assert_eq!(
         wait_for_count(&node, &index, 1, Duration::from_secs(60)).await,
         1,
+        "{}",
+        bridge.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_before_elasticsearch_was_ever_ready_exits_zero_having_acknowledged_nothing() {
+    let mut node = SearchNode::start_private();
+    node.stop();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url()).pipeline("readings.yaml", readings_pipeline()),
+    );
+    bridge.broker_port();
+    bridge.wait_for_log(
+        "elasticsearch not ready for setup",
+        1,
+        Duration::from_secs(30),
+    );
+    let status = bridge.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", bridge.logs());
+    assert!(
+        bridge
+            .logs()
+            .contains("stopped before elasticsearch was ready; nothing was acknowledged"),
         "{}",
         bridge.logs()
     );

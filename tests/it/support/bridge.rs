@@ -274,8 +274,17 @@ impl Bridge {
     }
 
     /// Waits until every upstream connection has its subscription granted.
+    /// Subscribed upstream and Elasticsearch set up: records flow to the sink from here on.
     pub fn wait_subscribed(&mut self) {
         self.wait_for_log(" subscribed", 1, Duration::from_secs(30));
+        self.wait_ready();
+    }
+
+    /// Setup finished and the sink is writing (this run's `elasticsearch ready` line). The
+    /// source starts before setup, so a test that stops the node on purpose waits for this
+    /// first, or it stops setup instead.
+    pub fn wait_ready(&mut self) {
+        self.wait_for_log("elasticsearch ready", self.starts, Duration::from_secs(60));
     }
 
     /// Sends SIGTERM and waits for the process to exit.
