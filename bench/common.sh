@@ -52,10 +52,11 @@ if [[ -z $es_java ]]; then
 	[[ -n $es_java ]] || die "no Java >= $need for Elasticsearch $es_version"
 fi
 
-say "cargo build --release (mqtt2es and the bench-publish example)"
-cargo build --release --quiet --bin mqtt2es --example bench-publish
+say "cargo build --release (mqtt2es and the bench examples)"
+cargo build --release --quiet --bin mqtt2es --example bench-publish --example bench-idle
 bridge_bin=$repo/target/release/mqtt2es
 publish_bin=$repo/target/release/examples/bench-publish
+idle_bin=$repo/target/release/examples/bench-idle
 
 # --- processes and cleanup -----------------------------------------------------------------------
 
