@@ -11,6 +11,11 @@
 //! telemetry pipeline derives the document id from device and timestamp, so each reading is a
 //! distinct document and none is deduplicated away.
 //!
+//! `--fence` (QoS 0 only) sends each connection's last reading at QoS 1 and waits for its PUBACK:
+//! a broker reads a connection's packets in order, so the fence's PUBACK says the broker has taken
+//! in everything before it. That times a broker's intake where nothing can be counted downstream
+//! (`bench/broker`'s drop pipeline).
+//!
 //! Prints one line: `published=<n> seconds=<s>`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +42,12 @@ struct Args {
     /// Readings per second in total; 0 publishes as fast as the broker accepts.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Unacknowledged QoS 1 publishes per connection (rumqttc's default is 100).
+    #[arg(long, default_value_t = 100)]
+    inflight: u16,
+    /// At QoS 0, end each connection with one QoS 1 reading and wait for its PUBACK.
+    #[arg(long)]
+    fence: bool,
     /// The `<site>` topic segment; the telemetry pipeline stores into `mqtt2es-telemetry-<site>`.
     #[arg(long)]
     site: String,
@@ -60,8 +71,13 @@ async fn main() -> anyhow::Result<()> {
             + u64::from((i as u64) < args.messages % publishers as u64);
         let rate = args.rate as f64 / publishers as f64;
         let (host, port, site) = (args.host.clone(), args.port, args.site.clone());
+        let shape = Shape {
+            qos,
+            inflight: args.inflight,
+            fence: args.fence && qos == QoS::AtMostOnce,
+        };
         tasks.push(tokio::spawn(async move {
-            publish(&host, port, &site, i, qos, share, rate, base_ms).await
+            publish(&host, port, &site, i, shape, share, rate, base_ms).await
         }));
     }
     let mut published = 0;
@@ -75,13 +91,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How one connection publishes.
+#[derive(Clone, Copy)]
+struct Shape {
+    qos: QoS,
+    inflight: u16,
+    fence: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     host: &str,
     port: u16,
     site: &str,
     index: usize,
-    qos: QoS,
+    shape: Shape,
     count: u64,
     rate: f64,
     base_ms: u64,
@@ -92,8 +116,19 @@ async fn publish(
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
-        .set_inflight(100);
+        .set_inflight(shape.inflight);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    // rumqttc gives up on a write that has not flushed within this (default 5 s). mqtt2es stops
+    // reading a connection while its pipeline is full, so with Elasticsearch slower than the
+    // publisher a QoS 0 write can wait that long: a stall to measure, not a failure.
+    eventloop.network_options.set_connection_timeout(120);
+    let qos = shape.qos;
+    // PUBACKs that end this connection: every reading at QoS 1, the fence only at QoS 0.
+    let expected_acks = match (qos, shape.fence && count > 0) {
+        (QoS::AtMostOnce, true) => 1,
+        (QoS::AtMostOnce, false) => 0,
+        _ => count,
+    };
     let producer = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -103,11 +138,13 @@ async fn publish(
                     let due = started + Duration::from_secs_f64(seq as f64 / rate);
                     tokio::time::sleep_until(due).await;
                 }
+                let fence = expected_acks == 1 && qos == QoS::AtMostOnce && seq + 1 == count;
+                let qos = if fence { QoS::AtLeastOnce } else { qos };
                 client
                     .publish(topic.as_str(), qos, false, reading(base_ms + seq, seq))
                     .await?;
             }
-            if qos == QoS::AtMostOnce {
+            if expected_acks == 0 {
                 // Queued behind the last publish, so the broker has them all when it arrives.
                 client.disconnect().await?;
             }
@@ -120,7 +157,7 @@ async fn publish(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acked += 1;
-                if acked == count {
+                if acked == expected_acks {
                     client.try_disconnect()?;
                 }
             }
