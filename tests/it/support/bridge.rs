@@ -121,6 +121,8 @@ pub struct Bridge {
     env: Vec<(String, String)>,
     /// How many times the process was started (the log is appended to across restarts).
     starts: usize,
+    /// The log's length when the current run started.
+    log_at_start: usize,
 }
 
 impl Bridge {
@@ -136,6 +138,7 @@ impl Bridge {
             spec_prefix: prefix,
             env: spec.env.clone(),
             starts: 0,
+            log_at_start: 0,
         };
         bridge.spawn();
         bridge
@@ -169,6 +172,19 @@ impl Bridge {
             .expect("start mqtt2es");
         self.child = Some(child);
         self.starts += 1;
+        self.log_at_start = self.logs().len();
+    }
+
+    /// Waits until this run (since the last start) has logged `needle`: the log is appended to
+    /// across restarts, and a run killed early may not have logged what later runs do.
+    pub fn wait_for_log_of_this_run(&mut self, needle: &str, timeout: Duration) {
+        let before = {
+            let logs = self.logs();
+            logs[..self.log_at_start.min(logs.len())]
+                .matches(needle)
+                .count()
+        };
+        self.wait_for_log(needle, before + 1, timeout);
     }
 
     /// The embedded broker's TCP address, from this run's `listening` log line.
@@ -181,7 +197,7 @@ impl Bridge {
     /// the last one logged.
     pub fn listener_address(&mut self, transport: &str) -> std::net::SocketAddr {
         let needle = format!("listening transport={transport} ");
-        self.wait_for_log(&needle, self.starts, Duration::from_secs(30));
+        self.wait_for_log_of_this_run(&needle, Duration::from_secs(30));
         let logs = self.logs();
         let line = logs
             .lines()
@@ -284,7 +300,7 @@ impl Bridge {
     /// source starts before setup, so a test that stops the node on purpose waits for this
     /// first, or it stops setup instead.
     pub fn wait_ready(&mut self) {
-        self.wait_for_log("elasticsearch ready", self.starts, Duration::from_secs(60));
+        self.wait_for_log_of_this_run("elasticsearch ready", Duration::from_secs(60));
     }
 
     /// Sends SIGTERM and waits for the process to exit.
