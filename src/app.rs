@@ -74,7 +74,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
             broker
                 .listeners
                 .iter()
-                .map(|l| format!("{} {}", broker::transport_name(l.transport), l.bind))
+                .map(|l| format!("{} {}", l.transport, l.bind))
                 .collect::<Vec<_>>()
                 .join(", "),
             if broker.auth.allow_anonymous {

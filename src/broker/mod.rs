@@ -41,7 +41,7 @@ pub use settings::BrokerSettings;
 use crate::record::Record;
 use auth::{Auth, AuthError};
 use connection::{Context, Limits};
-use listener::{ListenerError, Listeners, Transport};
+use listener::{ListenerError, Listeners};
 use session::Registry;
 use store::{Store, StoreError};
 
@@ -56,16 +56,6 @@ pub enum BrokerError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The transport's name as written in the configuration.
-pub fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-        Transport::Ws => "ws",
-        Transport::Wss => "wss",
-    }
 }
 
 /// A broker whose listeners are bound and whose state is loaded, ready to run.
