@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -127,7 +126,8 @@ pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
             _ => QoS::ExactlyOnce,
         },
         retain: sample.retain,
-        received_at: Utc::now(),
+        reading: crate::reading::ReadingId::next(),
+        received_at: crate::reading::receive_time(),
         user_properties: Vec::new(),
     };
     let processed = match &sample.pipeline {

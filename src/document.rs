@@ -40,3 +40,19 @@ pub enum Processed {
     },
     Rejected(Rejection),
 }
+
+/// `mqtt2es.payload_digest`: what a document made with a pipeline's `id` stage carries so that a
+/// 409 on that id can be checked. The stored document is the same reading when it has the same
+/// reading id (a redelivery mqtt2es recognised) or the same topic and payload bytes (the same
+/// message sent again outside MQTT's redelivery, which the `id` stage exists for): SHA-256 over
+/// both, length-prefixed, its first 16 bytes in base64url.
+pub fn payload_digest(topic: &str, payload: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [b"mqtt2es/payload/v1".as_slice(), topic.as_bytes(), payload] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.finalize()[..16])
+}

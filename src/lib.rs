@@ -11,6 +11,7 @@
 //! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
+//! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
@@ -33,6 +34,7 @@ pub mod document;
 pub mod elastic;
 pub mod metrics;
 pub mod pipeline;
+pub mod reading;
 pub mod record;
 pub mod secret;
 pub mod simulate;

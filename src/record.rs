@@ -11,6 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use crate::reading::ReadingId;
+
 /// MQTT quality of service, independent of any client library's enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum QoS {
@@ -34,6 +36,9 @@ pub struct Message {
     pub payload: Arc<[u8]>,
     pub qos: QoS,
     pub retain: bool,
+    /// Assigned once when the message first arrived (see `reading`): a redelivery of this
+    /// message carries the same id and receive time.
+    pub reading: ReadingId,
     pub received_at: DateTime<Utc>,
     /// MQTT 5 user properties, in the order the client sent them.
     pub user_properties: Vec<(String, String)>,

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use chrono::Utc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -36,6 +35,7 @@ use super::listener::{Accepted, Stream};
 use super::session::{Attached, Delivery, Registry, Subscription};
 use crate::acks::AckQueue;
 use crate::metrics;
+use crate::reading::{self, Assigned, ReadingId};
 use crate::record::{Ack, Message, QoS, Record, Settled, Settlement};
 use crate::topic::TopicFilter;
 
@@ -277,6 +277,7 @@ pub async fn serve(
         settle_to: Some(settle_to),
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
+        readings: resumed.readings,
         aliases: HashMap::new(),
         pending: resumed.queued.into(),
         inflight: BTreeMap::new(),
@@ -415,6 +416,9 @@ struct Connection {
     acks: AckQueue<Pending>,
     /// QoS 2 packet ids received whose PUBREC has not gone out: a DUP resend is not new.
     qos2_unsettled: HashSet<u16>,
+    /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: its DUP
+    /// resend (on this connection or, through the session, a later one) is the same reading.
+    readings: HashMap<u16, Assigned>,
     aliases: HashMap<u16, String>,
     pending: VecDeque<Delivery>,
     inflight: BTreeMap<u16, (Delivery, Stage)>,
@@ -661,6 +665,7 @@ impl Connection {
             }
             return None;
         }
+        let assigned = self.assign(qos, publish.dup, pkid);
         let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
             return None;
         };
@@ -694,7 +699,8 @@ impl Connection {
                 payload: Arc::from(&publish.payload[..]),
                 qos,
                 retain: publish.retain,
-                received_at: Utc::now(),
+                reading: assigned.reading,
+                received_at: assigned.received_at,
                 user_properties: publish.user_properties,
             },
             ack,
@@ -708,6 +714,22 @@ impl Connection {
             _ = intake.cancelled() => self.stop_intake(),
         }
         None
+    }
+
+    /// A new reading gets a new identity; a resend (DUP) of a publish still unacknowledged
+    /// gets the one its first copy got, so it is stored once. A packet id is only reused by
+    /// the client after our acknowledgement, which forgets the assignment; so a publish
+    /// without DUP is always new, whatever we remember.
+    fn assign(&mut self, qos: QoS, dup: bool, pkid: u16) -> Assigned {
+        if qos == QoS::AtMostOnce {
+            return Assigned::now();
+        }
+        if dup && let Some(assigned) = self.readings.get(&pkid) {
+            return *assigned;
+        }
+        let assigned = Assigned::now();
+        self.readings.insert(pkid, assigned);
+        assigned
     }
 
     fn refuse(&mut self, topic: &str, reason: AckReason) {
@@ -738,6 +760,7 @@ impl Connection {
     fn release_acks(&mut self) {
         for pending in self.acks.pop_ready() {
             tracing::trace!(client_id = %self.client_id, ?pending, "ack");
+            self.readings.remove(&pending.pkid);
             match pending.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
@@ -906,9 +929,13 @@ impl Connection {
         while let Ok(delivery) = self.deliveries.try_recv() {
             unsent.push(delivery);
         }
-        self.context
-            .registry
-            .detach(&self.client_id, self.id, self.expiry_s, unsent);
+        self.context.registry.detach(
+            &self.client_id,
+            self.id,
+            self.expiry_s,
+            unsent,
+            std::mem::take(&mut self.readings),
+        );
 
         if end.publishes_will()
             && let Some(will) = self.will.take()
@@ -981,7 +1008,8 @@ fn publish_will(
                 payload: Arc::from(&will.payload[..]),
                 qos: will.qos,
                 retain: will.retain,
-                received_at: Utc::now(),
+                reading: ReadingId::next(),
+                received_at: reading::receive_time(),
                 user_properties: will.user_properties,
             },
             ack: Ack::none(),

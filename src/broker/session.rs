@@ -20,6 +20,7 @@ use tracing::warn;
 use super::retained::Retained;
 use super::router;
 use super::store::{self, State};
+use crate::reading::Assigned;
 use crate::record::QoS;
 use crate::topic::TopicFilter;
 
@@ -61,6 +62,9 @@ pub struct Session {
     /// Seconds the session outlives its connection; `u32::MAX` means forever (3.1.1).
     pub expiry_s: u32,
     pub awaiting_pubrel: BTreeSet<u16>,
+    /// What the client's unacknowledged publishes were assigned, kept while it is away so that
+    /// its resends after reconnecting are the same readings (held by the connection meanwhile).
+    pub readings: HashMap<u16, Assigned>,
     pub queued: VecDeque<Delivery>,
     pub disconnected_at: Option<SystemTime>,
     pub attached: Option<Attached>,
@@ -85,6 +89,8 @@ pub struct Resumed {
     pub session_present: bool,
     /// Messages queued while it was away, to send first.
     pub queued: Vec<Delivery>,
+    /// What its unacknowledged publishes were assigned (empty for a new session).
+    pub readings: HashMap<u16, Assigned>,
 }
 
 #[derive(Default)]
@@ -153,6 +159,7 @@ impl Registry {
                     subscriptions,
                     expiry_s: saved.expiry_s,
                     awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
+                    readings: HashMap::new(),
                     queued: VecDeque::new(),
                     disconnected_at: Some(
                         saved
@@ -230,17 +237,26 @@ impl Registry {
         session.last_connection = attached.connection;
         session.attached = Some(attached);
         let queued = session.queued.drain(..).collect();
+        let readings = std::mem::take(&mut session.readings);
         drop(inner);
         self.touch();
         Resumed {
             session_present,
             queued,
+            readings,
         }
     }
 
     /// Hands the session back when `connection` ends: kept with its queue if it has an expiry,
     /// otherwise removed. A connection that was taken over no longer owns it and changes nothing.
-    pub fn detach(&self, client_id: &str, connection: u64, expiry_s: u32, unsent: Vec<Delivery>) {
+    pub fn detach(
+        &self,
+        client_id: &str,
+        connection: u64,
+        expiry_s: u32,
+        unsent: Vec<Delivery>,
+        readings: HashMap<u16, Assigned>,
+    ) {
         let mut inner = self.lock();
         let Some(session) = inner.sessions.get_mut(client_id) else {
             return;
@@ -255,6 +271,7 @@ impl Registry {
         } else {
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
+            session.readings = readings;
             for delivery in unsent.into_iter().filter(|d| d.qos > QoS::AtMostOnce) {
                 session.queued.push_back(delivery);
             }
@@ -518,7 +535,7 @@ mod tests {
         let registry = Registry::new();
         let (a, _rx) = attached(1);
         assert!(!registry.attach("pi", true, 0, a).session_present);
-        registry.detach("pi", 1, 0, Vec::new());
+        registry.detach("pi", 1, 0, Vec::new(), HashMap::new());
         assert_eq!(registry.session_count(), 0);
     }
 
@@ -528,7 +545,7 @@ mod tests {
         let (a, _rx) = attached(1);
         registry.attach("pi", false, u32::MAX, a);
         subscribe(&registry, "pi", "cmd/#");
-        registry.detach("pi", 1, u32::MAX, Vec::new());
+        registry.detach("pi", 1, u32::MAX, Vec::new(), HashMap::new());
 
         registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
         registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
@@ -566,7 +583,7 @@ mod tests {
         let (b, _rx) = attached(2);
         registry.attach("pi", false, 60, b);
         // The old connection hands back late: it no longer owns the session.
-        registry.detach("pi", 1, 0, Vec::new());
+        registry.detach("pi", 1, 0, Vec::new(), HashMap::new());
         assert!(
             registry.reconnected_since("pi", 1),
             "connection 2 still holds it"
@@ -580,8 +597,8 @@ mod tests {
         registry.attach("short", false, 1, a);
         let (b, _rx) = attached(2);
         registry.attach("long", false, 3600, b);
-        registry.detach("short", 1, 1, Vec::new());
-        registry.detach("long", 2, 3600, Vec::new());
+        registry.detach("short", 1, 1, Vec::new(), HashMap::new());
+        registry.detach("long", 2, 3600, Vec::new(), HashMap::new());
         if let Some(session) = registry.lock().sessions.get_mut("short") {
             session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
         }
@@ -644,12 +661,12 @@ mod tests {
     fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
         let registry = Registry::new();
         registry.attach("pi", false, 300, attached(1).0);
-        registry.detach("pi", 1, 300, Vec::new());
+        registry.detach("pi", 1, 300, Vec::new(), HashMap::new());
         assert!(!registry.reconnected_since("pi", 1));
 
         registry.attach("pi", false, 300, attached(2).0);
         assert!(registry.reconnected_since("pi", 1));
-        registry.detach("pi", 2, 300, Vec::new());
+        registry.detach("pi", 2, 300, Vec::new(), HashMap::new());
         assert!(registry.reconnected_since("pi", 1));
         assert!(!registry.reconnected_since("pi", 2));
     }

@@ -289,6 +289,13 @@ fn keyword() -> Value {
     json!({ "type": "keyword" })
 }
 
+/// One value per document: kept in doc values (a 409 is checked against it, and a search on it
+/// still works, if slowly) but not in the inverted index, which would cost more than the
+/// readings themselves on a time-series stream.
+fn reading_id() -> Value {
+    json!({ "type": "keyword", "index": false })
+}
+
 /// ECS-style fields every mqtt2es document has (see `pipeline::run`) plus `event.ingested`,
 /// which the sink stamps when it sends a document.
 fn base_mappings() -> Value {
@@ -303,7 +310,11 @@ fn base_mappings() -> Value {
                 "user_properties": { "properties": { "key": keyword(), "value": keyword() } },
             }},
             "event": { "properties": { "ingested": { "type": "date" } } },
-            "mqtt2es": { "properties": { "timestamp_fallback": keyword() } },
+            "mqtt2es": { "properties": {
+                "timestamp_fallback": keyword(),
+                "reading_id": reading_id(),
+                "payload_digest": reading_id(),
+            }},
         }
     })
 }
@@ -321,8 +332,17 @@ fn telemetry_mappings(features: &Features) -> Value {
     } else {
         json!({ "type": "float" })
     };
+    // Nanoseconds on a time-series stream: Elasticsearch identifies a reading there by its series
+    // and `@timestamp`, and readings of one device within a millisecond (no device clock, or one
+    // of second resolution) must stay apart (see `reading` and `pipeline::stages::timestamp`).
+    let timestamp = if features.time_series {
+        json!({ "type": "date_nanos" })
+    } else {
+        json!({ "type": "date" })
+    };
     json!({
         "properties": {
+            "@timestamp": timestamp,
             "site": dimension,
             "device": dimension,
             "temperature_c": gauge,
@@ -386,6 +406,7 @@ fn dead_letter_mappings() -> Value {
                 "qos": { "type": "byte" },
                 "retain": { "type": "boolean" },
             }},
+            "mqtt2es": { "properties": { "reading_id": reading_id() } },
             "pipeline": keyword(),
             "stage": keyword(),
             "reason": keyword(),
@@ -518,7 +539,8 @@ mod tests {
                 json!({"type": "float", "time_series_metric": "gauge"})
             );
         }
-        assert_eq!(fields["@timestamp"]["type"], "date");
+        // Nanoseconds: the stream knows a reading by series and time (see `reading`).
+        assert_eq!(fields["@timestamp"]["type"], "date_nanos");
         assert_eq!(fields["event"]["properties"]["ingested"]["type"], "date");
         assert_eq!(fields["mqtt"]["properties"]["topic"]["type"], "keyword");
         assert_eq!(fields["mqtt"]["properties"]["qos"]["type"], "byte");

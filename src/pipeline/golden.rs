@@ -55,6 +55,8 @@ impl Input {
             payload: payload.into(),
             qos,
             retain: self.retain,
+            // Fixed, so that fixtures stay stable; a real one is random per process.
+            reading: crate::reading::ReadingId::from_u128(1),
             received_at: self
                 .received_at
                 .parse::<DateTime<Utc>>()
@@ -177,6 +179,7 @@ fn shipped_pipelines_route_status_and_telemetry_before_the_catch_all() {
             payload: payload.as_bytes().into(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            reading: crate::reading::ReadingId::from_u128(1),
             received_at: "2026-11-22T10:00:00Z".parse().expect("a time"),
             user_properties: Vec::new(),
         };

@@ -23,7 +23,7 @@
 //!             decimals: 2}                                               # or multiply/add
 //!   - drop: {if: {field: status, equals: test}}  # not_equals, exists, missing, gt, gte, lt, lte, all, any
 //!   - route: {index: "mqtt2es-telemetry-{{site}}"}
-//!   - id: {fields: [device, "@timestamp"], encoding: hex}                # or base64url
+//!   - id: {fields: [device, msg_id], encoding: hex}   # or base64url; default: the reading id
 //! ```
 //!
 //! Before the stages run, every document gets `@timestamp` (the receive time) and
@@ -31,6 +31,8 @@
 //! `topic` create missing intermediate objects. A stage that meets a missing field rejects the
 //! message (`missing_field`) unless it says `ignore_missing: true`. Index names are confined to
 //! the configured prefix and checked (`invalid_index`). Unknown keys anywhere are errors.
+//! After the stages, `mqtt2es.reading_id` is set (no stage can change it): the reading's own
+//! id, also its document's `_id` unless an `id` stage names fields.
 //!
 //! Processing is pure: no I/O, and "now" is the message's receive time.
 

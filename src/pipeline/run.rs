@@ -7,13 +7,13 @@
 //! document in a data stream must have a well-typed `@timestamp`. Devices send their own time
 //! under another key (`ts`) and a `timestamp` stage moves it, as the shipped pipelines do.
 
-use chrono::SecondsFormat;
 use serde_json::{Map, Value, json};
 
 use super::decode::{DecodeLimits, Payload};
 use super::error::StageError;
 use super::stages::{Draft, Flow, Stage};
-use crate::document::{Document, Processed, Rejection};
+use crate::document::{Document, Processed, Rejection, payload_digest};
+use crate::reading;
 use crate::record::Message;
 use crate::topic::TopicFilter;
 
@@ -66,6 +66,7 @@ impl Pipeline {
                 Err(err) => return self.reject(stage.key(), &err),
             }
         }
+        add_reading_id(&mut draft.source, message, draft.id.is_some());
         Processed::Document(Document {
             pipeline: self.name.clone(),
             index: draft.index.unwrap_or_else(|| self.default_index.clone()),
@@ -100,9 +101,29 @@ fn add_metadata(source: &mut Map<String, Value>, message: &Message) {
             .collect();
         mqtt.insert("user_properties".to_owned(), Value::Array(properties));
     }
-    let received = message
-        .received_at
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let received = reading::rfc3339(message.received_at);
     source.insert("@timestamp".to_owned(), Value::String(received));
     source.insert("mqtt".to_owned(), Value::Object(mqtt));
+}
+
+/// `mqtt2es.reading_id`, after the stages so that none can change or remove it: a 409 from
+/// Elasticsearch is "already stored" only when the stored document carries the same one, or,
+/// for an id a pipeline made from fields, the same `mqtt2es.payload_digest`.
+fn add_reading_id(source: &mut Map<String, Value>, message: &Message, field_id: bool) {
+    let own = source
+        .entry("mqtt2es")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !own.is_object() {
+        *own = Value::Object(Map::new());
+    }
+    if let Value::Object(own) = own {
+        own.insert(
+            "reading_id".to_owned(),
+            Value::String(message.reading.to_string()),
+        );
+        if field_id {
+            let digest = payload_digest(&message.topic, &message.payload);
+            own.insert("payload_digest".to_owned(), Value::String(digest));
+        }
+    }
 }

@@ -16,6 +16,7 @@ fn message(topic: &str, payload: &[u8]) -> Message {
         payload: payload.to_vec().into(),
         qos: QoS::AtLeastOnce,
         retain: true,
+        reading: crate::reading::ReadingId::from_u128(1),
         received_at: "2026-11-22T10:00:05.250Z".parse().expect("a time"),
         user_properties: vec![("unit".to_owned(), "C".to_owned())],
     }
@@ -99,7 +100,8 @@ fn documents_carry_mqtt_metadata_that_stages_can_read() {
             "mqtt": {
                 "topic": "home/door", "qos": 1, "retain": true,
                 "user_properties": [{"key": "unit", "value": "C"}]
-            }
+            },
+            "mqtt2es": {"reading_id": "AAAAAAAAAAAAAAAAAAAAAQ"}
         })
     );
 }
@@ -286,7 +288,7 @@ fn the_reference_example_is_a_valid_pipeline() {
         &DecodeLimits::default(),
     )
     .expect("the reference example is valid");
-    let payload = br#"{"t": 21.5, "ts": "2026-11-22 10:00:00", "humidity": "40"}"#;
+    let payload = br#"{"t": 21.5, "ts": "2026-11-22 10:00:00", "humidity": "40", "seq": 7}"#;
     let doc = source(pipeline.process(&message("lab/kitchen/pi7/x", payload)));
     assert_eq!(
         doc["origin"],

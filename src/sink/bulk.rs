@@ -29,8 +29,10 @@ use crate::{
     record::{Ack, Message},
 };
 
-/// The response filter for every bulk request.
-pub const FILTER_PATH: &[&str] = &["errors", "items.*.status", "items.*.error"];
+/// The response filter for every bulk request. `_id`: a time-series stream derives it, and a
+/// 409 there is checked by fetching the stored document under it (the backing index is in the
+/// error).
+pub const FILTER_PATH: &[&str] = &["errors", "items.*.status", "items.*.error", "items.*._id"];
 
 /// Dead-letter reason: the encoded document is larger than a bulk request may be.
 pub const DOCUMENT_TOO_LARGE: &str = "document_too_large";
@@ -41,6 +43,16 @@ pub const REJECTED_BY_ELASTICSEARCH: &str = "rejected_by_elasticsearch";
 /// Dead-letter reason: a time-series data stream has no backing index for the document's
 /// `@timestamp` (older than its look-back time or retention, or too far in the future).
 pub const TIMESTAMP_OUT_OF_RANGE: &str = "timestamp_out_of_range";
+/// Dead-letter reason: another reading is stored under the `_id` a pipeline's `id` stage
+/// made from this one's fields.
+pub const ID_TAKEN: &str = "id_taken";
+/// Dead-letter reason: every `@timestamp` tried for a reading on a time-series stream was
+/// taken by other readings of its series ([`MAX_PROBES`]).
+pub const SERIES_TIME_TAKEN: &str = "series_time_taken";
+
+/// How many later times a time-series reading tries when its `@timestamp` is taken by another
+/// reading of its series. With nanosecond times a second try is already rare.
+pub const MAX_PROBES: u32 = 100;
 
 /// `event.ingested` is RFC 3339 with milliseconds, always this wide for years 1000 to 9999.
 const STAMP_LEN: usize = 24;
@@ -49,8 +61,24 @@ const STAMP_PLACEHOLDER: &str = "1970-01-01T00:00:00.000Z";
 /// What an item is: a document, or the dead letter of a message that could not be one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    Document { pipeline: String, has_id: bool },
-    DeadLetter { reason: String },
+    Document {
+        pipeline: String,
+        conflict: Conflict,
+    },
+    DeadLetter {
+        reason: String,
+    },
+}
+
+/// What a 409 (a document with this `_id` exists) tells about an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The `_id` is the reading's own: whatever holds it is this reading, stored before.
+    Ours,
+    /// The `_id` comes from fields another reading may share: a pipeline's `id` stage, or a
+    /// time-series stream's series and `@timestamp`. Only the stored document's
+    /// `mqtt2es.reading_id` tells whether it is this reading.
+    Check { time_series: bool },
 }
 
 /// One `create` op on its way to Elasticsearch, with what it needs to settle or be
@@ -64,10 +92,15 @@ pub struct Item {
     pub ack: Ack,
     /// Retryable failures so far; dead letters go to the local file after a few.
     pub failures: u32,
+    /// Later `@timestamp`s tried because other readings of the series held the earlier ones.
+    pub probes: u32,
     ndjson: Vec<u8>,
     source_at: usize,
     /// Where the `event.ingested` placeholder sits in `ndjson`, if the document gets one.
     stamp_at: Option<usize>,
+    /// Where the text of `@timestamp` starts in `ndjson` (after its opening quote), for
+    /// documents of a time-series stream, which may have to move to a later time.
+    time_at: Option<usize>,
 }
 
 impl Item {
@@ -81,13 +114,36 @@ impl Item {
         &self.ndjson[self.source_at..self.ndjson.len() - 1]
     }
 
-    /// Whether a 409 means "already stored": documents with a pipeline id, and dead letters,
-    /// which always carry a deterministic id.
-    pub fn has_id(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::Document { has_id: true, .. } | Kind::DeadLetter { .. }
-        )
+    /// What a 409 on this item means. Dead letters carry the reading's own id.
+    pub fn conflict(&self) -> Conflict {
+        match self.kind {
+            Kind::Document { conflict, .. } => conflict,
+            Kind::DeadLetter { .. } => Conflict::Ours,
+        }
+    }
+
+    /// Moves a time-series document to the next time it may take in its series: one
+    /// millisecond and one nanosecond later, so that it moves on a `date_nanos` stream and on
+    /// an older `date` one alike, and the same way every time, so that a redelivery of it
+    /// finds it again by walking the same times. False if it has no such time.
+    pub fn probe_later_time(&mut self) -> bool {
+        let Some(at) = self.time_at else {
+            return false;
+        };
+        let Some(len) = self.ndjson[at..].iter().position(|&b| b == b'"') else {
+            return false;
+        };
+        let Some(time) = std::str::from_utf8(&self.ndjson[at..at + len])
+            .ok()
+            .and_then(|text| text.parse::<DateTime<Utc>>().ok())
+        else {
+            return false;
+        };
+        let later = time + chrono::TimeDelta::milliseconds(1) + chrono::TimeDelta::nanoseconds(1);
+        self.ndjson
+            .splice(at..at + len, crate::reading::rfc3339(later).into_bytes());
+        self.probes += 1;
+        true
     }
 }
 
@@ -104,10 +160,11 @@ pub enum Prepared {
 
 /// Encodes a routed record, dead-lettering documents too large to ever be sent.
 ///
+/// The `_id` is the reading's own unless a pipeline's `id` stage made one from fields.
 /// Documents bound for a stream whose name starts with one of `time_series_prefixes` are sent
 /// without `_id`: a time-series data stream derives the id from the dimensions and
-/// `@timestamp` and refuses one given. That id is deterministic too, so a 409 there still
-/// means "already stored".
+/// `@timestamp` and refuses one given. Another reading of the series may have the same time,
+/// so a 409 there is checked, not believed ([`Conflict::Check`]).
 pub fn prepare(
     routed: Routed,
     dead_letter_index: &str,
@@ -129,9 +186,22 @@ pub fn prepare(
             let time_series = time_series_prefixes
                 .iter()
                 .any(|prefix| doc.index.starts_with(prefix.as_str()));
-            let id = if time_series { None } else { doc.id.as_deref() };
-            let (mut ndjson, source_at) = encode(&doc.index, id, &doc.source);
-            let stamp_at = stamp_placeholder(&mut ndjson, source_at, &doc.source);
+            let own_id;
+            let (id, conflict) = match (time_series, doc.id.as_deref()) {
+                (true, _) => (None, Conflict::Check { time_series: true }),
+                (false, Some(id)) => (Some(id), Conflict::Check { time_series: false }),
+                (false, None) => {
+                    own_id = message.reading.to_string();
+                    (Some(own_id.as_str()), Conflict::Ours)
+                }
+            };
+            let mut source = doc.source;
+            let Encoded {
+                ndjson,
+                source_at,
+                stamp_at,
+                time_at,
+            } = encode_document(&doc.index, id, &mut source, time_series);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
                     pipeline: Some(doc.pipeline),
@@ -150,14 +220,16 @@ pub fn prepare(
             Prepared::Send(Item {
                 kind: Kind::Document {
                     pipeline: doc.pipeline,
-                    has_id: doc.id.is_some() || time_series,
+                    conflict,
                 },
                 message,
                 ack,
                 failures: 0,
+                probes: 0,
                 ndjson,
                 source_at,
                 stamp_at,
+                time_at,
             })
         }
     }
@@ -180,37 +252,81 @@ pub fn dead_letter_item(
         message,
         ack,
         failures: 0,
+        probes: 0,
         ndjson,
         source_at,
         stamp_at: None,
+        time_at: None,
     }
 }
 
-/// Inserts `event.ingested` with a placeholder time as the document's first field and returns
-/// where the time sits. A document whose own `event` already holds `ingested`, or is not an
-/// object, is left alone: the pipeline set it, or the name means something else there.
-fn stamp_placeholder(
-    ndjson: &mut Vec<u8>,
+/// A document's bulk lines and where its variable parts sit.
+struct Encoded {
+    ndjson: Vec<u8>,
     source_at: usize,
-    source: &Map<String, Value>,
-) -> Option<usize> {
-    let field = match source.get("event") {
-        None => format!("\"event\":{{\"ingested\":\"{STAMP_PLACEHOLDER}\"}}"),
+    stamp_at: Option<usize>,
+    time_at: Option<usize>,
+}
+
+/// Encodes a document's `create` op and source. The source starts with `event.ingested`
+/// holding a placeholder time (each attempt overwrites it in place), unless the document's own
+/// `event` already holds `ingested` or is not an object (the pipeline set it, or the name means
+/// something else there). With `time_first`, `@timestamp` follows it, at a known place, so a
+/// time-series reading can move to a later time without encoding it again.
+fn encode_document(
+    index: &str,
+    id: Option<&str>,
+    source: &mut Map<String, Value>,
+    time_first: bool,
+) -> Encoded {
+    let stamp = match source.get("event") {
+        None => Some(format!(
+            "\"event\":{{\"ingested\":\"{STAMP_PLACEHOLDER}\"}}"
+        )),
         // A dotted name merges into the document's own `event` object on both engines.
         Some(Value::Object(event)) if !event.contains_key("ingested") => {
-            format!("\"event.ingested\":\"{STAMP_PLACEHOLDER}\"")
+            Some(format!("\"event.ingested\":\"{STAMP_PLACEHOLDER}\""))
         }
-        Some(_) => return None,
+        Some(_) => None,
     };
-    let separator = if source.is_empty() { "" } else { "," };
+    let time = match time_first {
+        true => match source.remove("@timestamp") {
+            Some(Value::String(time)) => Some(time),
+            Some(other) => {
+                source.insert("@timestamp".to_owned(), other);
+                None
+            }
+            None => None,
+        },
+        false => None,
+    };
+    let (mut ndjson, source_at) = encode(index, id, source);
+    let nothing_follows = source.is_empty();
+    let mut fields = String::new();
+    let mut stamp_at = None;
+    let mut time_at = None;
     let at = source_at + 1; // just after the source's opening brace
-    let inserted = format!("{field}{separator}");
-    let stamp_at = at
-        + field
-            .find(STAMP_PLACEHOLDER)
-            .expect("both field texts hold the placeholder");
-    ndjson.splice(at..at, inserted.into_bytes());
-    Some(stamp_at)
+    if let Some(stamp) = &stamp {
+        stamp_at = Some(at + stamp.find(STAMP_PLACEHOLDER).expect("the field holds it"));
+        fields.push_str(stamp);
+        fields.push(',');
+    }
+    if let Some(time) = &time {
+        time_at = Some(at + fields.len() + "\"@timestamp\":\"".len());
+        fields.push_str("\"@timestamp\":");
+        fields.push_str(&Value::String(time.clone()).to_string());
+        fields.push(',');
+    }
+    if nothing_follows {
+        fields.pop(); // no comma before the closing brace
+    }
+    ndjson.splice(at..at, fields.into_bytes());
+    Encoded {
+        ndjson,
+        source_at,
+        stamp_at,
+        time_at,
+    }
 }
 
 /// A dead letter too large for any bulk request goes straight to the file.
@@ -262,8 +378,14 @@ pub fn body(items: &[Item], now: DateTime<Utc>) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
-    /// 409 on our deterministic id: a redelivery of something already durable.
+    /// 409 on the reading's own id: a redelivery of something already durable.
     AlreadyStored,
+    /// 409 on an id another reading may share: fetch `id` from the backing `index` and compare
+    /// its `mqtt2es.reading_id` before believing it.
+    Check {
+        index: String,
+        id: String,
+    },
     /// Send it again after a backoff. `loud`: not a load or availability problem, so an
     /// operator must act (security, unknown status).
     Retry {
@@ -290,11 +412,11 @@ pub enum Plan {
     RetryAll { reason: String, loud: bool },
 }
 
-/// Classifies a bulk response. `has_id[i]` tells whether item `i` carries a deterministic id.
-pub fn classify(status: u16, body: &[u8], has_id: &[bool]) -> Plan {
+/// Classifies a bulk response. `conflicts[i]` tells what a 409 on item `i` means.
+pub fn classify(status: u16, body: &[u8], conflicts: &[Conflict]) -> Plan {
     match status {
-        200..=299 => classify_items(body, has_id),
-        413 if has_id.len() > 1 => Plan::Split,
+        200..=299 => classify_items(body, conflicts),
+        413 if conflicts.len() > 1 => Plan::Split,
         413 => Plan::TooLarge,
         429 | 500..=599 => Plan::RetryAll {
             reason: describe(status, request_error(body).as_ref()),
@@ -322,9 +444,11 @@ struct BulkResponse {
 struct ItemResult {
     status: u16,
     error: Option<Value>,
+    #[serde(rename = "_id")]
+    id: Option<String>,
 }
 
-fn classify_items(body: &[u8], has_id: &[bool]) -> Plan {
+fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
     let response: BulkResponse = match serde_json::from_slice(body) {
         Ok(response) => response,
         Err(e) => {
@@ -335,14 +459,14 @@ fn classify_items(body: &[u8], has_id: &[bool]) -> Plan {
         }
     };
     if !response.errors && response.items.is_empty() {
-        return Plan::Items(vec![Outcome::Stored; has_id.len()]);
+        return Plan::Items(vec![Outcome::Stored; conflicts.len()]);
     }
-    let outcomes = has_id
+    let outcomes = conflicts
         .iter()
         .enumerate()
         .map(
-            |(i, &has_id)| match response.items.get(i).and_then(|op| op.values().next()) {
-                Some(result) => item_outcome(result.status, result.error.as_ref(), has_id),
+            |(i, &conflict)| match response.items.get(i).and_then(|op| op.values().next()) {
+                Some(result) => item_outcome(result, conflict),
                 None => Outcome::Retry {
                     reason: format!(
                         "the bulk response has {} items for {} sent",
@@ -357,15 +481,34 @@ fn classify_items(body: &[u8], has_id: &[bool]) -> Plan {
     Plan::Items(outcomes)
 }
 
-fn item_outcome(status: u16, error: Option<&Value>, has_id: bool) -> Outcome {
+fn item_outcome(result: &ItemResult, conflict: Conflict) -> Outcome {
+    let (status, error) = (result.status, result.error.as_ref());
     match status {
         200..=299 => Outcome::Stored,
-        409 if has_id => Outcome::AlreadyStored,
+        409 if conflict == Conflict::Ours => Outcome::AlreadyStored,
+        409 => match (
+            error.and_then(|e| e.get("index")).and_then(Value::as_str),
+            &result.id,
+        ) {
+            (Some(index), Some(id)) => Outcome::Check {
+                index: index.to_owned(),
+                id: id.clone(),
+            },
+            // Without both, the stored document cannot be looked at: sending again meets the
+            // 409 again, and an operator must see why it never settles.
+            _ => Outcome::Retry {
+                reason: format!(
+                    "{} (without the index and id of the stored document to compare with)",
+                    describe(status, error)
+                ),
+                loud: true,
+            },
+        },
         429 | 500..=599 => Outcome::Retry {
             reason: describe(status, error),
             loud: false,
         },
-        400 | 404 | 409 => Outcome::Reject {
+        400 | 404 => Outcome::Reject {
             reason: if status == 400 && is_mapping_error(error) {
                 MAPPING_CONFLICT
             } else if status == 400 && is_timestamp_out_of_range(error) {
@@ -581,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn a_document_for_a_time_series_stream_goes_without_id_but_a_409_still_means_stored() {
+    fn a_document_for_a_time_series_stream_goes_without_id_and_a_409_there_is_checked() {
         let prefixes = ["mqtt2es-telemetry-".to_owned()];
         let reading = json!({"@timestamp": "2025-03-01T12:00:00Z", "site": "lab"});
         let item = sent(prepare(
@@ -594,7 +737,7 @@ mod tests {
             1 << 20,
             &prefixes,
         ));
-        assert!(item.has_id(), "the derived id is deterministic");
+        assert_eq!(item.conflict(), Conflict::Check { time_series: true });
         assert_eq!(
             lines(&body(&[item], sent_at()))[0],
             json!({"create": {"_index": "mqtt2es-telemetry-lab"}})
@@ -630,13 +773,74 @@ mod tests {
     }
 
     #[test]
-    fn a_document_without_an_id_lets_elasticsearch_choose_one() {
+    fn a_document_without_a_pipeline_id_goes_under_its_reading_id_and_a_409_means_stored() {
         let item = sent(prepare(routed(document(None)), "dl", 1 << 20, &[]));
-        assert!(!item.has_id());
+        assert_eq!(item.conflict(), Conflict::Ours);
+        let reading = item.message.reading.to_string();
         assert_eq!(
             lines(&body(&[item], sent_at()))[0],
-            json!({"create": {"_index": "mqtt2es-temp"}})
+            json!({"create": {"_index": "mqtt2es-temp", "_id": reading}})
         );
+    }
+
+    #[test]
+    fn a_pipeline_id_from_fields_is_sent_but_a_409_on_it_is_checked() {
+        let item = sent(prepare(routed(document(Some("abc"))), "dl", 1 << 20, &[]));
+        assert_eq!(item.conflict(), Conflict::Check { time_series: false });
+        assert_eq!(
+            lines(&body(&[item], sent_at()))[0]["create"]["_id"],
+            json!("abc")
+        );
+    }
+
+    #[test]
+    fn a_time_series_document_starts_with_its_time_and_moves_to_later_times_the_same_way_each_time()
+    {
+        let prefixes = ["mqtt2es-telemetry-".to_owned()];
+        let reading =
+            json!({"site": "lab", "@timestamp": "2025-03-01T12:00:00.000000500Z", "t": 1});
+        let mut item = sent(prepare(
+            routed(document_with(
+                "mqtt2es-telemetry-lab",
+                None,
+                reading.clone(),
+            )),
+            "dl",
+            1 << 20,
+            &prefixes,
+        ));
+        let text = String::from_utf8(body(std::slice::from_ref(&item), sent_at())).expect("utf8");
+        assert!(
+            text.contains("{\"event\":{\"ingested\":\"2025-03-01T12:00:01.250Z\"},\"@timestamp\":\"2025-03-01T12:00:00.000000500Z\","),
+            "{text}"
+        );
+        assert!(item.probe_later_time());
+        assert!(item.probe_later_time());
+        assert_eq!(item.probes, 2);
+        let moved = &lines(&body(&[item], sent_at()))[1];
+        assert_eq!(moved["@timestamp"], "2025-03-01T12:00:00.002000502Z");
+        assert_eq!(moved["t"], 1);
+        assert_eq!(moved["event"]["ingested"], "2025-03-01T12:00:01.250Z");
+    }
+
+    #[test]
+    fn a_time_series_document_holding_only_its_time_is_valid_json() {
+        let prefixes = ["mqtt2es-telemetry-".to_owned()];
+        let only_time = json!({"event": {"ingested": "x"}, "@timestamp": "2025-03-01T12:00:00Z"});
+        let item = sent(prepare(
+            routed(document_with("mqtt2es-telemetry-lab", None, only_time)),
+            "dl",
+            1 << 20,
+            &prefixes,
+        ));
+        let line = &lines(&body(&[item], sent_at()))[1];
+        assert_eq!(line["@timestamp"], "2025-03-01T12:00:00Z");
+    }
+
+    #[test]
+    fn a_document_that_is_not_time_series_has_no_time_to_move() {
+        let mut item = sent(prepare(routed(document(None)), "dl", 1 << 20, &[]));
+        assert!(!item.probe_later_time());
     }
 
     #[test]
@@ -688,7 +892,7 @@ mod tests {
         let id = lines[0]["create"]["_id"]
             .as_str()
             .expect("a dead letter has an id");
-        assert_eq!(id.len(), 64, "{id}");
+        assert_eq!(id, "AAAAAAAAAAAAAAAAAAAABw", "the reading's own id");
         assert_eq!(lines[1]["payload"], "{\"t\":21.5}");
     }
 
@@ -761,13 +965,15 @@ mod tests {
         {"create":{"status":404,"error":{"type":"index_not_found_exception","reason":"no such index [mqtt2es-temp] and [require_data_stream] request flag is [true] and [mqtt2es-temp] is not a data stream","index":"mqtt2es-temp"}}},
         {"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"only write ops with an op_type of create are allowed in data streams"}}},
         {"create":{"status":403,"error":{"type":"security_exception","reason":"action [indices:data/write/bulk[s]] is unauthorized for user [writer] with effective roles [reader] on indices [mqtt2es-temp]"}}},
-        {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[x]: version conflict"}}}
+        {"create":{"_id":"I-zFEez8QMrPdogiGO1YCxu1cxU","status":409,"error":{"type":"version_conflict_engine_exception","reason":"[I-zFEez8QMrPdogiGO1YCxu1cxU][KMJX1Oyk9RdDWqdiHvC3nSe6bz4kEY0DS8_UYdJWuQI8JsTi5FJ-p7U@2025-03-01T12:00:00.123456789Z]: version conflict, document already exists (current version [1])","index_uuid":"9RRM1hZ9RXCuPrF8mGD2Bg","shard":"0","index":".ds-mqtt2es-telemetry-lab-2025.03.01-000001"}}}
     ]}"#;
+
+    const OURS: Conflict = Conflict::Ours;
 
     #[test]
     fn every_item_created_is_stored() {
         assert_eq!(
-            classify(200, ALL_CREATED.as_bytes(), &[true, false]),
+            classify(200, ALL_CREATED.as_bytes(), &[OURS, OURS]),
             Plan::Items(vec![Outcome::Stored, Outcome::Stored])
         );
     }
@@ -775,15 +981,16 @@ mod tests {
     #[test]
     fn a_response_without_errors_and_without_items_stores_everything() {
         assert_eq!(
-            classify(200, br#"{"errors":false}"#, &[true, true, true]),
+            classify(200, br#"{"errors":false}"#, &[OURS; 3]),
             Plan::Items(vec![Outcome::Stored; 3])
         );
     }
 
     #[test]
     fn each_item_status_maps_to_its_row_of_the_table() {
-        let has_id = [true, true, true, true, true, true, true, true, true, false];
-        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &has_id) else {
+        let mut conflicts = [OURS; 10];
+        conflicts[9] = Conflict::Check { time_series: true };
+        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &conflicts) else {
             panic!("expected per-item outcomes");
         };
         let short: Vec<String> = outcomes
@@ -791,6 +998,7 @@ mod tests {
             .map(|o| match o {
                 Outcome::Stored => "stored".to_owned(),
                 Outcome::AlreadyStored => "already_stored".to_owned(),
+                Outcome::Check { index, id } => format!("check {index} {id}"),
                 Outcome::Retry { loud: false, .. } => "retry".to_owned(),
                 Outcome::Retry { loud: true, .. } => "retry_loudly".to_owned(),
                 Outcome::Reject { reason, .. } => format!("reject {reason}"),
@@ -808,15 +1016,15 @@ mod tests {
                 "reject rejected_by_elasticsearch",
                 "reject rejected_by_elasticsearch",
                 "retry_loudly",
-                // 409 on an id Elasticsearch chose is not a redelivery we caused.
-                "reject rejected_by_elasticsearch",
+                // 409 on an id another reading may share: look at the stored document first.
+                "check .ds-mqtt2es-telemetry-lab-2025.03.01-000001 I-zFEez8QMrPdogiGO1YCxu1cxU",
             ]
         );
     }
 
     #[test]
     fn a_mapping_conflict_detail_quotes_the_error_type_reason_and_cause() {
-        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &[true; 10]) else {
+        let Plan::Items(outcomes) = classify(200, MIXED.as_bytes(), &[OURS; 10]) else {
             panic!("expected per-item outcomes");
         };
         let Outcome::Reject { detail, .. } = &outcomes[2] else {
@@ -837,7 +1045,7 @@ mod tests {
             {"create":{"status":400,"error":{"type":"timestamp_error","reason":"the document timestamp [2026-11-02T06:20:29.000Z] is outside of ranges of currently writable indices [[2026-11-21T06:20:29Z,2026-11-23T06:20:29Z]]"}}},
             {"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"the document timestamp [2023-01-01T00:00:00.000Z] is outside of ranges of currently writable indices [[2024-01-01T00:00:00.000Z,2024-01-02T00:00:00.000Z]]"}}}
         ]}"#;
-        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[true, true]) else {
+        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[OURS, OURS]) else {
             panic!("expected per-item outcomes");
         };
         for outcome in outcomes {
@@ -855,7 +1063,7 @@ mod tests {
     fn a_mapper_parsing_exception_is_a_mapping_conflict_too() {
         let body = r#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [t]"}}}]}"#;
         assert!(matches!(
-            classify(200, body.as_bytes(), &[false]),
+            classify(200, body.as_bytes(), &[OURS]),
             Plan::Items(o) if matches!(o[0], Outcome::Reject { reason: MAPPING_CONFLICT, .. })
         ));
     }
@@ -863,7 +1071,7 @@ mod tests {
     #[test]
     fn items_missing_from_the_response_are_retried_loudly_not_assumed_stored() {
         let body = r#"{"errors":true,"items":[{"create":{"status":201}}]}"#;
-        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[true, true]) else {
+        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[OURS, OURS]) else {
             panic!("expected per-item outcomes");
         };
         assert_eq!(outcomes[0], Outcome::Stored);
@@ -873,26 +1081,26 @@ mod tests {
     #[test]
     fn an_unreadable_success_body_retries_the_whole_request_loudly() {
         assert!(matches!(
-            classify(200, b"<html>proxy</html>", &[true]),
+            classify(200, b"<html>proxy</html>", &[OURS]),
             Plan::RetryAll { loud: true, .. }
         ));
     }
 
     #[test]
     fn a_413_for_several_items_splits_the_batch() {
-        assert_eq!(classify(413, b"", &[true, true, true]), Plan::Split);
+        assert_eq!(classify(413, b"", &[OURS; 3]), Plan::Split);
     }
 
     #[test]
     fn a_413_for_a_single_item_means_it_is_too_large() {
-        assert_eq!(classify(413, b"", &[true]), Plan::TooLarge);
+        assert_eq!(classify(413, b"", &[OURS]), Plan::TooLarge);
     }
 
     #[test]
     fn a_whole_request_429_or_5xx_retries_everything_quietly() {
         let body = r#"{"error":{"root_cause":[],"type":"es_rejected_execution_exception","reason":"rejected execution"},"status":429}"#;
         assert_eq!(
-            classify(429, body.as_bytes(), &[true]),
+            classify(429, body.as_bytes(), &[OURS]),
             Plan::RetryAll {
                 reason: "http 429 es_rejected_execution_exception: \"rejected execution\""
                     .to_owned(),
@@ -901,7 +1109,7 @@ mod tests {
         );
         for status in [500, 502, 503, 504] {
             assert!(matches!(
-                classify(status, b"Bad Gateway", &[true]),
+                classify(status, b"Bad Gateway", &[OURS]),
                 Plan::RetryAll { loud: false, .. }
             ));
         }
@@ -911,11 +1119,11 @@ mod tests {
     fn a_whole_request_security_failure_retries_everything_loudly() {
         let body = r#"{"error":{"root_cause":[{"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]"}],"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]","header":{"WWW-Authenticate":"Basic realm=\"security\", charset=\"UTF-8\""}},"status":401}"#;
         assert!(matches!(
-            classify(401, body.as_bytes(), &[true]),
+            classify(401, body.as_bytes(), &[OURS]),
             Plan::RetryAll { loud: true, reason } if reason.contains("unable to authenticate")
         ));
         assert!(matches!(
-            classify(403, b"", &[true]),
+            classify(403, b"", &[OURS]),
             Plan::RetryAll { loud: true, .. }
         ));
     }
@@ -924,7 +1132,7 @@ mod tests {
     fn a_whole_request_cluster_block_retries_everything_quietly() {
         let body = r#"{"error":{"root_cause":[],"type":"cluster_block_exception","reason":"blocked by: [SERVICE_UNAVAILABLE/2/no master];"},"status":403}"#;
         assert!(matches!(
-            classify(403, body.as_bytes(), &[true]),
+            classify(403, body.as_bytes(), &[OURS]),
             Plan::RetryAll { loud: false, .. }
         ));
     }
@@ -933,7 +1141,7 @@ mod tests {
     fn an_unknown_whole_request_status_retries_loudly_rather_than_dropping() {
         for status in [400, 404, 418] {
             assert!(matches!(
-                classify(status, b"", &[true]),
+                classify(status, b"", &[OURS]),
                 Plan::RetryAll { loud: true, .. }
             ));
         }

@@ -55,22 +55,12 @@ pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 /// How much of an oversized payload its dead letter keeps.
 pub const TRUNCATED_PAYLOAD_BYTES: usize = 64 * 1024;
 
-/// The dead letter's `_id`: a hash of topic, payload and reason. A bad message that the broker
-/// redelivers (after a reconnect, a restart, a poison packet's reconnect loop) then meets a 409
-/// and is stored once, like a reading with a deterministic id.
-pub fn id(message: &Message, rejection: &Rejection) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in [
-        b"mqtt2es/dead-letter/v1".as_slice(),
-        message.topic.as_bytes(),
-        &message.payload,
-        rejection.reason.as_bytes(),
-    ] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// The dead letter's `_id`: the reading's own id. A bad message that the broker redelivers
+/// carries the same one (its producer kept it), so it meets a 409 and is stored once; two bad
+/// messages never share one, however alike (a hash of topic and payload would merge two
+/// byte-identical readings).
+pub fn id(message: &Message, _rejection: &Rejection) -> String {
+    message.reading.to_string()
 }
 
 /// The dead-letter document for a message and the reason it was rejected.
@@ -94,11 +84,7 @@ pub fn document(message: &Message, rejection: &Rejection) -> Map<String, Value> 
     let fields = [
         (
             "@timestamp",
-            json!(
-                message
-                    .received_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ),
+            json!(crate::reading::rfc3339(message.received_at)),
         ),
         (
             "mqtt",
@@ -107,6 +93,10 @@ pub fn document(message: &Message, rejection: &Rejection) -> Map<String, Value> 
                 "qos": message.qos.level(),
                 "retain": message.retain,
             }),
+        ),
+        (
+            "mqtt2es",
+            json!({ "reading_id": message.reading.to_string() }),
         ),
         ("pipeline", json!(rejection.pipeline)),
         ("stage", json!(rejection.stage)),
@@ -201,6 +191,7 @@ pub(crate) mod tests {
             payload: Arc::from(payload),
             qos: QoS::AtLeastOnce,
             retain: false,
+            reading: crate::reading::ReadingId::from_u128(7),
             received_at: Utc
                 .with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
                 .single()
@@ -235,15 +226,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_redelivered_bad_message_gets_the_same_dead_letter_id() {
+    fn a_redelivered_bad_message_gets_the_same_dead_letter_id_and_twins_get_two() {
         let first = id(&message(b"hot"), &rejection());
-        let mut redelivered = message(b"hot");
-        redelivered.received_at = Utc::now();
+        let redelivered = message(b"hot");
         assert_eq!(first, id(&redelivered, &rejection()));
-        assert_ne!(first, id(&message(b"cold"), &rejection()));
-        let mut other_reason = rejection();
-        other_reason.reason = "too_deep".to_owned();
-        assert_ne!(first, id(&message(b"hot"), &other_reason));
+        let mut twin = message(b"hot");
+        twin.reading = crate::reading::ReadingId::next();
+        assert_ne!(first, id(&twin, &rejection()));
     }
 
     /// A complete dead letter, also used to check the dead-letter template maps every field.
@@ -258,6 +247,7 @@ pub(crate) mod tests {
             json!({
                 "@timestamp": "2025-03-01T12:00:00.000Z",
                 "mqtt": { "topic": "site/a/temp", "qos": 1, "retain": false },
+                "mqtt2es": { "reading_id": "AAAAAAAAAAAAAAAAAAAABw" },
                 "pipeline": "thermometers",
                 "stage": "decode",
                 "reason": "invalid_json",

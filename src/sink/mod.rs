@@ -131,6 +131,7 @@ impl RetrySettings {
 pub struct SinkStats {
     stored: AtomicU64,
     already_stored: AtomicU64,
+    moved_in_series: AtomicU64,
     dropped: AtomicU64,
     dead_lettered: Mutex<BTreeMap<String, u64>>,
     dead_lettered_to_file: AtomicU64,
@@ -145,8 +146,12 @@ pub struct SinkStats {
 pub struct SinkReport {
     /// Records confirmed by Elasticsearch.
     pub stored: u64,
-    /// Records whose deterministic id was already there (409): redeliveries.
+    /// Records found already stored (a 409 on the reading's own id, or a checked one):
+    /// redeliveries.
     pub already_stored: u64,
+    /// Times a time-series reading moved to a later `@timestamp` because another reading of its
+    /// series held its own.
+    pub moved_in_series: u64,
     /// Records a pipeline dropped on purpose.
     pub dropped: u64,
     /// Dead letters by reason (`mapping_conflict`, `document_too_large`, ...), wherever they
@@ -175,6 +180,7 @@ impl SinkStats {
         SinkReport {
             stored: get(&self.stored),
             already_stored: get(&self.already_stored),
+            moved_in_series: get(&self.moved_in_series),
             dropped: get(&self.dropped),
             dead_lettered: self
                 .dead_lettered

@@ -36,6 +36,11 @@ impl Request {
             .map(|(_, value)| value.as_str())
     }
 
+    /// A JSON body (`_mget`, `_search`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+
     /// The `(action, source)` pairs of a bulk body.
     pub fn ops(&self) -> Vec<(Value, Value)> {
         let lines: Vec<Value> = self

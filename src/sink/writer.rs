@@ -16,7 +16,8 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
-use elasticsearch::{BulkParts, Elasticsearch};
+use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
+use serde_json::{Value, json};
 use tokio::{
     sync::mpsc,
     task::{JoinError, JoinSet},
@@ -28,11 +29,19 @@ use tracing::Instrument;
 use super::{
     Routed, SinkReport, SinkSettings, SinkStats,
     batcher::{Batch, Batcher},
-    bulk::{self, DOCUMENT_TOO_LARGE, Item, Kind, Outcome, Plan, Prepared},
+    bulk::{
+        self, Conflict, DOCUMENT_TOO_LARGE, ID_TAKEN, Item, Kind, MAX_PROBES, Outcome, Plan,
+        Prepared, SERIES_TIME_TAKEN,
+    },
     bump,
     dead_letter::{self, DeadLetterFile},
 };
-use crate::{document::Rejection, metrics, record::Settlement, sink::RetrySettings};
+use crate::{
+    document::{Rejection, payload_digest},
+    metrics,
+    record::Settlement,
+    sink::RetrySettings,
+};
 
 /// Everything the writer task needs; built once at startup.
 #[derive(Debug)]
@@ -180,6 +189,7 @@ pub async fn run(
     tracing::info!(
         stored = report.stored,
         already_stored = report.already_stored,
+        moved_in_series = report.moved_in_series,
         dropped = report.dropped,
         dead_lettered = ?report.dead_lettered,
         requests = report.requests,
@@ -252,7 +262,11 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
         }
         match shared.send(&chunk).await {
             Plan::Items(outcomes) => {
-                let round = shared.sort(chunk, outcomes);
+                let mut round = shared.sort(chunk, outcomes);
+                if !round.check.is_empty() {
+                    let checks = std::mem::take(&mut round.check);
+                    shared.check(checks, &mut round).await;
+                }
                 if round.retry.is_empty() {
                     backoff.reset();
                 } else {
@@ -269,6 +283,10 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                 }
                 if !round.dead_letters.is_empty() {
                     queue.push((round.dead_letters, Duration::ZERO));
+                }
+                // Last in, so sent next: a reading moved to a later time goes at once.
+                if !round.resend.is_empty() {
+                    queue.push((round.resend, Duration::ZERO));
                 }
                 if !round.to_file.is_empty() {
                     shared.to_file(round.to_file).await;
@@ -321,6 +339,26 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
     }
 }
 
+/// What identifies a stored document that holds the `_id` of a 409.
+struct Holder {
+    reading_id: Option<String>,
+    payload_digest: Option<String>,
+}
+
+impl Holder {
+    /// Whether it is `message`'s reading: the same reading id, or, for an id a pipeline made
+    /// from fields, the same topic and payload. On a time-series stream only the reading id
+    /// counts: byte-identical readings at one time are still two readings.
+    fn is(&self, message: &crate::record::Message, time_series: bool) -> bool {
+        if self.reading_id.as_deref() == Some(message.reading.to_string().as_str()) {
+            return true;
+        }
+        !time_series
+            && self.payload_digest.as_deref()
+                == Some(payload_digest(&message.topic, &message.payload).as_str())
+    }
+}
+
 /// One round's items that did not settle, by what happens to them next.
 #[derive(Default)]
 struct Round {
@@ -329,12 +367,16 @@ struct Round {
     loud: bool,
     dead_letters: Vec<Item>,
     to_file: Vec<Item>,
+    /// 409s to look at before believing them: the item, the backing index and the `_id`.
+    check: Vec<(Item, String, String)>,
+    /// Items to send again at once: moved to a later time in their series, or found missing.
+    resend: Vec<Item>,
 }
 
 impl Shared {
     async fn send(&self, chunk: &[Item]) -> Plan {
         bump(&self.stats.requests, 1);
-        let has_id: Vec<bool> = chunk.iter().map(Item::has_id).collect();
+        let conflicts: Vec<Conflict> = chunk.iter().map(Item::conflict).collect();
         let started = std::time::Instant::now();
         let sent = self
             .client
@@ -357,7 +399,7 @@ impl Shared {
         let body = response.bytes().await;
         metrics::bulk_request(started.elapsed(), Some(status));
         match body {
-            Ok(body) => bulk::classify(status, &body, &has_id),
+            Ok(body) => bulk::classify(status, &body, &conflicts),
             Err(e) => Plan::RetryAll {
                 reason: format!("reading the bulk response failed: {}", chain(&e)),
                 loud: false,
@@ -375,6 +417,7 @@ impl Shared {
             match outcome {
                 Outcome::Stored => self.settle(item, false),
                 Outcome::AlreadyStored => self.settle(item, true),
+                Outcome::Check { index, id } => round.check.push((item, index, id)),
                 Outcome::Retry { reason, loud } => {
                     if failed.is_empty() {
                         round.first_retry = reason;
@@ -402,6 +445,124 @@ impl Shared {
         round.retry = retry;
         round.to_file.extend(to_file);
         round
+    }
+
+    /// Looks at the documents stored under the ids of 409s: the same reading is already
+    /// stored; another reading holding the time of a time-series reading moves this one to a
+    /// later time; another reading holding a pipeline's id makes this one a dead letter. Never
+    /// settles a reading as stored that is not.
+    async fn check(&self, checks: Vec<(Item, String, String)>, round: &mut Round) {
+        let docs: Vec<Value> = checks
+            .iter()
+            .map(|(_, index, id)| json!({ "_index": index, "_id": id }))
+            .collect();
+        let stored = match self.fetch_identities(docs).await {
+            Ok(stored) if stored.len() == checks.len() => stored,
+            Ok(stored) => {
+                let reason = format!(
+                    "checking 409s: {} documents answered for {} asked",
+                    stored.len(),
+                    checks.len()
+                );
+                return self.check_later(checks, reason, round);
+            }
+            Err(reason) => return self.check_later(checks, reason, round),
+        };
+        let mut moved = 0;
+        for ((mut item, index, id), found) in checks.into_iter().zip(stored) {
+            let time_series = item.conflict() == Conflict::Check { time_series: true };
+            let Some(holder) = found else {
+                // Deleted since (retention, an operator): there is room again.
+                round.resend.push(item);
+                continue;
+            };
+            if holder.is(&item.message, time_series) {
+                self.settle(item, true);
+                continue;
+            }
+            let holder = holder
+                .reading_id
+                .unwrap_or_else(|| "without a reading id".to_owned());
+            if time_series && item.probes < MAX_PROBES && item.probe_later_time() {
+                moved += 1;
+                round.resend.push(item);
+            } else if time_series {
+                let detail = format!(
+                    "other readings of its series hold its @timestamp and the {MAX_PROBES} \
+                     times after it in {index} (the last: _id {id:?}, reading {holder})"
+                );
+                self.reject(item, SERIES_TIME_TAKEN, detail, round);
+            } else {
+                let detail = format!(
+                    "another reading ({holder}) is stored under the _id {id:?} that the \
+                     pipeline's id stage made from this one's fields, in {index}"
+                );
+                tracing::warn!(%index, %id, "a pipeline's id names two readings: dead-lettering the second");
+                self.reject(item, ID_TAKEN, detail, round);
+            }
+        }
+        if moved > 0 {
+            bump(&self.stats.moved_in_series, moved);
+            tracing::debug!(
+                count = moved,
+                "readings whose @timestamp another reading of the series holds: trying a later time"
+            );
+        }
+    }
+
+    /// A failed check settles nothing: the items are sent (and checked) again after a backoff.
+    fn check_later(&self, checks: Vec<(Item, String, String)>, reason: String, round: &mut Round) {
+        if round.retry.is_empty() {
+            round.first_retry = reason;
+        }
+        let items = checks.into_iter().map(|(item, ..)| item).collect();
+        let (retry, to_file) = self.fail(items);
+        round.retry.extend(retry);
+        round.to_file.extend(to_file);
+    }
+
+    /// For each `{_index, _id}`: `None` if no such document, else what identifies it.
+    async fn fetch_identities(&self, docs: Vec<Value>) -> Result<Vec<Option<Holder>>, String> {
+        let response = self
+            .client
+            .mget(MgetParts::None)
+            ._source_includes(&["mqtt2es.reading_id", "mqtt2es.payload_digest"])
+            .filter_path(&["docs.found", "docs._source", "docs.error"])
+            .body(json!({ "docs": docs }))
+            .send()
+            .await
+            .map_err(|e| format!("checking 409s failed: {}", chain(&e)))?;
+        let status = response.status_code().as_u16();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("checking 409s: unreadable answer: {}", chain(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(format!("checking 409s: http {status}: {body}"));
+        }
+        let docs = body
+            .get("docs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("checking 409s: no docs in {body}"))?;
+        docs.iter()
+            .map(|doc| {
+                if let Some(error) = doc.get("error") {
+                    return Err(format!("checking 409s: {error}"));
+                }
+                let text = |pointer| {
+                    doc.pointer(pointer)
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                Ok(match doc.get("found").and_then(Value::as_bool) {
+                    Some(true) => Some(Holder {
+                        reading_id: text("/_source/mqtt2es/reading_id"),
+                        payload_digest: text("/_source/mqtt2es/payload_digest"),
+                    }),
+                    _ => None,
+                })
+            })
+            .collect()
     }
 
     /// Counts a retryable failure on each item; dead letters out of attempts go to the file.

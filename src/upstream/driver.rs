@@ -6,7 +6,7 @@
 //! settled, then sends DISCONNECT behind those acks. Publishes that arrive after intake stopped
 //! are not acked, so a persistent session redelivers them on the next start.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use tracing::{debug, error, info, warn};
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
 use crate::acks::AckQueue;
 use crate::metrics::{self, Source};
-use crate::record::{Ack, QoS, Record, Settled};
+use crate::reading::Assigned;
+use crate::record::{Ack, Message, QoS, Record, Settled};
 
 /// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
 /// else wakes the driver first.
@@ -39,6 +40,10 @@ pub struct Driver {
     /// can be due at once. Dropping them would leave those messages unacknowledged until a
     /// reconnect and stall the broker's window; they wait here, in order, instead.
     unsent: VecDeque<AckKey>,
+    /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: the broker's
+    /// redelivery (DUP, after a reconnect into the same session) is the same reading and is
+    /// stored once. Forgotten when its ack goes out, or when the broker has no session for us.
+    readings: HashMap<u16, Assigned>,
     /// Counts this connection in `mqtt2es_connected_clients` while it is up.
     online: Option<metrics::Connection>,
 }
@@ -64,6 +69,7 @@ impl Driver {
             settle_to: None,
             queue: AckQueue::default(),
             unsent: VecDeque::new(),
+            readings: HashMap::new(),
             online: None,
         }
     }
@@ -134,7 +140,26 @@ impl Driver {
                 return;
             }
             self.unsent.pop_front();
+            self.readings.remove(&key.pkid);
         }
+    }
+
+    /// A redelivery of a publish not acknowledged yet takes back what its first copy was given;
+    /// anything else is a new reading and keeps its fresh identity. Without DUP a packet id is
+    /// new by definition: the broker reuses one only after our acknowledgement.
+    fn assign(&mut self, message: &mut Message, pkid: u16, dup: bool) {
+        if dup && let Some(first) = self.readings.get(&pkid) {
+            message.reading = first.reading;
+            message.received_at = first.received_at;
+            return;
+        }
+        self.readings.insert(
+            pkid,
+            Assigned {
+                reading: message.reading,
+                received_at: message.received_at,
+            },
+        );
     }
 
     async fn handle(&mut self, event: Inbound) {
@@ -146,6 +171,9 @@ impl Driver {
                 // A new connection: acks for the old one's packet ids must not be sent on it.
                 self.queue.reset();
                 self.unsent.clear();
+                if !session_present {
+                    self.readings.clear();
+                }
                 if !session_present && self.records.is_some() {
                     match self.client.subscribe(&self.filters, self.qos) {
                         Ok(()) => {
@@ -157,7 +185,14 @@ impl Driver {
                     }
                 }
             }
-            Inbound::Publish { message, key } => {
+            Inbound::Publish {
+                mut message,
+                key,
+                dup,
+            } => {
+                if let Some(key) = key {
+                    self.assign(&mut message, key.pkid, dup);
+                }
                 metrics::message_in(Source::Upstream);
                 let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
                     debug!(connection = self.connection, topic = %message.topic, "publish after intake stopped; left unacknowledged for redelivery");

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use rumqttc::v5;
 use rumqttc::{TlsConfiguration, Transport};
 use thiserror::Error;
@@ -18,6 +17,7 @@ use tokio_retry::strategy::{ExponentialBackoff, jitter};
 use tracing::{debug, error, info, warn};
 
 use super::settings::{Protocol, UpstreamSettings};
+use crate::reading::Assigned;
 use crate::record::{Message, QoS};
 use crate::secret::Secret;
 
@@ -26,10 +26,12 @@ use crate::secret::Secret;
 pub enum Inbound {
     /// CONNACK received; without a session the broker forgot our subscriptions.
     Connected { session_present: bool },
-    /// `key` is `None` for QoS 0 (nothing to acknowledge).
+    /// `key` is `None` for QoS 0 (nothing to acknowledge). `dup`: the broker says it may have
+    /// sent this one before (a redelivery after a reconnect).
     Publish {
         message: Message,
         key: Option<AckKey>,
+        dup: bool,
     },
     /// SUBACK: the broker granted `granted` filters and refused `refused` (ACL, bad shared group...).
     Subscribed { granted: usize, refused: usize },
@@ -282,6 +284,7 @@ async fn run_v311(
                 &publish.payload,
                 publish.qos as u8,
                 publish.pkid,
+                publish.dup,
                 publish.retain,
                 Vec::new(),
             ),
@@ -338,6 +341,7 @@ async fn run_v5(
                 &publish.payload,
                 publish.qos as u8,
                 publish.pkid,
+                publish.dup,
                 publish.retain,
                 publish
                     .properties
@@ -477,18 +481,24 @@ fn inbound_publish(
     payload: &[u8],
     qos_level: u8,
     pkid: u16,
+    dup: bool,
     retain: bool,
     user_properties: Vec<(String, String)>,
 ) -> Inbound {
     let qos = qos_from_level(qos_level);
+    // A new reading as far as this connection knows; the driver, which remembers what it has
+    // not acknowledged yet, gives a redelivery its first identity back.
+    let assigned = Assigned::now();
     Inbound::Publish {
         key: ack_key(qos, pkid),
+        dup,
         message: Message {
             topic,
             payload: Arc::from(payload),
             qos,
             retain,
-            received_at: Utc::now(),
+            reading: assigned.reading,
+            received_at: assigned.received_at,
             user_properties,
         },
     }

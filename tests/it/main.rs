@@ -17,6 +17,7 @@ mod packaging;
 mod setup;
 mod shared_group;
 mod simulate;
+mod stored_once;
 mod support;
 mod thermometer;
 mod upstream_options;

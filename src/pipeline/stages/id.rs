@@ -1,13 +1,22 @@
-//! `id`: a deterministic `_id`, `{fields: [device, "@timestamp"], encoding: hex}`, so that a
-//! redelivered message becomes a 409 (already stored) instead of a duplicate.
+//! `id`: an `_id` made from fields the device sends, `{fields: [device, msg_id], encoding: hex}`,
+//! for devices that number their readings themselves and may send one again outside MQTT's
+//! redelivery (after a clean-session reconnect, from a local buffer).
+//!
+//! Without this stage (or with `id: {}`, no fields) a document's `_id` is the reading's own
+//! (`mqtt2es.reading_id`, see `reading`): unique per reading, the same for its redeliveries.
+//! That is the right id for almost everything, and no payload hash is: two byte-identical
+//! readings are two readings. Fields named here are a promise by the pipeline's author that
+//! equal fields mean one reading; the sink does not take it on trust, though: a 409 is
+//! "already stored" only when the stored document carries the same reading id, and another
+//! reading under the same id is dead-lettered (`id_taken`), never dropped.
 //!
 //! The id is SHA-256 over a length-prefixed, versioned byte layout, stable across runs,
 //! machines and releases (a test pins it):
 //! `"mqtt2es/id/v1"`, the topic, then for each listed field its path and its value as compact
-//! JSON with object keys sorted; with no `fields`, the raw payload instead. Each item is
-//! preceded by its length as a big-endian u64, so `("ab", "c")` and `("a", "bc")` differ.
-//! The topic is always included: the same reading on two topics is two readings. A listed
-//! field that is missing is a rejection (`missing_field`): ids made without it would collide.
+//! JSON with object keys sorted. Each item is preceded by its length as a big-endian u64, so
+//! `("ab", "c")` and `("a", "bc")` differ. The topic is always included: the same reading on
+//! two topics is two readings. A listed field that is missing is a rejection
+//! (`missing_field`): ids made without it would collide.
 //! `encoding` is `hex` (64 characters, the default) or `base64url` (43, unpadded).
 
 use base64::Engine;
@@ -61,6 +70,11 @@ impl Id {
     }
 
     pub fn apply(&self, draft: &mut Draft, message: &Message) -> Result<(), StageError> {
+        if self.fields.is_empty() {
+            // The reading's own id, which the sink uses whenever a document has no other.
+            draft.id = None;
+            return Ok(());
+        }
         let mut hash = Sha256::new();
         let mut item = |bytes: &[u8]| {
             hash.update((bytes.len() as u64).to_be_bytes());
@@ -68,9 +82,6 @@ impl Id {
         };
         item(VERSION);
         item(message.topic.as_bytes());
-        if self.fields.is_empty() {
-            item(&message.payload);
-        }
         for field in &self.fields {
             let value = field
                 .get(&draft.source)
@@ -83,10 +94,20 @@ impl Id {
         let digest = hash.finalize();
         draft.id = Some(match self.base64url {
             true => URL_SAFE_NO_PAD.encode(digest),
-            false => digest.iter().map(|b| format!("{b:02x}")).collect(),
+            false => hex(&digest),
         });
         Ok(())
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Compact JSON with object keys sorted, whatever order the map keeps them in.
@@ -167,15 +188,18 @@ mod tests {
     }
 
     #[test]
-    fn without_fields_the_id_covers_the_raw_payload() {
-        let a = id_of(json!({}), json!({"changed": 1}), "t");
-        let b = id_of(Value::Null, json!({"changed": 2}), "t");
-        assert_eq!(a, b);
+    fn without_fields_the_document_keeps_the_readings_own_id() {
+        assert_eq!(id_of(json!({}), json!({"changed": 1}), "t"), Ok(None));
+        assert_eq!(id_of(Value::Null, json!({"changed": 2}), "t"), Ok(None));
     }
 
     #[test]
     fn base64url_ids_are_43_unpadded_characters() {
-        let id = id_of(json!({"encoding": "base64url"}), json!({}), "t");
+        let id = id_of(
+            json!({"fields": ["device"], "encoding": "base64url"}),
+            json!({"device": "pi1"}),
+            "t",
+        );
         let id = id.expect("id").expect("set");
         assert_eq!(id.len(), 43);
         assert!(!id.contains(['=', '+', '/']));

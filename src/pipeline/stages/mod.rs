@@ -175,6 +175,7 @@ pub(crate) mod test_support {
             payload: Vec::from(&b"{}"[..]).into(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            reading: crate::reading::ReadingId::from_u128(1),
             received_at,
             user_properties: Vec::new(),
         }

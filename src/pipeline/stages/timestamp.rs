@@ -2,8 +2,12 @@
 //! `{field: ts, formats: [rfc3339, epoch_s, epoch_ms, "%Y-%m-%d %H:%M:%S"], target: "@timestamp",
 //!   max_past_s: 604800, max_future_s: 300, on_skew: receive_time}`.
 //!
-//! Formats are tried in order; strftime patterns without a zone are read as UTC. The result is
-//! RFC 3339 in UTC with milliseconds, the same shape as the receive time. A missing or
+//! Formats are tried in order, and the first that gives a time inside the window wins (so
+//! `[epoch_ms, epoch_s]` reads both kinds of device); strftime patterns without a zone are read
+//! as UTC. The result is
+//! RFC 3339 in UTC, like the receive time. A device time to the millisecond or coarser gets its
+//! digits below the millisecond from the receive time, so that no two readings of a device
+//! share an `@timestamp` (a time-series stream would merge them; see [`distinct`]). A missing or
 //! unparseable value does not reject the reading: the target gets the receive time and
 //! `mqtt2es.timestamp_fallback` says why (`missing`, `unparseable`, `too_old`, `too_new`).
 //! A reading with a bad clock is still a reading; the marker makes such devices easy to find.
@@ -18,6 +22,7 @@ use serde_json::Value;
 use super::{Draft, options, path, put};
 use crate::pipeline::error::{ConfigError, StageError, show};
 use crate::pipeline::path::FieldPath;
+use crate::reading;
 use crate::record::Message;
 
 /// Where the reason for using the receive time is recorded.
@@ -103,20 +108,46 @@ impl Timestamp {
         let now = message.received_at;
         let outcome = match self.field.get(&draft.source) {
             None | Some(Value::Null) => Err("missing"),
-            Some(value) => match self.formats.iter().find_map(|f| f.read(value)) {
-                None => Err("unparseable"),
-                Some(time) => self.check_window(time, now, value)?,
-            },
+            Some(value) => {
+                // The first format that gives a time inside the window wins, so that a number
+                // of epoch seconds is not taken for milliseconds of 1970 because `epoch_ms` came
+                // first; if none does, the first that parsed says why not.
+                let mut parsed = self.formats.iter().filter_map(|f| f.read(value));
+                let first = parsed.next();
+                match first
+                    .into_iter()
+                    .chain(parsed)
+                    .find(|&time| self.skew(time, now).is_none())
+                {
+                    Some(time) => Ok(time),
+                    None => match first {
+                        None => Err("unparseable"),
+                        Some(time) => self.check_window(time, now, value)?,
+                    },
+                }
+            }
         };
         let time = match outcome {
-            Ok(time) => time,
+            Ok(time) => distinct(time, now),
             Err(why) => {
                 put(draft, &self.fallback, Value::from(why))?;
                 now
             }
         };
-        let text = time.to_rfc3339_opts(SecondsFormat::Millis, true);
-        put(draft, &self.target, Value::String(text))
+        put(draft, &self.target, Value::String(reading::rfc3339(time)))
+    }
+
+    /// Why `time` is outside the accepted window around `now`, if it is.
+    fn skew(&self, time: DateTime<Utc>, now: DateTime<Utc>) -> Option<(&'static str, String)> {
+        match (self.max_past, self.max_future) {
+            (Some((s, max)), _) if now - time > max => {
+                Some(("too_old", format!("more than {s} s before")))
+            }
+            (_, Some((s, max))) if time - now > max => {
+                Some(("too_new", format!("more than {s} s after")))
+            }
+            _ => None,
+        }
     }
 
     /// `Ok(Err(why))` asks for the receive time; `Err` rejects.
@@ -126,16 +157,7 @@ impl Timestamp {
         now: DateTime<Utc>,
         value: &Value,
     ) -> Result<Result<DateTime<Utc>, &'static str>, StageError> {
-        let skew = match (self.max_past, self.max_future) {
-            (Some((s, max)), _) if now - time > max => {
-                Some(("too_old", format!("more than {s} s before")))
-            }
-            (_, Some((s, max))) if time - now > max => {
-                Some(("too_new", format!("more than {s} s after")))
-            }
-            _ => None,
-        };
-        match skew {
+        match self.skew(time, now) {
             None => Ok(Ok(time)),
             Some((why, _)) if !self.reject_skew => Ok(Err(why)),
             Some((_, detail)) => Err(StageError::TimestampSkew {
@@ -146,6 +168,20 @@ impl Timestamp {
             }),
         }
     }
+}
+
+/// A device time given to the millisecond (or coarser) takes its digits below the millisecond
+/// from the receive time, which no other reading has. Two readings with the same clock reading
+/// (a clock of one-second resolution, two readings within a millisecond) thus stay two
+/// documents on a time-series stream, which knows a reading by its series and `@timestamp`;
+/// and a redelivery, which keeps its receive time, gets the same `@timestamp` again. A device
+/// time with digits of its own below the millisecond is kept as it is.
+fn distinct(device: DateTime<Utc>, received: DateTime<Utc>) -> DateTime<Utc> {
+    const MS: u32 = 1_000_000;
+    if !device.timestamp_subsec_nanos().is_multiple_of(MS) {
+        return device;
+    }
+    device + TimeDelta::nanoseconds(i64::from(received.timestamp_subsec_nanos() % MS))
 }
 
 fn format(name: &str) -> Result<Format, ConfigError> {
@@ -239,6 +275,42 @@ mod tests {
 
     fn at(doc: &Result<Value, StageError>) -> Value {
         doc.as_ref().expect("a document")["@timestamp"].clone()
+    }
+
+    #[test]
+    fn a_device_time_to_the_millisecond_takes_the_sub_millisecond_digits_of_the_receive_time() {
+        let received: chrono::DateTime<chrono::Utc> =
+            "2026-11-22T10:00:05.250123456Z".parse().expect("a time");
+        let whole_second = "2026-11-22T10:00:00Z".parse().expect("a time");
+        assert_eq!(
+            super::distinct(whole_second, received).to_rfc3339(),
+            "2026-11-22T10:00:00.000123456+00:00"
+        );
+        // Two readings with one clock reading, received apart, stay apart.
+        let later = "2026-11-22T10:00:05.350987654Z".parse().expect("a time");
+        assert_ne!(
+            super::distinct(whole_second, received),
+            super::distinct(whole_second, later)
+        );
+        // A device that gives digits below the millisecond keeps them.
+        let fine = "2026-11-22T10:00:00.000000700Z".parse().expect("a time");
+        assert_eq!(super::distinct(fine, received), fine);
+    }
+
+    #[test]
+    fn epoch_seconds_are_not_taken_for_milliseconds_of_1970_when_epoch_ms_comes_first() {
+        let s = stage(
+            "timestamp",
+            json!({"field": "ts", "formats": ["epoch_ms", "epoch_s"], "max_past_s": 604800}),
+        );
+        // The test message is received at 2026-11-22T10:00:05.250Z.
+        let doc = run(&s, json!({ "ts": 1795341600 })).expect("a document");
+        assert_eq!(doc["@timestamp"], json!("2026-11-22T10:00:00.000Z"));
+        let doc = run(&s, json!({ "ts": 1795341600123_i64 })).expect("a document");
+        assert_eq!(doc["@timestamp"], json!("2026-11-22T10:00:00.123Z"));
+        // Neither plausible: the first reading says why.
+        let doc = run(&s, json!({ "ts": 5 })).expect("a document");
+        assert_eq!(doc["mqtt2es"]["timestamp_fallback"], json!("too_old"));
     }
 
     #[test]

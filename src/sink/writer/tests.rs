@@ -15,6 +15,7 @@ use super::*;
 use crate::{
     document::{Document, Processed, Rejection},
     elastic::{ElasticsearchSettings, build_client},
+    reading::ReadingId,
     record::{Ack, Settled, Settlement},
     sink::{
         BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
@@ -80,6 +81,11 @@ impl Setup {
     }
 
     fn writer(&self, url: &str) -> Writer {
+        self.writer_with_time_series(url, &[])
+    }
+
+    /// A writer that takes streams starting with `prefixes` for time-series data streams.
+    fn writer_with_time_series(&self, url: &str, prefixes: &[&str]) -> Writer {
         let client = build_client(&ElasticsearchSettings {
             url: url.to_owned(),
             gzip: false,
@@ -104,7 +110,7 @@ impl Setup {
                     index: "mqtt2es-deadletter".to_owned(),
                     file: self.dead_letter_file.clone(),
                 },
-                time_series_prefixes: Vec::new(),
+                time_series_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
             },
         )
     }
@@ -116,6 +122,15 @@ impl Setup {
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
     }
+}
+
+/// A document under its reading's own id (no pipeline id).
+fn reading_doc(n: usize) -> Processed {
+    let Processed::Document(mut document) = doc(n) else {
+        unreachable!("doc makes documents")
+    };
+    document.id = None;
+    Processed::Document(document)
 }
 
 fn doc(n: usize) -> Processed {
@@ -138,8 +153,10 @@ async fn run_all(
     let (tx, rx) = mpsc::channel(records.len().max(1));
     let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
     for (token, processed) in records.into_iter().enumerate() {
+        let mut message = message(b"{\"t\":21.5}");
+        message.reading = ReadingId::from_u128(token as u128);
         tx.send(Routed {
-            message: message(b"{\"t\":21.5}"),
+            message,
             processed,
             ack: Ack::new(settled_tx.clone(), token as u64),
         })
@@ -309,13 +326,146 @@ async fn only_the_items_that_failed_retryably_are_sent_again() {
 }
 
 #[tokio::test]
-async fn a_409_on_a_deterministic_id_counts_as_already_stored() {
+async fn a_409_on_the_readings_own_id_counts_as_already_stored_without_looking() {
     let es = StandIn::start(|_, _| items(&[409, 201])).await;
+    let setup = Setup::new();
+    let (report, settled, _) =
+        run_all(setup.writer(&es.url), (0..2).map(reading_doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 2]);
+    assert_eq!((report.stored, report.already_stored), (1, 1));
+    assert_eq!(es.requests().len(), 1, "no _mget");
+}
+
+/// A 409 in the shape Elasticsearch gives it, with the backing index and the `_id`.
+fn conflict_items(statuses: &[u16]) -> Reply {
+    let items: Vec<Value> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, &status)| match status {
+            409 => json!({"create": {"_id": format!("taken-{i}"), "status": 409, "error": {
+                "type": "version_conflict_engine_exception",
+                "reason": format!("[taken-{i}]: version conflict, document already exists"),
+                "index": ".ds-mqtt2es-temp-2025.03.01-000001"}}}),
+            _ => json!({"create": {"_id": format!("new-{i}"), "status": status}}),
+        })
+        .collect();
+    let errors = statuses.iter().any(|s| !(200..300).contains(s));
+    Reply::Json(200, json!({"errors": errors, "items": items}).to_string())
+}
+
+/// An `_mget` answer: each asked document found with these reading ids (`None`: not found).
+fn mget(holders: &[Option<&str>]) -> Reply {
+    let docs: Vec<Value> = holders
+        .iter()
+        .map(|holder| match holder {
+            Some(id) => json!({"found": true, "_source": {"mqtt2es": {"reading_id": id}}}),
+            None => json!({"found": false}),
+        })
+        .collect();
+    Reply::Json(200, json!({ "docs": docs }).to_string())
+}
+
+#[tokio::test]
+async fn a_409_on_a_pipeline_id_held_by_the_same_reading_counts_as_already_stored() {
+    let es = StandIn::start(|_, r| {
+        if r.path.starts_with("/_mget") {
+            mget(&[Some(&ReadingId::from_u128(0).to_string())])
+        } else {
+            conflict_items(&[409, 201])
+        }
+    })
+    .await;
     let setup = Setup::new();
     let (report, settled, _) = run_all(setup.writer(&es.url), (0..2).map(doc).collect()).await;
 
     assert_eq!(hows(&settled), [Settlement::Stored; 2]);
     assert_eq!((report.stored, report.already_stored), (1, 1));
+    let asked = &es.requests()[1];
+    assert!(asked.path.starts_with("/_mget"), "{}", asked.path);
+    assert_eq!(
+        asked.json()["docs"],
+        json!([{"_index": ".ds-mqtt2es-temp-2025.03.01-000001", "_id": "taken-0"}])
+    );
+}
+
+#[tokio::test]
+async fn a_409_on_a_pipeline_id_held_by_another_reading_is_a_dead_letter_not_a_loss() {
+    let es = StandIn::start(|_, r| {
+        if r.path.starts_with("/_mget") {
+            mget(&[Some("another-reading")])
+        } else if r.indices().iter().any(|i| i == "mqtt2es-temp") {
+            conflict_items(&[409])
+        } else {
+            all_created(r)
+        }
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+
+    assert_eq!(hows(&settled), [Settlement::DeadLettered]);
+    assert_eq!(report.already_stored, 0);
+    assert_eq!(report.dead_lettered.get(bulk::ID_TAKEN), Some(&1));
+    let letter = &es.requests()[2].ops()[0].1;
+    assert!(
+        letter["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another-reading")),
+        "{letter}"
+    );
+}
+
+#[tokio::test]
+async fn a_time_series_reading_whose_time_another_reading_holds_moves_to_a_later_time() {
+    let es = StandIn::start(|n, r| match n {
+        0 => conflict_items(&[409]),
+        _ if r.path.starts_with("/_mget") => mget(&[Some("another-reading")]),
+        _ => all_created(r),
+    })
+    .await;
+    let setup = Setup::new();
+    let reading = Processed::Document(Document {
+        pipeline: "telemetry".to_owned(),
+        index: "mqtt2es-telemetry-lab".to_owned(),
+        id: None,
+        source: json!({"@timestamp": "2025-03-01T12:00:00.000000250Z", "site": "lab"})
+            .as_object()
+            .expect("an object")
+            .clone(),
+    });
+    let writer = setup.writer_with_time_series(&es.url, &["mqtt2es-telemetry-"]);
+    let (report, settled, _) = run_all(writer, vec![reading]).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored]);
+    assert_eq!((report.stored, report.moved_in_series), (1, 1));
+    let requests = es.requests();
+    assert_eq!(requests.len(), 3, "bulk, _mget, bulk");
+    let (action, moved) = requests[2].ops()[0].clone();
+    assert!(action["create"].get("_id").is_none(), "{action}");
+    assert_eq!(moved["@timestamp"], "2025-03-01T12:00:00.001000251Z");
+}
+
+#[tokio::test]
+async fn a_failed_look_at_a_409_settles_nothing_and_the_reading_is_sent_again() {
+    let es = StandIn::start(|n, r| match n {
+        0 => conflict_items(&[409]),
+        1 => error(503, "unavailable_shards_exception"),
+        _ if r.path.starts_with("/_mget") => mget(&[Some(&ReadingId::from_u128(0).to_string())]),
+        _ => conflict_items(&[409]),
+    })
+    .await;
+    let setup = Setup::new();
+    let (report, settled, _) = run_all(setup.writer(&es.url), vec![doc(0)]).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored]);
+    assert_eq!(report.already_stored, 1);
+    let paths: Vec<String> = es
+        .requests()
+        .iter()
+        .map(|r| r.path[..6].to_owned())
+        .collect();
+    assert_eq!(paths, ["/_bulk", "/_mget", "/_bulk", "/_mget"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,161 @@
+//! What makes a reading itself: an id and a receive time, assigned once when a message first
+//! arrives and never given to another reading.
+//!
+//! Why mqtt2es assigns its own identity instead of hashing what the device sent: two distinct
+//! readings may be byte-identical, may carry no time, or a time of one-second resolution, so
+//! nothing in the payload tells them apart; and a redelivery of one reading (a DUP resend, the
+//! upstream broker's redelivery) must be recognised as that reading. MQTT identifies a
+//! redelivery by session and packet id, so the producer (broker connection, upstream driver)
+//! keeps the [`Assigned`] of every unacknowledged message and hands the same one to its resend.
+//!
+//! The id is 128 bits: a random per-process half and a counter, so ids never repeat within a
+//! process and collide across processes with negligible probability. Receive times are strictly
+//! increasing nanoseconds within a process, so no two readings share one: on a time-series data
+//! stream, where Elasticsearch identifies a document by its series and `@timestamp`, a reading
+//! without a device time therefore never meets another's id.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// A reading's own id, shown as 22 base64url characters (the `_id` of its document unless a
+/// pipeline names other fields, and `mqtt2es.reading_id` in every document).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadingId(u128);
+
+impl ReadingId {
+    /// A fresh id, unlike any other this process has made.
+    pub fn next() -> ReadingId {
+        static PROCESS: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let process = *PROCESS.get_or_init(rand::random::<u64>);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        ReadingId((u128::from(process) << 64) | u128::from(count))
+    }
+
+    pub fn from_u128(value: u128) -> ReadingId {
+        ReadingId(value)
+    }
+
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Reads the 22-character form back; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<ReadingId> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let bytes: [u8; 16] = bytes.try_into().ok()?;
+        Some(ReadingId(u128::from_be_bytes(bytes)))
+    }
+}
+
+impl fmt::Display for ReadingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; 22];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(self.0.to_be_bytes(), &mut text)
+            .expect("16 bytes encode to 22 base64url characters");
+        f.write_str(std::str::from_utf8(&text[..written]).expect("base64 is ASCII"))
+    }
+}
+
+impl fmt::Debug for ReadingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadingId({self})")
+    }
+}
+
+/// What a message was given when it first arrived; its resends get the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    pub reading: ReadingId,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Assigned {
+    /// A new reading received now.
+    pub fn now() -> Assigned {
+        Assigned {
+            reading: ReadingId::next(),
+            received_at: receive_time(),
+        }
+    }
+}
+
+/// The wall clock in nanoseconds, but never the same value twice in this process and never
+/// earlier than the last one handed out (a clock stepped back holds still until it catches up).
+pub fn receive_time() -> DateTime<Utc> {
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX - 1);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return DateTime::from_timestamp_nanos(next),
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// RFC 3339 in UTC as documents carry it: milliseconds, or nanoseconds when the time has
+/// digits below the millisecond (assigned receive times do; a time-series data stream maps
+/// `@timestamp` as `date_nanos` so that they tell readings apart).
+pub fn rfc3339(time: DateTime<Utc>) -> String {
+    let digits = if time.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
+        SecondsFormat::Millis
+    } else {
+        SecondsFormat::Nanos
+    };
+    time.to_rfc3339_opts(digits, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn reading_ids_never_repeat_and_read_back_from_their_text() {
+        let ids: Vec<ReadingId> = (0..10_000).map(|_| ReadingId::next()).collect();
+        let unique: HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids[..10] {
+            let text = id.to_string();
+            assert_eq!(text.len(), 22);
+            assert_eq!(ReadingId::parse(&text), Some(*id));
+        }
+        assert_eq!(ReadingId::parse("not an id"), None);
+    }
+
+    #[test]
+    fn times_show_nanoseconds_only_when_they_have_them() {
+        let ms: DateTime<Utc> = "2026-11-22T10:00:05.250Z".parse().expect("a time");
+        assert_eq!(rfc3339(ms), "2026-11-22T10:00:05.250Z");
+        let ns: DateTime<Utc> = "2026-11-22T10:00:05.250000001Z".parse().expect("a time");
+        assert_eq!(rfc3339(ns), "2026-11-22T10:00:05.250000001Z");
+    }
+
+    #[test]
+    fn receive_times_strictly_increase_even_within_one_clock_tick() {
+        let times: Vec<_> = (0..10_000).map(|_| receive_time()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn receive_times_from_many_threads_are_all_distinct() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5_000).map(|_| receive_time()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = HashSet::new();
+        for thread in threads {
+            for time in thread.join().expect("thread") {
+                assert!(all.insert(time), "{time} handed out twice");
+            }
+        }
+    }
+}
