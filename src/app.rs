@@ -140,10 +140,12 @@ pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
         None => process(&pipelines, config.pipelines.max_payload_bytes, &message),
     };
     let shown = match processed {
+        // The reading's own id unless the pipeline made one (on a time-series stream the
+        // node derives the _id from the series and @timestamp instead).
         Processed::Document(doc) => serde_json::json!({
             "pipeline": doc.pipeline,
             "index": doc.index,
-            "id": doc.id,
+            "id": doc.id.unwrap_or_else(|| message.reading.to_string()),
             "document": doc.source,
         }),
         Processed::Dropped { pipeline, stage } => serde_json::json!({

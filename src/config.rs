@@ -204,6 +204,7 @@ impl Config {
         resolve(&mut self.pipelines.dir);
         resolve(&mut self.dead_letter.file);
         if let Some(upstream) = &mut self.upstream {
+            resolve(&mut upstream.state_dir);
             if let Some(file) = &mut upstream.password_file {
                 resolve(file);
             }

@@ -12,6 +12,7 @@
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
 //! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
+//! - `kept`    — what each unacknowledged message was assigned, on disk (fjall), for resends.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
@@ -32,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod document;
 pub mod elastic;
+pub mod kept;
 pub mod metrics;
 pub mod pipeline;
 pub mod reading;

@@ -274,6 +274,8 @@ pub async fn serve(
         out,
         inbuf,
         records: Some(records),
+        held: VecDeque::new(),
+        held_acks: 0,
         settle_to: Some(settle_to),
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
@@ -411,6 +413,14 @@ struct Connection {
     inbuf: BytesMut,
     /// `None` once intake stopped.
     records: Option<mpsc::Sender<Record>>,
+    /// Records not passed to the pipeline yet, in arrival order: it had no room, or (3.1.1)
+    /// `max_inflight` of this client's publishes are in it, not yet durable. Held here rather
+    /// than awaited, so that the connection keeps answering PINGREQs (and taking acks of its
+    /// deliveries) while Elasticsearch stalls: backpressure must not cost a device its
+    /// connection. Reading stops only once `max_inflight` are held.
+    held: VecDeque<Record>,
+    /// How many of `held` are QoS 1/2 (counted in `acks`, but not in the pipeline).
+    held_acks: usize,
     /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
     acks: AckQueue<Pending>,
@@ -443,7 +453,7 @@ impl Connection {
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let mut settled_open = true;
         // Bytes that arrived with CONNECT.
-        if let Some(end) = self.process_buffer(intake).await {
+        if let Some(end) = self.process_buffer() {
             return end;
         }
         loop {
@@ -454,6 +464,13 @@ impl Connection {
                 return End::Shutdown;
             }
             let reading = self.records.is_some() && self.may_read();
+            // Only while records wait for room in the pipeline: a clone of the sender to wait on.
+            // (Those that wait for earlier ones to be durable wait for a settlement instead.)
+            let waiting_for_room = match !self.held.is_empty() && self.may_forward() {
+                true => self.records.clone(),
+                false => None,
+            };
+            let wants_room = waiting_for_room.is_some();
             if !reading {
                 // Not reading is our doing (backpressure, shutdown), not the client's silence:
                 // its keep-alive starts over once we read again.
@@ -463,6 +480,18 @@ impl Connection {
                 biased;
                 _ = kick.cancelled() => return End::TakenOver,
                 _ = intake.cancelled(), if self.records.is_some() => self.stop_intake(),
+                room = reserve(waiting_for_room), if wants_room => match room {
+                    Ok(permit) => {
+                        self.forward_held(Some(permit));
+                        if let Some(end) = self.process_buffer() {
+                            return end;
+                        }
+                    }
+                    Err(_) => {
+                        warn!(client_id = %self.client_id, "pipeline closed; stopping intake");
+                        self.stop_intake();
+                    }
+                },
                 done = settled.recv(), if settled_open => match done {
                     Some(done) => {
                         self.settle(done);
@@ -470,7 +499,8 @@ impl Connection {
                             self.settle(more);
                         }
                         self.release_acks();
-                        if let Some(end) = self.process_buffer(intake).await {
+                        self.forward_held(None);
+                        if let Some(end) = self.process_buffer() {
                             return end;
                         }
                     }
@@ -487,7 +517,7 @@ impl Connection {
                     Ok(0) => return End::Lost("closed by the client without DISCONNECT".into()),
                     Ok(_) => {
                         deadline = keep_alive.map(|k| Instant::now() + k);
-                        if let Some(end) = self.process_buffer(intake).await {
+                        if let Some(end) = self.process_buffer() {
                             return end;
                         }
                     }
@@ -500,26 +530,69 @@ impl Connection {
         }
     }
 
-    /// 3.1.1 backpressure: no more reading while `max_inflight` publishes are not durable.
+    /// Backpressure on reading: none while `max_inflight` records are held. A client that
+    /// keeps to a window of `max_inflight` (an MQTT 5 client must; a 3.1.1 client is asked to
+    /// in the README) is therefore always read, and its PINGREQs answered.
     fn may_read(&self) -> bool {
+        self.held.len() < usize::from(self.context.limits.max_inflight)
+    }
+
+    /// Whether another record may go to the pipeline: for 3.1.1, which has no receive maximum,
+    /// only while fewer than `max_inflight` of this client's publishes there are not durable.
+    fn may_forward(&self) -> bool {
         self.version == Version::V5
-            || self.acks.outstanding() < usize::from(self.context.limits.max_inflight)
+            || self.acks.outstanding() - self.held_acks
+                < usize::from(self.context.limits.max_inflight)
+    }
+
+    /// Hands held records to the pipeline in order, the first into `permit` if given, more
+    /// while the pipeline has room and `may_forward` allows.
+    fn forward_held(&mut self, mut permit: Option<mpsc::OwnedPermit<Record>>) {
+        while self.may_forward() {
+            let Some(record) = self.held.pop_front() else {
+                return;
+            };
+            let acked = record.message.qos != QoS::AtMostOnce;
+            let passed = match (permit.take(), &self.records) {
+                (Some(permit), _) => {
+                    permit.send(record);
+                    Ok(())
+                }
+                (None, Some(records)) => records.try_send(record),
+                (None, None) => return,
+            };
+            match passed {
+                Ok(()) => self.held_acks -= usize::from(acked),
+                Err(mpsc::error::TrySendError::Full(record)) => {
+                    self.held.push_front(record);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    warn!(client_id = %self.client_id, "pipeline closed; stopping intake");
+                    self.stop_intake();
+                    return;
+                }
+            }
+        }
     }
 
     fn stop_intake(&mut self) {
         debug!(client_id = %self.client_id, outstanding = self.acks.outstanding(), "stopping intake");
         self.records = None;
         self.settle_to = None;
+        // Not in the pipeline, so never settled: unacknowledged, the client sends them again.
+        self.held.clear();
+        self.held_acks = 0;
     }
 
     /// Handles every complete packet in the buffer (as far as 3.1.1 backpressure allows).
-    async fn process_buffer(&mut self, intake: &CancellationToken) -> Option<End> {
+    fn process_buffer(&mut self) -> Option<End> {
         while self.records.is_some() && self.may_read() {
             let max = self.context.limits.max_packet_bytes;
             match codec::read(&mut self.inbuf, Some(self.version), max) {
                 Ok(None) => return None,
                 Ok(Some(packet)) => {
-                    if let Some(end) = self.handle(packet, intake).await {
+                    if let Some(end) = self.handle(packet) {
                         return Some(end);
                     }
                 }
@@ -534,7 +607,7 @@ impl Connection {
         None
     }
 
-    async fn handle(&mut self, packet: Packet, intake: &CancellationToken) -> Option<End> {
+    fn handle(&mut self, packet: Packet) -> Option<End> {
         tracing::trace!(client_id = %self.client_id, ?packet, "packet");
         match packet {
             Packet::Connect(_) => {
@@ -543,7 +616,7 @@ impl Connection {
                     "second CONNECT".into(),
                 ));
             }
-            Packet::Publish(publish) => return self.on_publish(publish, intake).await,
+            Packet::Publish(publish) => return self.on_publish(publish),
             Packet::PubAck(pkid) => {
                 if let Some((_, Stage::Ack)) = self.inflight.get(&pkid) {
                     self.inflight.remove(&pkid);
@@ -591,7 +664,7 @@ impl Connection {
         None
     }
 
-    async fn on_publish(&mut self, publish: Publish, intake: &CancellationToken) -> Option<End> {
+    fn on_publish(&mut self, publish: Publish) -> Option<End> {
         let topic = match publish.topic_alias {
             Some(alias) if self.version != Version::V5 || alias == 0 || alias > TOPIC_ALIAS_MAX => {
                 return Some(End::Violation(
@@ -666,7 +739,7 @@ impl Connection {
             return None;
         }
         let assigned = self.assign(qos, publish.dup, pkid);
-        let (Some(records), Some(settle_to)) = (&self.records, &self.settle_to) else {
+        let (Some(_), Some(settle_to)) = (&self.records, &self.settle_to) else {
             return None;
         };
         let user_properties: Arc<[(String, String)]> = Arc::from(publish.user_properties.clone());
@@ -705,14 +778,10 @@ impl Connection {
             },
             ack,
         };
-        let records = records.clone();
-        tokio::select! {
-            sent = records.send(record) => if sent.is_err() {
-                warn!(client_id = %self.client_id, "pipeline closed; stopping intake");
-                self.stop_intake();
-            },
-            _ = intake.cancelled() => self.stop_intake(),
-        }
+        // Behind any held before it: records keep arrival order.
+        self.held_acks += usize::from(qos != QoS::AtMostOnce);
+        self.held.push_back(record);
+        self.forward_held(None);
         None
     }
 
@@ -729,6 +798,7 @@ impl Connection {
         }
         let assigned = Assigned::now();
         self.readings.insert(pkid, assigned);
+        self.context.registry.keep(&self.client_id, pkid, assigned);
         assigned
     }
 
@@ -760,7 +830,9 @@ impl Connection {
     fn release_acks(&mut self) {
         for pending in self.acks.pop_ready() {
             tracing::trace!(client_id = %self.client_id, ?pending, "ack");
-            self.readings.remove(&pending.pkid);
+            if self.readings.remove(&pending.pkid).is_some() {
+                self.context.registry.forget(&self.client_id, pending.pkid);
+            }
             match pending.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
@@ -1018,6 +1090,16 @@ fn publish_will(
             debug!(%client_id, "pipeline closed; will only published to subscribers");
         }
     });
+}
+
+/// Room for one record on `sender` (which the caller only polls when it is `Some`).
+async fn reserve(
+    sender: Option<mpsc::Sender<Record>>,
+) -> Result<mpsc::OwnedPermit<Record>, mpsc::error::SendError<()>> {
+    match sender {
+        Some(sender) => sender.reserve_owned().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -15,6 +15,9 @@
 //! - `router`     — which subscription a message matches, at which QoS.
 //! - `retained`   — the retained message store.
 //! - `store`      — sessions and retained messages on disk, written atomically.
+//!
+//! What each unacknowledged publish was assigned (its reading id and receive time) is kept in
+//! `crate::kept` by the session registry, so a resend after a crash is the same reading.
 
 pub mod auth;
 pub mod codec;
@@ -38,6 +41,7 @@ use tracing::{Instrument, error, info};
 
 pub use settings::BrokerSettings;
 
+use crate::kept::{Kept, KeptError};
 use crate::record::Record;
 use auth::{Auth, AuthError};
 use connection::{Context, Limits};
@@ -56,6 +60,8 @@ pub enum BrokerError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Kept(#[from] KeptError),
 }
 
 /// A broker whose listeners are bound and whose state is loaded, ready to run.
@@ -63,6 +69,7 @@ pub struct Broker {
     listeners: Listeners,
     context: Arc<Context>,
     store: Arc<Store>,
+    kept: Kept,
 }
 
 impl Broker {
@@ -71,7 +78,9 @@ impl Broker {
     pub async fn start(settings: &BrokerSettings) -> Result<Broker, BrokerError> {
         let auth = Auth::load(&settings.auth)?;
         let store = Store::open(&settings.state_dir)?;
-        let registry = Registry::restore(store.load()?);
+        let mut registry = Registry::restore(store.load()?);
+        let kept = Kept::open(&settings.state_dir)?;
+        registry.adopt(kept.clone())?;
         info!(
             state_dir = ?settings.state_dir,
             sessions = registry.session_count(),
@@ -93,6 +102,7 @@ impl Broker {
                 live: AtomicUsize::new(0),
             }),
             store: Arc::new(store),
+            kept,
         })
     }
 
@@ -105,6 +115,7 @@ impl Broker {
             listeners,
             context,
             store,
+            kept,
         } = self;
         let registry = Arc::clone(&context.registry);
         let (accepted_tx, mut accepted) = mpsc::channel(ACCEPT_QUEUE);
@@ -116,6 +127,7 @@ impl Broker {
         let store_stop = CancellationToken::new();
         let store_task =
             tokio::spawn(Arc::clone(&store).run(Arc::clone(&registry), store_stop.clone()));
+        let syncer = tokio::spawn(Arc::new(kept).run_syncer(store_stop.clone()));
 
         let mut connections = JoinSet::new();
         loop {
@@ -153,6 +165,7 @@ impl Broker {
         }
         store_stop.cancel();
         let _ = store_task.await;
+        let _ = syncer.await;
         store.save_now(&registry).await;
         info!(
             sessions = registry.session_count(),

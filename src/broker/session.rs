@@ -20,6 +20,7 @@ use tracing::warn;
 use super::retained::Retained;
 use super::router;
 use super::store::{self, State};
+use crate::kept::{Kept, KeptError};
 use crate::reading::Assigned;
 use crate::record::QoS;
 use crate::topic::TopicFilter;
@@ -123,6 +124,9 @@ pub struct Registry {
     changed: Notify,
     next_connection: AtomicU64,
     dropped: AtomicU64,
+    /// Where what unacknowledged publishes were assigned is kept across a crash (`None` in
+    /// tests of the registry alone).
+    kept: Option<Kept>,
 }
 
 impl Registry {
@@ -133,6 +137,7 @@ impl Registry {
             changed: Notify::new(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            kept: None,
         }
     }
 
@@ -184,6 +189,43 @@ impl Registry {
         registry
     }
 
+    /// Keeps assignments in `kept` from now on, and gives each restored session what was kept
+    /// for it; what was kept for a session that no longer exists is forgotten.
+    pub fn adopt(&mut self, kept: Kept) -> Result<(), KeptError> {
+        let all = kept.all()?;
+        {
+            let mut inner = self.lock();
+            for (owner, readings) in all {
+                match inner.sessions.get_mut(&owner) {
+                    Some(session) => session.readings = readings,
+                    None => kept.forget_all(&owner)?,
+                }
+            }
+        }
+        self.kept = Some(kept);
+        Ok(())
+    }
+
+    /// Keeps what publish `pkid` of `client_id` was assigned (before it goes on).
+    pub fn keep(&self, client_id: &str, pkid: u16, assigned: Assigned) {
+        if let Some(kept) = &self.kept {
+            kept_failed(kept.keep(client_id, pkid, assigned));
+        }
+    }
+
+    /// Forgets publish `pkid` of `client_id` (before its acknowledgement goes out).
+    pub fn forget(&self, client_id: &str, pkid: u16) {
+        if let Some(kept) = &self.kept {
+            kept_failed(kept.forget(client_id, pkid));
+        }
+    }
+
+    fn forget_all(&self, client_id: &str) {
+        if let Some(kept) = &self.kept {
+            kept_failed(kept.forget_all(client_id));
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated in a way later
         // readers would misread (every update is a single insert/remove), so keep going.
@@ -229,6 +271,7 @@ impl Registry {
         if clean_start {
             inner.sessions.remove(client_id);
             inner.reindex(client_id);
+            self.forget_all(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
@@ -268,6 +311,7 @@ impl Registry {
         if expiry_s == 0 {
             inner.sessions.remove(client_id);
             inner.reindex(client_id);
+            self.forget_all(client_id);
         } else {
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
@@ -448,9 +492,17 @@ impl Registry {
     pub fn purge_expired(&self) -> usize {
         let now = SystemTime::now();
         let mut inner = self.lock();
-        let before = inner.sessions.len();
-        inner.sessions.retain(|_, s| !s.expired(now));
-        let purged = before - inner.sessions.len();
+        let expired: Vec<String> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expired(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in &expired {
+            inner.sessions.remove(client_id);
+            self.forget_all(client_id);
+        }
+        let purged = expired.len();
         let Inner {
             sessions,
             subscribers,
@@ -489,6 +541,19 @@ impl Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()
+    }
+}
+
+/// A failed write to the state store loses no reading (the record still goes on, and is
+/// acknowledged once stored); only a resend after a crash might then be stored twice. Logged
+/// at the first failure and every thousandth after it, not per message.
+fn kept_failed(result: Result<(), KeptError>) {
+    static FAILURES: AtomicU64 = AtomicU64::new(0);
+    if let Err(error) = result {
+        let n = FAILURES.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1000) {
+            tracing::error!(%error, failures = n + 1, "cannot keep what a message was assigned; a resend after a crash may be stored twice");
+        }
     }
 }
 

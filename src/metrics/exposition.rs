@@ -113,8 +113,15 @@ impl Collector for Figures {
         counter(
             &mut encoder,
             "documents_already_stored",
-            "Redelivered documents whose deterministic id was already stored (http 409).",
+            "Redelivered readings found already stored (http 409 on the same reading).",
             s.sink.already_stored,
+        )?;
+        counter(
+            &mut encoder,
+            "documents_moved_in_series",
+            "Times a time-series reading moved to a later @timestamp because another reading \
+             of its series held its own.",
+            s.sink.moved_in_series,
         )?;
         counter(
             &mut encoder,

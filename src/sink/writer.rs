@@ -251,16 +251,25 @@ impl<'a> Backoff<'a> {
     }
 }
 
+/// While a delivery waits out a backoff because no node answered, how often it asks whether
+/// one does again: writing resumes within this of the node's return, however long the
+/// backoff had grown (`retry.max_backoff_ms`, 30 s by default).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 /// Sends one batch until every item in it has settled.
 async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
     let mut backoff = Backoff::new(&shared.retry);
     // Chunks still to send, the last one next, each with the delay to wait before sending it.
     let mut queue = vec![(items, Duration::ZERO)];
+    // Whether the last request found no node answering: then the wait probes.
+    let mut unreachable = false;
     while let Some((mut chunk, delay)) = queue.pop() {
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            shared.wait_out(delay, unreachable).await;
         }
-        match shared.send(&chunk).await {
+        let (plan, answered) = shared.send(&chunk).await;
+        unreachable = !answered;
+        match plan {
             Plan::Items(outcomes) => {
                 let mut round = shared.sort(chunk, outcomes);
                 if !round.check.is_empty() {
@@ -374,7 +383,32 @@ struct Round {
 }
 
 impl Shared {
-    async fn send(&self, chunk: &[Item]) -> Plan {
+    /// Waits `delay`; after a request that no node answered, returns as soon as one answers a
+    /// probe (`HEAD /`, any HTTP answer will do), so that an outage ends for us when it ends.
+    async fn wait_out(&self, delay: Duration, unreachable: bool) {
+        let until = Instant::now() + delay;
+        if !unreachable || delay <= PROBE_EVERY {
+            return tokio::time::sleep_until(until).await;
+        }
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep((until - now).min(PROBE_EVERY)).await;
+            let probe = tokio::time::timeout(PROBE_EVERY, self.client.ping().send()).await;
+            if let Ok(Ok(_)) = probe {
+                tracing::info!(
+                    "elasticsearch answers again; sending without waiting out the backoff"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Sends a chunk; also says whether any node answered at all (an HTTP response, whatever
+    /// its status).
+    async fn send(&self, chunk: &[Item]) -> (Plan, bool) {
         bump(&self.stats.requests, 1);
         let conflicts: Vec<Conflict> = chunk.iter().map(Item::conflict).collect();
         let started = std::time::Instant::now();
@@ -389,22 +423,24 @@ impl Shared {
             Ok(response) => response,
             Err(e) => {
                 metrics::bulk_request(started.elapsed(), None);
-                return Plan::RetryAll {
+                let plan = Plan::RetryAll {
                     reason: format!("bulk request failed: {}", chain(&e)),
                     loud: false,
                 };
+                return (plan, false);
             }
         };
         let status = response.status_code().as_u16();
         let body = response.bytes().await;
         metrics::bulk_request(started.elapsed(), Some(status));
-        match body {
+        let plan = match body {
             Ok(body) => bulk::classify(status, &body, &conflicts),
             Err(e) => Plan::RetryAll {
                 reason: format!("reading the bulk response failed: {}", chain(&e)),
                 loud: false,
             },
-        }
+        };
+        (plan, true)
     }
 
     /// Settles what is durable and sorts the rest.

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
 use crate::acks::AckQueue;
+use crate::kept::{Kept, KeptError};
 use crate::metrics::{self, Source};
 use crate::reading::Assigned;
 use crate::record::{Ack, Message, QoS, Record, Settled};
@@ -46,6 +47,9 @@ pub struct Driver {
     readings: HashMap<u16, Assigned>,
     /// Counts this connection in `mqtt2es_connected_clients` while it is up.
     online: Option<metrics::Connection>,
+    /// `readings` on disk, under this connection's owner name, for redeliveries after a crash.
+    kept: Kept,
+    owner: String,
 }
 
 impl Driver {
@@ -55,7 +59,12 @@ impl Driver {
         filters: Arc<[String]>,
         qos: u8,
         records: mpsc::Sender<Record>,
+        (kept, owner): (Kept, String),
     ) -> Self {
+        let readings = kept.of(&owner).unwrap_or_else(|error| {
+            error!(%error, "cannot read what unacknowledged messages were assigned; their redeliveries may be stored twice");
+            HashMap::new()
+        });
         Driver {
             connection,
             client,
@@ -69,8 +78,10 @@ impl Driver {
             settle_to: None,
             queue: AckQueue::default(),
             unsent: VecDeque::new(),
-            readings: HashMap::new(),
+            readings,
             online: None,
+            kept,
+            owner,
         }
     }
 
@@ -128,9 +139,14 @@ impl Driver {
         self.send_acks();
     }
 
-    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit.
+    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit. What
+    /// each was assigned is forgotten first: kept past its ack, it could be taken for that of a
+    /// later message with the same packet id after a crash.
     fn send_acks(&mut self) {
         while let Some(&key) = self.unsent.front() {
+            if self.readings.remove(&key.pkid).is_some() {
+                self.kept_failed(self.kept.forget(&self.owner, key.pkid));
+            }
             if self.client.ack(key).is_err() {
                 debug!(
                     connection = self.connection,
@@ -140,7 +156,6 @@ impl Driver {
                 return;
             }
             self.unsent.pop_front();
-            self.readings.remove(&key.pkid);
         }
     }
 
@@ -153,13 +168,19 @@ impl Driver {
             message.received_at = first.received_at;
             return;
         }
-        self.readings.insert(
-            pkid,
-            Assigned {
-                reading: message.reading,
-                received_at: message.received_at,
-            },
-        );
+        let assigned = Assigned {
+            reading: message.reading,
+            received_at: message.received_at,
+        };
+        self.readings.insert(pkid, assigned);
+        self.kept_failed(self.kept.keep(&self.owner, pkid, assigned));
+    }
+
+    /// A failed write loses no reading; a redelivery after a crash might be stored twice.
+    fn kept_failed(&self, result: Result<(), KeptError>) {
+        if let Err(error) = result {
+            warn!(connection = self.connection, %error, "cannot keep what a message was assigned; a redelivery after a crash may be stored twice");
+        }
     }
 
     async fn handle(&mut self, event: Inbound) {
@@ -173,6 +194,7 @@ impl Driver {
                 self.unsent.clear();
                 if !session_present {
                     self.readings.clear();
+                    self.kept_failed(self.kept.forget_all(&self.owner));
                 }
                 if !session_present && self.records.is_some() {
                     match self.client.subscribe(&self.filters, self.qos) {

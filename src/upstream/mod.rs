@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 pub use settings::{Protocol, TlsSettings, UpstreamSettings};
 
+use crate::kept::Kept;
 use crate::record::Record;
 use crate::secret::Secret;
 use session::SessionError;
@@ -43,11 +44,13 @@ pub async fn run(
         .iter()
         .map(|f| settings.subscription_for(f))
         .collect();
+    let kept = Kept::open(&settings.state_dir)?;
     let mut tasks = JoinSet::new();
     for connection in 0..settings.connections.max(1) {
         let (client, pump) = session::open(&settings, connection, password.as_ref())?;
         let (to_driver, inbound) = mpsc::channel(INBOUND_CAPACITY);
         tasks.spawn(pump.run(Arc::clone(&settings), to_driver));
+        let owner = format!("upstream/{}", settings.client_id_for(connection));
         tasks.spawn(
             driver::Driver::new(
                 connection,
@@ -55,13 +58,18 @@ pub async fn run(
                 Arc::clone(&filters),
                 settings.qos,
                 records.clone(),
+                (kept.clone(), owner),
             )
             .run(inbound, intake.clone())
             .instrument(tracing::info_span!("upstream", connection)),
         );
     }
     drop(records);
+    let stop_syncing = CancellationToken::new();
+    let syncer = tokio::spawn(Arc::new(kept).run_syncer(stop_syncing.clone()));
     join(tasks).await;
+    stop_syncing.cancel();
+    let _ = syncer.await;
     Ok(())
 }
 

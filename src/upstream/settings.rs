@@ -48,6 +48,9 @@ pub struct UpstreamSettings {
     pub receive_maximum: u16,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Where what each message not yet acknowledged was assigned is kept, so that the broker's
+    /// redelivery after a crash of mqtt2es is the same reading and stored once.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +81,7 @@ impl Default for UpstreamSettings {
             shared_group: None,
             connections: 1,
             max_packet_bytes: 16 * 1024 * 1024,
+            state_dir: PathBuf::from("mqtt2es-state"),
             receive_maximum: 1000,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 30_000,

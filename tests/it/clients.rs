@@ -333,9 +333,8 @@ async fn mosquitto_sub_sees_hello_world_from_mosquitto_pub_go_and_python_and_eac
     );
     sub.wait_for(3, |l| l == "Hello world!");
 
-    // The default pipeline's id is a hash of topic and payload, so the three identical
-    // readings are one document (README: "two byte-identical payloads on one topic are one
-    // document"). Each client's own line proves each was stored.
+    // Three identical messages are three documents: each is its own reading. Each client's
+    // own line besides proves whose was stored.
     for (program, name) in [
         (PathBuf::from("mosquitto_pub"), "mosquitto_pub"),
         (go_client("mqtt-publish"), "go"),
@@ -358,10 +357,12 @@ async fn mosquitto_sub_sees_hello_world_from_mosquitto_pub_go_and_python_and_eac
         run_ok(program, &args);
     }
     sub.wait_for(1, |l| l == "Hello world! from python");
-    let found = docs(node, &messages_index(&bridge), topic_is("test/topic"), 4).await;
+    let found = docs(node, &messages_index(&bridge), topic_is("test/topic"), 6).await;
     assert_eq!(
         messages(&found),
         [
+            "Hello world!",
+            "Hello world!",
             "Hello world!",
             "Hello world! from go",
             "Hello world! from mosquitto_pub",

@@ -62,6 +62,7 @@ struct Setup {
     max_bytes: usize,
     flush_interval_ms: u64,
     request_timeout_ms: u64,
+    initial_backoff_ms: u64,
     dead_letter_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -75,6 +76,7 @@ impl Setup {
             // Long: batches close on size or when the channel closes unless a test says so.
             flush_interval_ms: 60_000,
             request_timeout_ms: 5_000,
+            initial_backoff_ms: 1,
             dead_letter_file: dir.path().join("dead.ndjson"),
             _dir: dir,
         }
@@ -103,8 +105,8 @@ impl Setup {
                     concurrent_requests: NonZeroUsize::new(2).expect("non-zero"),
                 },
                 retry: RetrySettings {
-                    initial_backoff_ms: 1,
-                    max_backoff_ms: 2,
+                    initial_backoff_ms: self.initial_backoff_ms,
+                    max_backoff_ms: self.initial_backoff_ms * 2,
                 },
                 dead_letter: DeadLetterSettings {
                     index: "mqtt2es-deadletter".to_owned(),
@@ -323,6 +325,32 @@ async fn only_the_items_that_failed_retryably_are_sent_again() {
         .collect();
     assert_eq!(retried, [json!("id-1"), json!("id-3")]);
     assert_eq!(report.retries, 2);
+}
+
+#[tokio::test]
+async fn a_node_that_answers_again_gets_the_batch_at_once_not_after_the_backoff() {
+    // The first bulk request gets no answer (the request timeout fires: nothing answers);
+    // everything after is answered. The backoff is an hour: only the probe can end it.
+    let es = StandIn::start(|n, r| match n {
+        0 => Reply::Hang,
+        _ if r.path.starts_with("/_bulk") => all_created(r),
+        _ => Reply::Json(200, "{}".to_owned()),
+    })
+    .await;
+    let mut setup = Setup::new();
+    setup.request_timeout_ms = 100;
+    setup.initial_backoff_ms = 3_600_000;
+    let run = run_all(setup.writer(&es.url), (0..2).map(reading_doc).collect());
+    // A guard against hanging for the hour, not a measure of speed.
+    let (report, settled, _) = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the probe found the node back long before the backoff ended");
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 2]);
+    assert_eq!(report.stored, 2);
+    let methods: Vec<String> = es.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods.first().map(String::as_str), Some("POST"));
+    assert!(methods.contains(&"HEAD".to_owned()), "{methods:?}");
 }
 
 #[tokio::test]

@@ -6,11 +6,14 @@ With -n N it publishes N numbered messages ({"seq": i}) on one connection and wa
 acknowledgement, printing one line per message as it is acknowledged. With -c (clean session
 off) it keeps its session and, when the connection drops, reconnects and resends what was not
 acknowledged, as a device would. With -d it prints paho's packet log, as mosquitto_pub -d does.
+--interval S spaces the messages as a sensor would; --keepalive S sets MQTT's keep-alive.
+Each connection and each loss of one is printed ("connected: ...", "disconnected: ...").
 """
 import argparse
 import json
 import sys
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 
@@ -31,6 +34,8 @@ def main():
     p.add_argument("-n", "--count", type=int, default=0, help="publish N numbered messages")
     p.add_argument("-d", "--debug", action="store_true", help="print paho's packet log")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--keepalive", type=int, default=30)
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
     args = p.parse_args()
 
     client = mqtt.Client(
@@ -50,18 +55,24 @@ def main():
         print(f"acked: {mid}", flush=True)
         acked.release()
 
+    def on_disconnect(_c, _u, _flags, reason, _props):
+        print(f"disconnected: {reason}", flush=True)
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.on_publish = on_publish
     if args.debug:
         # As mosquitto_pub -d: one line per packet ("Sending PUBLISH (d1, q1, ...)" for a resend).
         client.on_log = lambda _c, _u, _level, line: print(line, flush=True)
-    client.connect(args.host, args.port, keepalive=30)
+    client.connect(args.host, args.port, keepalive=args.keepalive)
     client.loop_start()
     messages = (
         [json.dumps({"seq": i}) for i in range(args.count)] if args.count else [args.message]
     )
     for payload in messages:
         client.publish(args.topic, payload, qos=args.qos, retain=args.retain)
+        if args.interval:
+            time.sleep(args.interval)
     if args.qos > 0:
         for _ in messages:
             if not acked.acquire(timeout=args.timeout):

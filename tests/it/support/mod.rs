@@ -9,6 +9,7 @@ pub mod certs;
 pub mod mosquitto;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod search;
 pub mod subscriber;
 

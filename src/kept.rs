@@ -1,0 +1,217 @@
+//! What was assigned to each message not yet acknowledged, kept on disk (`<state_dir>/store`),
+//! so that a resend after mqtt2es itself crashed is still the same reading (see `reading`).
+//!
+//! The store is fjall, an embedded log-structured key-value store: a write is an append to
+//! its journal, so keeping or forgetting one message costs O(that message), never a rewrite of
+//! the whole state. Each write reaches the operating system before the call returns, which is
+//! what survives a SIGKILL of mqtt2es; a background `fsync` every second bounds what a power
+//! loss can take (then a resend may be stored a second time; nothing acknowledged is lost).
+//!
+//! The order of writes is the promise. An assignment is kept *before* its record goes on
+//! towards Elasticsearch, and forgotten *before* the acknowledgement goes out. So after any
+//! crash every assignment found belongs to a message its sender has not seen acknowledged,
+//! whose resend (DUP, same packet id) it is.
+//!
+//! Keys are `<owner>\0<packet id, big-endian>`; the owner is the broker session's client id
+//! or `upstream/<client id>`. Values are the reading id (16 bytes) and the receive time in
+//! nanoseconds since the epoch (8 bytes, big-endian).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::DateTime;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::reading::{Assigned, ReadingId};
+
+/// How often what was written is also fsynced.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub enum KeptError {
+    #[error("cannot open the state store {path:?}: {source}")]
+    Open { path: PathBuf, source: fjall::Error },
+    #[error("the state store failed: {0}")]
+    Io(#[from] fjall::Error),
+}
+
+/// Handle to the store; clones share it.
+#[derive(Clone)]
+pub struct Kept {
+    db: fjall::Database,
+    assigned: fjall::Keyspace,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kept")
+    }
+}
+
+impl Kept {
+    /// Opens (or creates) the store in `state_dir/store`.
+    pub fn open(state_dir: &Path) -> Result<Kept, KeptError> {
+        let path = state_dir.join("store");
+        let open = |source| KeptError::Open {
+            path: path.clone(),
+            source,
+        };
+        let db = fjall::Database::builder(&path)
+            .worker_threads(1)
+            .open()
+            .map_err(open)?;
+        let assigned = db
+            .keyspace("assigned", fjall::KeyspaceCreateOptions::default)
+            .map_err(open)?;
+        Ok(Kept { db, assigned })
+    }
+
+    /// Keeps what `pkid` of `owner` was assigned; written to the OS when this returns.
+    pub fn keep(&self, owner: &str, pkid: u16, assigned: Assigned) -> Result<(), KeptError> {
+        let mut value = [0u8; 24];
+        value[..16].copy_from_slice(&assigned.reading.as_u128().to_be_bytes());
+        let nanos = assigned
+            .received_at
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX);
+        value[16..].copy_from_slice(&nanos.to_be_bytes());
+        self.assigned.insert(key(owner, pkid), value)?;
+        Ok(())
+    }
+
+    /// Forgets `pkid` of `owner` (its acknowledgement is about to go out).
+    pub fn forget(&self, owner: &str, pkid: u16) -> Result<(), KeptError> {
+        self.assigned.remove(key(owner, pkid))?;
+        Ok(())
+    }
+
+    /// Forgets everything of `owner` (its session ended, or the broker has none for us).
+    pub fn forget_all(&self, owner: &str) -> Result<(), KeptError> {
+        let keys: Vec<_> = self
+            .assigned
+            .prefix(prefix(owner))
+            .map(|guard| guard.key())
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            self.assigned.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// What `owner`'s messages not yet acknowledged were assigned.
+    pub fn of(&self, owner: &str) -> Result<HashMap<u16, Assigned>, KeptError> {
+        let mut kept = HashMap::new();
+        for guard in self.assigned.prefix(prefix(owner)) {
+            let (key, value) = guard.into_inner()?;
+            if let Some((pkid, assigned)) = decode(&key, &value) {
+                kept.insert(pkid, assigned);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Every owner with something kept, and what.
+    pub fn all(&self) -> Result<HashMap<String, HashMap<u16, Assigned>>, KeptError> {
+        let mut all: HashMap<String, HashMap<u16, Assigned>> = HashMap::new();
+        for guard in self.assigned.iter() {
+            let (key, value) = guard.into_inner()?;
+            let Some(end) = key.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let owner = String::from_utf8_lossy(&key[..end]).into_owned();
+            if let Some((pkid, assigned)) = decode(&key, &value) {
+                all.entry(owner).or_default().insert(pkid, assigned);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Writes what is in the OS's buffers to the disk.
+    pub fn sync(&self) -> Result<(), KeptError> {
+        self.db.persist(fjall::PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Fsyncs every second until `stop`, then once more.
+    pub async fn run_syncer(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(SYNC_EVERY) => {}
+            }
+            self.sync_logged().await;
+        }
+        self.sync_logged().await;
+    }
+
+    async fn sync_logged(&self) {
+        let kept = self.clone();
+        match tokio::task::spawn_blocking(move || kept.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot fsync the state store"),
+            Err(error) => tracing::error!(%error, "the state store's fsync task failed"),
+        }
+    }
+}
+
+fn prefix(owner: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(owner.len() + 3);
+    key.extend_from_slice(owner.as_bytes());
+    key.push(0);
+    key
+}
+
+fn key(owner: &str, pkid: u16) -> Vec<u8> {
+    let mut key = prefix(owner);
+    key.extend_from_slice(&pkid.to_be_bytes());
+    key
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Option<(u16, Assigned)> {
+    let pkid = u16::from_be_bytes(key.get(key.len().checked_sub(2)?..)?.try_into().ok()?);
+    let reading = u128::from_be_bytes(value.get(..16)?.try_into().ok()?);
+    let nanos = i64::from_be_bytes(value.get(16..24)?.try_into().ok()?);
+    Some((
+        pkid,
+        Assigned {
+            reading: ReadingId::from_u128(reading),
+            received_at: DateTime::from_timestamp_nanos(nanos),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_kept_comes_back_after_reopening_and_forgetting_removes_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = Assigned::now();
+        let second = Assigned::now();
+        {
+            let kept = Kept::open(dir.path()).expect("open");
+            kept.keep("pi-1", 7, first).expect("keep");
+            kept.keep("pi-1", 8, second).expect("keep");
+            kept.keep("pi-10", 7, second).expect("keep");
+            kept.forget("pi-1", 8).expect("forget");
+        }
+        let kept = Kept::open(dir.path()).expect("reopen");
+        assert_eq!(kept.of("pi-1").expect("read"), HashMap::from([(7, first)]));
+        assert_eq!(
+            kept.of("pi-10").expect("read"),
+            HashMap::from([(7, second)])
+        );
+        assert_eq!(kept.all().expect("read").len(), 2);
+        kept.forget_all("pi-1").expect("forget all");
+        assert!(kept.of("pi-1").expect("read").is_empty());
+        assert_eq!(
+            kept.of("pi-10").expect("read").len(),
+            1,
+            "a longer name is not a prefix"
+        );
+    }
+}
