@@ -14,9 +14,14 @@ use elasticsearch::{
     Elasticsearch,
     cluster::ClusterPutComponentTemplateParts,
     http::response::Response,
-    indices::{IndicesCreateDataStreamParts, IndicesPutIndexTemplateParts},
+    indices::{
+        IndicesCreateDataStreamParts, IndicesGetFieldMappingParts, IndicesPutIndexTemplateParts,
+        IndicesRolloverParts,
+    },
     nodes::NodesInfoParts,
 };
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::{
@@ -149,12 +154,90 @@ pub async fn install(
         put_index_template(client, url, template).await?;
     }
     create_data_streams(client, url, &plan.data_streams).await?;
+    let time_series_prefixes = templates::time_series_prefixes(layout.prefix, &features);
+    for prefix in &time_series_prefixes {
+        roll_over_millisecond_series(client, &format!("{prefix}*")).await;
+    }
     log_lifecycle(&engine, &features);
     Ok(Installed {
-        time_series_prefixes: templates::time_series_prefixes(layout.prefix, &features),
+        time_series_prefixes,
         engine,
         features,
     })
+}
+
+/// A time-series stream made before `@timestamp` became `date_nanos` keeps millisecond times
+/// in its write index until that rolls over; meanwhile readings of one device within a
+/// millisecond meet one another's `_id` and move a millisecond apart, a round trip each. A
+/// rollover now gives the stream the nanosecond mapping at once. Best effort: a failure only
+/// costs those round trips, so it is logged, never fatal.
+async fn roll_over_millisecond_series(client: &Elasticsearch, pattern: &str) {
+    // One request for every backing index's mapping (the `_data_stream` API is a module some
+    // distributions lack); the write index is each stream's latest generation.
+    let mappings = async {
+        let response = client
+            .indices()
+            .get_field_mapping(IndicesGetFieldMappingParts::IndexFields(
+                &[pattern],
+                &["@timestamp"],
+            ))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        Some(body.as_object()?.clone())
+    };
+    let mut write_indices: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (index, mapping) in mappings.await.unwrap_or_default() {
+        let Some((stream, generation)) = backing_index_of(&index) else {
+            continue;
+        };
+        let ty = mapping
+            .pointer("/mappings/@timestamp/mapping/@timestamp/type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let entry = write_indices
+            .entry(stream)
+            .or_insert_with(|| (generation.clone(), ty.clone()));
+        if generation > entry.0 {
+            *entry = (generation, ty);
+        }
+    }
+    for (stream, (_, ty)) in write_indices {
+        if ty != "date" {
+            continue;
+        }
+        let rolled = client
+            .indices()
+            .rollover(IndicesRolloverParts::Alias(&stream))
+            .send()
+            .await;
+        match rolled {
+            Ok(response) if response.status_code().is_success() => tracing::info!(
+                data_stream = %stream,
+                "rolled over: its new backing index keeps @timestamp to the nanosecond, so \
+                 readings of one device within a millisecond stay apart"
+            ),
+            Ok(response) => tracing::warn!(
+                data_stream = %stream,
+                status = response.status_code().as_u16(),
+                "could not roll over a time-series stream kept to the millisecond; readings \
+                 within one millisecond of a device cost an extra round trip until it rolls over"
+            ),
+            Err(error) => {
+                tracing::warn!(data_stream = %stream, %error, "could not roll over a time-series stream kept to the millisecond")
+            }
+        }
+    }
+}
+
+/// `.ds-<stream>-<yyyy.MM.dd>-<generation>` → the stream and its zero-padded generation.
+fn backing_index_of(index: &str) -> Option<(String, String)> {
+    let rest = index.strip_prefix(".ds-")?;
+    let (rest, generation) = rest.rsplit_once('-')?;
+    let (stream, _date) = rest.rsplit_once('-')?;
+    Some((stream.to_owned(), generation.to_owned()))
 }
 
 fn log_lifecycle(engine: &Engine, features: &Features) {
@@ -410,6 +493,39 @@ mod tests {
     const NODE_9_2: &str = r#"{"nodes":{"n":{"version":"9.2.0","build_flavor":"default","modules":[{"name":"x-pack-core"}]}}}"#;
 
     #[tokio::test]
+    async fn a_time_series_stream_kept_to_the_millisecond_is_rolled_over_and_one_to_the_nanosecond_is_not()
+     {
+        let es = StandIn::start(|_, request| {
+            let path = request.path.split('?').next().unwrap_or("").replace("%40", "@");
+            let reply = match path.as_str() {
+                "/_nodes/_local" => NODE_9_2,
+                // Elasticsearch 9.2's answer, shortened: "old" still writes to a millisecond
+                // index; "new" was rolled over before and writes to a nanosecond one.
+                "/mqtt2es-telemetry-*/_mapping/field/@timestamp" => {
+                    r#"{
+                    ".ds-mqtt2es-telemetry-old-2026.12.01-000001":{"mappings":{"@timestamp":{"full_name":"@timestamp","mapping":{"@timestamp":{"type":"date"}}}}},
+                    ".ds-mqtt2es-telemetry-new-2026.12.01-000001":{"mappings":{"@timestamp":{"full_name":"@timestamp","mapping":{"@timestamp":{"type":"date"}}}}},
+                    ".ds-mqtt2es-telemetry-new-2026.12.02-000002":{"mappings":{"@timestamp":{"full_name":"@timestamp","mapping":{"@timestamp":{"type":"date_nanos"}}}}}
+                    }"#
+                }
+                _ => r#"{"acknowledged":true}"#,
+            };
+            Reply::Json(200, reply.into())
+        })
+        .await;
+        install(&client(&es.url), &es.url, &layout())
+            .await
+            .expect("installed");
+        let rolled: Vec<String> = es
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("_rollover"))
+            .map(|r| format!("{} {}", r.method, r.path.split('?').next().unwrap_or("")))
+            .collect();
+        assert_eq!(rolled, ["POST /mqtt2es-telemetry-old/_rollover"]);
+    }
+
+    #[tokio::test]
     async fn installing_identifies_the_engine_then_puts_components_before_index_templates() {
         let es = StandIn::start(|_, request| {
             if request.path.starts_with("/_nodes") {
@@ -450,6 +566,7 @@ mod tests {
                 "PUT /_index_template/mqtt2es-deadletter",
                 "PUT /_data_stream/mqtt2es-deadletter",
                 "PUT /_data_stream/mqtt2es-metrics",
+                "GET /mqtt2es-telemetry-*/_mapping/field/@timestamp",
             ]
         );
         let body: Value = serde_json::from_str(&requests[8].body).expect("json");
