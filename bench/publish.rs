@@ -7,9 +7,9 @@
 //! cost more CPU than the broker on a two-core machine. This one counts PUBACKs, so at QoS 1
 //! "published" means "the broker has it".
 //!
-//! Every reading carries `ts` = a fixed base + its sequence number in milliseconds: the
-//! telemetry pipeline derives the document id from device and timestamp, so each reading is a
-//! distinct document and none is deduplicated away.
+//! Every reading carries `ts` = a base an hour ago + its sequence number in milliseconds, a
+//! plausible device time. (Each reading is a document of its own whatever it carries: mqtt2es
+//! gives every message its own reading id and time; the times only make the data look real.)
 //!
 //! `--fence` (QoS 0 only) sends each connection's last reading at QoS 1 and waits for its PUBACK:
 //! a broker reads a connection's packets in order, so the fence's PUBACK says the broker has taken

@@ -968,7 +968,10 @@ async fn mqtt5_publishers_get_reason_codes_after_durability_and_their_user_prope
 }
 
 /// Writes one 3.1.1 packet made with rumqttc's encoder.
-async fn send_v4(stream: &mut tokio::net::TcpStream, packet: rumqttc::mqttbytes::v4::Packet) {
+pub(crate) async fn send_v4(
+    stream: &mut tokio::net::TcpStream,
+    packet: rumqttc::mqttbytes::v4::Packet,
+) {
     use tokio::io::AsyncWriteExt;
     let mut buf = bytes::BytesMut::new();
     packet.write(&mut buf, 1 << 20).expect("encode");
@@ -976,7 +979,7 @@ async fn send_v4(stream: &mut tokio::net::TcpStream, packet: rumqttc::mqttbytes:
 }
 
 /// Reads the next 3.1.1 packet, decoded with rumqttc's decoder.
-async fn receive_v4(
+pub(crate) async fn receive_v4(
     stream: &mut tokio::net::TcpStream,
     buf: &mut bytes::BytesMut,
 ) -> rumqttc::mqttbytes::v4::Packet {
@@ -996,7 +999,10 @@ async fn receive_v4(
 }
 
 /// Connects as `client_id` with a persistent session; returns the stream and session_present.
-async fn connect_persistent(port: u16, client_id: &str) -> (tokio::net::TcpStream, bool) {
+pub(crate) async fn connect_persistent(
+    port: u16,
+    client_id: &str,
+) -> (tokio::net::TcpStream, bool) {
     use rumqttc::mqttbytes::v4::{Connect, Packet};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
