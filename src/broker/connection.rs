@@ -276,6 +276,7 @@ pub async fn serve(
         records: Some(records),
         held: VecDeque::new(),
         held_acks: 0,
+        heard: false,
         settle_to: Some(settle_to),
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
@@ -421,6 +422,8 @@ struct Connection {
     held: VecDeque<Record>,
     /// How many of `held` are QoS 1/2 (counted in `acks`, but not in the pipeline).
     held_acks: usize,
+    /// A packet from the client was handled since the keep-alive deadline was last set.
+    heard: bool,
     /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
     acks: AckQueue<Pending>,
@@ -451,6 +454,10 @@ impl Connection {
         let keep_alive = (connect.keep_alive_s > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        // Whether reading was paused (backpressure) when the loop last looked: the select may
+        // then sit for longer than the keep-alive, and the client's time starts over only
+        // once we read again.
+        let mut paused = false;
         let mut settled_open = true;
         // Bytes that arrived with CONNECT.
         if let Some(end) = self.process_buffer() {
@@ -471,11 +478,13 @@ impl Connection {
                 false => None,
             };
             let wants_room = waiting_for_room.is_some();
-            if !reading {
-                // Not reading is our doing (backpressure, shutdown), not the client's silence:
-                // its keep-alive starts over once we read again.
+            // Not reading is our doing (backpressure, shutdown), not the client's silence: its
+            // keep-alive starts over once we read again. A packet taken from the buffer (read
+            // earlier, parsed once backpressure allowed) is one heard from the client too.
+            if !reading || paused || std::mem::take(&mut self.heard) {
                 deadline = keep_alive.map(|k| Instant::now() + k);
             }
+            paused = !reading;
             tokio::select! {
                 biased;
                 _ = kick.cancelled() => return End::TakenOver,
@@ -592,6 +601,7 @@ impl Connection {
             match codec::read(&mut self.inbuf, Some(self.version), max) {
                 Ok(None) => return None,
                 Ok(Some(packet)) => {
+                    self.heard = true;
                     if let Some(end) = self.handle(packet) {
                         return Some(end);
                     }
@@ -1108,3 +1118,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

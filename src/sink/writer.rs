@@ -264,8 +264,9 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
     // Whether the last request found no node answering: then the wait probes.
     let mut unreachable = false;
     while let Some((mut chunk, delay)) = queue.pop() {
-        if !delay.is_zero() {
-            shared.wait_out(delay, unreachable).await;
+        if !delay.is_zero() && shared.wait_out(delay, unreachable).await {
+            // The node is back: what it says next is news, not more of the outage.
+            backoff.reset();
         }
         let (plan, answered) = shared.send(&chunk).await;
         unreachable = !answered;
@@ -385,15 +386,17 @@ struct Round {
 impl Shared {
     /// Waits `delay`; after a request that no node answered, returns as soon as one answers a
     /// probe (`HEAD /`, any HTTP answer will do), so that an outage ends for us when it ends.
-    async fn wait_out(&self, delay: Duration, unreachable: bool) {
+    /// True if it ended that way.
+    async fn wait_out(&self, delay: Duration, unreachable: bool) -> bool {
         let until = Instant::now() + delay;
         if !unreachable || delay <= PROBE_EVERY {
-            return tokio::time::sleep_until(until).await;
+            tokio::time::sleep_until(until).await;
+            return false;
         }
         loop {
             let now = Instant::now();
             if now >= until {
-                return;
+                return false;
             }
             tokio::time::sleep((until - now).min(PROBE_EVERY)).await;
             let probe = tokio::time::timeout(PROBE_EVERY, self.client.ping().send()).await;
@@ -401,7 +404,7 @@ impl Shared {
                 tracing::info!(
                     "elasticsearch answers again; sending without waiting out the backoff"
                 );
-                return;
+                return true;
             }
         }
     }
