@@ -971,7 +971,15 @@ impl Connection {
                 warn!(peer = %self.peer, client_id = %self.client_id, reason = %reason, "closing connection");
             }
             End::KeepAlive => {
-                info!(peer = %self.peer, client_id = %self.client_id, "keep-alive expired; closing connection");
+                // What was waiting says whether the silence could have been ours.
+                info!(
+                    peer = %self.peer,
+                    client_id = %self.client_id,
+                    unacknowledged = self.acks.outstanding(),
+                    held = self.held.len(),
+                    buffered_bytes = self.inbuf.len(),
+                    "keep-alive expired; closing connection"
+                );
             }
             End::TakenOver => {
                 info!(peer = %self.peer, client_id = %self.client_id, "session taken over by a new connection");

@@ -260,6 +260,9 @@ async fn a_thousand_readings_without_a_time_through_mosquitto_are_a_thousand_doc
 /// readings with a persistent session; killed on drop.
 struct PahoDevice {
     child: Option<std::process::Child>,
+    /// What it prints, drained as it comes: a full pipe would stop paho's network thread
+    /// (it prints from its callbacks) and the device would fall silent for our harness's sake.
+    output: Vec<std::thread::JoinHandle<String>>,
 }
 
 impl PahoDevice {
@@ -304,19 +307,33 @@ impl PahoDevice {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the Python paho device");
-        PahoDevice { child: Some(child) }
+        let mut child = child;
+        let drain = |mut from: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = from.read_to_end(&mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let output = vec![
+            drain(Box::new(child.stdout.take().expect("stdout"))),
+            drain(Box::new(child.stderr.take().expect("stderr"))),
+        ];
+        PahoDevice {
+            child: Some(child),
+            output,
+        }
     }
 
     /// Waits for the device to finish (every reading acknowledged); returns what it printed.
     fn finish(mut self) -> String {
-        let child = self.child.take().expect("running");
-        let output = child.wait_with_output().expect("the device's output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "the device failed:\n{text}");
+        let mut child = self.child.take().expect("running");
+        let status = child.wait().expect("the device ends");
+        let text: String = std::mem::take(&mut self.output)
+            .into_iter()
+            .map(|reader| reader.join().unwrap_or_default())
+            .collect();
+        assert!(status.success(), "the device failed:\n{text}");
         text
     }
 }
