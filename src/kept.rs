@@ -59,26 +59,45 @@ impl Kept {
             path: path.clone(),
             source,
         };
+        // Sized for what it holds (one small entry per message in flight, a few thousand at
+        // most) on a Raspberry Pi, not fjall's server defaults (32 MiB cache, 64 MiB memtable,
+        // 512 MiB of journal): the churn of keep + forget flushes and compacts away early.
         let db = fjall::Database::builder(&path)
             .worker_threads(1)
+            .cache_size(1 << 20)
+            .max_journaling_size(64 << 20)
             .open()
             .map_err(open)?;
         let assigned = db
-            .keyspace("assigned", fjall::KeyspaceCreateOptions::default)
+            .keyspace("assigned", || {
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(2 << 20)
+            })
             .map_err(open)?;
         Ok(Kept { db, assigned })
     }
 
     /// Keeps what `pkid` of `owner` was assigned; written to the OS when this returns.
     pub fn keep(&self, owner: &str, pkid: u16, assigned: Assigned) -> Result<(), KeptError> {
-        let mut value = [0u8; 24];
-        value[..16].copy_from_slice(&assigned.reading.as_u128().to_be_bytes());
-        let nanos = assigned
-            .received_at
-            .timestamp_nanos_opt()
-            .unwrap_or(i64::MAX);
-        value[16..].copy_from_slice(&nanos.to_be_bytes());
-        self.assigned.insert(key(owner, pkid), value)?;
+        self.assigned.insert(key(owner, pkid), value(assigned))?;
+        Ok(())
+    }
+
+    /// Keeps `keep` and forgets `forget` of `owner` in one journal write: what a connection
+    /// read in one go, or the acknowledgements it releases together.
+    pub fn write(
+        &self,
+        owner: &str,
+        keep: &[(u16, Assigned)],
+        forget: &[u16],
+    ) -> Result<(), KeptError> {
+        let mut batch = self.db.batch();
+        for &(pkid, assigned) in keep {
+            batch.insert(&self.assigned, key(owner, pkid), value(assigned));
+        }
+        for &pkid in forget {
+            batch.remove(&self.assigned, key(owner, pkid));
+        }
+        batch.commit()?;
         Ok(())
     }
 
@@ -170,6 +189,17 @@ fn key(owner: &str, pkid: u16) -> Vec<u8> {
     key
 }
 
+fn value(assigned: Assigned) -> [u8; 24] {
+    let mut value = [0u8; 24];
+    value[..16].copy_from_slice(&assigned.reading.as_u128().to_be_bytes());
+    let nanos = assigned
+        .received_at
+        .timestamp_nanos_opt()
+        .unwrap_or(i64::MAX);
+    value[16..].copy_from_slice(&nanos.to_be_bytes());
+    value
+}
+
 fn decode(key: &[u8], value: &[u8]) -> Option<(u16, Assigned)> {
     let pkid = u16::from_be_bytes(key.get(key.len().checked_sub(2)?..)?.try_into().ok()?);
     let reading = u128::from_be_bytes(value.get(..16)?.try_into().ok()?);
@@ -192,12 +222,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let first = Assigned::now();
         let second = Assigned::now();
+        let third = Assigned::now();
         {
             let kept = Kept::open(dir.path()).expect("open");
             kept.keep("pi-1", 7, first).expect("keep");
             kept.keep("pi-1", 8, second).expect("keep");
             kept.keep("pi-10", 7, second).expect("keep");
             kept.forget("pi-1", 8).expect("forget");
+            kept.write("pi-2", &[(1, third), (2, third)], &[])
+                .expect("write");
+            kept.write("pi-2", &[], &[2]).expect("write");
         }
         let kept = Kept::open(dir.path()).expect("reopen");
         assert_eq!(kept.of("pi-1").expect("read"), HashMap::from([(7, first)]));
@@ -205,7 +239,8 @@ mod tests {
             kept.of("pi-10").expect("read"),
             HashMap::from([(7, second)])
         );
-        assert_eq!(kept.all().expect("read").len(), 2);
+        assert_eq!(kept.of("pi-2").expect("read"), HashMap::from([(1, third)]));
+        assert_eq!(kept.all().expect("read").len(), 3);
         kept.forget_all("pi-1").expect("forget all");
         assert!(kept.of("pi-1").expect("read").is_empty());
         assert_eq!(

@@ -277,6 +277,7 @@ pub async fn serve(
         held: VecDeque::new(),
         held_acks: 0,
         heard: false,
+        unkept: Vec::new(),
         settle_to: Some(settle_to),
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
@@ -424,6 +425,9 @@ struct Connection {
     held_acks: usize,
     /// A packet from the client was handled since the keep-alive deadline was last set.
     heard: bool,
+    /// Assignments of held records not written to the store yet: written together, once per
+    /// buffer of packets, before any of those records goes on.
+    unkept: Vec<(u16, Assigned)>,
     /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
     acks: AckQueue<Pending>,
@@ -554,9 +558,39 @@ impl Connection {
                 < usize::from(self.context.limits.max_inflight)
     }
 
+    /// Passes what was read but still held on to the pipeline once the connection is gone: a
+    /// QoS 0 reading has no other chance, and a QoS 1/2 one stored now is found already
+    /// stored when the client resends it. Waits as long as the pipeline is full, unless intake
+    /// stops (shutdown), which leaves QoS 1/2 readings to the client's resend.
+    async fn pass_on_held(&mut self, intake: &CancellationToken) {
+        self.write_kept();
+        let Some(records) = self.records.clone() else {
+            return;
+        };
+        while let Some(record) = self.held.pop_front() {
+            tokio::select! {
+                sent = records.send(record) => if sent.is_err() { break },
+                () = intake.cancelled() => break,
+            }
+        }
+        self.held.clear();
+        self.held_acks = 0;
+    }
+
+    /// Writes what held records were assigned, all in one go, before any of them goes on.
+    fn write_kept(&mut self) {
+        if !self.unkept.is_empty() {
+            let unkept = std::mem::take(&mut self.unkept);
+            self.context
+                .registry
+                .keep_and_forget(&self.client_id, &unkept, &[]);
+        }
+    }
+
     /// Hands held records to the pipeline in order, the first into `permit` if given, more
     /// while the pipeline has room and `may_forward` allows.
     fn forward_held(&mut self, mut permit: Option<mpsc::OwnedPermit<Record>>) {
+        self.write_kept();
         while self.may_forward() {
             let Some(record) = self.held.pop_front() else {
                 return;
@@ -596,10 +630,17 @@ impl Connection {
 
     /// Handles every complete packet in the buffer (as far as 3.1.1 backpressure allows).
     fn process_buffer(&mut self) -> Option<End> {
-        while self.records.is_some() && self.may_read() {
+        while self.records.is_some() {
+            if !self.may_read() {
+                // Held to the limit: pass on what the pipeline takes now, then go on if it did.
+                self.forward_held(None);
+                if !self.may_read() {
+                    break;
+                }
+            }
             let max = self.context.limits.max_packet_bytes;
             match codec::read(&mut self.inbuf, Some(self.version), max) {
-                Ok(None) => return None,
+                Ok(None) => break,
                 Ok(Some(packet)) => {
                     self.heard = true;
                     if let Some(end) = self.handle(packet) {
@@ -614,6 +655,7 @@ impl Connection {
                 }
             }
         }
+        self.forward_held(None);
         None
     }
 
@@ -788,10 +830,10 @@ impl Connection {
             },
             ack,
         };
-        // Behind any held before it: records keep arrival order.
+        // Behind any held before it: records keep arrival order. They go on once the buffer
+        // is parsed (or the held ones reach the limit), after one write of their assignments.
         self.held_acks += usize::from(qos != QoS::AtMostOnce);
         self.held.push_back(record);
-        self.forward_held(None);
         None
     }
 
@@ -808,7 +850,7 @@ impl Connection {
         }
         let assigned = Assigned::now();
         self.readings.insert(pkid, assigned);
-        self.context.registry.keep(&self.client_id, pkid, assigned);
+        self.unkept.push((pkid, assigned));
         assigned
     }
 
@@ -838,11 +880,20 @@ impl Connection {
 
     /// Sends PUBACK / PUBREC for the unbroken run of settled publishes, in arrival order.
     fn release_acks(&mut self) {
-        for pending in self.acks.pop_ready() {
+        let ready = self.acks.pop_ready();
+        // Forgotten before the acknowledgements go out (they are flushed after this returns).
+        let forget: Vec<u16> = ready
+            .iter()
+            .filter(|pending| self.readings.remove(&pending.pkid).is_some())
+            .map(|pending| pending.pkid)
+            .collect();
+        if !forget.is_empty() {
+            self.context
+                .registry
+                .keep_and_forget(&self.client_id, &[], &forget);
+        }
+        for pending in ready {
             tracing::trace!(client_id = %self.client_id, ?pending, "ack");
-            if self.readings.remove(&pending.pkid).is_some() {
-                self.context.registry.forget(&self.client_id, pending.pkid);
-            }
             match pending.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
@@ -1006,6 +1057,7 @@ impl Connection {
         }
         let _ = self.out.flush().await;
         let _ = self.out.writer.shutdown().await;
+        self.pass_on_held(&intake).await;
 
         // Outgoing messages not yet acknowledged go back to the session (QoS 1/2), so a
         // persistent subscriber gets them after reconnecting.

@@ -206,17 +206,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Keeps what publish `pkid` of `client_id` was assigned (before it goes on).
-    pub fn keep(&self, client_id: &str, pkid: u16, assigned: Assigned) {
+    /// Keeps what publishes of `client_id` were assigned (before they go on) and forgets
+    /// others (before their acknowledgements go out), in one write.
+    pub fn keep_and_forget(&self, client_id: &str, keep: &[(u16, Assigned)], forget: &[u16]) {
         if let Some(kept) = &self.kept {
-            kept_failed(kept.keep(client_id, pkid, assigned));
-        }
-    }
-
-    /// Forgets publish `pkid` of `client_id` (before its acknowledgement goes out).
-    pub fn forget(&self, client_id: &str, pkid: u16) {
-        if let Some(kept) = &self.kept {
-            kept_failed(kept.forget(client_id, pkid));
+            kept_failed(kept.write(client_id, keep, forget));
         }
     }
 
