@@ -249,4 +249,14 @@ mod tests {
             "a longer name is not a prefix"
         );
     }
+
+    #[test]
+    fn a_second_opener_of_the_same_store_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _first = Kept::open(dir.path()).expect("open");
+        let error = Kept::open(dir.path()).expect_err("locked");
+        let text = error.to_string();
+        assert!(text.starts_with("cannot open the state store"), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    }
 }
