@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::DateTime;
@@ -172,6 +173,23 @@ impl Kept {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "cannot fsync the state store"),
             Err(error) => tracing::error!(%error, "the state store's fsync task failed"),
+        }
+    }
+}
+
+/// Logs a failed write, the first and every thousandth after it, never per message. A failed
+/// write loses no reading (the record still goes on and is acknowledged once stored); only a
+/// resend after a crash might then be stored twice.
+pub fn logged(result: Result<(), KeptError>) {
+    static FAILURES: AtomicU64 = AtomicU64::new(0);
+    if let Err(error) = result {
+        let n = FAILURES.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1000) {
+            tracing::error!(
+                %error,
+                failures = n + 1,
+                "cannot keep what a message was assigned; a resend after a crash may be stored twice"
+            );
         }
     }
 }

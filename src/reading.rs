@@ -14,6 +14,7 @@
 //! stream, where Elasticsearch identifies a document by its series and `@timestamp`, a reading
 //! without a device time therefore never meets another's id.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -86,6 +87,46 @@ impl Assigned {
     }
 }
 
+/// What each QoS 1/2 message of one sender not acknowledged yet was assigned, by packet id:
+/// the broker connection's for a device, the upstream driver's for the broker it subscribes to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Assignments(HashMap<u16, Assigned>);
+
+impl Assignments {
+    /// A resend (DUP) of a message still unacknowledged gets what its first copy got; anything
+    /// else is a new reading and gets `fresh()`, remembered until `forget`. Without DUP a packet
+    /// id is new by definition: a sender reuses one only after it was acknowledged. The bool
+    /// says whether the assignment is new (and so must be kept on disk).
+    pub fn assign(
+        &mut self,
+        pkid: u16,
+        dup: bool,
+        fresh: impl FnOnce() -> Assigned,
+    ) -> (Assigned, bool) {
+        if dup && let Some(first) = self.0.get(&pkid) {
+            return (*first, false);
+        }
+        let assigned = fresh();
+        self.0.insert(pkid, assigned);
+        (assigned, true)
+    }
+
+    /// Forgets `pkid` (its acknowledgement is going out); whether it was remembered.
+    pub fn forget(&mut self, pkid: u16) -> bool {
+        self.0.remove(&pkid).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl From<HashMap<u16, Assigned>> for Assignments {
+    fn from(map: HashMap<u16, Assigned>) -> Self {
+        Assignments(map)
+    }
+}
+
 /// The wall clock in nanoseconds, but never the same value twice in this process and never
 /// earlier than the last one handed out (a clock stepped back holds still until it catches up).
 pub fn receive_time() -> DateTime<Utc> {
@@ -130,6 +171,22 @@ mod tests {
             assert_eq!(ReadingId::parse(&text), Some(*id));
         }
         assert_eq!(ReadingId::parse("not an id"), None);
+    }
+
+    #[test]
+    fn a_resend_gets_the_first_copys_assignment_and_a_new_message_a_fresh_one() {
+        let mut assignments = Assignments::default();
+        let (first, new) = assignments.assign(7, false, Assigned::now);
+        assert!(new);
+        assert_eq!(assignments.assign(7, true, Assigned::now), (first, false));
+        // Without DUP the packet id was acknowledged and reused: a new reading.
+        let (again, new) = assignments.assign(7, false, Assigned::now);
+        assert!(new && again != first);
+        assert!(assignments.forget(7));
+        assert!(
+            assignments.assign(7, true, Assigned::now).1,
+            "forgotten: new"
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::listener::{Accepted, Stream};
 use super::session::{Attached, Delivery, Registry, Subscription};
 use crate::acks::AckQueue;
 use crate::metrics;
-use crate::reading::{self, Assigned, ReadingId};
+use crate::reading::{self, Assigned, Assignments, ReadingId};
 use crate::record::{Ack, Message, QoS, Record, Settled, Settlement};
 use crate::topic::TopicFilter;
 
@@ -435,7 +435,7 @@ struct Connection {
     qos2_unsettled: HashSet<u16>,
     /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: its DUP
     /// resend (on this connection or, through the session, a later one) is the same reading.
-    readings: HashMap<u16, Assigned>,
+    readings: Assignments,
     aliases: HashMap<u16, String>,
     pending: VecDeque<Delivery>,
     inflight: BTreeMap<u16, (Delivery, Stage)>,
@@ -512,7 +512,7 @@ impl Connection {
                             self.settle(more);
                         }
                         self.release_acks();
-                        self.forward_held(None);
+                        // Also passes on what settling made room for (3.1.1's window).
                         if let Some(end) = self.process_buffer() {
                             return end;
                         }
@@ -837,20 +837,16 @@ impl Connection {
         None
     }
 
-    /// A new reading gets a new identity; a resend (DUP) of a publish still unacknowledged
-    /// gets the one its first copy got, so it is stored once. A packet id is only reused by
-    /// the client after our acknowledgement, which forgets the assignment; so a publish
-    /// without DUP is always new, whatever we remember.
+    /// The publish's identity (see `Assignments::assign`); a new one of QoS 1/2 is written to
+    /// the store with the rest of the buffer before its record goes on.
     fn assign(&mut self, qos: QoS, dup: bool, pkid: u16) -> Assigned {
         if qos == QoS::AtMostOnce {
             return Assigned::now();
         }
-        if dup && let Some(assigned) = self.readings.get(&pkid) {
-            return *assigned;
+        let (assigned, new) = self.readings.assign(pkid, dup, Assigned::now);
+        if new {
+            self.unkept.push((pkid, assigned));
         }
-        let assigned = Assigned::now();
-        self.readings.insert(pkid, assigned);
-        self.unkept.push((pkid, assigned));
         assigned
     }
 
@@ -884,7 +880,7 @@ impl Connection {
         // Forgotten before the acknowledgements go out (they are flushed after this returns).
         let forget: Vec<u16> = ready
             .iter()
-            .filter(|pending| self.readings.remove(&pending.pkid).is_some())
+            .filter(|pending| self.readings.forget(pending.pkid))
             .map(|pending| pending.pkid)
             .collect();
         if !forget.is_empty() {

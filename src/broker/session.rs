@@ -20,8 +20,8 @@ use tracing::warn;
 use super::retained::Retained;
 use super::router;
 use super::store::{self, State};
-use crate::kept::{Kept, KeptError};
-use crate::reading::Assigned;
+use crate::kept::{self, Kept, KeptError};
+use crate::reading::{Assigned, Assignments};
 use crate::record::QoS;
 use crate::topic::TopicFilter;
 
@@ -65,7 +65,7 @@ pub struct Session {
     pub awaiting_pubrel: BTreeSet<u16>,
     /// What the client's unacknowledged publishes were assigned, kept while it is away so that
     /// its resends after reconnecting are the same readings (held by the connection meanwhile).
-    pub readings: HashMap<u16, Assigned>,
+    pub readings: Assignments,
     pub queued: VecDeque<Delivery>,
     pub disconnected_at: Option<SystemTime>,
     pub attached: Option<Attached>,
@@ -91,7 +91,7 @@ pub struct Resumed {
     /// Messages queued while it was away, to send first.
     pub queued: Vec<Delivery>,
     /// What its unacknowledged publishes were assigned (empty for a new session).
-    pub readings: HashMap<u16, Assigned>,
+    pub readings: Assignments,
 }
 
 #[derive(Default)]
@@ -164,7 +164,7 @@ impl Registry {
                     subscriptions,
                     expiry_s: saved.expiry_s,
                     awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
-                    readings: HashMap::new(),
+                    readings: Assignments::default(),
                     queued: VecDeque::new(),
                     disconnected_at: Some(
                         saved
@@ -197,7 +197,7 @@ impl Registry {
             let mut inner = self.lock();
             for (owner, readings) in all {
                 match inner.sessions.get_mut(&owner) {
-                    Some(session) => session.readings = readings,
+                    Some(session) => session.readings = readings.into(),
                     None => kept.forget_all(&owner)?,
                 }
             }
@@ -210,13 +210,13 @@ impl Registry {
     /// others (before their acknowledgements go out), in one write.
     pub fn keep_and_forget(&self, client_id: &str, keep: &[(u16, Assigned)], forget: &[u16]) {
         if let Some(kept) = &self.kept {
-            kept_failed(kept.write(client_id, keep, forget));
+            kept::logged(kept.write(client_id, keep, forget));
         }
     }
 
     fn forget_all(&self, client_id: &str) {
         if let Some(kept) = &self.kept {
-            kept_failed(kept.forget_all(client_id));
+            kept::logged(kept.forget_all(client_id));
         }
     }
 
@@ -292,7 +292,7 @@ impl Registry {
         connection: u64,
         expiry_s: u32,
         unsent: Vec<Delivery>,
-        readings: HashMap<u16, Assigned>,
+        readings: Assignments,
     ) {
         let mut inner = self.lock();
         let Some(session) = inner.sessions.get_mut(client_id) else {
@@ -538,19 +538,6 @@ impl Default for Registry {
     }
 }
 
-/// A failed write to the state store loses no reading (the record still goes on, and is
-/// acknowledged once stored); only a resend after a crash might then be stored twice. Logged
-/// at the first failure and every thousandth after it, not per message.
-fn kept_failed(result: Result<(), KeptError>) {
-    static FAILURES: AtomicU64 = AtomicU64::new(0);
-    if let Err(error) = result {
-        let n = FAILURES.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(1000) {
-            tracing::error!(%error, failures = n + 1, "cannot keep what a message was assigned; a resend after a crash may be stored twice");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,7 +581,7 @@ mod tests {
         let registry = Registry::new();
         let (a, _rx) = attached(1);
         assert!(!registry.attach("pi", true, 0, a).session_present);
-        registry.detach("pi", 1, 0, Vec::new(), HashMap::new());
+        registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
         assert_eq!(registry.session_count(), 0);
     }
 
@@ -604,7 +591,7 @@ mod tests {
         let (a, _rx) = attached(1);
         registry.attach("pi", false, u32::MAX, a);
         subscribe(&registry, "pi", "cmd/#");
-        registry.detach("pi", 1, u32::MAX, Vec::new(), HashMap::new());
+        registry.detach("pi", 1, u32::MAX, Vec::new(), Assignments::default());
 
         registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
         registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
@@ -642,7 +629,7 @@ mod tests {
         let (b, _rx) = attached(2);
         registry.attach("pi", false, 60, b);
         // The old connection hands back late: it no longer owns the session.
-        registry.detach("pi", 1, 0, Vec::new(), HashMap::new());
+        registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
         assert!(
             registry.reconnected_since("pi", 1),
             "connection 2 still holds it"
@@ -656,8 +643,8 @@ mod tests {
         registry.attach("short", false, 1, a);
         let (b, _rx) = attached(2);
         registry.attach("long", false, 3600, b);
-        registry.detach("short", 1, 1, Vec::new(), HashMap::new());
-        registry.detach("long", 2, 3600, Vec::new(), HashMap::new());
+        registry.detach("short", 1, 1, Vec::new(), Assignments::default());
+        registry.detach("long", 2, 3600, Vec::new(), Assignments::default());
         if let Some(session) = registry.lock().sessions.get_mut("short") {
             session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
         }
@@ -720,12 +707,12 @@ mod tests {
     fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
         let registry = Registry::new();
         registry.attach("pi", false, 300, attached(1).0);
-        registry.detach("pi", 1, 300, Vec::new(), HashMap::new());
+        registry.detach("pi", 1, 300, Vec::new(), Assignments::default());
         assert!(!registry.reconnected_since("pi", 1));
 
         registry.attach("pi", false, 300, attached(2).0);
         assert!(registry.reconnected_since("pi", 1));
-        registry.detach("pi", 2, 300, Vec::new(), HashMap::new());
+        registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
         assert!(registry.reconnected_since("pi", 1));
         assert!(!registry.reconnected_since("pi", 2));
     }

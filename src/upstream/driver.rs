@@ -16,9 +16,9 @@ use tracing::{debug, error, info, warn};
 
 use super::session::{AckKey, Client, Inbound, log_inbound_state};
 use crate::acks::AckQueue;
-use crate::kept::{Kept, KeptError};
+use crate::kept::{self, Kept};
 use crate::metrics::{self, Source};
-use crate::reading::Assigned;
+use crate::reading::{Assigned, Assignments};
 use crate::record::{Ack, Message, QoS, Record, Settled};
 
 /// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
@@ -44,7 +44,7 @@ pub struct Driver {
     /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: the broker's
     /// redelivery (DUP, after a reconnect into the same session) is the same reading and is
     /// stored once. Forgotten when its ack goes out, or when the broker has no session for us.
-    readings: HashMap<u16, Assigned>,
+    readings: Assignments,
     /// Counts this connection in `mqtt2es_connected_clients` while it is up.
     online: Option<metrics::Connection>,
     /// `readings` on disk, under this connection's owner name, for redeliveries after a crash.
@@ -61,10 +61,13 @@ impl Driver {
         records: mpsc::Sender<Record>,
         (kept, owner): (Kept, String),
     ) -> Self {
-        let readings = kept.of(&owner).unwrap_or_else(|error| {
-            error!(%error, "cannot read what unacknowledged messages were assigned; their redeliveries may be stored twice");
-            HashMap::new()
-        });
+        let readings = kept
+            .of(&owner)
+            .unwrap_or_else(|error| {
+                error!(%error, "cannot read what unacknowledged messages were assigned; their redeliveries may be stored twice");
+                HashMap::new()
+            })
+            .into();
         Driver {
             connection,
             client,
@@ -144,8 +147,8 @@ impl Driver {
     /// later message with the same packet id after a crash.
     fn send_acks(&mut self) {
         while let Some(&key) = self.unsent.front() {
-            if self.readings.remove(&key.pkid).is_some() {
-                self.kept_failed(self.kept.forget(&self.owner, key.pkid));
+            if self.readings.forget(key.pkid) {
+                kept::logged(self.kept.forget(&self.owner, key.pkid));
             }
             if self.client.ack(key).is_err() {
                 debug!(
@@ -159,27 +162,18 @@ impl Driver {
         }
     }
 
-    /// A redelivery of a publish not acknowledged yet takes back what its first copy was given;
-    /// anything else is a new reading and keeps its fresh identity. Without DUP a packet id is
-    /// new by definition: the broker reuses one only after our acknowledgement.
+    /// The message's identity (see `Assignments::assign`): a redelivery takes back what its
+    /// first copy was given; a new one keeps the identity it came with, kept on disk.
     fn assign(&mut self, message: &mut Message, pkid: u16, dup: bool) {
-        if dup && let Some(first) = self.readings.get(&pkid) {
-            message.reading = first.reading;
-            message.received_at = first.received_at;
-            return;
-        }
-        let assigned = Assigned {
+        let came_with = Assigned {
             reading: message.reading,
             received_at: message.received_at,
         };
-        self.readings.insert(pkid, assigned);
-        self.kept_failed(self.kept.keep(&self.owner, pkid, assigned));
-    }
-
-    /// A failed write loses no reading; a redelivery after a crash might be stored twice.
-    fn kept_failed(&self, result: Result<(), KeptError>) {
-        if let Err(error) = result {
-            warn!(connection = self.connection, %error, "cannot keep what a message was assigned; a redelivery after a crash may be stored twice");
+        let (assigned, new) = self.readings.assign(pkid, dup, || came_with);
+        message.reading = assigned.reading;
+        message.received_at = assigned.received_at;
+        if new {
+            kept::logged(self.kept.keep(&self.owner, pkid, assigned));
         }
     }
 
@@ -194,7 +188,7 @@ impl Driver {
                 self.unsent.clear();
                 if !session_present {
                     self.readings.clear();
-                    self.kept_failed(self.kept.forget_all(&self.owner));
+                    kept::logged(self.kept.forget_all(&self.owner));
                 }
                 if !session_present && self.records.is_some() {
                     match self.client.subscribe(&self.filters, self.qos) {
