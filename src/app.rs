@@ -24,6 +24,7 @@ use crate::broker::{self, Broker};
 use crate::config::{Config, Secrets};
 use crate::document::{Processed, Rejection};
 use crate::elastic;
+use crate::kept::Kept;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipelines;
 use crate::record::{Message, QoS, Record};
@@ -231,7 +232,7 @@ async fn run_processor(
 
 /// Where records come from.
 enum Source {
-    Upstream(Box<upstream::UpstreamSettings>),
+    Upstream(Box<upstream::UpstreamSettings>, Kept),
     Broker(Broker),
 }
 
@@ -261,7 +262,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
                 elasticsearch = %config.elasticsearch.url,
                 "mqtt2es starting"
             );
-            Source::Upstream(Box::new(upstream.clone()))
+            let kept = Kept::open(&upstream.state_dir).context("upstream.state_dir")?;
+            Source::Upstream(Box::new(upstream.clone()), kept)
         }
         None => {
             info!(
@@ -288,8 +290,12 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     // channels, unacknowledged, until the sink runs; templates are in place before the first
     // document is written.
     let records_probe = records_tx.downgrade();
+    let kept = match &source {
+        Source::Upstream(_, kept) => kept.clone(),
+        Source::Broker(broker) => broker.kept(),
+    };
     let mut source_task: tokio::task::JoinHandle<anyhow::Result<()>> = match source {
-        Source::Upstream(settings) => {
+        Source::Upstream(settings, kept) => {
             let intake = shutdown.clone();
             tokio::spawn(async move {
                 upstream::run(
@@ -297,6 +303,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
                     secrets.upstream_password,
                     filters,
                     records_tx,
+                    kept,
                     intake,
                 )
                 .await
@@ -361,7 +368,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             dead_letter: config.dead_letter.clone(),
             time_series_prefixes,
         },
-    );
+    )
+    .committing(kept);
     // A weak probe: a strong sender kept here would keep the pipeline open after intake stops.
     if let Some(records) = records_probe.upgrade() {
         metrics::watch(writer.stats(), &records, &routed_tx);

@@ -7,10 +7,19 @@
 //! what survives a SIGKILL of mqtt2es; a background `fsync` every second bounds what a power
 //! loss can take (then a resend may be stored a second time; nothing acknowledged is lost).
 //!
-//! The order of writes is the promise. An assignment is kept *before* its record goes on
-//! towards Elasticsearch, and forgotten *before* the acknowledgement goes out. So after any
-//! crash every assignment found belongs to a message its sender has not seen acknowledged,
-//! whose resend (DUP, same packet id) it is.
+//! The order of writes is the promise. An assignment is on disk *before* the bulk request that
+//! carries its reading is sent, and forgotten on disk *before* the acknowledgement goes out. So
+//! after any crash every assignment found belongs to a message its sender has not seen
+//! acknowledged, whose resend (DUP, same packet id) it is; and no reading reached
+//! Elasticsearch under an identity a resend would not get back.
+//!
+//! Writes are group commits. Connections *stage* what they keep and forget (a push under a
+//! lock, no I/O); whoever needs it on disk *commits*, and one commit writes everything staged
+//! by anyone so far in one journal append. The sink commits once before each bulk request
+//! (the keeps of every reading in it were staged before the reading left its connection); a
+//! connection commits its forgets before it sends acks, and commits that overlap coalesce. So
+//! the store costs one journal write per bulk request and per release of acks, not one per
+//! message.
 //!
 //! Keys are `<owner>\0<packet id, big-endian>`; the owner is the broker session's client id
 //! or `upstream/<client id>`. Values are the reading id (16 bytes) and the receive time in
@@ -18,8 +27,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::DateTime;
@@ -44,7 +53,15 @@ pub enum KeptError {
 pub struct Kept {
     db: fjall::Database,
     assigned: fjall::Keyspace,
+    /// What was staged and not yet committed, in the order it was staged.
+    staged: Arc<Mutex<Vec<Op>>>,
+    /// Held while a commit writes: a committer that finds the stage empty after taking its
+    /// turn knows that what it staged was written by the one before it.
+    turn: Arc<Mutex<()>>,
 }
+
+/// One staged change: keep (key, value) or forget (key, None).
+type Op = (Vec<u8>, Option<[u8; 24]>);
 
 impl std::fmt::Debug for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,42 +91,64 @@ impl Kept {
                 fjall::KeyspaceCreateOptions::default().max_memtable_size(2 << 20)
             })
             .map_err(open)?;
-        Ok(Kept { db, assigned })
+        Ok(Kept {
+            db,
+            assigned,
+            staged: Arc::default(),
+            turn: Arc::default(),
+        })
     }
 
-    /// Keeps what `pkid` of `owner` was assigned; written to the OS when this returns.
-    pub fn keep(&self, owner: &str, pkid: u16, assigned: Assigned) -> Result<(), KeptError> {
-        self.assigned.insert(key(owner, pkid), value(assigned))?;
+    /// Stages keeping `keep` and forgetting `forget` of `owner`; nothing is written until the
+    /// next [`commit`](Self::commit), by anyone.
+    pub fn stage(&self, owner: &str, keep: &[(u16, Assigned)], forget: &[u16]) {
+        if keep.is_empty() && forget.is_empty() {
+            return;
+        }
+        let ops = keep
+            .iter()
+            .map(|&(pkid, assigned)| (key(owner, pkid), Some(value(assigned))))
+            .chain(forget.iter().map(|&pkid| (key(owner, pkid), None)));
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ops);
+    }
+
+    /// Writes everything staged so far, by any clone, in one journal append that reaches the
+    /// OS before this returns. Cheap when nothing is staged.
+    pub fn commit(&self) -> Result<(), KeptError> {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let ops = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for (key, value) in ops {
+            match value {
+                Some(value) => batch.insert(&self.assigned, key, value),
+                None => batch.remove(&self.assigned, key),
+            }
+        }
+        batch.commit()?;
         Ok(())
     }
 
-    /// Keeps `keep` and forgets `forget` of `owner` in one journal write: what a connection
-    /// read in one go, or the acknowledgements it releases together.
+    /// Stages and commits: for tests and the rare single change.
     pub fn write(
         &self,
         owner: &str,
         keep: &[(u16, Assigned)],
         forget: &[u16],
     ) -> Result<(), KeptError> {
-        let mut batch = self.db.batch();
-        for &(pkid, assigned) in keep {
-            batch.insert(&self.assigned, key(owner, pkid), value(assigned));
-        }
-        for &pkid in forget {
-            batch.remove(&self.assigned, key(owner, pkid));
-        }
-        batch.commit()?;
-        Ok(())
+        self.stage(owner, keep, forget);
+        self.commit()
     }
 
-    /// Forgets `pkid` of `owner` (its acknowledgement is about to go out).
-    pub fn forget(&self, owner: &str, pkid: u16) -> Result<(), KeptError> {
-        self.assigned.remove(key(owner, pkid))?;
-        Ok(())
-    }
-
-    /// Forgets everything of `owner` (its session ended, or the broker has none for us).
+    /// Forgets everything of `owner` (its session ended, or the broker has none for us), after
+    /// what was staged before, so a staged keep cannot bring an entry back.
     pub fn forget_all(&self, owner: &str) -> Result<(), KeptError> {
+        self.commit()?;
         let keys: Vec<_> = self
             .assigned
             .prefix(prefix(owner))
@@ -243,10 +282,10 @@ mod tests {
         let third = Assigned::now();
         {
             let kept = Kept::open(dir.path()).expect("open");
-            kept.keep("pi-1", 7, first).expect("keep");
-            kept.keep("pi-1", 8, second).expect("keep");
-            kept.keep("pi-10", 7, second).expect("keep");
-            kept.forget("pi-1", 8).expect("forget");
+            kept.write("pi-1", &[(7, first), (8, second)], &[])
+                .expect("keep");
+            kept.write("pi-10", &[(7, second)], &[]).expect("keep");
+            kept.write("pi-1", &[], &[8]).expect("forget");
             kept.write("pi-2", &[(1, third), (2, third)], &[])
                 .expect("write");
             kept.write("pi-2", &[], &[2]).expect("write");
@@ -266,6 +305,41 @@ mod tests {
             1,
             "a longer name is not a prefix"
         );
+    }
+
+    #[test]
+    fn what_is_staged_is_written_by_the_next_commit_of_any_clone_in_the_order_staged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (first, second) = (Assigned::now(), Assigned::now());
+        {
+            let kept = Kept::open(dir.path()).expect("open");
+            let other = kept.clone();
+            kept.stage("pi-1", &[(1, first)], &[]);
+            other.stage("pi-2", &[(1, first)], &[]);
+            kept.stage("pi-1", &[(1, second)], &[]);
+            other.stage("pi-2", &[], &[1]);
+            assert!(
+                kept.of("pi-1").expect("read").is_empty(),
+                "staged, not written"
+            );
+            other.commit().expect("commit");
+            kept.stage("pi-3", &[(9, first)], &[]);
+            // Never committed: lost with the process, as a crash would lose it.
+        }
+        let kept = Kept::open(dir.path()).expect("reopen");
+        assert_eq!(kept.of("pi-1").expect("read"), HashMap::from([(1, second)]));
+        assert!(kept.of("pi-2").expect("read").is_empty());
+        assert!(kept.of("pi-3").expect("read").is_empty());
+    }
+
+    #[test]
+    fn forgetting_all_of_an_owner_also_forgets_what_was_staged_for_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kept = Kept::open(dir.path()).expect("open");
+        kept.stage("pi-1", &[(1, Assigned::now())], &[]);
+        kept.forget_all("pi-1").expect("forget all");
+        kept.commit().expect("commit");
+        assert!(kept.of("pi-1").expect("read").is_empty());
     }
 
     #[test]

@@ -577,13 +577,13 @@ impl Connection {
         self.held_acks = 0;
     }
 
-    /// Writes what held records were assigned, all in one go, before any of them goes on.
+    /// Stages what held records were assigned, all in one go, before any of them goes on.
     fn write_kept(&mut self) {
         if !self.unkept.is_empty() {
-            let unkept = std::mem::take(&mut self.unkept);
             self.context
                 .registry
-                .keep_and_forget(&self.client_id, &unkept, &[]);
+                .stage_kept(&self.client_id, &self.unkept);
+            self.unkept.clear();
         }
     }
 
@@ -884,9 +884,7 @@ impl Connection {
             .map(|pending| pending.pkid)
             .collect();
         if !forget.is_empty() {
-            self.context
-                .registry
-                .keep_and_forget(&self.client_id, &[], &forget);
+            self.context.registry.forget_kept(&self.client_id, &forget);
         }
         for pending in ready {
             tracing::trace!(client_id = %self.client_id, ?pending, "ack");

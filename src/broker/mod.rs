@@ -106,6 +106,12 @@ impl Broker {
         })
     }
 
+    /// The store of what unacknowledged publishes were assigned: the sink commits it before
+    /// each bulk request.
+    pub fn kept(&self) -> Kept {
+        self.kept.clone()
+    }
+
     /// Serves clients until `intake` is cancelled; then stops accepting and reading, lets each
     /// connection send the acks that settle (the sink flushes meanwhile) and say goodbye, and
     /// saves the state last. Records go to `records`; every clone of it is dropped once intake

@@ -206,11 +206,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Keeps what publishes of `client_id` were assigned (before they go on) and forgets
-    /// others (before their acknowledgements go out), in one write.
-    pub fn keep_and_forget(&self, client_id: &str, keep: &[(u16, Assigned)], forget: &[u16]) {
+    /// Stages what publishes of `client_id` were assigned, before they go on; the sink commits
+    /// it before the bulk request that carries them (see `kept`).
+    pub fn stage_kept(&self, client_id: &str, keep: &[(u16, Assigned)]) {
         if let Some(kept) = &self.kept {
-            kept::logged(kept.write(client_id, keep, forget));
+            kept.stage(client_id, keep, &[]);
+        }
+    }
+
+    /// Forgets what publishes of `client_id` were assigned, on disk when this returns: their
+    /// acknowledgements go out next.
+    pub fn forget_kept(&self, client_id: &str, forget: &[u16]) {
+        if let Some(kept) = &self.kept {
+            kept.stage(client_id, &[], forget);
+            kept::logged(kept.commit());
         }
     }
 

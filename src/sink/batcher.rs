@@ -1,5 +1,7 @@
 //! Groups items into bulk requests: a batch closes at `max_docs` items, when the next item
-//! would take it past `max_bytes`, or `flush_interval_ms` after its first item arrived.
+//! would take it past `max_bytes`, or `flush_interval_ms` after its first item arrived. The
+//! writer also takes whatever is open as soon as a request slot is free, so the age rule only
+//! ends a batch that grew while every slot was busy.
 //!
 //! Pure: the caller passes the time in and asks for the deadline, so the writer can sleep
 //! until exactly then and the tests need no clock. The age counts from the *first* item, not

@@ -72,7 +72,8 @@ pub struct BatchSettings {
     /// dead-lettered as `document_too_large`. Keep it well under the cluster's
     /// `http.max_content_length` (100 MiB by default).
     pub max_bytes: NonZeroUsize,
-    /// Longest a record waits in an open batch: the latency floor when traffic is light.
+    /// Longest a batch keeps growing while every request slot is busy. A record never waits
+    /// for it otherwise: a batch goes out as soon as a slot is free (see `writer`).
     pub flush_interval_ms: u64,
     /// Bulk requests in flight at once.
     pub concurrent_requests: NonZeroUsize,

@@ -68,6 +68,27 @@ pub enum Reply {
     Hang,
     /// Close the connection without a response.
     Drop,
+    /// Answer with the inner reply once the gate is open (`Gate::open`): a request held in
+    /// flight for as long as a test needs it.
+    When(tokio::sync::watch::Receiver<bool>, Box<Reply>),
+}
+
+/// Holds `Reply::When` answers until opened.
+pub struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate(tokio::sync::watch::channel(false).0)
+    }
+
+    /// `reply`, held until this gate opens.
+    pub fn hold(&self, reply: Reply) -> Reply {
+        Reply::When(self.0.subscribe(), Box::new(reply))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 type Handler = Box<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
@@ -75,6 +96,8 @@ type Handler = Box<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
 pub struct StandIn {
     pub url: String,
     requests: Arc<Mutex<Vec<Request>>>,
+    /// How many requests have arrived, for tests that wait for one.
+    arrived: tokio::sync::watch::Receiver<usize>,
 }
 
 impl StandIn {
@@ -85,35 +108,61 @@ impl StandIn {
         let handler: Arc<Handler> = Arc::new(Box::new(handler));
         let count = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&requests);
+        let (arrival, arrived) = tokio::sync::watch::channel(0);
+        let arrival = Arc::new(arrival);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (handler, count, seen) =
-                    (Arc::clone(&handler), Arc::clone(&count), Arc::clone(&seen));
-                tokio::spawn(serve(stream, handler, count, seen));
+                let seen = Seen {
+                    count: Arc::clone(&count),
+                    requests: Arc::clone(&seen),
+                    arrival: Arc::clone(&arrival),
+                };
+                tokio::spawn(serve(stream, Arc::clone(&handler), seen));
             }
         });
-        StandIn { url, requests }
+        StandIn {
+            url,
+            requests,
+            arrived,
+        }
     }
 
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().expect("lock").clone()
     }
+
+    /// Returns once `n` requests have arrived.
+    pub async fn arrived(&self, n: usize) {
+        let mut arrived = self.arrived.clone();
+        arrived
+            .wait_for(|&seen| seen >= n)
+            .await
+            .expect("the stand-in runs as long as the test");
+    }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    handler: Arc<Handler>,
+/// What every connection records of the requests it serves.
+struct Seen {
     count: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Request>>>,
-) {
+    requests: Arc<Mutex<Vec<Request>>>,
+    arrival: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+async fn serve(mut stream: TcpStream, handler: Arc<Handler>, seen: Seen) {
     let mut buffer = Vec::new();
     loop {
         let Some(request) = read_request(&mut stream, &mut buffer).await else {
             return;
         };
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        seen.lock().expect("lock").push(request.clone());
-        match handler(n, &request) {
+        let n = seen.count.fetch_add(1, Ordering::SeqCst);
+        seen.requests.lock().expect("lock").push(request.clone());
+        seen.arrival.send_modify(|arrived| *arrived += 1);
+        let mut reply = handler(n, &request);
+        while let Reply::When(mut gate, inner) = reply {
+            let _ = gate.wait_for(|&open| open).await;
+            reply = *inner;
+        }
+        match reply {
             Reply::Json(status, body) => {
                 let head = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
@@ -130,6 +179,7 @@ async fn serve(
             }
             Reply::Hang => std::future::pending::<()>().await,
             Reply::Drop => return,
+            Reply::When(..) => unreachable!("waited for above"),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! for as long as Elasticsearch is down, only the abandon signal can end it; aborting it drops
 //! its unsettled acks, which is the "not durable, redeliver later" outcome.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use chrono::Utc;
 
@@ -38,6 +38,7 @@ use super::{
 };
 use crate::{
     document::{Rejection, payload_digest},
+    kept::{self, Kept},
     metrics,
     record::Settlement,
     sink::RetrySettings,
@@ -49,6 +50,7 @@ pub struct Writer {
     client: Elasticsearch,
     settings: SinkSettings,
     stats: Arc<SinkStats>,
+    kept: Option<Kept>,
 }
 
 impl Writer {
@@ -59,7 +61,15 @@ impl Writer {
             client,
             settings,
             stats: Arc::default(),
+            kept: None,
         }
+    }
+
+    /// Commits `kept` before each bulk request: what the source staged for the readings in it
+    /// (their assignments) is on disk before any of them can be stored (see `kept`).
+    pub fn committing(mut self, kept: Kept) -> Self {
+        self.kept = Some(kept);
+        self
     }
 
     /// Live counters, for periodic logging or metrics while the writer runs.
@@ -103,7 +113,13 @@ pub async fn run(
         client,
         settings,
         stats,
+        kept,
     } = writer;
+    let commit = || {
+        if let Some(kept) = &kept {
+            kept::logged(kept.commit());
+        }
+    };
     let shared = Arc::new(Shared {
         client,
         retry: settings.retry,
@@ -114,26 +130,45 @@ pub async fn run(
         stats: Arc::clone(&stats),
     });
     let concurrency = settings.batch.concurrent_requests.get();
+    let max_docs = settings.batch.max_docs.get();
     let mut batcher = Batcher::new(&settings.batch);
     let mut deliveries = JoinSet::new();
     // A closed batch waiting for a free delivery slot. While it waits, intake pauses: that is
     // the backpressure that reaches MQTT.
     let mut ready: Option<Batch<Item>> = None;
+    // Records taken from the channel in one wake-up and not yet batched: many per wake-up
+    // under load, so the channel hop costs little per record.
+    let mut inbox: VecDeque<Routed> = VecDeque::new();
+    let mut received: Vec<Routed> = Vec::new();
     let mut intake_open = true;
 
     loop {
-        if ready.is_none() && !intake_open {
+        while ready.is_none()
+            && let Some(routed) = inbox.pop_front()
+        {
+            ready = closed(
+                &stats,
+                take_in(routed, &shared, &mut batcher, &mut deliveries, &commit),
+            );
+        }
+        // Load forms the batches, not a timer: a request goes out as soon as a slot is free and
+        // records wait, and while every slot is busy the next batch grows. A lone QoS 1
+        // reading is therefore acknowledged one bulk round trip after it arrived.
+        if ready.is_none() && inbox.is_empty() && (!intake_open || deliveries.len() < concurrency) {
             ready = closed(&stats, batcher.take());
         }
         if deliveries.len() < concurrency
             && let Some(batch) = ready.take()
         {
             let span = tracing::debug_span!("bulk", docs = batch.items.len(), bytes = batch.bytes);
+            commit();
             deliveries.spawn(deliver(Arc::clone(&shared), batch.items).instrument(span));
         }
-        if !intake_open && ready.is_none() && deliveries.is_empty() {
+        if !intake_open && ready.is_none() && inbox.is_empty() && deliveries.is_empty() {
             break;
         }
+        // Only while every slot is busy can a batch stay open; then it closes at the latest
+        // `flush_interval_ms` after its first record and goes out with the next free slot.
         let deadline = batcher.deadline();
         tokio::select! {
             biased;
@@ -156,30 +191,12 @@ pub async fn run(
                     return Err(SinkError::Panicked(e));
                 }
             }
-            routed = rx.recv(), if intake_open && ready.is_none() => match routed {
-                None => intake_open = false,
-                Some(routed) => match bulk::prepare(
-                    routed,
-                    &shared.dead_letter_index,
-                    shared.max_bytes,
-                    &shared.time_series_prefixes,
-                ) {
-                    Prepared::Drop(ack) => {
-                        bump(&stats.dropped, 1);
-                        ack.settle(Settlement::Dropped);
-                    }
-                    Prepared::Send(item) => {
-                        bump(&stats.pending, 1);
-                        let bytes = item.bytes();
-                        ready = closed(&stats, batcher.push(item, bytes, Instant::now()));
-                    }
-                    Prepared::ToFile(item) => {
-                        bump(&stats.pending, 1);
-                        let shared = Arc::clone(&shared);
-                        deliveries.spawn(async move { shared.to_file(vec![item]).await });
-                    }
-                },
-            },
+            n = rx.recv_many(&mut received, max_docs), if intake_open && ready.is_none() && inbox.is_empty() => {
+                if n == 0 {
+                    intake_open = false;
+                }
+                inbox.extend(received.drain(..));
+            }
             () = sleep_until(deadline), if deadline.is_some() && ready.is_none() => {
                 ready = closed(&stats, batcher.expired(Instant::now()));
             }
@@ -202,6 +219,42 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Prepares one record: settles a drop at once, sends a dead letter bound for the local file on
+/// its way, and puts a document into the open batch; returns the batch this closed, if any.
+fn take_in(
+    routed: Routed,
+    shared: &Arc<Shared>,
+    batcher: &mut Batcher<Item>,
+    deliveries: &mut JoinSet<()>,
+    commit: &impl Fn(),
+) -> Option<Batch<Item>> {
+    let stats = &shared.stats;
+    match bulk::prepare(
+        routed,
+        &shared.dead_letter_index,
+        shared.max_bytes,
+        &shared.time_series_prefixes,
+    ) {
+        Prepared::Drop(ack) => {
+            bump(&stats.dropped, 1);
+            ack.settle(Settlement::Dropped);
+            None
+        }
+        Prepared::Send(item) => {
+            bump(&stats.pending, 1);
+            let bytes = item.bytes();
+            batcher.push(item, bytes, Instant::now())
+        }
+        Prepared::ToFile(item) => {
+            bump(&stats.pending, 1);
+            let shared = Arc::clone(shared);
+            commit();
+            deliveries.spawn(async move { shared.to_file(vec![item]).await });
+            None
+        }
     }
 }
 

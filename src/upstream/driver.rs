@@ -146,10 +146,17 @@ impl Driver {
     /// each was assigned is forgotten first: kept past its ack, it could be taken for that of a
     /// later message with the same packet id after a crash.
     fn send_acks(&mut self) {
+        let forget: Vec<u16> = self
+            .unsent
+            .iter()
+            .filter(|key| self.readings.forget(key.pkid))
+            .map(|key| key.pkid)
+            .collect();
+        if !forget.is_empty() {
+            self.kept.stage(&self.owner, &[], &forget);
+            kept::logged(self.kept.commit());
+        }
         while let Some(&key) = self.unsent.front() {
-            if self.readings.forget(key.pkid) {
-                kept::logged(self.kept.forget(&self.owner, key.pkid));
-            }
             if self.client.ack(key).is_err() {
                 debug!(
                     connection = self.connection,
@@ -163,7 +170,8 @@ impl Driver {
     }
 
     /// The message's identity (see `Assignments::assign`): a redelivery takes back what its
-    /// first copy was given; a new one keeps the identity it came with, kept on disk.
+    /// first copy was given; a new one keeps the identity it came with, staged for the disk
+    /// (the sink commits it before the bulk request that carries the reading).
     fn assign(&mut self, message: &mut Message, pkid: u16, dup: bool) {
         let came_with = Assigned {
             reading: message.reading,
@@ -173,7 +181,7 @@ impl Driver {
         message.reading = assigned.reading;
         message.received_at = assigned.received_at;
         if new {
-            kept::logged(self.kept.keep(&self.owner, pkid, assigned));
+            self.kept.stage(&self.owner, &[(pkid, assigned)], &[]);
         }
     }
 

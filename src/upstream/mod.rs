@@ -37,6 +37,7 @@ pub async fn run(
     password: Option<Secret>,
     filters: Vec<String>,
     records: mpsc::Sender<Record>,
+    kept: Kept,
     intake: CancellationToken,
 ) -> Result<(), SessionError> {
     let settings = Arc::new(settings);
@@ -44,7 +45,6 @@ pub async fn run(
         .iter()
         .map(|f| settings.subscription_for(f))
         .collect();
-    let kept = Kept::open(&settings.state_dir)?;
     let mut tasks = JoinSet::new();
     for connection in 0..settings.connections.max(1) {
         let (client, pump) = session::open(&settings, connection, password.as_ref())?;

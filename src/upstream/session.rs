@@ -80,8 +80,6 @@ pub enum SessionError {
     HalfClientAuth,
     #[error("upstream client request queue: {0}")]
     Client(String),
-    #[error("upstream.state_dir: {0}")]
-    Kept(#[from] crate::kept::KeptError),
 }
 
 /// The request side of a connection: acks, subscriptions, disconnect.

@@ -451,6 +451,11 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
     assert_eq!(node.count(&index).await, total, "a duplicate came late");
 }
 
+/// A bulk request slot for each reading of a window of 20: while the node's answers are
+/// swallowed every slot stays busy, and a reading that found none would wait in mqtt2es,
+/// neither stored nor acknowledged. With a slot each, the whole window is stored unacknowledged.
+const SLOT_PER_READING: &str = "batch:\n  flush_interval_ms: 200\n  concurrent_requests: 20\n";
+
 /// A proxy in front of the shared node, passing its answers on for now.
 async fn proxy(node: &SearchNode) -> Proxy {
     let target = node.url().trim_start_matches("http://").to_owned();
@@ -468,7 +473,8 @@ async fn readings_resent_by_paho_after_mqtt2es_was_sigkilled_are_stored_once() {
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let port = crate::support::free_port();
-    let spec = BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}"));
+    let mut spec = BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}"));
+    spec.extra = SLOT_PER_READING.into();
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_ready();
     let index = telemetry_index(&bridge);
@@ -502,10 +508,9 @@ async fn readings_mosquitto_redelivers_after_mqtt2es_was_sigkilled_are_stored_on
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let broker = Mosquitto::start();
-    let mut bridge = Bridge::start(&with_shipped_pipelines(BridgeSpec::new(
-        broker.port(),
-        &proxy.url,
-    )));
+    let mut spec = BridgeSpec::new(broker.port(), &proxy.url);
+    spec.extra = SLOT_PER_READING.into();
+    let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_subscribed();
     let index = telemetry_index(&bridge);
 

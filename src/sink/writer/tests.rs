@@ -20,7 +20,7 @@ use crate::{
     sink::{
         BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
         dead_letter::tests::message,
-        stand_in::{Reply, Request, StandIn},
+        stand_in::{Gate, Reply, Request, StandIn},
     },
 };
 
@@ -245,10 +245,11 @@ async fn batches_close_at_max_docs() {
 }
 
 #[tokio::test]
-async fn a_batch_is_sent_when_its_age_runs_out_while_the_channel_stays_open() {
+async fn a_lone_record_is_sent_at_once_not_when_the_flush_interval_runs_out() {
     let es = StandIn::start(|_, r| all_created(r)).await;
     let mut setup = Setup::new();
-    setup.flush_interval_ms = 5;
+    // An hour: a writer that waited for it would fail this test by never settling.
+    setup.flush_interval_ms = 3_600_000;
     let (tx, rx) = mpsc::channel(4);
     let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
     let sink = tokio::spawn(run(rx, setup.writer(&es.url), CancellationToken::new()));
@@ -267,6 +268,49 @@ async fn a_batch_is_sent_when_its_age_runs_out_while_the_channel_stays_open() {
     assert_eq!(settled.how, Settlement::Stored);
     drop(tx);
     sink.await.expect("join").expect("clean end");
+}
+
+#[tokio::test]
+async fn while_every_request_slot_is_busy_the_next_batch_grows_and_goes_out_whole() {
+    let gate = Arc::new(Gate::new());
+    let held = Arc::clone(&gate);
+    // The first two requests (both slots) stay in flight until the gate opens.
+    let es = StandIn::start(move |n, r| match n {
+        0 | 1 => held.hold(all_created(r)),
+        _ => all_created(r),
+    })
+    .await;
+    let setup = Setup::new();
+    let (tx, rx) = mpsc::channel(16);
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    let sink = tokio::spawn(run(rx, setup.writer(&es.url), CancellationToken::new()));
+    let routed = |n: usize| Routed {
+        message: message(b"{}"),
+        processed: doc(n),
+        ack: Ack::new(settled_tx.clone(), n as u64),
+    };
+    for n in 0..2 {
+        tx.send(routed(n)).await.expect("send");
+        es.arrived(n + 1).await;
+    }
+    for n in 2..5 {
+        tx.try_send(routed(n)).expect("the channel has room");
+    }
+    gate.open();
+    let mut settled = Vec::new();
+    while settled.len() < 5 {
+        settled.push(settled_rx.recv().await.expect("a settlement"));
+    }
+    drop(tx);
+    sink.await.expect("join").expect("clean end");
+
+    let sizes: Vec<usize> = es.requests().iter().map(|r| r.ops().len()).collect();
+    assert_eq!(
+        sizes,
+        [1, 1, 3],
+        "one request per free slot, the rest together"
+    );
+    assert!(settled.iter().all(|s| s.how == Settlement::Stored));
 }
 
 #[tokio::test]
