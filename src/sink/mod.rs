@@ -60,6 +60,9 @@ pub struct SinkSettings {
     /// documents bound there are sent without `_id` (see `bulk::prepare`).
     #[serde(skip)]
     pub time_series_prefixes: Vec<String>,
+    /// Gzip bulk bodies (`elasticsearch.gzip`).
+    #[serde(skip)]
+    pub gzip: bool,
 }
 
 /// `sink.batch:`. Zero is refused at load time for every count and size.

@@ -4,8 +4,8 @@
 //! Used on purpose where a real node cannot produce the fault on cue: 429, 413, 503, a hung
 //! request, a dropped connection, a refused credential, a version too old. It is a tokio `TcpListener` on
 //! 127.0.0.1:0 speaking just enough HTTP/1.1 (content-length or chunked bodies, keep-alive),
-//! answering each request with whatever the test's handler returns. Bodies must be plain:
-//! tests build their clients with `gzip: false`.
+//! answering each request with whatever the test's handler returns. Gzipped bodies are unpacked
+//! before the handler sees them.
 
 use std::sync::{
     Arc, Mutex,
@@ -24,7 +24,10 @@ pub struct Request {
     pub path: String,
     /// Header names lowercased, in the order sent.
     pub headers: Vec<(String, String)>,
+    /// The body as the handler sees it: unpacked if it came gzipped.
     pub body: String,
+    /// The body's size on the wire.
+    pub wire_bytes: usize,
 }
 
 impl Request {
@@ -241,11 +244,21 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
             Some((key.trim().to_ascii_lowercase(), value.trim().to_owned()))
         })
         .collect();
+    let wire_bytes = body.len();
+    if header("content-encoding").is_some_and(|v| v == "gzip") {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(body.as_slice())
+            .read_to_end(&mut plain)
+            .expect("a gzip body that unpacks");
+        body = plain;
+    }
     Some(Request {
         method,
         path,
         headers,
-        body: String::from_utf8(body).expect("a utf-8 body (gzip is off in these tests)"),
+        body: String::from_utf8(body).expect("a utf-8 body"),
+        wire_bytes,
     })
 }
 

@@ -16,7 +16,14 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use chrono::Utc;
 
-use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
+use bytes::Bytes;
+use elasticsearch::{
+    Elasticsearch, MgetParts,
+    http::{
+        Method,
+        headers::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue},
+    },
+};
 use serde_json::{Value, json};
 use tokio::{
     sync::mpsc,
@@ -127,6 +134,7 @@ pub async fn run(
         file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
         max_bytes: settings.batch.max_bytes.get(),
         time_series_prefixes: settings.time_series_prefixes,
+        gzip: settings.gzip,
         stats: Arc::clone(&stats),
     });
     let concurrency = settings.batch.concurrent_requests.get();
@@ -274,6 +282,7 @@ struct Shared {
     file: Arc<DeadLetterFile>,
     max_bytes: usize,
     time_series_prefixes: Vec<String>,
+    gzip: bool,
     stats: Arc<SinkStats>,
 }
 
@@ -468,12 +477,25 @@ impl Shared {
         bump(&self.stats.requests, 1);
         let conflicts: Vec<Conflict> = chunk.iter().map(Item::conflict).collect();
         let started = std::time::Instant::now();
+        let body = bulk::body(chunk, chrono::Utc::now());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        let body = if self.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            bulk::gzip(&body)
+        } else {
+            body
+        };
         let sent = self
             .client
-            .bulk(BulkParts::None)
-            .filter_path(bulk::FILTER_PATH)
-            .body(vec![bulk::body(chunk, chrono::Utc::now())])
-            .send()
+            .send(
+                Method::Post,
+                "/_bulk",
+                headers,
+                Some(&[("filter_path", bulk::FILTER_PATH.join(","))]),
+                Some(Bytes::from(body)),
+                None,
+            )
             .await;
         let response = match sent {
             Ok(response) => response,

@@ -63,6 +63,7 @@ struct Setup {
     flush_interval_ms: u64,
     request_timeout_ms: u64,
     initial_backoff_ms: u64,
+    gzip: bool,
     dead_letter_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -77,6 +78,7 @@ impl Setup {
             flush_interval_ms: 60_000,
             request_timeout_ms: 5_000,
             initial_backoff_ms: 1,
+            gzip: false,
             dead_letter_file: dir.path().join("dead.ndjson"),
             _dir: dir,
         }
@@ -113,6 +115,7 @@ impl Setup {
                     file: self.dead_letter_file.clone(),
                 },
                 time_series_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+                gzip: self.gzip,
             },
         )
     }
@@ -228,6 +231,22 @@ async fn closing_the_channel_flushes_the_open_batch_and_settles_every_record_sto
         )
     );
     assert_eq!((report.stored, report.pending, report.requests), (3, 0, 1));
+}
+
+#[tokio::test]
+async fn with_gzip_on_a_bulk_body_goes_compressed_and_says_so() {
+    let es = StandIn::start(|_, r| all_created(r)).await;
+    let mut setup = Setup::new();
+    setup.gzip = true;
+    let (report, settled, _) = run_all(setup.writer(&es.url), (0..3).map(doc).collect()).await;
+
+    assert_eq!(hows(&settled), [Settlement::Stored; 3]);
+    let request = &es.requests()[0];
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(request.header("content-type"), Some("application/x-ndjson"));
+    assert!(request.wire_bytes < request.body.len(), "{} bytes sent", request.wire_bytes);
+    assert_eq!(request.ops().len(), 3, "the stand-in unpacked three ops");
+    assert_eq!(report.stored, 3);
 }
 
 #[tokio::test]
