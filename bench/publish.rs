@@ -23,13 +23,20 @@
 //!
 //! Prints one line: `published=<n> seconds=<s>`; with `--latency` a second one,
 //! `latency_ms n=<n> p50=<ms> p99=<ms> max=<ms>` (nearest-rank percentiles over every reading).
+//! Stopped by SIGTERM, it prints the first line with what it had published by then, so a script
+//! that stops a run at its time cap can still count what was lost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
+
+/// Readings published so far, over every connection: sent at QoS 0, acknowledged at QoS 1.
+static PUBLISHED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Parser)]
 struct Args {
@@ -95,25 +102,37 @@ async fn main() -> anyhow::Result<()> {
         let latency = args.latency;
         tasks.push(tokio::spawn(async move {
             if latency {
-                let waits = one_by_one(&host, port, &site, i, share, base_ms, deadline).await?;
-                Ok::<_, anyhow::Error>((waits.len() as u64, waits))
+                one_by_one(&host, port, &site, i, share, base_ms, deadline).await
             } else {
-                let published = publish(&host, port, &site, i, shape, share, rate, base_ms).await?;
-                Ok((published, Vec::new()))
+                publish(&host, port, &site, i, shape, share, rate, base_ms).await?;
+                Ok(Vec::new())
             }
         }));
     }
-    let mut published = 0;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut waits = Vec::new();
-    for task in tasks {
-        let (count, more) = task.await.context("publisher task")??;
-        published += count;
-        waits.extend(more);
-    }
+    let finished = async {
+        for task in tasks {
+            waits.extend(task.await.context("publisher task")??);
+        }
+        anyhow::Ok(())
+    };
+    let stopped = tokio::select! {
+        finished = finished => {
+            finished?;
+            false
+        }
+        _ = terminate.recv() => true,
+    };
     println!(
-        "published={published} seconds={:.3}",
+        "published={} seconds={:.3}",
+        PUBLISHED.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+    if stopped {
+        eprintln!("stopped by SIGTERM before every reading was published");
+        return Ok(());
+    }
     if args.latency {
         waits.sort_unstable();
         let ms = |p: f64| percentile(&waits, p).as_secs_f64() * 1000.0;
@@ -155,14 +174,9 @@ async fn publish(
     count: u64,
     rate: f64,
     base_ms: u64,
-) -> anyhow::Result<u64> {
-    let device = format!("pub{index}");
-    let topic = format!("sensors/{site}/{device}/telemetry");
-    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_inflight(shape.inflight);
+) -> anyhow::Result<()> {
+    let (device, topic, mut options) = device(host, port, site, index);
+    options.set_inflight(shape.inflight);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     // rumqttc gives up on a write that has not flushed within this (default 5 s). mqtt2es stops
     // reading a connection while its pipeline is full, so with Elasticsearch slower than the
@@ -203,11 +217,19 @@ async fn publish(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acked += 1;
+                if qos == QoS::AtLeastOnce {
+                    PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                }
                 if acked == expected_acks {
                     client.try_disconnect()?;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                sent += 1;
+                if qos == QoS::AtMostOnce {
+                    PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => bail!("{device}: connection failed after {sent} publishes: {error}"),
@@ -217,7 +239,7 @@ async fn publish(
         }
     }
     producer.await.context("producer task")??;
-    Ok(if qos == QoS::AtMostOnce { sent } else { acked })
+    Ok(())
 }
 
 /// `--latency`: one QoS 1 reading at a time; returns each one's wait for its PUBACK.
@@ -230,12 +252,7 @@ async fn one_by_one(
     base_ms: u64,
     deadline: Option<Instant>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let device = format!("pub{index}");
-    let topic = format!("sensors/{site}/{device}/telemetry");
-    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true);
+    let (device, topic, options) = device(host, port, site, index);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let fail = |sent: usize, error| {
         anyhow::anyhow!("{device}: connection failed after {sent} publishes: {error}")
@@ -268,6 +285,7 @@ async fn one_by_one(
             }
         }
         waits.push(asked.elapsed());
+        PUBLISHED.fetch_add(1, Ordering::Relaxed);
     }
     client.try_disconnect()?;
     loop {
@@ -278,6 +296,17 @@ async fn one_by_one(
         }
     }
     Ok(waits)
+}
+
+/// Connection `index`: its device name, its topic and its client options.
+fn device(host: &str, port: u16, site: &str, index: usize) -> (String, String, MqttOptions) {
+    let device = format!("pub{index}");
+    let topic = format!("sensors/{site}/{device}/telemetry");
+    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true);
+    (device, topic, options)
 }
 
 /// One reading, 190-200 bytes.
