@@ -1,17 +1,26 @@
-# Shared by bench/run (upstream mode) and bench/broker (embedded broker): preflight, the
-# release build, process groups and cleanup, the Elasticsearch node, Mosquitto, counting.
-# Sourced after the script has set repo, MAX_S and ES_HEAP; builds mqtt2es and every bench example.
+# shellcheck shell=bash
+# Shared by bench/run (upstream mode), bench/broker (embedded broker) and bench/fast (issue 9's
+# table): preflight, the release build, process groups and cleanup, the Elasticsearch node,
+# Mosquitto and Mosquitto alone, mqtt2es's config and start, the null _bulk endpoint, counting,
+# the idle-client test. Sourced after the script has set repo, MESSAGES, MAX_S, ES_HEAP, ONLY and
+# IDLE_CLIENTS (0 where the script has no idle test); builds mqtt2es and every bench example.
 
 SEARCH_USER=mqtt2es-search
 TICK=$(getconf CLK_TCK)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() {
-	printf 'bench/run: %s\n' "$*" >&2
+	printf 'bench/%s: %s\n' "${0##*/}" "$*" >&2
 	exit 1
 }
 now() { date +%s.%N; }
 calc() { python3 -c "print($*)"; }
+
+# The idle test holds 10,000 sockets per broker plus the generator's own: as many as we may.
+if ((IDLE_CLIENTS > 0)); then
+	ulimit -n "$(ulimit -Hn)"
+	(($(ulimit -n) > IDLE_CLIENTS + 1000)) || die "ulimit -n $(ulimit -n) is too low for $IDLE_CLIENTS idle clients"
+fi
 
 # --- what scripts/test provided ------------------------------------------------------------------
 
@@ -53,10 +62,19 @@ if [[ -z $es_java ]]; then
 fi
 
 say "cargo build --release (mqtt2es and the bench examples)"
-cargo build --release --quiet --bin mqtt2es --example bench-publish --example bench-idle
-bridge_bin=$repo/target/release/mqtt2es
-publish_bin=$repo/target/release/examples/bench-publish
-idle_bin=$repo/target/release/examples/bench-idle
+cargo build --release --quiet --bin mqtt2es --example bench-publish --example bench-idle \
+	--example bench-null-es
+target=${CARGO_TARGET_DIR:-$repo/target}/release
+bridge_bin=$target/mqtt2es
+publish_bin=$target/examples/bench-publish
+idle_bin=$target/examples/bench-idle
+null_bin=$target/examples/bench-null-es
+
+# --- rows -----------------------------------------------------------------------------------------
+
+wanted() { [[ -z $ONLY || " $ONLY " == *" $1 "* ]]; } # BENCH_ONLY names the scenarios to run
+rows=()
+row() { rows+=("$(printf -- "$@")"); printf -- "$@" >&2; echo >&2; } # kept, and shown as it comes
 
 # --- processes and cleanup -----------------------------------------------------------------------
 
@@ -174,26 +192,243 @@ start_broker() {
 	done
 }
 
-# Polls the count of data stream $1 until it reaches $2, stops growing for 15 s, or $MAX_S
-# passed since $3; sets stored and stored_at.
-await_stored() {
-	local stream=$1 want=$2 t0=$3 last=-1 last_change
+# Runs the probe "${@:3}" (it sets count and count_at, and paces itself) until count reaches $1,
+# stops growing for 15 s, or $MAX_S passed since $2.
+await_count() {
+	local want=$1 t0=$2 last=-1 last_change
+	shift 2
 	last_change=$(now)
 	while :; do
-		stored=$(es_count "$stream")
-		stored_at=$(now)
-		stored=${stored:-0}
-		((stored >= want)) && return
-		if ((stored != last)); then
-			last=$stored last_change=$stored_at
-		elif (($(calc "int($stored_at - $last_change > 15)"))); then
-			say "  stalled at $stored of $want"
+		"$@"
+		((count >= want)) && return
+		if ((count != last)); then
+			last=$count last_change=$(now)
+		elif (($(calc "int($(now) - $last_change > 15)"))); then
+			say "  stalled at $count of $want"
 			return
 		fi
-		(($(calc "int($stored_at - $t0 > $MAX_S)"))) && {
-			say "  time cap: $stored of $want after $MAX_S s"
+		(($(calc "int($(now) - $t0 > $MAX_S)"))) && {
+			say "  time cap: $count of $want after $MAX_S s"
 			return
 		}
-		sleep 0.75 # with the request above, about Elasticsearch's own 1 s refresh
 	done
+}
+
+# Probe: documents in data stream $1, about once a second (Elasticsearch's own refresh).
+count_stored() {
+	sleep 0.75 # with the refresh in es_count, about a second
+	count=$(es_count "$1")
+	count_at=$(now)
+	count=${count:-0}
+}
+
+# Polls the count of data stream $1 until it reaches $2 (see await_count); sets stored and
+# stored_at (late by up to a second).
+await_stored() {
+	await_count "$2" "$3" count_stored "$1"
+	stored=$count stored_at=$count_at
+}
+
+# Readings of data stream $1 stored more than once: documents beyond the first with the same
+# mqtt2es.reading_id. Exact, as a bench stream has one shard; "?" if the search fails.
+es_duplicates() {
+	curl -sf -XPOST "$es_url/$1/_search?size=0" -H 'content-type: application/json' \
+		-d '{"aggs":{"ids":{"terms":{"field":"mqtt2es.reading_id","min_doc_count":2,"size":10000}}}}' |
+		python3 -c '
+import json, sys
+buckets = json.load(sys.stdin)["aggregations"]["ids"]["buckets"]
+print(sum(b["doc_count"] - 1 for b in buckets))' 2>/dev/null || echo "?"
+}
+
+# Mosquitto alone, the vs-mosq denominator: $2 publishers -> one mosquitto_sub at QoS $1 on a
+# fresh broker, timed until it has $MESSAGES messages. Sets got, seconds, broker_cpu (Mosquitto's
+# CPU seconds during the run) and broker_hwm_kb.
+pub_sub() { # $1 qos, $2 publishers, $3 name (the topics' site)
+	local qos=$1 pubs=$2 name=$3 t0 t1 cpu0
+	start_broker
+	local out=$run_tmp/$name.sub
+	# One short line per message (its payload length): counting, not printing, is measured.
+	spawn "$out" timeout "$MAX_S" mosquitto_sub -h 127.0.0.1 -p "$broker_port" \
+		-q "$qos" -t 'sensors/#' -C "$MESSAGES" -F '%l'
+	local sub_pid=$started
+	sleep 1 # mosquitto_sub has subscribed
+	cpu0=$(group_cpu "$broker_pid")
+	t0=$(now)
+	spawn "$run_tmp/$name.pub" "$publish_bin" --port "$broker_port" --qos "$qos" \
+		--publishers "$pubs" --messages "$MESSAGES" --site "$name"
+	local pub_pid=$started
+	wait "$sub_pid" || true
+	t1=$(now)
+	broker_cpu=$(calc "$(group_cpu "$broker_pid") - $cpu0")
+	broker_hwm_kb=$(status_kb "$broker_pid" VmHWM)
+	forget "$sub_pid"
+	got=$(grep -c '^[0-9]' "$out" || true)
+	((got >= MESSAGES)) || say "  mosquitto_sub got $got of $MESSAGES"
+	stop "$pub_pid"
+	stop "$broker_pid"
+	seconds=$(calc "$t1 - $t0")
+}
+mosquitto_version_of() { { "$1" -h 2>&1 || true; } | sed -n 's/^mosquitto version //p' | head -n1; }
+
+# --- mqtt2es --------------------------------------------------------------------------------------
+
+# Writes mqtt2es's config to $1: the source section $2 (one line, from broker_source or
+# upstream_source), Elasticsearch at $3, the pipelines in $4, then the further top-level YAML
+# lines "${@:5}" (`batch: ...`, `setup: ...`). Everything else is mqtt2es's default. Sets
+# metrics_port.
+mqtt2es_config() {
+	local file=$1 source=$2 url=$3 pipelines=$4
+	shift 4
+	metrics_port=$(free_port)
+	{
+		echo "$source"
+		cat <<-EOF
+			elasticsearch:
+			  url: $url
+			pipelines:
+			  dir: $pipelines
+			dead_letter:
+			  file: ${file%.yaml}.deadletter.ndjson
+			shutdown:
+			  grace_ms: 5000
+			# Not the default port, which another instance on a shared machine may hold.
+			metrics:
+			  bind: "127.0.0.1:$metrics_port"
+			log:
+			  level: info
+		EOF
+		printf '%s\n' "$@"
+	} >"$file"
+}
+
+# `broker:` for mqtt2es_config: the embedded broker on 127.0.0.1:$1, anonymous, its state beside
+# config file $2; further keys "${@:3}" (`max_inflight: 1000`).
+broker_source() {
+	printf 'broker: {listeners: [{transport: tcp, bind: "127.0.0.1:%s"}], auth: {allow_anonymous: true}, state_dir: %s' \
+		"$1" "${2%.yaml}.state"
+	shift 2
+	(($# == 0)) || printf ', %s' "$@"
+	echo '}'
+}
+
+# `upstream:` for mqtt2es_config: subscribed to the Mosquitto of start_broker as client $1, its
+# state beside config file $2; further keys "${@:3}" (`qos: 0`, `connections: 4`).
+upstream_source() {
+	printf 'upstream: {host: 127.0.0.1, port: %s, client_id: %s, state_dir: %s' "$broker_port" "$1" \
+		"${2%.yaml}.state"
+	shift 2
+	(($# == 0)) || printf ', %s' "$@"
+	echo '}'
+}
+
+# Starts mqtt2es with config $1 and waits for its log to say $2 (see await_log); sets bridge_pid.
+start_mqtt2es() {
+	spawn "${1%.yaml}.log" "$bridge_bin" run --config "$1"
+	bridge_pid=$started
+	await_log "$1" "$2" "${3:-1}"
+}
+
+# Waits (30 s at most) until the log of the mqtt2es started with config $1 has $3 (default 1)
+# lines with $2: `listening transport=tcp` (the broker's listener is bound), ` subscribed` (an
+# upstream connection), `elasticsearch ready` (setup or detection done: documents are written).
+await_log() {
+	local log=${1%.yaml}.log ready=$2 want=${3:-1} n
+	for ((i = 0; ; i++)); do
+		n=$(grep -c -- "$ready" "$log" 2>/dev/null || true)
+		((${n:-0} >= want)) && break
+		kill -0 "$bridge_pid" 2>/dev/null || die "mqtt2es exited: $(tail -n 20 "$log")"
+		((i < 600)) || die "mqtt2es is not ready ($ready): $(tail -n 20 "$log")"
+		sleep 0.05
+	done
+}
+
+# --- the null _bulk endpoint ----------------------------------------------------------------------
+
+# Starts a fresh bench/null_es.rs (a stand-in that answers every bulk item 201 at once: on two
+# cores the real node is the bottleneck, so only a stand-in shows mqtt2es's own cost); sets
+# null_pid and null_url.
+start_null() {
+	local log
+	log=$(mktemp "$run_tmp/null.XXXX")
+	spawn "$log" "$null_bin"
+	null_pid=$started
+	for ((i = 0; ; i++)); do
+		null_url=$(sed -n 's|^listening=|http://|p' "$log")
+		[[ -n $null_url ]] && break
+		kill -0 "$null_pid" 2>/dev/null || die "the null endpoint exited: $(tail -n 5 "$log")"
+		((i < 200)) || die "the null endpoint is not listening"
+		sleep 0.05
+	done
+}
+
+# Probe: distinct readings at the null endpoint, waiting up to a second for $1 of them. Sets count,
+# duplicates, other (documents without a reading id) and count_at (when the last new reading came).
+count_received() {
+	local stats
+	stats=$(curl -sf "$null_url/_null/stats?wait_for=$1&timeout_ms=1000") ||
+		die "the null endpoint did not answer"
+	read -r count duplicates other count_at < <(python3 -c '
+import json, sys, time
+d = json.load(sys.stdin)
+print(d["distinct"], d["duplicates"], d["other"], d["last_at"] or time.time())' <<<"$stats")
+}
+
+# --- idle clients ---------------------------------------------------------------------------------
+
+# RSS of a broker (pid $2, port $3) before and with $IDLE_CLIENTS idle clients connected.
+idle() { # $1 name, $2 pid, $3 port, $4 setup
+	local name=$1 pid=$2 port=$3 setup=$4 rss0 rss1 t0 cpu0 cpu1
+	rss0=$(status_kb "$pid" VmRSS)
+	cpu0=$(group_cpu "$pid")
+	t0=$(now)
+	spawn "$run_tmp/$name.idle" timeout 300 "$idle_bin" --port "$port" --clients "$IDLE_CLIENTS" \
+		--prefix "$name"
+	local gen_pid=$started
+	for ((i = 0; ; i++)); do
+		grep -qs '^connected=' "$run_tmp/$name.idle" && break
+		kill -0 "$gen_pid" 2>/dev/null || die "idle clients failed: $(tail -n 5 "$run_tmp/$name.idle")"
+		((i < 2400)) || die "idle clients not connected within 120 s"
+		sleep 0.05
+	done
+	local up
+	up=$(sed -n 's/^connected=[0-9]* seconds=\([0-9.]*\)$/\1/p' "$run_tmp/$name.idle")
+	sleep 3 # let the broker settle: no client sends anything now
+	rss1=$(status_kb "$pid" VmRSS)
+	cpu1=$(group_cpu "$pid")
+	kill -0 "$gen_pid" 2>/dev/null || die "idle clients dropped: $(tail -n 5 "$run_tmp/$name.idle")"
+	stop "$gen_pid"
+	idle_rows+=("$(printf '%-16s %-34s %8d %9.1f %9.1f %9.1f %8.2f %9.2f' "$name" "$setup" \
+		"$IDLE_CLIENTS" "$(calc "$rss0 / 1024")" "$(calc "$rss1 / 1024")" \
+		"$(calc "($rss1 - $rss0) / 1024")" "$(calc "($rss1 - $rss0) / $IDLE_CLIENTS")" "$up")")
+	say "  ${idle_rows[-1]} (cpu $(calc "round($cpu1 - $cpu0, 2)") s)"
+}
+idle_rows=()
+
+# The idle test: Mosquitto ($broker_bin), then mqtt2es's broker with the shipped pipelines and
+# defaults (Elasticsearch at $es_url), each with $IDLE_CLIENTS idle clients. Only when wanted.
+idle_test() {
+	((IDLE_CLIENTS > 0)) && { [[ -z $ONLY ]] || wanted idle; } || return 0
+	say "idle: $IDLE_CLIENTS connected idle clients"
+	start_broker
+	idle mosq-idle "$broker_pid" "$broker_port" "Mosquitto $(mosquitto_version_of "$broker_bin")"
+	stop "$broker_pid"
+	local port config=$run_tmp/idle.yaml
+	port=$(free_port)
+	mqtt2es_config "$config" \
+		"$(broker_source "$port" "$config" "max_connections: $((IDLE_CLIENTS + 1000))")" \
+		"$es_url" "$repo/pipelines"
+	start_mqtt2es "$config" 'listening transport=tcp'
+	idle mqtt2es-idle "$bridge_pid" "$port" "mqtt2es broker, shipped pipelines"
+	stop "$bridge_pid"
+}
+
+# The idle test's table, if it ran.
+print_idle() {
+	((${#idle_rows[@]} > 0)) || return 0
+	echo
+	printf '%-16s %-34s %8s %9s %9s %9s %8s %9s\n' scenario setup clients "rss0-MB" "rss-MB" \
+		"delta-MB" "KB/conn" "up-s"
+	printf '%s\n' "${idle_rows[@]}"
+	echo "rss0: RSS before the clients connected; rss: with them connected and idle (3 s after" \
+		"the last CONNACK); up-s: time to connect them all"
 }

@@ -16,14 +16,27 @@
 //! in everything before it. That times a broker's intake where nothing can be counted downstream
 //! (`bench/broker`'s drop pipeline).
 //!
-//! Prints one line: `published=<n> seconds=<s>`.
+//! `--latency` (QoS 1) keeps one reading in flight per connection: publish, wait for its PUBACK,
+//! publish the next. The time from handing a reading to the client to its PUBACK is what a device
+//! waits before it may forget the reading (`bench/fast`'s latency rows); `--max-s` ends such a run
+//! early with what it has, for settings where every PUBACK waits for a batch timer.
+//!
+//! Prints one line: `published=<n> seconds=<s>`; with `--latency` a second one,
+//! `latency_ms n=<n> p50=<ms> p99=<ms> max=<ms>` (nearest-rank percentiles over every reading).
+//! Stopped by SIGTERM, it prints the first line with what it had published by then, so a script
+//! that stops a run at its time cap can still count what was lost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
+
+/// Readings published so far, over every connection: sent at QoS 0, acknowledged at QoS 1.
+static PUBLISHED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Parser)]
 struct Args {
@@ -48,6 +61,12 @@ struct Args {
     /// At QoS 0, end each connection with one QoS 1 reading and wait for its PUBACK.
     #[arg(long)]
     fence: bool,
+    /// At QoS 1, one reading in flight per connection; print the PUBACK latency.
+    #[arg(long)]
+    latency: bool,
+    /// With --latency, stop publishing after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0.0, requires = "latency")]
+    max_s: f64,
     /// The `<site>` topic segment; the telemetry pipeline stores into `mqtt2es-telemetry-<site>`.
     #[arg(long)]
     site: String,
@@ -61,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         1 => QoS::AtLeastOnce,
         other => bail!("--qos {other}: 0 or 1"),
     };
+    if args.latency && qos != QoS::AtLeastOnce {
+        bail!("--latency needs --qos 1: only a PUBACK ends a reading's wait");
+    }
     let publishers = args.publishers.max(1);
     // An hour ago: inside the pipeline's plausibility window for as long as a run can last.
     let base_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64 - 3_600_000;
@@ -76,19 +98,62 @@ async fn main() -> anyhow::Result<()> {
             inflight: args.inflight,
             fence: args.fence && qos == QoS::AtMostOnce,
         };
+        let deadline = (args.max_s > 0.0).then(|| started + Duration::from_secs_f64(args.max_s));
+        let latency = args.latency;
         tasks.push(tokio::spawn(async move {
-            publish(&host, port, &site, i, shape, share, rate, base_ms).await
+            if latency {
+                one_by_one(&host, port, &site, i, share, base_ms, deadline).await
+            } else {
+                publish(&host, port, &site, i, shape, share, rate, base_ms).await?;
+                Ok(Vec::new())
+            }
         }));
     }
-    let mut published = 0;
-    for task in tasks {
-        published += task.await.context("publisher task")??;
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut waits = Vec::new();
+    let finished = async {
+        for task in tasks {
+            waits.extend(task.await.context("publisher task")??);
+        }
+        anyhow::Ok(())
+    };
+    let stopped = tokio::select! {
+        finished = finished => {
+            finished?;
+            false
+        }
+        _ = terminate.recv() => true,
+    };
     println!(
-        "published={published} seconds={:.3}",
+        "published={} seconds={:.3}",
+        PUBLISHED.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+    if stopped {
+        eprintln!("stopped by SIGTERM before every reading was published");
+        return Ok(());
+    }
+    if args.latency {
+        waits.sort_unstable();
+        let ms = |p: f64| percentile(&waits, p).as_secs_f64() * 1000.0;
+        println!(
+            "latency_ms n={} p50={:.3} p99={:.3} max={:.3}",
+            waits.len(),
+            ms(50.0),
+            ms(99.0),
+            ms(100.0)
+        );
+    }
     Ok(())
+}
+
+/// Nearest rank of `p` percent in `sorted`; zero when it is empty.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.clamp(1, sorted.len().max(1)) - 1)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// How one connection publishes.
@@ -109,14 +174,9 @@ async fn publish(
     count: u64,
     rate: f64,
     base_ms: u64,
-) -> anyhow::Result<u64> {
-    let device = format!("pub{index}");
-    let topic = format!("sensors/{site}/{device}/telemetry");
-    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_inflight(shape.inflight);
+) -> anyhow::Result<()> {
+    let (device, topic, mut options) = device(host, port, site, index);
+    options.set_inflight(shape.inflight);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     // rumqttc gives up on a write that has not flushed within this (default 5 s). mqtt2es stops
     // reading a connection while its pipeline is full, so with Elasticsearch slower than the
@@ -157,11 +217,19 @@ async fn publish(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acked += 1;
+                if qos == QoS::AtLeastOnce {
+                    PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                }
                 if acked == expected_acks {
                     client.try_disconnect()?;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                sent += 1;
+                if qos == QoS::AtMostOnce {
+                    PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => bail!("{device}: connection failed after {sent} publishes: {error}"),
@@ -171,7 +239,74 @@ async fn publish(
         }
     }
     producer.await.context("producer task")??;
-    Ok(if qos == QoS::AtMostOnce { sent } else { acked })
+    Ok(())
+}
+
+/// `--latency`: one QoS 1 reading at a time; returns each one's wait for its PUBACK.
+async fn one_by_one(
+    host: &str,
+    port: u16,
+    site: &str,
+    index: usize,
+    count: u64,
+    base_ms: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<Vec<Duration>> {
+    let (device, topic, options) = device(host, port, site, index);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let fail = |sent: usize, error| {
+        anyhow::anyhow!("{device}: connection failed after {sent} publishes: {error}")
+    };
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(error) => return Err(fail(0, error)),
+        }
+    }
+    let mut waits = Vec::with_capacity(count as usize);
+    for seq in 0..count {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let asked = Instant::now();
+        // Never blocks: the request queue is empty, its one reading went out last round.
+        client.try_publish(
+            topic.as_str(),
+            QoS::AtLeastOnce,
+            false,
+            reading(base_ms + seq, seq),
+        )?;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(error) => return Err(fail(waits.len(), error)),
+            }
+        }
+        waits.push(asked.elapsed());
+        PUBLISHED.fetch_add(1, Ordering::Relaxed);
+    }
+    client.try_disconnect()?;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => return Err(fail(waits.len(), error)),
+        }
+    }
+    Ok(waits)
+}
+
+/// Connection `index`: its device name, its topic and its client options.
+fn device(host: &str, port: u16, site: &str, index: usize) -> (String, String, MqttOptions) {
+    let device = format!("pub{index}");
+    let topic = format!("sensors/{site}/{device}/telemetry");
+    let mut options = MqttOptions::new(format!("bench-{site}-{device}"), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true);
+    (device, topic, options)
 }
 
 /// One reading, 190-200 bytes.
