@@ -65,7 +65,8 @@ say "cargo build --release (mqtt2es and the bench examples)"
 cargo build --release --quiet --bin mqtt2es --example bench-publish --example bench-idle \
 	--example bench-null-es
 target=${CARGO_TARGET_DIR:-$repo/target}/release
-bridge_bin=$target/mqtt2es
+# BENCH_MQTT2ES: another mqtt2es binary to measure (an A/B of a change, built elsewhere).
+bridge_bin=${BENCH_MQTT2ES:-$target/mqtt2es}
 publish_bin=$target/examples/bench-publish
 idle_bin=$target/examples/bench-idle
 null_bin=$target/examples/bench-null-es

@@ -36,6 +36,10 @@ use crate::upstream;
 /// stops intake within a second's worth of traffic.
 const CHANNEL_CAPACITY: usize = 2048;
 
+/// Records the processor takes from its channel at most per wake-up (well under
+/// `CHANNEL_CAPACITY`, which `reserve_many` needs).
+const PROCESSOR_BATCH: usize = 256;
+
 /// After the sink gave up, how long the connections get to send their last acks and DISCONNECT.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
@@ -216,16 +220,20 @@ async fn run_processor(
     mut records: mpsc::Receiver<Record>,
     routed: mpsc::Sender<Routed>,
 ) {
-    while let Some(Record { message, ack }) = records.recv().await {
-        let processed = process(&pipelines, max_payload_bytes, &message);
-        let item = Routed {
-            message,
-            processed,
-            ack,
-        };
-        if routed.send(item).await.is_err() {
+    // Many records per wake-up under load: one channel operation each way for all of them.
+    let mut taken = Vec::with_capacity(PROCESSOR_BATCH);
+    while records.recv_many(&mut taken, PROCESSOR_BATCH).await > 0 {
+        let Ok(permits) = routed.reserve_many(taken.len()).await else {
             warn!("sink stopped; processor ends");
             return;
+        };
+        for (Record { message, ack }, permit) in taken.drain(..).zip(permits) {
+            let processed = process(&pipelines, max_payload_bytes, &message);
+            permit.send(Routed {
+                message,
+                processed,
+                ack,
+            });
         }
     }
 }

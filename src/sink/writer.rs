@@ -479,7 +479,10 @@ impl Shared {
         let started = std::time::Instant::now();
         let body = bulk::body(chunk, chrono::Utc::now());
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
         let body = if self.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             bulk::gzip(&body)

@@ -100,7 +100,15 @@ impl Driver {
             tokio::select! {
                 biased;
                 outcome = settled.recv(), if settled_open => match outcome {
-                    Some(done) => self.settle(done),
+                    Some(done) => {
+                        // Every settlement already waiting, then one release: one store write
+                        // and one pass over the acks for all of them.
+                        self.queue.settle(done.token);
+                        while let Ok(done) = settled.try_recv() {
+                            self.queue.settle(done.token);
+                        }
+                        self.release();
+                    }
                     None => {
                         settled_open = false;
                         disconnect_due = true;
@@ -136,18 +144,12 @@ impl Driver {
         }
     }
 
-    fn settle(&mut self, done: Settled) {
-        self.queue.settle(done.token);
-        self.unsent.extend(self.queue.pop_ready());
-        self.send_acks();
-    }
-
-    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit. What
-    /// each was assigned is forgotten first: kept past its ack, it could be taken for that of a
-    /// later message with the same packet id after a crash.
-    fn send_acks(&mut self) {
-        let forget: Vec<u16> = self
-            .unsent
+    /// Queues the acks that are due, in order. What each was assigned is forgotten on disk
+    /// first: kept past its ack, it could be taken for that of a later message with the same
+    /// packet id after a crash.
+    fn release(&mut self) {
+        let ready = self.queue.pop_ready();
+        let forget: Vec<u16> = ready
             .iter()
             .filter(|key| self.readings.forget(key.pkid))
             .map(|key| key.pkid)
@@ -156,6 +158,12 @@ impl Driver {
             self.kept.stage(&self.owner, &[], &forget);
             kept::logged(self.kept.commit());
         }
+        self.unsent.extend(ready);
+        self.send_acks();
+    }
+
+    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit.
+    fn send_acks(&mut self) {
         while let Some(&key) = self.unsent.front() {
             if self.client.ack(key).is_err() {
                 debug!(

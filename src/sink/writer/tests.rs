@@ -244,7 +244,11 @@ async fn with_gzip_on_a_bulk_body_goes_compressed_and_says_so() {
     let request = &es.requests()[0];
     assert_eq!(request.header("content-encoding"), Some("gzip"));
     assert_eq!(request.header("content-type"), Some("application/x-ndjson"));
-    assert!(request.wire_bytes < request.body.len(), "{} bytes sent", request.wire_bytes);
+    assert!(
+        request.wire_bytes < request.body.len(),
+        "{} bytes sent",
+        request.wire_bytes
+    );
     assert_eq!(request.ops().len(), 3, "the stand-in unpacked three ops");
     assert_eq!(report.stored, 3);
 }
