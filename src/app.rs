@@ -32,9 +32,10 @@ use crate::sink::{self, Routed};
 use crate::upstream;
 
 /// Records waiting between the connections and the processor, and between processor and sink.
-/// Enough to keep a bulk request's worth in motion; small enough that a stalled Elasticsearch
-/// stops intake within a second's worth of traffic.
-const CHANNEL_CAPACITY: usize = 2048;
+/// The sink's batches are the buffer that matters (a batch grows while requests are in flight);
+/// these only smooth the hops, and at full rate they are full, so each slot is memory held:
+/// 2048 held twice the peak RSS of 512 for no more throughput (bench/README.md).
+const CHANNEL_CAPACITY: usize = 512;
 
 /// Records the processor takes from its channel at most per wake-up (well under
 /// `CHANNEL_CAPACITY`, which `reserve_many` needs).
