@@ -45,9 +45,6 @@ use crate::topic::TopicFilter;
 /// Topic aliases we accept per MQTT 5 connection (advertised in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 
-/// Deliveries buffered for one subscriber before the registry drops further ones for it.
-const DELIVERY_CAPACITY: usize = 1024;
-
 /// How long a new connection waits for the one it takes over to hand the session back.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -235,7 +232,6 @@ pub async fn serve(
         }
     }
     let id = context.registry.next_connection_id();
-    let (deliver, deliveries) = mpsc::channel(DELIVERY_CAPACITY);
     let kick = CancellationToken::new();
     let done = CancellationToken::new();
     let resumed = context.registry.attach(
@@ -244,7 +240,7 @@ pub async fn serve(
         connect.session_expiry_s,
         Attached {
             connection: id,
-            deliver,
+            deliver: None,
             kick: kick.clone(),
             done: done.clone(),
         },
@@ -294,7 +290,7 @@ pub async fn serve(
         next_pkid: 0,
         refused: Refused::default(),
         dead_lettered: 0,
-        deliveries,
+        deliveries: resumed.deliveries,
     };
     connection.out.max_packet = connect.max_packet_size;
     connection.send_pending();
@@ -450,8 +446,8 @@ struct Connection {
     next_pkid: u16,
     refused: Refused,
     dead_lettered: u64,
-    /// What the registry fans out to this client.
-    deliveries: mpsc::Receiver<Delivery>,
+    /// What the registry fans out to this client, once it has a subscription.
+    deliveries: Option<mpsc::Receiver<Delivery>>,
 }
 
 impl Connection {
@@ -527,9 +523,9 @@ impl Connection {
                     }
                     None => settled_open = false,
                 },
-                Some(delivery) = self.deliveries.recv() => {
+                Some(delivery) = next_delivery(self.deliveries.as_mut()) => {
                     self.pending.push_back(delivery);
-                    while let Ok(more) = self.deliveries.try_recv() {
+                    while let Some(more) = self.deliveries.as_mut().and_then(|d| d.try_recv().ok()) {
                         self.pending.push_back(more);
                     }
                     self.send_pending();
@@ -952,9 +948,12 @@ impl Connection {
             }
             codes.push(code);
         }
-        let results = self.context.registry.subscribe(&self.client_id, accepted);
+        let subscribed = self.context.registry.subscribe(&self.client_id, accepted);
+        if subscribed.deliveries.is_some() {
+            self.deliveries = subscribed.deliveries;
+        }
         self.out.reply(&Reply::SubAck { pkid, codes });
-        for ((existed, retained), rule) in results.into_iter().zip(retain_rules) {
+        for ((existed, retained), rule) in subscribed.filters.into_iter().zip(retain_rules) {
             let send = match rule {
                 codec::RetainHandling::Send => true,
                 codec::RetainHandling::SendIfNew => !existed,
@@ -1069,9 +1068,11 @@ impl Connection {
             .map(|(delivery, _)| delivery)
             .collect();
         unsent.extend(self.pending.drain(..));
-        self.deliveries.close();
-        while let Ok(delivery) = self.deliveries.try_recv() {
-            unsent.push(delivery);
+        if let Some(deliveries) = &mut self.deliveries {
+            deliveries.close();
+            while let Ok(delivery) = deliveries.try_recv() {
+                unsent.push(delivery);
+            }
         }
         self.context.registry.detach(
             &self.client_id,
@@ -1198,6 +1199,14 @@ async fn receive<R: AsyncRead + Unpin>(
         Poll::Ready(Ok(chunk.filled().len()))
     })
     .await
+}
+
+/// The next delivery on `deliveries`, if there is a channel (until then, never).
+async fn next_delivery(deliveries: Option<&mut mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match deliveries {
+        Some(deliveries) => deliveries.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
