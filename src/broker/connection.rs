@@ -259,7 +259,6 @@ pub async fn serve(
         keep_alive_s = connect.keep_alive_s,
         "client connected"
     );
-    let (settle_to, settled) = mpsc::unbounded_channel();
     let mut connection = Connection {
         context: Arc::clone(&context),
         peer,
@@ -280,7 +279,8 @@ pub async fn serve(
         held_acks: 0,
         heard: false,
         unkept: Vec::new(),
-        settle_to: Some(settle_to),
+        settle_to: None,
+        settled: None,
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
         readings: resumed.readings,
@@ -294,9 +294,7 @@ pub async fn serve(
     };
     connection.out.max_packet = connect.max_packet_size;
     connection.send_pending();
-    let end = connection
-        .run(&mut reader, settled, &kick, &intake, &connect)
-        .await;
+    let end = connection.run(&mut reader, &kick, &intake, &connect).await;
     connection.finish(end, intake).await;
     done.cancel();
 }
@@ -433,7 +431,10 @@ struct Connection {
     /// buffer of packets, before any of those records goes on.
     unkept: Vec<(u16, Assigned)>,
     /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
+    /// Opened by a QoS 1/2 publish and closed again once none is outstanding (`settle_to()`).
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
+    /// `None` while no channel is open, and once it closed after intake stopped.
+    settled: Option<mpsc::UnboundedReceiver<Settled>>,
     acks: AckQueue<Pending>,
     /// QoS 2 packet ids received whose PUBREC has not gone out: a DUP resend is not new.
     qos2_unsettled: HashSet<u16>,
@@ -454,7 +455,6 @@ impl Connection {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        mut settled: mpsc::UnboundedReceiver<Settled>,
         kick: &CancellationToken,
         intake: &CancellationToken,
         connect: &Connect,
@@ -466,7 +466,6 @@ impl Connection {
         // then sit for longer than the keep-alive, and the client's time starts over only
         // once we read again.
         let mut paused = false;
-        let mut settled_open = true;
         // Bytes that arrived with CONNECT.
         if let Some(end) = self.process_buffer() {
             return end;
@@ -475,7 +474,7 @@ impl Connection {
             if let Err(error) = self.out.flush().await {
                 return End::Lost(error.to_string());
             }
-            if self.records.is_none() && !settled_open {
+            if self.records.is_none() && self.settled.is_none() {
                 return End::Shutdown;
             }
             let reading = self.records.is_some() && self.may_read();
@@ -509,19 +508,24 @@ impl Connection {
                         self.stop_intake();
                     }
                 },
-                done = settled.recv(), if settled_open => match done {
+                done = next_settled(self.settled.as_mut()), if self.settled.is_some() => match done {
                     Some(done) => {
                         self.settle(done);
-                        while let Ok(more) = settled.try_recv() {
+                        while let Some(more) = self.settled.as_mut().and_then(|s| s.try_recv().ok()) {
                             self.settle(more);
                         }
                         self.release_acks();
+                        if self.acks.outstanding() == 0 {
+                            // No `Ack` is left to send on it (`settle_to()`).
+                            self.settle_to = None;
+                            self.settled = None;
+                        }
                         // Also passes on what settling made room for (3.1.1's window).
                         if let Some(end) = self.process_buffer() {
                             return end;
                         }
                     }
-                    None => settled_open = false,
+                    None => self.settled = None,
                 },
                 Some(delivery) = next_delivery(self.deliveries.as_mut()) => {
                     self.pending.push_back(delivery);
@@ -795,9 +799,8 @@ impl Connection {
             return None;
         }
         let assigned = self.assign(qos, publish.dup, pkid);
-        let (Some(_), Some(settle_to)) = (&self.records, &self.settle_to) else {
-            return None;
-        };
+        // Nothing goes on once intake stopped.
+        self.records.as_ref()?;
         let user_properties: Arc<[(String, String)]> = Arc::from(publish.user_properties.clone());
         let delivery = Delivery {
             topic: Arc::from(topic.as_str()),
@@ -818,7 +821,7 @@ impl Connection {
                     qos,
                     reason: AckReason::Success,
                 });
-                Ack::new(settle_to.clone(), token)
+                Ack::new(self.settle_to(), token)
             }
         };
         metrics::message_in(metrics::Source::Broker);
@@ -852,6 +855,19 @@ impl Connection {
             self.unkept.push((pkid, assigned));
         }
         assigned
+    }
+
+    /// Where an `Ack` reports back (only while intake runs). The channel is opened on demand
+    /// and closed when nothing is outstanding, since most connections are idle between
+    /// readings and an open one takes 1 KB.
+    fn settle_to(&mut self) -> mpsc::UnboundedSender<Settled> {
+        if let Some(to) = &self.settle_to {
+            return to.clone();
+        }
+        let (to, settled) = mpsc::unbounded_channel();
+        self.settle_to = Some(to.clone());
+        self.settled = Some(settled);
+        to
     }
 
     fn refuse(&mut self, topic: &str, reason: AckReason) {
@@ -1199,6 +1215,14 @@ async fn receive<R: AsyncRead + Unpin>(
         Poll::Ready(Ok(chunk.filled().len()))
     })
     .await
+}
+
+/// The next settlement on `settled`, if there is a channel (until then, never).
+async fn next_settled(settled: Option<&mut mpsc::UnboundedReceiver<Settled>>) -> Option<Settled> {
+    match settled {
+        Some(settled) => settled.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next delivery on `deliveries`, if there is a channel (until then, never).
