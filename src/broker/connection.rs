@@ -23,7 +23,7 @@ use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,11 +72,11 @@ pub struct Context {
 }
 
 /// Counts a live connection for `max_connections` while it exists.
-struct Live<'a>(&'a AtomicUsize);
+struct Live(Arc<Context>);
 
-impl Drop for Live<'_> {
+impl Drop for Live {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -138,6 +138,46 @@ pub async fn serve(
     records: mpsc::Sender<Record>,
     intake: CancellationToken,
 ) {
+    // The start and the end run in boxed futures: inline, their state would be part of this
+    // task's for the connection's whole life, doubling what an idle one costs, when only a
+    // moment of it needs them. `opened` stays whole: destructured, the task holds it twice.
+    let Some(mut opened) = Box::pin(open(accepted, context, records, &intake)).await else {
+        return;
+    };
+    let end = opened
+        .connection
+        .run(
+            &mut opened.reader,
+            opened.keep_alive_s,
+            &opened.kick,
+            &intake,
+        )
+        .await;
+    Box::pin(opened.connection.finish(end, intake)).await;
+    opened.done.cancel();
+}
+
+/// A connection whose CONNECT was accepted, its session attached and CONNACK on its way.
+struct Opened {
+    connection: Connection,
+    reader: ReadHalf<Box<dyn Stream>>,
+    keep_alive_s: u16,
+    kick: CancellationToken,
+    /// Cancelled once the session is handed back (a connection taking it over waits for it).
+    done: CancellationToken,
+    /// Held until the task ends.
+    _live: Live,
+    _connected: metrics::Connection,
+}
+
+/// From accept to CONNACK: reads CONNECT, refuses or authenticates, takes the session over
+/// from an earlier connection and attaches it. `None` if the connection ended there.
+async fn open(
+    accepted: Accepted,
+    context: Arc<Context>,
+    records: mpsc::Sender<Record>,
+    intake: &CancellationToken,
+) -> Option<Opened> {
     let Accepted { stream, peer, .. } = accepted;
     let (mut reader, writer) = tokio::io::split(stream);
     let mut inbuf = BytesMut::new();
@@ -148,16 +188,16 @@ pub async fn serve(
             limits.connect_timeout,
             read_connect(&mut reader, &mut inbuf, limits.max_packet_bytes),
         ) => first,
-        _ = intake.cancelled() => return,
+        _ = intake.cancelled() => return None,
     };
     let connect = match first {
         Err(_) => {
             warn!(%peer, reason = "no CONNECT within broker.connect_timeout_ms", "closing connection");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Closed)) => {
             debug!(%peer, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Codec(CodecError::UnsupportedProtocol(level)))) => {
             warn!(%peer, reason = %format!("unsupported protocol level {level}"), "closing connection");
@@ -169,35 +209,35 @@ pub async fn serve(
                 limits,
             ));
             let _ = connection.flush().await;
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Codec(error))) => {
             warn!(%peer, reason = %error, "closing connection");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Io(error))) => {
             debug!(%peer, %error, "connection failed before CONNECT");
-            return;
+            return None;
         }
         Ok(Ok(connect)) => connect,
     };
     let live = context.live.fetch_add(1, Ordering::Relaxed) + 1;
-    let _live = Live(&context.live);
+    let live_guard = Live(Arc::clone(&context));
     // Counted for /metrics and the shipped documents while this connection lasts.
-    let _connected = metrics::connected(metrics::Source::Broker);
+    let connected = metrics::connected(metrics::Source::Broker);
     let mut out = Outbound::new(writer, connect.version);
     if live > limits.max_connections {
         warn!(%peer, client_id = %connect.client_id, max_connections = limits.max_connections, "connection refused: too many connections");
         out.reply(&connack(ConnectCode::ServerBusy, false, None, limits));
         let _ = out.flush().await;
-        return;
+        return None;
     }
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if connect.version == Version::V311 && !connect.clean_start {
             info!(%peer, "connection refused: an empty client id needs clean session");
             out.reply(&connack(ConnectCode::BadClientId, false, None, limits));
             let _ = out.flush().await;
-            return;
+            return None;
         }
         let id = format!("mqtt2es-{}", context.registry.next_connection_id());
         (id.clone(), Some(id))
@@ -218,7 +258,7 @@ pub async fn serve(
             };
             out.reply(&connack(code, false, None, limits));
             let _ = out.flush().await;
-            return;
+            return None;
         }
     };
 
@@ -294,11 +334,15 @@ pub async fn serve(
     };
     connection.out.max_packet = connect.max_packet_size;
     connection.send_pending();
-    let end = connection.run(&mut reader, &kick, &intake, &connect).await;
-    // Boxed: its state would otherwise be part of this task's for the connection's whole life,
-    // nearly doubling what an idle connection costs, when only its end needs it.
-    Box::pin(connection.finish(end, intake)).await;
-    done.cancel();
+    Some(Opened {
+        connection,
+        reader,
+        keep_alive_s: connect.keep_alive_s,
+        kick,
+        done,
+        _live: live_guard,
+        _connected: connected,
+    })
 }
 
 fn connack(
@@ -457,12 +501,12 @@ impl Connection {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
+        keep_alive_s: u16,
         kick: &CancellationToken,
         intake: &CancellationToken,
-        connect: &Connect,
     ) -> End {
-        let keep_alive = (connect.keep_alive_s > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+        let keep_alive =
+            (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         // Whether reading was paused (backpressure) when the loop last looked: the select may
         // then sit for longer than the keep-alive, and the client's time starts over only
