@@ -1232,7 +1232,9 @@ async fn reserve(
     sender: Option<mpsc::Sender<Record>>,
 ) -> Result<mpsc::OwnedPermit<Record>, mpsc::error::SendError<()>> {
     match sender {
-        Some(sender) => sender.reserve_owned().await,
+        // Boxed: inline, this wait would be part of every connection's task, when only one
+        // that a full pipeline holds back waits here.
+        Some(sender) => Box::pin(sender.reserve_owned()).await,
         None => std::future::pending().await,
     }
 }
