@@ -14,13 +14,16 @@
 //! (which QoS 1 allows).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,14 +45,14 @@ use crate::topic::TopicFilter;
 /// Topic aliases we accept per MQTT 5 connection (advertised in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 
-/// Deliveries buffered for one subscriber before the registry drops further ones for it.
-const DELIVERY_CAPACITY: usize = 1024;
-
 /// How long a new connection waits for the one it takes over to hand the session back.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A client that does not read what we write for this long is cut off.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most one read of the socket takes in.
+const READ_CHUNK: usize = 4096;
 
 /// The broker limits every connection applies.
 #[derive(Debug, Clone)]
@@ -69,11 +72,11 @@ pub struct Context {
 }
 
 /// Counts a live connection for `max_connections` while it exists.
-struct Live<'a>(&'a AtomicUsize);
+struct Live(Arc<Context>);
 
-impl Drop for Live<'_> {
+impl Drop for Live {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -135,9 +138,49 @@ pub async fn serve(
     records: mpsc::Sender<Record>,
     intake: CancellationToken,
 ) {
+    // The start and the end run in boxed futures: inline, their state would be part of this
+    // task's for the connection's whole life, doubling what an idle one costs, when only a
+    // moment of it needs them. `opened` stays whole: destructured, the task holds it twice.
+    let Some(mut opened) = Box::pin(open(accepted, context, records, &intake)).await else {
+        return;
+    };
+    let end = opened
+        .connection
+        .run(
+            &mut opened.reader,
+            opened.keep_alive_s,
+            &opened.kick,
+            &intake,
+        )
+        .await;
+    Box::pin(opened.connection.finish(end, intake)).await;
+    opened.done.cancel();
+}
+
+/// A connection whose CONNECT was accepted, its session attached and CONNACK on its way.
+struct Opened {
+    connection: Connection,
+    reader: ReadHalf<Box<dyn Stream>>,
+    keep_alive_s: u16,
+    kick: CancellationToken,
+    /// Cancelled once the session is handed back (a connection taking it over waits for it).
+    done: CancellationToken,
+    /// Held until the task ends.
+    _live: Live,
+    _connected: metrics::Connection,
+}
+
+/// From accept to CONNACK: reads CONNECT, refuses or authenticates, takes the session over
+/// from an earlier connection and attaches it. `None` if the connection ended there.
+async fn open(
+    accepted: Accepted,
+    context: Arc<Context>,
+    records: mpsc::Sender<Record>,
+    intake: &CancellationToken,
+) -> Option<Opened> {
     let Accepted { stream, peer, .. } = accepted;
     let (mut reader, writer) = tokio::io::split(stream);
-    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut inbuf = BytesMut::new();
     let limits = &context.limits;
     // Shutdown does not wait for a CONNECT: this task holds a record sender meanwhile.
     let first = tokio::select! {
@@ -145,16 +188,16 @@ pub async fn serve(
             limits.connect_timeout,
             read_connect(&mut reader, &mut inbuf, limits.max_packet_bytes),
         ) => first,
-        _ = intake.cancelled() => return,
+        _ = intake.cancelled() => return None,
     };
     let connect = match first {
         Err(_) => {
             warn!(%peer, reason = "no CONNECT within broker.connect_timeout_ms", "closing connection");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Closed)) => {
             debug!(%peer, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Codec(CodecError::UnsupportedProtocol(level)))) => {
             warn!(%peer, reason = %format!("unsupported protocol level {level}"), "closing connection");
@@ -166,35 +209,35 @@ pub async fn serve(
                 limits,
             ));
             let _ = connection.flush().await;
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Codec(error))) => {
             warn!(%peer, reason = %error, "closing connection");
-            return;
+            return None;
         }
         Ok(Err(ConnectFailure::Io(error))) => {
             debug!(%peer, %error, "connection failed before CONNECT");
-            return;
+            return None;
         }
         Ok(Ok(connect)) => connect,
     };
     let live = context.live.fetch_add(1, Ordering::Relaxed) + 1;
-    let _live = Live(&context.live);
+    let live_guard = Live(Arc::clone(&context));
     // Counted for /metrics and the shipped documents while this connection lasts.
-    let _connected = metrics::connected(metrics::Source::Broker);
+    let connected = metrics::connected(metrics::Source::Broker);
     let mut out = Outbound::new(writer, connect.version);
     if live > limits.max_connections {
         warn!(%peer, client_id = %connect.client_id, max_connections = limits.max_connections, "connection refused: too many connections");
         out.reply(&connack(ConnectCode::ServerBusy, false, None, limits));
         let _ = out.flush().await;
-        return;
+        return None;
     }
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if connect.version == Version::V311 && !connect.clean_start {
             info!(%peer, "connection refused: an empty client id needs clean session");
             out.reply(&connack(ConnectCode::BadClientId, false, None, limits));
             let _ = out.flush().await;
-            return;
+            return None;
         }
         let id = format!("mqtt2es-{}", context.registry.next_connection_id());
         (id.clone(), Some(id))
@@ -215,7 +258,7 @@ pub async fn serve(
             };
             out.reply(&connack(code, false, None, limits));
             let _ = out.flush().await;
-            return;
+            return None;
         }
     };
 
@@ -229,7 +272,6 @@ pub async fn serve(
         }
     }
     let id = context.registry.next_connection_id();
-    let (deliver, deliveries) = mpsc::channel(DELIVERY_CAPACITY);
     let kick = CancellationToken::new();
     let done = CancellationToken::new();
     let resumed = context.registry.attach(
@@ -238,7 +280,7 @@ pub async fn serve(
         connect.session_expiry_s,
         Attached {
             connection: id,
-            deliver,
+            deliver: None,
             kick: kick.clone(),
             done: done.clone(),
         },
@@ -257,7 +299,6 @@ pub async fn serve(
         keep_alive_s = connect.keep_alive_s,
         "client connected"
     );
-    let (settle_to, settled) = mpsc::unbounded_channel();
     let mut connection = Connection {
         context: Arc::clone(&context),
         peer,
@@ -266,7 +307,7 @@ pub async fn serve(
         identity,
         version: connect.version,
         expiry_s: connect.session_expiry_s,
-        will: connect.will.clone(),
+        will: connect.will.clone().map(Box::new),
         receive_maximum: connect
             .receive_maximum
             .unwrap_or(limits.max_inflight)
@@ -278,7 +319,8 @@ pub async fn serve(
         held_acks: 0,
         heard: false,
         unkept: Vec::new(),
-        settle_to: Some(settle_to),
+        settle_to: None,
+        settled: None,
         acks: AckQueue::default(),
         qos2_unsettled: HashSet::new(),
         readings: resumed.readings,
@@ -288,15 +330,19 @@ pub async fn serve(
         next_pkid: 0,
         refused: Refused::default(),
         dead_lettered: 0,
-        deliveries,
+        deliveries: resumed.deliveries,
     };
     connection.out.max_packet = connect.max_packet_size;
     connection.send_pending();
-    let end = connection
-        .run(&mut reader, settled, &kick, &intake, &connect)
-        .await;
-    connection.finish(end, intake).await;
-    done.cancel();
+    Some(Opened {
+        connection,
+        reader,
+        keep_alive_s: connect.keep_alive_s,
+        kick,
+        done,
+        _live: live_guard,
+        _connected: connected,
+    })
 }
 
 fn connack(
@@ -337,7 +383,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(error) => return Err(ConnectFailure::Codec(error)),
         }
-        match reader.read_buf(inbuf).await {
+        match receive(reader, inbuf).await {
             Ok(0) => return Err(ConnectFailure::Closed),
             Ok(_) => {}
             Err(error) => return Err(ConnectFailure::Io(error)),
@@ -359,7 +405,7 @@ impl Outbound {
     fn new(writer: WriteHalf<Box<dyn Stream>>, version: Version) -> Outbound {
         Outbound {
             writer,
-            buf: BytesMut::with_capacity(1024),
+            buf: BytesMut::new(),
             version,
             max_packet: None,
         }
@@ -389,7 +435,9 @@ impl Outbound {
             writer.flush().await
         };
         let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-        self.buf.clear();
+        // Freed, not cleared: most connections write seldom, and a buffer kept between writes
+        // would be 1 KB of every idle one.
+        self.buf = BytesMut::new();
         match result {
             Ok(result) => result,
             Err(_) => Err(std::io::Error::new(
@@ -408,7 +456,8 @@ struct Connection {
     identity: Identity,
     version: Version,
     expiry_s: u32,
-    will: Option<Will>,
+    /// Boxed: most clients set no will, and inline it would be 88 bytes of every connection.
+    will: Option<Box<Will>>,
     /// The client's receive maximum: outgoing QoS 1/2 deliveries in flight at most.
     receive_maximum: u16,
     out: Outbound,
@@ -429,7 +478,10 @@ struct Connection {
     /// buffer of packets, before any of those records goes on.
     unkept: Vec<(u16, Assigned)>,
     /// Cloned into each `Ack`; dropped with intake, so `settled` closes after the last ack.
+    /// Opened by a QoS 1/2 publish and closed again once none is outstanding (`settle_to()`).
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
+    /// `None` while no channel is open, and once it closed after intake stopped.
+    settled: Option<mpsc::UnboundedReceiver<Settled>>,
     acks: AckQueue<Pending>,
     /// QoS 2 packet ids received whose PUBREC has not gone out: a DUP resend is not new.
     qos2_unsettled: HashSet<u16>,
@@ -442,27 +494,25 @@ struct Connection {
     next_pkid: u16,
     refused: Refused,
     dead_lettered: u64,
-    /// What the registry fans out to this client.
-    deliveries: mpsc::Receiver<Delivery>,
+    /// What the registry fans out to this client, once it has a subscription.
+    deliveries: Option<mpsc::Receiver<Delivery>>,
 }
 
 impl Connection {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        mut settled: mpsc::UnboundedReceiver<Settled>,
+        keep_alive_s: u16,
         kick: &CancellationToken,
         intake: &CancellationToken,
-        connect: &Connect,
     ) -> End {
-        let keep_alive = (connect.keep_alive_s > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+        let keep_alive =
+            (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         // Whether reading was paused (backpressure) when the loop last looked: the select may
         // then sit for longer than the keep-alive, and the client's time starts over only
         // once we read again.
         let mut paused = false;
-        let mut settled_open = true;
         // Bytes that arrived with CONNECT.
         if let Some(end) = self.process_buffer() {
             return end;
@@ -471,7 +521,7 @@ impl Connection {
             if let Err(error) = self.out.flush().await {
                 return End::Lost(error.to_string());
             }
-            if self.records.is_none() && !settled_open {
+            if self.records.is_none() && self.settled.is_none() {
                 return End::Shutdown;
             }
             let reading = self.records.is_some() && self.may_read();
@@ -505,28 +555,33 @@ impl Connection {
                         self.stop_intake();
                     }
                 },
-                done = settled.recv(), if settled_open => match done {
+                done = next_settled(self.settled.as_mut()), if self.settled.is_some() => match done {
                     Some(done) => {
                         self.settle(done);
-                        while let Ok(more) = settled.try_recv() {
+                        while let Some(more) = self.settled.as_mut().and_then(|s| s.try_recv().ok()) {
                             self.settle(more);
                         }
                         self.release_acks();
+                        if self.acks.outstanding() == 0 {
+                            // No `Ack` is left to send on it (`settle_to()`).
+                            self.settle_to = None;
+                            self.settled = None;
+                        }
                         // Also passes on what settling made room for (3.1.1's window).
                         if let Some(end) = self.process_buffer() {
                             return end;
                         }
                     }
-                    None => settled_open = false,
+                    None => self.settled = None,
                 },
-                Some(delivery) = self.deliveries.recv() => {
+                Some(delivery) = next_delivery(self.deliveries.as_mut()) => {
                     self.pending.push_back(delivery);
-                    while let Ok(more) = self.deliveries.try_recv() {
+                    while let Some(more) = self.deliveries.as_mut().and_then(|d| d.try_recv().ok()) {
                         self.pending.push_back(more);
                     }
                     self.send_pending();
                 }
-                read = reader.read_buf(&mut self.inbuf), if reading => match read {
+                read = receive(reader, &mut self.inbuf), if reading => match read {
                     Ok(0) => return End::Lost("closed by the client without DISCONNECT".into()),
                     Ok(_) => {
                         deadline = keep_alive.map(|k| Instant::now() + k);
@@ -791,9 +846,8 @@ impl Connection {
             return None;
         }
         let assigned = self.assign(qos, publish.dup, pkid);
-        let (Some(_), Some(settle_to)) = (&self.records, &self.settle_to) else {
-            return None;
-        };
+        // Nothing goes on once intake stopped.
+        self.records.as_ref()?;
         let user_properties: Arc<[(String, String)]> = Arc::from(publish.user_properties.clone());
         let delivery = Delivery {
             topic: Arc::from(topic.as_str()),
@@ -814,7 +868,7 @@ impl Connection {
                     qos,
                     reason: AckReason::Success,
                 });
-                Ack::new(settle_to.clone(), token)
+                Ack::new(self.settle_to(), token)
             }
         };
         metrics::message_in(metrics::Source::Broker);
@@ -848,6 +902,19 @@ impl Connection {
             self.unkept.push((pkid, assigned));
         }
         assigned
+    }
+
+    /// Where an `Ack` reports back (only while intake runs). The channel is opened on demand
+    /// and closed when nothing is outstanding, since most connections are idle between
+    /// readings and an open one takes 1 KB.
+    fn settle_to(&mut self) -> mpsc::UnboundedSender<Settled> {
+        if let Some(to) = &self.settle_to {
+            return to.clone();
+        }
+        let (to, settled) = mpsc::unbounded_channel();
+        self.settle_to = Some(to.clone());
+        self.settled = Some(settled);
+        to
     }
 
     fn refuse(&mut self, topic: &str, reason: AckReason) {
@@ -944,9 +1011,12 @@ impl Connection {
             }
             codes.push(code);
         }
-        let results = self.context.registry.subscribe(&self.client_id, accepted);
+        let subscribed = self.context.registry.subscribe(&self.client_id, accepted);
+        if subscribed.deliveries.is_some() {
+            self.deliveries = subscribed.deliveries;
+        }
         self.out.reply(&Reply::SubAck { pkid, codes });
-        for ((existed, retained), rule) in results.into_iter().zip(retain_rules) {
+        for ((existed, retained), rule) in subscribed.filters.into_iter().zip(retain_rules) {
             let send = match rule {
                 codec::RetainHandling::Send => true,
                 codec::RetainHandling::SendIfNew => !existed,
@@ -1061,9 +1131,11 @@ impl Connection {
             .map(|(delivery, _)| delivery)
             .collect();
         unsent.extend(self.pending.drain(..));
-        self.deliveries.close();
-        while let Ok(delivery) = self.deliveries.try_recv() {
-            unsent.push(delivery);
+        if let Some(deliveries) = &mut self.deliveries {
+            deliveries.close();
+            while let Ok(delivery) = deliveries.try_recv() {
+                unsent.push(delivery);
+            }
         }
         self.context.registry.detach(
             &self.client_id,
@@ -1081,7 +1153,7 @@ impl Connection {
                 Arc::clone(&self.context),
                 self.id,
                 self.identity.clone(),
-                will,
+                *will,
                 self.expiry_s,
                 records,
                 intake,
@@ -1161,7 +1233,51 @@ async fn reserve(
     sender: Option<mpsc::Sender<Record>>,
 ) -> Result<mpsc::OwnedPermit<Record>, mpsc::error::SendError<()>> {
     match sender {
-        Some(sender) => sender.reserve_owned().await,
+        // Boxed: inline, this wait would be part of every connection's task, when only one
+        // that a full pipeline holds back waits here.
+        Some(sender) => Box::pin(sender.reserve_owned()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what the client sent next into `inbuf`: how many bytes, 0 at the end of the stream.
+///
+/// An idle connection holds no read buffer: that was 4 KB of every connection's memory, most
+/// of them silent between readings. So while `inbuf` holds no partial packet, its memory goes
+/// (payloads parsed out of it keep what they share) and the read lands on the stack, and only
+/// what arrived is copied to the heap, to be parsed and freed in turn.
+async fn receive<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    inbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if !inbuf.is_empty() {
+        // Room behind a partial packet, as much as one read from the stack would take.
+        inbuf.reserve(READ_CHUNK);
+        return reader.read_buf(inbuf).await;
+    }
+    *inbuf = BytesMut::new();
+    std::future::poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut chunk = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut chunk))?;
+        inbuf.extend_from_slice(chunk.filled());
+        Poll::Ready(Ok(chunk.filled().len()))
+    })
+    .await
+}
+
+/// The next settlement on `settled`, if there is a channel (until then, never).
+async fn next_settled(settled: Option<&mut mpsc::UnboundedReceiver<Settled>>) -> Option<Settled> {
+    match settled {
+        Some(settled) => settled.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next delivery on `deliveries`, if there is a channel (until then, never).
+async fn next_delivery(deliveries: Option<&mut mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match deliveries {
+        Some(deliveries) => deliveries.recv().await,
         None => std::future::pending().await,
     }
 }

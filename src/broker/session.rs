@@ -29,6 +29,9 @@ use crate::topic::TopicFilter;
 /// oldest are dropped with a counted warning, as Mosquitto's `max_queued_messages` does.
 pub const MAX_QUEUED: usize = 1000;
 
+/// Deliveries buffered for one live subscriber before further ones for it are dropped.
+const DELIVERY_CAPACITY: usize = 1024;
+
 /// A message on its way to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -50,7 +53,9 @@ pub struct Subscription {
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub connection: u64,
-    pub deliver: mpsc::Sender<Delivery>,
+    /// Opened by the registry once the session has a subscription (`open_deliveries`): a
+    /// channel takes close to 3 KB before its first message, and most devices never subscribe.
+    pub deliver: Option<mpsc::Sender<Delivery>>,
     /// Cancelled to take the session over: the connection says goodbye and ends.
     pub kick: CancellationToken,
     /// Cancelled by the connection once it has handed the session back.
@@ -75,6 +80,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// Gives the attached connection its delivery channel once the session has a subscription;
+    /// the receiving end, for that connection, when it was opened now. Fan-out only reaches
+    /// sessions with subscriptions, so none is missed for want of a channel.
+    fn open_deliveries(&mut self) -> Option<mpsc::Receiver<Delivery>> {
+        let attached = self.attached.as_mut()?;
+        if self.subscriptions.is_empty() || attached.deliver.is_some() {
+            return None;
+        }
+        let (deliver, deliveries) = mpsc::channel(DELIVERY_CAPACITY);
+        attached.deliver = Some(deliver);
+        Some(deliveries)
+    }
+
     fn expired(&self, now: SystemTime) -> bool {
         match (self.attached.is_some(), self.disconnected_at) {
             (false, Some(at)) if self.expiry_s != u32::MAX => {
@@ -92,6 +110,17 @@ pub struct Resumed {
     pub queued: Vec<Delivery>,
     /// What its unacknowledged publishes were assigned (empty for a new session).
     pub readings: Assignments,
+    /// Where its deliveries arrive, if the session has subscriptions already.
+    pub deliveries: Option<mpsc::Receiver<Delivery>>,
+}
+
+/// What a SUBSCRIBE changed.
+pub struct Subscribed {
+    /// Per filter: whether it existed before, and the retained messages to deliver for it
+    /// (already capped at the granted QoS).
+    pub filters: Vec<(bool, Vec<Delivery>)>,
+    /// Where deliveries arrive from now on, if this was the first subscription while attached.
+    pub deliveries: Option<mpsc::Receiver<Delivery>>,
 }
 
 #[derive(Default)]
@@ -282,6 +311,7 @@ impl Registry {
         session.disconnected_at = None;
         session.last_connection = attached.connection;
         session.attached = Some(attached);
+        let deliveries = session.open_deliveries();
         let queued = session.queued.drain(..).collect();
         let readings = std::mem::take(&mut session.readings);
         drop(inner);
@@ -290,6 +320,7 @@ impl Registry {
             session_present,
             queued,
             readings,
+            deliveries,
         }
     }
 
@@ -340,17 +371,15 @@ impl Registry {
             .is_some_and(|s| s.attached.is_some() || s.last_connection != connection)
     }
 
-    /// Adds or replaces subscriptions; returns, per filter, whether it existed before, and the
-    /// retained messages to deliver for it (already capped at the granted QoS).
-    pub fn subscribe(
-        &self,
-        client_id: &str,
-        subscriptions: Vec<Subscription>,
-    ) -> Vec<(bool, Vec<Delivery>)> {
+    /// Adds or replaces subscriptions of `client_id`, whose connection calls this.
+    pub fn subscribe(&self, client_id: &str, subscriptions: Vec<Subscription>) -> Subscribed {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let Some(session) = inner.sessions.get_mut(client_id) else {
-            return Vec::new();
+            return Subscribed {
+                filters: Vec::new(),
+                deliveries: None,
+            };
         };
         let mut result = Vec::with_capacity(subscriptions.len());
         for subscription in subscriptions {
@@ -378,9 +407,13 @@ impl Registry {
             };
             result.push((existed, retained));
         }
+        let deliveries = session.open_deliveries();
         inner.reindex(client_id);
         self.touch();
-        result
+        Subscribed {
+            filters: result,
+            deliveries,
+        }
     }
 
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
@@ -437,7 +470,9 @@ impl Registry {
                 ..message.clone()
             };
             if let Some(attached) = &session.attached {
-                if attached.deliver.try_send(delivery).is_err() {
+                // Always `Some` here: a session with subscriptions has a channel while attached.
+                let sent = attached.deliver.as_ref().map(|d| d.try_send(delivery));
+                if !matches!(sent, Some(Ok(()))) {
                     dropped.push(client_id.clone());
                 }
             } else if qos > QoS::AtMostOnce {
@@ -551,17 +586,13 @@ impl Default for Registry {
 mod tests {
     use super::*;
 
-    fn attached(connection: u64) -> (Attached, mpsc::Receiver<Delivery>) {
-        let (deliver, deliveries) = mpsc::channel(8);
-        (
-            Attached {
-                connection,
-                deliver,
-                kick: CancellationToken::new(),
-                done: CancellationToken::new(),
-            },
-            deliveries,
-        )
+    fn attached(connection: u64) -> Attached {
+        Attached {
+            connection,
+            deliver: None,
+            kick: CancellationToken::new(),
+            done: CancellationToken::new(),
+        }
     }
 
     fn message(topic: &str, qos: QoS) -> Delivery {
@@ -574,7 +605,7 @@ mod tests {
         }
     }
 
-    fn subscribe(registry: &Registry, client_id: &str, filter: &str) {
+    fn subscribe(registry: &Registry, client_id: &str, filter: &str) -> Subscribed {
         registry.subscribe(
             client_id,
             vec![Subscription {
@@ -582,13 +613,13 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 no_local: false,
             }],
-        );
+        )
     }
 
     #[test]
     fn a_clean_session_is_gone_once_its_connection_ends() {
         let registry = Registry::new();
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         assert!(!registry.attach("pi", true, 0, a).session_present);
         registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
         assert_eq!(registry.session_count(), 0);
@@ -597,7 +628,7 @@ mod tests {
     #[test]
     fn a_persistent_session_queues_qos1_while_offline_and_hands_it_over_on_reconnect() {
         let registry = Registry::new();
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         registry.attach("pi", false, u32::MAX, a);
         subscribe(&registry, "pi", "cmd/#");
         registry.detach("pi", 1, u32::MAX, Vec::new(), Assignments::default());
@@ -605,7 +636,7 @@ mod tests {
         registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
         registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
 
-        let (b, _rx) = attached(2);
+        let b = attached(2);
         let resumed = registry.attach("pi", false, u32::MAX, b);
         assert!(resumed.session_present);
         let topics: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();
@@ -619,23 +650,54 @@ mod tests {
     #[test]
     fn a_live_subscriber_gets_one_copy_on_its_channel() {
         let registry = Registry::new();
-        let (a, mut rx) = attached(1);
-        registry.attach("sub", true, 0, a);
-        subscribe(&registry, "sub", "test/#");
-        subscribe(&registry, "sub", "test/+");
+        registry.attach("sub", true, 0, attached(1));
+        let mut rx = subscribe(&registry, "sub", "test/#")
+            .deliveries
+            .expect("a channel with the first subscription");
+        assert!(subscribe(&registry, "sub", "test/+").deliveries.is_none());
         registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
         assert_eq!(&*rx.try_recv().expect("one delivery").topic, "test/a");
         assert!(rx.try_recv().is_err(), "only one copy");
     }
 
     #[test]
+    fn a_connection_gets_a_delivery_channel_only_once_its_session_subscribes() {
+        let registry = Registry::new();
+        assert!(
+            registry
+                .attach("pi", false, u32::MAX, attached(1))
+                .deliveries
+                .is_none()
+        );
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        let mut rx = subscribe(&registry, "pi", "cmd/#")
+            .deliveries
+            .expect("a channel with the first subscription");
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        assert_eq!(&*rx.try_recv().expect("a delivery").topic, "cmd/reboot");
+    }
+
+    #[test]
+    fn a_reconnect_to_a_session_with_subscriptions_gets_its_channel_on_attach() {
+        let registry = Registry::new();
+        registry.attach("pi", false, u32::MAX, attached(1));
+        subscribe(&registry, "pi", "cmd/#");
+        registry.detach("pi", 1, u32::MAX, Vec::new(), Assignments::default());
+
+        let resumed = registry.attach("pi", false, u32::MAX, attached(2));
+        let mut rx = resumed.deliveries.expect("a channel at once");
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+        assert_eq!(&*rx.try_recv().expect("a delivery").topic, "cmd/reboot");
+    }
+
+    #[test]
     fn the_old_connection_of_a_taken_over_session_cannot_detach_the_new_one() {
         let registry = Registry::new();
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         registry.attach("pi", false, 60, a.clone());
         registry.kick("pi").expect("attached");
         assert!(a.kick.is_cancelled());
-        let (b, _rx) = attached(2);
+        let b = attached(2);
         registry.attach("pi", false, 60, b);
         // The old connection hands back late: it no longer owns the session.
         registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
@@ -648,9 +710,9 @@ mod tests {
     #[test]
     fn a_session_past_its_expiry_is_purged_and_one_within_it_is_kept() {
         let registry = Registry::new();
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         registry.attach("short", false, 1, a);
-        let (b, _rx) = attached(2);
+        let b = attached(2);
         registry.attach("long", false, 3600, b);
         registry.detach("short", 1, 1, Vec::new(), Assignments::default());
         registry.detach("long", 2, 3600, Vec::new(), Assignments::default());
@@ -685,16 +747,17 @@ mod tests {
         };
         let registry = Registry::restore(state);
         registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         assert_eq!(registry.attach("pi", false, u32::MAX, a).queued.len(), 1);
     }
 
     #[test]
     fn after_its_last_unsubscribe_a_session_gets_nothing() {
         let registry = Registry::new();
-        let (a, mut rx) = attached(1);
-        registry.attach("sub", true, 0, a);
-        subscribe(&registry, "sub", "test/#");
+        registry.attach("sub", true, 0, attached(1));
+        let mut rx = subscribe(&registry, "sub", "test/#")
+            .deliveries
+            .expect("a channel");
         assert_eq!(registry.unsubscribe("sub", &["test/#".into()]), [true]);
         registry.publish("pub", &message("test/a", QoS::AtLeastOnce));
         assert!(rx.try_recv().is_err());
@@ -703,7 +766,7 @@ mod tests {
     #[test]
     fn qos2_packet_ids_await_pubrel_until_released() {
         let registry = Registry::new();
-        let (a, _rx) = attached(1);
+        let a = attached(1);
         registry.attach("pi", false, 60, a);
         registry.await_pubrel("pi", 7);
         assert!(registry.is_awaiting_pubrel("pi", 7));
@@ -715,11 +778,11 @@ mod tests {
     #[test]
     fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
         let registry = Registry::new();
-        registry.attach("pi", false, 300, attached(1).0);
+        registry.attach("pi", false, 300, attached(1));
         registry.detach("pi", 1, 300, Vec::new(), Assignments::default());
         assert!(!registry.reconnected_since("pi", 1));
 
-        registry.attach("pi", false, 300, attached(2).0);
+        registry.attach("pi", false, 300, attached(2));
         assert!(registry.reconnected_since("pi", 1));
         registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
         assert!(registry.reconnected_since("pi", 1));

@@ -124,3 +124,26 @@ async fn a_client_held_back_longer_than_its_keep_alive_is_not_taken_for_silent()
         matches!(receive(&mut client, &mut buf).await, Some(Packet::PubAck(ref ack)) if ack.pkid == 2)
     );
 }
+
+#[tokio::test]
+async fn a_reading_sent_after_every_earlier_one_was_acknowledged_is_acknowledged_too() {
+    // Between the two the connection has nothing outstanding, so it keeps no channel for
+    // settlements: the second reading needs a new one.
+    let (mut client, mut pipeline, _intake) = serve_one(10).await;
+    send(&mut client, &[Packet::Connect(Connect::new("pi"))]).await;
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        receive(&mut client, &mut buf).await,
+        Some(Packet::ConnAck(_))
+    ));
+    for pkid in [1, 2] {
+        send(&mut client, &[publish(pkid)]).await;
+        let record = pipeline.recv().await.expect("the record");
+        record.ack.settle(Settlement::Stored);
+        let answer = receive(&mut client, &mut buf).await;
+        assert!(
+            matches!(answer, Some(Packet::PubAck(ref ack)) if ack.pkid == pkid),
+            "{answer:?}"
+        );
+    }
+}
