@@ -543,15 +543,23 @@ fn error_type(error: Option<&Value>) -> Option<&str> {
 }
 
 fn is_mapping_error(error: Option<&Value>) -> bool {
-    matches!(
-        error_type(error),
+    match error_type(error) {
         Some(
             "document_parsing_exception"
-                | "mapper_parsing_exception"
-                | "strict_dynamic_mapping_exception"
-                | "mapper_exception"
-        )
-    )
+            | "mapper_parsing_exception"
+            | "strict_dynamic_mapping_exception"
+            | "mapper_exception",
+        ) => true,
+        // Two requests in flight at once that map a new field differently: the one whose
+        // mapping update loses is told so (OpenSearch and Elasticsearch alike).
+        Some("illegal_argument_exception") => error
+            .and_then(|e| e.get("reason"))
+            .and_then(Value::as_str)
+            .is_some_and(|reason| {
+                reason.starts_with("mapper [") && reason.contains("cannot be changed from type")
+            }),
+        _ => false,
+    }
 }
 
 /// Elasticsearch 9 says `timestamp_error`; 8.x said `illegal_argument_exception` with the same
@@ -1078,6 +1086,20 @@ mod tests {
         assert!(matches!(
             classify(200, body.as_bytes(), &[OURS]),
             Plan::Items(o) if matches!(o[0], Outcome::Reject { reason: MAPPING_CONFLICT, .. })
+        ));
+    }
+
+    #[test]
+    fn a_field_mapped_otherwise_by_a_concurrent_request_is_a_mapping_conflict() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"mapper [temperature_c] cannot be changed from type [text] to [float]"}}}]}"#;
+        assert!(matches!(
+            classify(200, body.as_bytes(), &[OURS]),
+            Plan::Items(o) if matches!(o[0], Outcome::Reject { reason: MAPPING_CONFLICT, .. })
+        ));
+        let other = r#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"illegal_argument_exception","reason":"something else"}}}]}"#;
+        assert!(matches!(
+            classify(200, other.as_bytes(), &[OURS]),
+            Plan::Items(o) if matches!(o[0], Outcome::Reject { reason: REJECTED_BY_ELASTICSEARCH, .. })
         ));
     }
 
