@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Routed, dead_letter};
 use crate::{
@@ -195,13 +195,12 @@ pub fn prepare(
                     (Some(own_id.as_str()), Conflict::Ours)
                 }
             };
-            let mut source = doc.source;
             let Encoded {
                 ndjson,
                 source_at,
                 stamp_at,
                 time_at,
-            } = encode_document(&doc.index, id, &mut source, time_series);
+            } = encode_document(&doc.index, id, &doc.source, time_series);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
                     pipeline: Some(doc.pipeline),
@@ -268,65 +267,100 @@ struct Encoded {
     time_at: Option<usize>,
 }
 
-/// Encodes a document's `create` op and source. The source starts with `event.ingested`
-/// holding a placeholder time (each attempt overwrites it in place), unless the document's own
-/// `event` already holds `ingested` or is not an object (the pipeline set it, or the name means
-/// something else there). With `time_first`, `@timestamp` follows it, at a known place, so a
-/// time-series reading can move to a later time without encoding it again.
+/// Encodes a document's `create` op and source in one pass. The source starts with
+/// `event.ingested` holding a placeholder time (each attempt overwrites it in place), unless
+/// the document's own `event` already holds `ingested` or is not an object (the pipeline set it,
+/// or the name means something else there). With `time_first`, `@timestamp` follows it, at a
+/// known place, so a time-series reading can move to a later time without encoding it again.
 fn encode_document(
     index: &str,
     id: Option<&str>,
-    source: &mut Map<String, Value>,
+    source: &Map<String, Value>,
     time_first: bool,
 ) -> Encoded {
-    let stamp = match source.get("event") {
-        None => Some(format!(
-            "\"event\":{{\"ingested\":\"{STAMP_PLACEHOLDER}\"}}"
-        )),
+    let mut out = Vec::with_capacity(512);
+    action_line(&mut out, index, id);
+    let source_at = out.len();
+    let mut fields = Fields::open(&mut out);
+    let mut stamp_at = None;
+    match source.get("event") {
+        None => {
+            fields.name("event").extend_from_slice(b"{\"ingested\":\"");
+            stamp_at = Some(fields.out.len());
+            fields.out.extend_from_slice(STAMP_PLACEHOLDER.as_bytes());
+            fields.out.extend_from_slice(b"\"}");
+        }
         // A dotted name merges into the document's own `event` object on both engines.
         Some(Value::Object(event)) if !event.contains_key("ingested") => {
-            Some(format!("\"event.ingested\":\"{STAMP_PLACEHOLDER}\""))
+            fields.name("event.ingested").push(b'"');
+            stamp_at = Some(fields.out.len());
+            fields.out.extend_from_slice(STAMP_PLACEHOLDER.as_bytes());
+            fields.out.push(b'"');
         }
-        Some(_) => None,
+        Some(_) => {}
+    }
+    let time = match (time_first, source.get("@timestamp")) {
+        (true, Some(Value::String(time))) => Some(time),
+        _ => None,
     };
-    let time = match time_first {
-        true => match source.remove("@timestamp") {
-            Some(Value::String(time)) => Some(time),
-            Some(other) => {
-                source.insert("@timestamp".to_owned(), other);
-                None
-            }
-            None => None,
-        },
-        false => None,
-    };
-    let (mut ndjson, source_at) = encode(index, id, source);
-    let nothing_follows = source.is_empty();
-    let mut fields = String::new();
-    let mut stamp_at = None;
     let mut time_at = None;
-    let at = source_at + 1; // just after the source's opening brace
-    if let Some(stamp) = &stamp {
-        stamp_at = Some(at + stamp.find(STAMP_PLACEHOLDER).expect("the field holds it"));
-        fields.push_str(stamp);
-        fields.push(',');
+    if let Some(time) = time {
+        let out = fields.name("@timestamp");
+        time_at = Some(out.len() + 1); // after the opening quote
+        write_json(out, time);
     }
-    if let Some(time) = &time {
-        time_at = Some(at + fields.len() + "\"@timestamp\":\"".len());
-        fields.push_str("\"@timestamp\":");
-        fields.push_str(&Value::String(time.clone()).to_string());
-        fields.push(',');
+    for (key, value) in source {
+        if time.is_some() && key == "@timestamp" {
+            continue;
+        }
+        write_json(fields.name(key), value);
     }
-    if nothing_follows {
-        fields.pop(); // no comma before the closing brace
-    }
-    ndjson.splice(at..at, fields.into_bytes());
+    out.extend_from_slice(b"}\n");
     Encoded {
-        ndjson,
+        ndjson: out,
         source_at,
         stamp_at,
         time_at,
     }
+}
+
+/// The members of a JSON object being written: each `name` puts the comma before it.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Fields { out, first: true }
+    }
+
+    /// Writes `"name":` and returns the buffer for the value.
+    fn name(&mut self, name: &str) -> &mut Vec<u8> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        write_json(self.out, name);
+        self.out.push(b':');
+        self.out
+    }
+}
+
+/// `{"create":{"_index":..,"_id":..}}` and its newline, written, not built as a `Value`.
+fn action_line(out: &mut Vec<u8>, index: &str, id: Option<&str>) {
+    out.extend_from_slice(b"{\"create\":{\"_index\":");
+    write_json(out, index);
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"_id\":");
+        write_json(out, id);
+    }
+    out.extend_from_slice(b"}}\n");
+}
+
+/// Serialising a string or a `Value` into memory has no failure mode.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a JSON value always serialises");
 }
 
 /// A dead letter too large for any bulk request goes straight to the file.
@@ -340,16 +374,10 @@ fn send_or_file(letter: Item, max_bytes: usize) -> Prepared {
 
 /// `{"create":{"_index":..,"_id":..}}\n{source}\n`, and where the source starts.
 fn encode(index: &str, id: Option<&str>, source: &Map<String, Value>) -> (Vec<u8>, usize) {
-    let action = match id {
-        Some(id) => json!({ "create": { "_index": index, "_id": id } }),
-        None => json!({ "create": { "_index": index } }),
-    };
-    let mut out = Vec::with_capacity(128);
-    // Serialising a `Value` or a string-keyed map into memory has no failure mode.
-    serde_json::to_writer(&mut out, &action).expect("a JSON value always serialises");
-    out.push(b'\n');
+    let mut out = Vec::with_capacity(256);
+    action_line(&mut out, index, id);
     let source_at = out.len();
-    serde_json::to_writer(&mut out, source).expect("a JSON map always serialises");
+    write_json(&mut out, source);
     out.push(b'\n');
     (out, source_at)
 }
@@ -628,6 +656,7 @@ fn truncate(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::{document::Document, record::Ack, sink::dead_letter::tests::message};
+    use serde_json::json;
 
     fn routed(processed: Processed) -> Routed {
         Routed {
