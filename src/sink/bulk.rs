@@ -101,6 +101,9 @@ pub struct Item {
     /// Where the text of `@timestamp` starts in `ndjson` (after its opening quote), for
     /// documents of a time-series stream, which may have to move to a later time.
     time_at: Option<usize>,
+    /// The same for any document whose `@timestamp` is a string: read for the latency figure
+    /// once it is stored, without parsing the document again.
+    timestamp_at: Option<usize>,
 }
 
 impl Item {
@@ -112,6 +115,14 @@ impl Item {
     /// The document's JSON alone, without a newline: a line of the dead-letter file.
     pub fn source(&self) -> &[u8] {
         &self.ndjson[self.source_at..self.ndjson.len() - 1]
+    }
+
+    /// The text of the document's `@timestamp`, if it is a string. RFC 3339 has nothing to
+    /// escape, so the text ends at the next quote.
+    pub fn timestamp(&self) -> Option<&str> {
+        let at = self.timestamp_at?;
+        let len = self.ndjson[at..].iter().position(|&b| b == b'"')?;
+        std::str::from_utf8(&self.ndjson[at..at + len]).ok()
     }
 
     /// What a 409 on this item means. Dead letters carry the reading's own id.
@@ -200,6 +211,7 @@ pub fn prepare(
                 source_at,
                 stamp_at,
                 time_at,
+                timestamp_at,
             } = encode_document(&doc.index, id, &doc.source, time_series);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
@@ -229,6 +241,7 @@ pub fn prepare(
                 source_at,
                 stamp_at,
                 time_at,
+                timestamp_at,
             })
         }
     }
@@ -256,6 +269,7 @@ pub fn dead_letter_item(
         source_at,
         stamp_at: None,
         time_at: None,
+        timestamp_at: None,
     }
 }
 
@@ -265,6 +279,7 @@ struct Encoded {
     source_at: usize,
     stamp_at: Option<usize>,
     time_at: Option<usize>,
+    timestamp_at: Option<usize>,
 }
 
 /// Encodes a document's `create` op and source in one pass. The source starts with
@@ -304,16 +319,26 @@ fn encode_document(
         _ => None,
     };
     let mut time_at = None;
+    let mut timestamp_at = None;
     if let Some(time) = time {
         let out = fields.name("@timestamp");
         time_at = Some(out.len() + 1); // after the opening quote
+        timestamp_at = time_at;
         write_json(out, time);
     }
     for (key, value) in source {
-        if time.is_some() && key == "@timestamp" {
-            continue;
-        }
-        write_json(fields.name(key), value);
+        let out = match key.as_str() {
+            "@timestamp" if time.is_some() => continue,
+            "@timestamp" => {
+                let out = fields.name(key);
+                if value.is_string() {
+                    timestamp_at = Some(out.len() + 1);
+                }
+                out
+            }
+            _ => fields.name(key),
+        };
+        write_json(out, value);
     }
     out.extend_from_slice(b"}\n");
     Encoded {
@@ -321,6 +346,7 @@ fn encode_document(
         source_at,
         stamp_at,
         time_at,
+        timestamp_at,
     }
 }
 
@@ -871,6 +897,36 @@ mod tests {
         assert_eq!(moved["@timestamp"], "2025-03-01T12:00:00.002000502Z");
         assert_eq!(moved["t"], 1);
         assert_eq!(moved["event"]["ingested"], "2025-03-01T12:00:01.250Z");
+    }
+
+    #[test]
+    fn a_documents_timestamp_is_found_where_it_was_encoded_and_follows_a_move() {
+        let prefixes = ["mqtt2es-telemetry-".to_owned()];
+        let encoded = |index: &str, source: Value| {
+            sent(prepare(
+                routed(document_with(index, None, source)),
+                "dl",
+                1 << 20,
+                &prefixes,
+            ))
+        };
+        let plain = encoded(
+            "mqtt2es-messages",
+            json!({"a": {"@timestamp": "nested"}, "@timestamp": "2025-03-01T12:00:00.123Z", "z": 1}),
+        );
+        assert_eq!(plain.timestamp(), Some("2025-03-01T12:00:00.123Z"));
+        let mut series = encoded(
+            "mqtt2es-telemetry-lab",
+            json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 1}),
+        );
+        assert_eq!(series.timestamp(), Some("2025-03-01T12:00:00Z"));
+        assert!(series.probe_later_time());
+        assert_eq!(series.timestamp(), Some("2025-03-01T12:00:00.001000001Z"));
+        let number = encoded(
+            "mqtt2es-messages",
+            json!({"@timestamp": 1_740_830_400_000_u64}),
+        );
+        assert_eq!(number.timestamp(), None);
     }
 
     #[test]

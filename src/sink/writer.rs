@@ -727,7 +727,7 @@ impl Shared {
                 let counter = if already_there {
                     &self.stats.already_stored
                 } else {
-                    metrics::document_stored(item.source(), Utc::now());
+                    metrics::document_stored(item.timestamp(), Utc::now());
                     &self.stats.stored
                 };
                 bump(counter, 1);
