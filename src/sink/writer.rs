@@ -151,12 +151,15 @@ pub async fn run(
     let mut intake_open = true;
 
     loop {
+        // One clock reading per wake-up: a batch's age counts from when its first record was
+        // taken in, and records taken in together arrived together.
+        let now = Instant::now();
         while ready.is_none()
             && let Some(routed) = inbox.pop_front()
         {
             ready = closed(
                 &stats,
-                take_in(routed, &shared, &mut batcher, &mut deliveries, &commit),
+                take_in(routed, now, &shared, &mut batcher, &mut deliveries, &commit),
             );
         }
         // Load forms the batches, not a timer: a request goes out as soon as a slot is free and
@@ -234,6 +237,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// its way, and puts a document into the open batch; returns the batch this closed, if any.
 fn take_in(
     routed: Routed,
+    now: Instant,
     shared: &Arc<Shared>,
     batcher: &mut Batcher<Item>,
     deliveries: &mut JoinSet<()>,
@@ -254,7 +258,7 @@ fn take_in(
         Prepared::Send(item) => {
             bump(&stats.pending, 1);
             let bytes = item.bytes();
-            batcher.push(item, bytes, Instant::now())
+            batcher.push(item, bytes, now)
         }
         Prepared::ToFile(item) => {
             bump(&stats.pending, 1);

@@ -21,6 +21,9 @@ use crate::metrics::{self, Source};
 use crate::reading::{Assigned, Assignments};
 use crate::record::{Ack, Message, QoS, Record, Settled};
 
+/// Inbound events the driver takes per wake-up at most: under load one wake-up moves many.
+const INBOUND_PER_WAKE: usize = 64;
+
 /// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
 /// else wakes the driver first.
 const UNSENT_RETRY: Duration = Duration::from_millis(20);
@@ -93,6 +96,7 @@ impl Driver {
         self.settle_to = Some(settle_to);
         let mut settled_open = true;
         let mut inbound_open = true;
+        let mut events = Vec::with_capacity(INBOUND_PER_WAKE);
         let mut disconnect_due = false;
         let mut retry = tokio::time::interval(UNSENT_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,10 +124,15 @@ impl Driver {
                     self.records = None;
                     self.settle_to = None;
                 },
-                event = inbound.recv(), if inbound_open => match event {
-                    Some(event) => self.handle(event).await,
-                    None => inbound_open = false,
-                },
+                // Every event already waiting, in order, per wake-up.
+                n = inbound.recv_many(&mut events, INBOUND_PER_WAKE), if inbound_open => {
+                    if n == 0 {
+                        inbound_open = false;
+                    }
+                    for event in events.drain(..) {
+                        self.handle(event).await;
+                    }
+                }
                 else => break,
             }
             // DISCONNECT goes behind every ack, so only once none is left waiting.
