@@ -322,7 +322,7 @@ async fn open(
         settle_to: None,
         settled: None,
         acks: AckQueue::default(),
-        qos2_unsettled: HashSet::new(),
+        unsettled: HashSet::new(),
         readings: resumed.readings,
         aliases: HashMap::new(),
         pending: resumed.queued.into(),
@@ -483,8 +483,9 @@ struct Connection {
     /// `None` while no channel is open, and once it closed after intake stopped.
     settled: Option<mpsc::UnboundedReceiver<Settled>>,
     acks: AckQueue<Pending>,
-    /// QoS 2 packet ids received whose PUBREC has not gone out: a DUP resend is not new.
-    qos2_unsettled: HashSet<u16>,
+    /// Packet ids of QoS 1/2 publishes read on this connection whose PUBACK or PUBREC has not
+    /// gone out: a resend of one (DUP) is not new.
+    unsettled: HashSet<u16>,
     /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: its DUP
     /// resend (on this connection or, through the session, a later one) is the same reading.
     readings: Assignments,
@@ -814,22 +815,26 @@ impl Connection {
             ));
         }
         let pkid = publish.pkid;
-        if qos == QoS::ExactlyOnce {
-            if self.qos2_unsettled.contains(&pkid) {
-                // A resend of a publish not yet durable: its PUBREC follows when it is.
-                return None;
-            }
-            if self
+        // A resend of a publish not yet durable: its PUBACK or PUBREC follows when the first
+        // copy is. Taken in again, it would get a second PUBACK, which could acknowledge a later
+        // publish that reuses the packet id before that one is stored.
+        if qos > QoS::AtMostOnce
+            && self.unsettled.contains(&pkid)
+            && (qos == QoS::ExactlyOnce || publish.dup)
+        {
+            return None;
+        }
+        if qos == QoS::ExactlyOnce
+            && self
                 .context
                 .registry
                 .is_awaiting_pubrel(&self.client_id, pkid)
-            {
-                self.out.reply(&Reply::PubRec {
-                    pkid,
-                    reason: AckReason::Success,
-                });
-                return None;
-            }
+        {
+            self.out.reply(&Reply::PubRec {
+                pkid,
+                reason: AckReason::Success,
+            });
+            return None;
         }
         if topic.starts_with('$') || !self.context.auth.may_publish(&self.identity, &topic) {
             let reason = if topic.starts_with('$') {
@@ -860,9 +865,7 @@ impl Connection {
         let ack = match qos {
             QoS::AtMostOnce => Ack::none(),
             _ => {
-                if qos == QoS::ExactlyOnce {
-                    self.qos2_unsettled.insert(pkid);
-                }
+                self.unsettled.insert(pkid);
                 let token = self.acks.push(Pending {
                     pkid,
                     qos,
@@ -958,13 +961,14 @@ impl Connection {
             match pending.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
+                    self.unsettled.remove(&pending.pkid);
                     self.out.reply(&Reply::PubAck {
                         pkid: pending.pkid,
                         reason: pending.reason,
                     });
                 }
                 QoS::ExactlyOnce => {
-                    self.qos2_unsettled.remove(&pending.pkid);
+                    self.unsettled.remove(&pending.pkid);
                     // An error reason ends the exchange: no PUBREL follows (MQTT 5 §4.3.3).
                     if !pending.reason.is_error() {
                         self.context

@@ -147,3 +147,52 @@ async fn a_reading_sent_after_every_earlier_one_was_acknowledged_is_acknowledged
         );
     }
 }
+
+#[tokio::test]
+async fn a_resend_with_dup_of_a_reading_not_yet_stored_is_acknowledged_once_with_it() {
+    let (mut client, mut pipeline, _intake) = serve_one(10).await;
+    send(&mut client, &[Packet::Connect(Connect::new("pi"))]).await;
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        receive(&mut client, &mut buf).await,
+        Some(Packet::ConnAck(_))
+    ));
+    let reading = |pkid: u16, payload: &str, dup: bool| {
+        let mut publish = Publish::new(
+            "sensors/lab/pi/telemetry",
+            rumqttc::mqttbytes::QoS::AtLeastOnce,
+            payload,
+        );
+        publish.pkid = pkid;
+        publish.dup = dup;
+        Packet::Publish(publish)
+    };
+    send(&mut client, &[reading(1, "first", false)]).await;
+    let first = pipeline.recv().await.expect("the first record");
+    send(
+        &mut client,
+        &[reading(1, "first", true), reading(2, "second", false)],
+    )
+    .await;
+    let next = pipeline.recv().await.expect("the next record");
+    assert_eq!(
+        &next.message.payload[..],
+        b"second",
+        "the resend went on as a reading"
+    );
+    first.ack.settle(Settlement::Stored);
+    next.ack.settle(Settlement::Stored);
+    send(&mut client, &[Packet::PingReq]).await;
+    let mut seen = Vec::new();
+    while !matches!(seen.last(), Some(Packet::PingResp)) {
+        seen.push(receive(&mut client, &mut buf).await.expect("an answer"));
+    }
+    let acked: Vec<u16> = seen
+        .iter()
+        .filter_map(|packet| match packet {
+            Packet::PubAck(ack) => Some(ack.pkid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, [1, 2], "{seen:?}");
+}
