@@ -134,7 +134,8 @@ impl Kept {
         Ok(())
     }
 
-    /// Stages and commits: for tests and the rare single change.
+    /// Stages `keep` and `forget` of `owner` and commits everything staged: for changes that must
+    /// be on disk when this returns (forgets, before their acknowledgements go out).
     pub fn write(
         &self,
         owner: &str,

@@ -116,6 +116,15 @@ impl Assignments {
         self.0.remove(&pkid).is_some()
     }
 
+    /// Forgets each of `pkids` (their acknowledgements are going out); the ones remembered,
+    /// whose forgetting the state store must hear of too.
+    pub fn forget_each(&mut self, pkids: impl IntoIterator<Item = u16>) -> Vec<u16> {
+        pkids
+            .into_iter()
+            .filter(|&pkid| self.forget(pkid))
+            .collect()
+    }
+
     pub fn clear(&mut self) {
         self.0.clear();
     }

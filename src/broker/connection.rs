@@ -948,11 +948,9 @@ impl Connection {
     fn release_acks(&mut self) {
         let ready = self.acks.pop_ready();
         // Forgotten before the acknowledgements go out (they are flushed after this returns).
-        let forget: Vec<u16> = ready
-            .iter()
-            .filter(|pending| self.readings.forget(pending.pkid))
-            .map(|pending| pending.pkid)
-            .collect();
+        let forget = self
+            .readings
+            .forget_each(ready.iter().map(|pending| pending.pkid));
         if !forget.is_empty() {
             self.context.registry.forget_kept(&self.client_id, &forget);
         }

@@ -247,8 +247,7 @@ impl Registry {
     /// acknowledgements go out next.
     pub fn forget_kept(&self, client_id: &str, forget: &[u16]) {
         if let Some(kept) = &self.kept {
-            kept.stage(client_id, &[], forget);
-            kept::logged(kept.commit());
+            kept::logged(kept.write(client_id, &[], forget));
         }
     }
 

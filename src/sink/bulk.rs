@@ -98,11 +98,9 @@ pub struct Item {
     source_at: usize,
     /// Where the `event.ingested` placeholder sits in `ndjson`, if the document gets one.
     stamp_at: Option<usize>,
-    /// Where the text of `@timestamp` starts in `ndjson` (after its opening quote), for
-    /// documents of a time-series stream, which may have to move to a later time.
-    time_at: Option<usize>,
-    /// The same for any document whose `@timestamp` is a string: read for the latency figure
-    /// once it is stored, without parsing the document again.
+    /// Where the text of `@timestamp` starts in `ndjson` (after its opening quote), if it is a
+    /// string: read for the latency figure once stored, without parsing the document again, and
+    /// where a time-series document moves to a later time (it is written first there).
     timestamp_at: Option<usize>,
 }
 
@@ -138,7 +136,8 @@ impl Item {
     /// an older `date` one alike, and the same way every time, so that a redelivery of it
     /// finds it again by walking the same times. False if it has no such time.
     pub fn probe_later_time(&mut self) -> bool {
-        let Some(at) = self.time_at else {
+        let time_series = matches!(self.conflict(), Conflict::Check { time_series: true });
+        let Some(at) = self.timestamp_at.filter(|_| time_series) else {
             return false;
         };
         let Some(len) = self.ndjson[at..].iter().position(|&b| b == b'"') else {
@@ -210,7 +209,6 @@ pub fn prepare(
                 ndjson,
                 source_at,
                 stamp_at,
-                time_at,
                 timestamp_at,
             } = encode_document(&doc.index, id, &doc.source, time_series);
             if ndjson.len() > max_bytes {
@@ -240,7 +238,6 @@ pub fn prepare(
                 ndjson,
                 source_at,
                 stamp_at,
-                time_at,
                 timestamp_at,
             })
         }
@@ -268,7 +265,6 @@ pub fn dead_letter_item(
         ndjson,
         source_at,
         stamp_at: None,
-        time_at: None,
         timestamp_at: None,
     }
 }
@@ -278,7 +274,6 @@ struct Encoded {
     ndjson: Vec<u8>,
     source_at: usize,
     stamp_at: Option<usize>,
-    time_at: Option<usize>,
     timestamp_at: Option<usize>,
 }
 
@@ -318,12 +313,10 @@ fn encode_document(
         (true, Some(Value::String(time))) => Some(time),
         _ => None,
     };
-    let mut time_at = None;
     let mut timestamp_at = None;
     if let Some(time) = time {
         let out = fields.name("@timestamp");
-        time_at = Some(out.len() + 1); // after the opening quote
-        timestamp_at = time_at;
+        timestamp_at = Some(out.len() + 1); // after the opening quote
         write_json(out, time);
     }
     for (key, value) in source {
@@ -345,7 +338,6 @@ fn encode_document(
         ndjson: out,
         source_at,
         stamp_at,
-        time_at,
         timestamp_at,
     }
 }

@@ -7,10 +7,7 @@
 //! answering each request with whatever the test's handler returns. Gzipped bodies are unpacked
 //! before the handler sees them.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::{
@@ -109,14 +106,12 @@ impl StandIn {
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(Box::new(handler));
-        let count = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&requests);
         let (arrival, arrived) = tokio::sync::watch::channel(0);
         let arrival = Arc::new(arrival);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let seen = Seen {
-                    count: Arc::clone(&count),
                     requests: Arc::clone(&seen),
                     arrival: Arc::clone(&arrival),
                 };
@@ -146,7 +141,6 @@ impl StandIn {
 
 /// What every connection records of the requests it serves.
 struct Seen {
-    count: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<Request>>>,
     arrival: Arc<tokio::sync::watch::Sender<usize>>,
 }
@@ -157,9 +151,12 @@ async fn serve(mut stream: TcpStream, handler: Arc<Handler>, seen: Seen) {
         let Some(request) = read_request(&mut stream, &mut buffer).await else {
             return;
         };
-        let n = seen.count.fetch_add(1, Ordering::SeqCst);
         seen.requests.lock().expect("lock").push(request.clone());
-        seen.arrival.send_modify(|arrived| *arrived += 1);
+        let mut n = 0;
+        seen.arrival.send_modify(|arrived| {
+            n = *arrived;
+            *arrived += 1;
+        });
         let mut reply = handler(n, &request);
         while let Reply::When(mut gate, inner) = reply {
             let _ = gate.wait_for(|&open| open).await;

@@ -12,7 +12,7 @@
 //! for as long as Elasticsearch is down, only the abandon signal can end it; aborting it drops
 //! its unsettled acks, which is the "not durable, redeliver later" outcome.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
@@ -144,10 +144,9 @@ pub async fn run(
     // A closed batch waiting for a free delivery slot. While it waits, intake pauses: that is
     // the backpressure that reaches MQTT.
     let mut ready: Option<Batch<Item>> = None;
-    // Records taken from the channel in one wake-up and not yet batched: many per wake-up
-    // under load, so the channel hop costs little per record.
-    let mut inbox: VecDeque<Routed> = VecDeque::new();
-    let mut received: Vec<Routed> = Vec::new();
+    // Records taken from the channel in one wake-up and not yet batched, the next one last:
+    // many per wake-up under load, so the channel hop costs little per record.
+    let mut inbox: Vec<Routed> = Vec::new();
     let mut intake_open = true;
 
     loop {
@@ -155,7 +154,7 @@ pub async fn run(
         // taken in, and records taken in together arrived together.
         let now = Instant::now();
         while ready.is_none()
-            && let Some(routed) = inbox.pop_front()
+            && let Some(routed) = inbox.pop()
         {
             ready = closed(
                 &stats,
@@ -202,11 +201,11 @@ pub async fn run(
                     return Err(SinkError::Panicked(e));
                 }
             }
-            n = rx.recv_many(&mut received, max_docs), if intake_open && ready.is_none() && inbox.is_empty() => {
+            n = rx.recv_many(&mut inbox, max_docs), if intake_open && ready.is_none() && inbox.is_empty() => {
                 if n == 0 {
                     intake_open = false;
                 }
-                inbox.extend(received.drain(..));
+                inbox.reverse();
             }
             () = sleep_until(deadline), if deadline.is_some() && ready.is_none() => {
                 ready = closed(&stats, batcher.expired(Instant::now()));

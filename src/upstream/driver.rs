@@ -158,14 +158,9 @@ impl Driver {
     /// packet id after a crash.
     fn release(&mut self) {
         let ready = self.queue.pop_ready();
-        let forget: Vec<u16> = ready
-            .iter()
-            .filter(|key| self.readings.forget(key.pkid))
-            .map(|key| key.pkid)
-            .collect();
+        let forget = self.readings.forget_each(ready.iter().map(|key| key.pkid));
         if !forget.is_empty() {
-            self.kept.stage(&self.owner, &[], &forget);
-            kept::logged(self.kept.commit());
+            kept::logged(self.kept.write(&self.owner, &[], &forget));
         }
         self.unsent.extend(ready);
         self.send_acks();

@@ -74,27 +74,47 @@ async fn receive(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
     }
 }
 
-fn publish(pkid: u16) -> Packet {
-    let mut publish = Publish::new(
-        "sensors/lab/pi/telemetry",
-        rumqttc::mqttbytes::QoS::AtLeastOnce,
-        "{}",
-    );
-    publish.pkid = pkid;
-    Packet::Publish(publish)
-}
-
-#[tokio::test]
-async fn a_client_held_back_longer_than_its_keep_alive_is_not_taken_for_silent() {
-    let (mut client, mut pipeline, _intake) = serve_one(1).await;
-    let mut connect = Connect::new("pi");
-    connect.keep_alive = 1; // we close after 1.5 s of silence
+/// A connection of client `pi` past its CONNACK; the client end with its read buffer, and the
+/// pipeline's end.
+async fn connected(
+    max_inflight: u16,
+    connect: Connect,
+) -> (
+    TcpStream,
+    BytesMut,
+    mpsc::Receiver<Record>,
+    CancellationToken,
+) {
+    let (mut client, pipeline, intake) = serve_one(max_inflight).await;
     send(&mut client, &[Packet::Connect(connect)]).await;
     let mut buf = BytesMut::new();
     assert!(matches!(
         receive(&mut client, &mut buf).await,
         Some(Packet::ConnAck(_))
     ));
+    (client, buf, pipeline, intake)
+}
+
+fn publish(pkid: u16) -> Packet {
+    publish_of(pkid, "{}", false)
+}
+
+fn publish_of(pkid: u16, payload: &str, dup: bool) -> Packet {
+    let mut publish = Publish::new(
+        "sensors/lab/pi/telemetry",
+        rumqttc::mqttbytes::QoS::AtLeastOnce,
+        payload,
+    );
+    publish.pkid = pkid;
+    publish.dup = dup;
+    Packet::Publish(publish)
+}
+
+#[tokio::test]
+async fn a_client_held_back_longer_than_its_keep_alive_is_not_taken_for_silent() {
+    let mut connect = Connect::new("pi");
+    connect.keep_alive = 1; // we close after 1.5 s of silence
+    let (mut client, mut buf, mut pipeline, _intake) = connected(1, connect).await;
 
     // The first reading goes on; the second waits for it (max_inflight 1), and the PINGREQ
     // sent with it waits, read but not handled, behind it.
@@ -129,13 +149,7 @@ async fn a_client_held_back_longer_than_its_keep_alive_is_not_taken_for_silent()
 async fn a_reading_sent_after_every_earlier_one_was_acknowledged_is_acknowledged_too() {
     // Between the two the connection has nothing outstanding, so it keeps no channel for
     // settlements: the second reading needs a new one.
-    let (mut client, mut pipeline, _intake) = serve_one(10).await;
-    send(&mut client, &[Packet::Connect(Connect::new("pi"))]).await;
-    let mut buf = BytesMut::new();
-    assert!(matches!(
-        receive(&mut client, &mut buf).await,
-        Some(Packet::ConnAck(_))
-    ));
+    let (mut client, mut buf, mut pipeline, _intake) = connected(10, Connect::new("pi")).await;
     for pkid in [1, 2] {
         send(&mut client, &[publish(pkid)]).await;
         let record = pipeline.recv().await.expect("the record");
@@ -150,28 +164,12 @@ async fn a_reading_sent_after_every_earlier_one_was_acknowledged_is_acknowledged
 
 #[tokio::test]
 async fn a_resend_with_dup_of_a_reading_not_yet_stored_is_acknowledged_once_with_it() {
-    let (mut client, mut pipeline, _intake) = serve_one(10).await;
-    send(&mut client, &[Packet::Connect(Connect::new("pi"))]).await;
-    let mut buf = BytesMut::new();
-    assert!(matches!(
-        receive(&mut client, &mut buf).await,
-        Some(Packet::ConnAck(_))
-    ));
-    let reading = |pkid: u16, payload: &str, dup: bool| {
-        let mut publish = Publish::new(
-            "sensors/lab/pi/telemetry",
-            rumqttc::mqttbytes::QoS::AtLeastOnce,
-            payload,
-        );
-        publish.pkid = pkid;
-        publish.dup = dup;
-        Packet::Publish(publish)
-    };
-    send(&mut client, &[reading(1, "first", false)]).await;
+    let (mut client, mut buf, mut pipeline, _intake) = connected(10, Connect::new("pi")).await;
+    send(&mut client, &[publish_of(1, "first", false)]).await;
     let first = pipeline.recv().await.expect("the first record");
     send(
         &mut client,
-        &[reading(1, "first", true), reading(2, "second", false)],
+        &[publish_of(1, "first", true), publish_of(2, "second", false)],
     )
     .await;
     let next = pipeline.recv().await.expect("the next record");
