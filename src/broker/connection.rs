@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -209,6 +209,16 @@ async fn open(
                 limits,
             ));
             let _ = connection.flush().await;
+            return None;
+        }
+        Ok(Err(ConnectFailure::Codec(CodecError::BadConnect { version, fault }))) => {
+            warn!(%peer, reason = %fault, "closing connection");
+            if version == Version::V5 {
+                let mut connection = Outbound::new(writer, version);
+                let code = ConnectCode::Refused(fault.answer);
+                connection.reply(&connack(code, false, None, limits));
+                let _ = connection.flush().await;
+            }
             return None;
         }
         Ok(Err(ConnectFailure::Codec(error))) => {
@@ -745,8 +755,14 @@ impl Connection {
                 self.context.registry.release(&self.client_id, pkid);
                 self.out.reply(&Reply::PubComp(pkid));
             }
-            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Subscribe { pkid, filters, id } => return self.on_subscribe(pkid, filters, id),
             Packet::Unsubscribe { pkid, filters } => {
+                if let Some(error) = filters.iter().find_map(|f| TopicFilter::parse(f).err()) {
+                    return Some(End::Violation(
+                        Goodbye::MalformedPacket,
+                        format!("UNSUBSCRIBE with an invalid filter: {error}"),
+                    ));
+                }
                 let existed = self.context.registry.unsubscribe(&self.client_id, &filters);
                 self.out.reply(&Reply::UnsubAck { pkid, existed });
             }
@@ -853,14 +869,14 @@ impl Connection {
         let assigned = self.assign(qos, publish.dup, pkid);
         // Nothing goes on once intake stopped.
         self.records.as_ref()?;
-        let user_properties: Arc<[(String, String)]> = Arc::from(publish.user_properties.clone());
-        let delivery = Delivery {
-            topic: Arc::from(topic.as_str()),
-            payload: publish.payload.clone(),
+        let delivery = Delivery::arrived(
+            &topic,
+            publish.payload.clone(),
             qos,
-            retain: publish.retain,
-            user_properties,
-        };
+            publish.retain,
+            &publish.properties,
+            SystemTime::now(),
+        );
         self.context.registry.publish(&self.client_id, &delivery);
         let ack = match qos {
             QoS::AtMostOnce => Ack::none(),
@@ -883,7 +899,7 @@ impl Connection {
                 retain: publish.retain,
                 reading: assigned.reading,
                 received_at: assigned.received_at,
-                user_properties: publish.user_properties,
+                user_properties: publish.properties.user_properties,
             },
             ack,
         };
@@ -982,7 +998,29 @@ impl Connection {
         }
     }
 
-    fn on_subscribe(&mut self, pkid: u16, filters: Vec<codec::Filter>) {
+    fn on_subscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<codec::Filter>,
+        id: Option<u32>,
+    ) -> Option<End> {
+        // Not a refusal in SUBACK: a filter that breaks MQTT's rules makes the packet
+        // malformed, and the connection closes (MQTT-4.7.1-1, -2; MQTT-4.7.3-1, -2).
+        if let Some(error) = filters
+            .iter()
+            .find_map(|f| TopicFilter::parse(&f.filter).err())
+        {
+            return Some(End::Violation(
+                Goodbye::MalformedPacket,
+                format!("SUBSCRIBE with an invalid filter: {error}"),
+            ));
+        }
+        if id == Some(0) {
+            return Some(End::Violation(
+                Goodbye::ProtocolError,
+                "SUBSCRIBE with subscription identifier 0 (MQTT 5 §3.8.2.1.2)".into(),
+            ));
+        }
         let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         let mut retain_rules = Vec::new();
@@ -1003,6 +1041,8 @@ impl Connection {
                         filter: parsed,
                         qos: filter.qos,
                         no_local: filter.no_local,
+                        retain_as_published: filter.retain_as_published,
+                        id,
                     });
                     retain_rules.push(filter.retain_handling);
                     SubCode::Granted(filter.qos)
@@ -1029,11 +1069,18 @@ impl Connection {
             }
         }
         self.send_pending();
+        None
     }
 
-    /// Writes queued deliveries while the client's receive maximum allows.
+    /// Writes queued deliveries while the client's receive maximum allows; those whose expiry
+    /// interval ran out while they waited are dropped (MQTT-3.3.2-5).
     fn send_pending(&mut self) {
+        let now = SystemTime::now();
         while let Some(front) = self.pending.front() {
+            if front.expired(now) {
+                self.pending.pop_front();
+                continue;
+            }
             if front.qos > QoS::AtMostOnce
                 && self.inflight.len() >= usize::from(self.receive_maximum)
             {
@@ -1053,7 +1100,9 @@ impl Connection {
                 retain: delivery.retain,
                 dup: false,
                 pkid,
-                user_properties: delivery.user_properties.to_vec(),
+                properties: delivery.properties.clone(),
+                message_expiry_s: delivery.expiry_left(now),
+                subscription_ids: delivery.subscription_ids.clone(),
             }));
             if sent && delivery.qos > QoS::AtMostOnce {
                 let stage = match delivery.qos {
@@ -1187,29 +1236,45 @@ fn publish_will(
         return;
     }
     let delay = Duration::from_secs(u64::from(will.delay_s.min(expiry_s)));
+    // Published early if the session ends within the delay (a new connection with Clean
+    // Start takes it over, or it expires): MQTT 5 §3.1.2.5.
+    let session_ended = match delay.is_zero() {
+        true => None,
+        false => context.registry.will_waits(&client_id, connection),
+    };
     tokio::spawn(async move {
         if !delay.is_zero() {
+            let ended = async {
+                match &session_ended {
+                    Some(ended) => ended.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(delay) => {
+                    if context.registry.reconnected_since(&client_id, connection) {
+                        debug!(%client_id, "client reconnected within its will delay; will not published");
+                        return;
+                    }
+                }
+                () = ended => {
+                    debug!(%client_id, "session ended within the will delay; publishing the will now");
+                }
                 // Holding a record sender through shutdown would keep the pipeline open.
                 _ = intake.cancelled() => return,
             }
-            if context.registry.reconnected_since(&client_id, connection) {
-                debug!(%client_id, "client reconnected within its will delay; will not published");
-                return;
-            }
         }
         info!(%client_id, topic = %will.topic, "publishing last will");
-        let user_properties: Arc<[(String, String)]> = Arc::from(will.user_properties.clone());
         context.registry.publish(
             &client_id,
-            &Delivery {
-                topic: Arc::from(will.topic.as_str()),
-                payload: will.payload.clone(),
-                qos: will.qos,
-                retain: will.retain,
-                user_properties,
-            },
+            &Delivery::arrived(
+                &will.topic,
+                will.payload.clone(),
+                will.qos,
+                will.retain,
+                &will.properties,
+                SystemTime::now(),
+            ),
         );
         metrics::message_in(metrics::Source::Broker);
         let record = Record {
@@ -1220,7 +1285,7 @@ fn publish_will(
                 retain: will.retain,
                 reading: ReadingId::next(),
                 received_at: reading::receive_time(),
-                user_properties: will.user_properties,
+                user_properties: will.properties.user_properties,
             },
             ack: Ack::none(),
         };

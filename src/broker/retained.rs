@@ -62,7 +62,9 @@ mod tests {
             payload: Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
             retain: true,
-            user_properties: Arc::from(Vec::new()),
+            properties: None,
+            expires_at: None,
+            subscription_ids: Vec::new(),
         }
     }
 

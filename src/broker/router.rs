@@ -8,21 +8,41 @@
 use super::session::Subscription;
 use crate::record::QoS;
 
-/// The QoS to deliver `topic` (published at `published`) with to a session holding
-/// `subscriptions`, or `None` if none matches. `own` is whether the publisher is this session:
-/// MQTT 5 "no local" subscriptions skip the session's own messages.
-pub fn delivery_qos(
+/// How a message reaches a session whose subscriptions match it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match {
+    pub qos: QoS,
+    /// Whether a matching subscription asked for Retain As Published (MQTT 5).
+    pub retain_as_published: bool,
+    /// The identifiers of every matching subscription that has one: one copy carries them
+    /// all (MQTT-3.3.4-3).
+    pub ids: Vec<u32>,
+}
+
+/// How to deliver `topic` (published at `published`) to a session holding `subscriptions`, or
+/// `None` if none matches. `own` is whether the publisher is this session: MQTT 5 "no local"
+/// subscriptions skip the session's own messages.
+pub fn matching(
     subscriptions: &[Subscription],
     topic: &str,
     published: QoS,
     own: bool,
-) -> Option<QoS> {
-    subscriptions
+) -> Option<Match> {
+    let mut found: Option<Match> = None;
+    for s in subscriptions
         .iter()
         .filter(|s| !(own && s.no_local) && s.filter.matches(topic))
-        .map(|s| s.qos)
-        .max()
-        .map(|granted| granted.min(published))
+    {
+        let found = found.get_or_insert(Match {
+            qos: QoS::AtMostOnce,
+            retain_as_published: false,
+            ids: Vec::new(),
+        });
+        found.qos = found.qos.max(s.qos.min(published));
+        found.retain_as_published |= s.retain_as_published;
+        found.ids.extend(s.id);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -35,7 +55,35 @@ mod tests {
             filter: TopicFilter::parse(filter).expect("filter"),
             qos,
             no_local,
+            retain_as_published: false,
+            id: None,
         }
+    }
+
+    fn qos_of(subs: &[Subscription], topic: &str, published: QoS, own: bool) -> Option<QoS> {
+        matching(subs, topic, published, own).map(|m| m.qos)
+    }
+
+    #[test]
+    fn one_copy_carries_the_identifiers_of_every_matching_subscription() {
+        let mut a = sub("test/#", QoS::AtLeastOnce, false);
+        a.id = Some(7);
+        let mut b = sub("test/+", QoS::AtMostOnce, false);
+        b.id = Some(9);
+        b.retain_as_published = true;
+        let unmatched = Subscription {
+            id: Some(11),
+            ..sub("other", QoS::AtLeastOnce, false)
+        };
+        let found = matching(&[a, b, unmatched], "test/a", QoS::AtLeastOnce, false);
+        assert_eq!(
+            found,
+            Some(Match {
+                qos: QoS::AtLeastOnce,
+                retain_as_published: true,
+                ids: vec![7, 9],
+            })
+        );
     }
 
     #[test]
@@ -45,7 +93,7 @@ mod tests {
             sub("test/+", QoS::AtLeastOnce, false),
         ];
         assert_eq!(
-            delivery_qos(&subs, "test/a", QoS::ExactlyOnce, false),
+            qos_of(&subs, "test/a", QoS::ExactlyOnce, false),
             Some(QoS::AtLeastOnce)
         );
     }
@@ -54,7 +102,7 @@ mod tests {
     fn the_delivery_qos_never_exceeds_the_published_qos() {
         let subs = [sub("#", QoS::ExactlyOnce, false)];
         assert_eq!(
-            delivery_qos(&subs, "a", QoS::AtMostOnce, false),
+            qos_of(&subs, "a", QoS::AtMostOnce, false),
             Some(QoS::AtMostOnce)
         );
     }
@@ -62,16 +110,13 @@ mod tests {
     #[test]
     fn a_no_local_subscription_skips_the_sessions_own_messages() {
         let subs = [sub("a", QoS::AtLeastOnce, true)];
-        assert_eq!(delivery_qos(&subs, "a", QoS::AtLeastOnce, true), None);
-        assert!(delivery_qos(&subs, "a", QoS::AtLeastOnce, false).is_some());
+        assert_eq!(qos_of(&subs, "a", QoS::AtLeastOnce, true), None);
+        assert!(qos_of(&subs, "a", QoS::AtLeastOnce, false).is_some());
     }
 
     #[test]
     fn wildcards_do_not_reach_dollar_topics() {
         let subs = [sub("#", QoS::AtLeastOnce, false)];
-        assert_eq!(
-            delivery_qos(&subs, "$SYS/uptime", QoS::AtLeastOnce, false),
-            None
-        );
+        assert_eq!(qos_of(&subs, "$SYS/uptime", QoS::AtLeastOnce, false), None);
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::codec::MessageProperties;
 use super::retained::Retained;
 use super::router;
 use super::store::{self, State};
@@ -39,7 +40,51 @@ pub struct Delivery {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    pub user_properties: Arc<[(String, String)]>,
+    /// The publisher's MQTT 5 properties, if it set any, shared by every copy.
+    pub properties: Option<Arc<MessageProperties>>,
+    /// When its Message Expiry Interval (counted from its arrival) runs out.
+    pub expires_at: Option<SystemTime>,
+    /// The identifiers of the subscriptions it matched, for this subscriber (MQTT 5 §3.3.4).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// A message that arrived `now` from a publisher.
+    pub fn arrived(
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: &MessageProperties,
+        now: SystemTime,
+    ) -> Delivery {
+        Delivery {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            properties: (!properties.is_empty()).then(|| Arc::new(properties.clone())),
+            expires_at: properties
+                .message_expiry_s
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    /// Whether its expiry interval has run out: then it is no longer sent (MQTT-3.3.2-5).
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The expiry interval a copy sent `now` carries: what is left of the publisher's, in
+    /// whole seconds rounded up (MQTT-3.3.2-6).
+    pub fn expiry_left(&self, now: SystemTime) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.duration_since(now).unwrap_or_default();
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +92,10 @@ pub struct Subscription {
     pub filter: TopicFilter,
     pub qos: QoS,
     pub no_local: bool,
+    /// MQTT 5 Retain As Published: live deliveries keep the publisher's RETAIN flag.
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier, sent with every message the subscription matches.
+    pub id: Option<u32>,
 }
 
 /// The connection that owns a session now.
@@ -77,6 +126,9 @@ pub struct Session {
     /// The connection that attached last (0: none since this process started), so a delayed
     /// will can tell a reconnect that has already left again from no reconnect at all.
     pub last_connection: u64,
+    /// Cancelled when the session ends while its last connection's will waits out its delay:
+    /// the will is then published at once (MQTT 5 §3.1.2.5, "or the Session ends").
+    pub will_waiting: Option<CancellationToken>,
 }
 
 impl Session {
@@ -186,6 +238,8 @@ impl Registry {
                             filter: TopicFilter::parse(&s.filter).ok()?,
                             qos: store::qos(s.qos),
                             no_local: s.no_local,
+                            retain_as_published: s.retain_as_published,
+                            id: s.id,
                         })
                     })
                     .collect();
@@ -203,6 +257,7 @@ impl Registry {
                     ),
                     attached: None,
                     last_connection: 0,
+                    will_waiting: None,
                 };
                 if !session.expired(now) {
                     inner.sessions.insert(saved.client_id.clone(), session);
@@ -210,7 +265,9 @@ impl Registry {
                 }
             }
             for message in state.retained {
-                if let Some(delivery) = message.into_delivery() {
+                if let Some(delivery) = message.into_delivery()
+                    && !delivery.expired(now)
+                {
                     inner.retained.update(&delivery);
                 }
             }
@@ -299,13 +356,25 @@ impl Registry {
         attached: Attached,
     ) -> Resumed {
         let mut inner = self.lock();
-        if clean_start {
-            inner.sessions.remove(client_id);
+        // A session past its expiry is gone, even if the purge has not come round to it yet
+        // (MQTT-3.2.2-3 : no Session Present for it).
+        let expired = inner
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.expired(SystemTime::now()));
+        if clean_start || expired {
+            if let Some(ended) = inner.sessions.remove(client_id)
+                && let Some(will) = ended.will_waiting
+            {
+                will.cancel();
+            }
             inner.reindex(client_id);
             self.forget_all(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
+        // A reconnect within the will delay: that will is not published (see `will_waiting`).
+        session.will_waiting = None;
         session.expiry_s = expiry_s;
         session.disconnected_at = None;
         session.last_connection = attached.connection;
@@ -361,6 +430,20 @@ impl Registry {
         self.touch();
     }
 
+    /// Tells the registry that the will of `connection`, the last to hold `client_id`'s
+    /// session, waits out its delay: the token returned is cancelled if the session ends
+    /// first. `None` if the session is gone or held by a newer connection already.
+    pub fn will_waits(&self, client_id: &str, connection: u64) -> Option<CancellationToken> {
+        let mut inner = self.lock();
+        let session = inner.sessions.get_mut(client_id)?;
+        if session.attached.is_some() || session.last_connection != connection {
+            return None;
+        }
+        let token = CancellationToken::new();
+        session.will_waiting = Some(token.clone());
+        Some(token)
+    }
+
     /// Whether another connection than `connection` has taken up `client_id`'s session since,
     /// even one that has already gone again (a delayed will checks this: MQTT 5 §3.1.3.2.2).
     pub fn reconnected_since(&self, client_id: &str, connection: u64) -> bool {
@@ -381,12 +464,15 @@ impl Registry {
             };
         };
         let mut result = Vec::with_capacity(subscriptions.len());
+        let now = SystemTime::now();
         for subscription in subscriptions {
             let retained = inner
                 .retained
                 .matching(&subscription.filter)
+                .filter(|m| !m.expired(now))
                 .map(|m| Delivery {
                     qos: m.qos.min(subscription.qos),
+                    subscription_ids: subscription.id.into_iter().collect(),
                     ..m.clone()
                 })
                 .collect();
@@ -456,16 +542,18 @@ impl Registry {
                 continue;
             };
             let own = client_id == publisher;
-            let Some(qos) =
-                router::delivery_qos(&session.subscriptions, &message.topic, message.qos, own)
+            let Some(matched) =
+                router::matching(&session.subscriptions, &message.topic, message.qos, own)
             else {
                 continue;
             };
-            // Live deliveries carry retain = false (MQTT 3.1.1 §3.3.1.3; 5 without
-            // retain-as-published): the flag tells a subscriber "this is old news".
+            // Live deliveries carry retain = false (MQTT 3.1.1 §3.3.1.3; 5 without Retain As
+            // Published): the flag tells a subscriber "this is old news".
+            let qos = matched.qos;
             let delivery = Delivery {
                 qos,
-                retain: false,
+                retain: message.retain && matched.retain_as_published,
+                subscription_ids: matched.ids,
                 ..message.clone()
             };
             if let Some(attached) = &session.attached {
@@ -474,7 +562,7 @@ impl Registry {
                 if !matches!(sent, Some(Ok(()))) {
                     dropped.push(client_id.clone());
                 }
-            } else if qos > QoS::AtMostOnce {
+            } else if qos > QoS::AtMostOnce && !session.expired(SystemTime::now()) {
                 session.queued.push_back(delivery);
                 if session.queued.len() > MAX_QUEUED {
                     session.queued.pop_front();
@@ -600,7 +688,9 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             qos,
             retain: false,
-            user_properties: Arc::from(Vec::new()),
+            properties: None,
+            expires_at: None,
+            subscription_ids: Vec::new(),
         }
     }
 
@@ -611,6 +701,8 @@ mod tests {
                 filter: TopicFilter::parse(filter).expect("filter"),
                 qos: QoS::AtLeastOnce,
                 no_local: false,
+                retain_as_published: false,
+                id: None,
             }],
         )
     }
@@ -737,6 +829,8 @@ mod tests {
                     filter: "cmd/#".into(),
                     qos: 1,
                     no_local: false,
+                    retain_as_published: false,
+                    id: None,
                 }],
                 expiry_s: u32::MAX,
                 awaiting_pubrel: Vec::new(),
@@ -772,6 +866,74 @@ mod tests {
         assert_eq!(registry.snapshot().sessions[0].awaiting_pubrel, vec![7]);
         registry.release("pi", 7);
         assert!(!registry.is_awaiting_pubrel("pi", 7));
+    }
+
+    #[test]
+    fn a_session_past_its_expiry_is_not_present_to_a_reconnect_before_the_purge() {
+        let registry = Registry::new();
+        registry.attach("pi", false, 1, attached(1));
+        subscribe(&registry, "pi", "cmd/#");
+        registry.detach("pi", 1, 1, Vec::new(), Assignments::default());
+        if let Some(session) = registry.lock().sessions.get_mut("pi") {
+            session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
+        }
+        registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
+
+        let resumed = registry.attach("pi", false, 1, attached(2));
+        assert!(!resumed.session_present);
+        assert!(resumed.queued.is_empty(), "nothing queued after the expiry");
+        assert!(
+            resumed.deliveries.is_none(),
+            "its subscriptions are gone too"
+        );
+    }
+
+    #[test]
+    fn a_waiting_will_is_released_when_a_clean_start_ends_the_session_and_not_by_a_resume() {
+        let registry = Registry::new();
+        registry.attach("pi", false, 300, attached(1));
+        registry.detach("pi", 1, 300, Vec::new(), Assignments::default());
+        let will = registry.will_waits("pi", 1).expect("the session is there");
+        registry.attach("pi", true, 300, attached(2));
+        assert!(
+            will.is_cancelled(),
+            "the session ended: publish the will now"
+        );
+
+        registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
+        let will = registry.will_waits("pi", 2).expect("the session is there");
+        registry.attach("pi", false, 300, attached(3));
+        registry.attach("pi", true, 300, attached(4));
+        assert!(
+            !will.is_cancelled(),
+            "a resume within the delay withdrew the will for good"
+        );
+    }
+
+    #[test]
+    fn an_expired_message_is_not_sent_and_one_sent_carries_what_is_left_of_its_interval() {
+        let properties = MessageProperties {
+            message_expiry_s: Some(10),
+            ..MessageProperties::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let message =
+            Delivery::arrived("t", Bytes::new(), QoS::AtLeastOnce, false, &properties, at);
+        assert_eq!(
+            message.expiry_left(at + Duration::from_millis(3_500)),
+            Some(7)
+        );
+        assert!(!message.expired(at + Duration::from_millis(9_999)));
+        assert!(message.expired(at + Duration::from_secs(10)));
+        let plain = Delivery::arrived(
+            "t",
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            &MessageProperties::default(),
+            at,
+        );
+        assert!(plain.properties.is_none() && plain.expires_at.is_none());
     }
 
     #[test]

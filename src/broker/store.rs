@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
+use super::codec::MessageProperties;
 use super::session::{Delivery, Registry, Session};
 use crate::record::QoS;
 
@@ -78,6 +79,10 @@ pub struct SavedSubscription {
     pub qos: u8,
     #[serde(default)]
     pub no_local: bool,
+    #[serde(default)]
+    pub retain_as_published: bool,
+    #[serde(default)]
+    pub id: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,6 +92,21 @@ pub struct SavedMessage {
     pub qos: u8,
     #[serde(default)]
     pub user_properties: Vec<(String, String)>,
+    /// The publisher's other MQTT 5 properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<SavedProperties>,
+    /// Seconds since the epoch when its Message Expiry Interval runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedProperties {
+    pub payload_format: Option<u8>,
+    pub message_expiry_s: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data_base64: Option<String>,
 }
 
 pub fn qos(level: u8) -> QoS {
@@ -100,12 +120,28 @@ pub fn qos(level: u8) -> QoS {
 impl SavedMessage {
     pub fn into_delivery(self) -> Option<Delivery> {
         let payload = STANDARD.decode(self.payload_base64).ok()?;
+        let saved = self.properties.unwrap_or_default();
+        let properties = MessageProperties {
+            payload_format: saved.payload_format,
+            message_expiry_s: saved.message_expiry_s,
+            content_type: saved.content_type,
+            response_topic: saved.response_topic,
+            correlation_data: match saved.correlation_data_base64 {
+                Some(data) => Some(Bytes::from(STANDARD.decode(data).ok()?)),
+                None => None,
+            },
+            user_properties: self.user_properties,
+        };
         Some(Delivery {
             topic: Arc::from(self.topic),
             payload: Bytes::from(payload),
             qos: qos(self.qos),
             retain: true,
-            user_properties: Arc::from(self.user_properties),
+            properties: (!properties.is_empty()).then(|| Arc::new(properties)),
+            expires_at: self
+                .expires_at
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            subscription_ids: Vec::new(),
         })
     }
 }
@@ -131,6 +167,8 @@ impl State {
                             filter: sub.filter.as_str().to_owned(),
                             qos: sub.qos.level(),
                             no_local: sub.no_local,
+                            retain_as_published: sub.retain_as_published,
+                            id: sub.id,
                         })
                         .collect(),
                     expiry_s: s.expiry_s,
@@ -139,11 +177,27 @@ impl State {
                 })
                 .collect(),
             retained: retained
-                .map(|m| SavedMessage {
-                    topic: m.topic.to_string(),
-                    payload_base64: STANDARD.encode(&m.payload),
-                    qos: m.qos.level(),
-                    user_properties: m.user_properties.to_vec(),
+                .map(|m| {
+                    let properties = m.properties.as_deref();
+                    SavedMessage {
+                        topic: m.topic.to_string(),
+                        payload_base64: STANDARD.encode(&m.payload),
+                        qos: m.qos.level(),
+                        user_properties: properties
+                            .map(|p| p.user_properties.clone())
+                            .unwrap_or_default(),
+                        properties: properties.map(|p| SavedProperties {
+                            payload_format: p.payload_format,
+                            message_expiry_s: p.message_expiry_s,
+                            content_type: p.content_type.clone(),
+                            response_topic: p.response_topic.clone(),
+                            correlation_data_base64: p
+                                .correlation_data
+                                .as_ref()
+                                .map(|d| STANDARD.encode(d)),
+                        }),
+                        expires_at: m.expires_at.map(epoch),
+                    }
                 })
                 .collect(),
         }
@@ -268,6 +322,8 @@ mod tests {
                     filter: "cmd/#".into(),
                     qos: 1,
                     no_local: false,
+                    retain_as_published: false,
+                    id: None,
                 }],
                 expiry_s: u32::MAX,
                 awaiting_pubrel: vec![3, 9],
@@ -278,6 +334,8 @@ mod tests {
                 payload_base64: STANDARD.encode(b"\x00online"),
                 qos: 1,
                 user_properties: Vec::new(),
+                properties: None,
+                expires_at: None,
             }],
         };
         store.save(&state).expect("save");

@@ -8,6 +8,7 @@ mod broker;
 mod broker_auth;
 mod cli;
 mod clients;
+mod conformance;
 mod dashboards;
 mod dead_letters;
 mod faults;

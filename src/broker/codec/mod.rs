@@ -2,10 +2,13 @@
 //!
 //! The rest of the broker sees one pair of enums, [`Packet`] (what a client sent) and [`Reply`]
 //! (what we send), so that a connection is written once for both protocol versions. Nothing
-//! here parses MQTT by hand, with two narrow exceptions a reader would otherwise question:
-//! the protocol level byte of the first CONNECT is peeked to choose the v4 or v5 decoder, and
+//! here parses MQTT by hand, with three narrow exceptions a reader would otherwise question:
+//! the protocol level byte of the first CONNECT is peeked to choose the v4 or v5 decoder; the
+//! whole CONNECT is checked for what rumqttc lets through and MQTT forbids ([`strict`]); and
 //! an MQTT 5 DISCONNECT with no reason code (`E0 00`, what Mosquitto's clients send) is
 //! recognised here because rumqttc 0.25's v5 decoder refuses a zero-length DISCONNECT.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as m4, v4};
@@ -13,6 +16,14 @@ use rumqttc::v5::mqttbytes::{self as m5, v5};
 use thiserror::Error;
 
 use crate::record::QoS;
+
+pub mod strict;
+
+/// The largest CONNECT read. It is what a connection may make us buffer before it has
+/// authenticated, so it is far below `max_packet_bytes` (16 MiB: 50 half-sent CONNECTs once
+/// held 782 MB): every field of a CONNECT has a two-byte length, a will payload of 64 KiB
+/// is the largest a device sends in practice, and the rest is a few short strings.
+pub const MAX_CONNECT_BYTES: usize = 128 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -45,7 +56,27 @@ pub struct Will {
     pub qos: QoS,
     pub retain: bool,
     pub delay_s: u32,
+    pub properties: MessageProperties,
+}
+
+/// The properties of an MQTT 5 PUBLISH (or will) that go on with the message to subscribers
+/// (MQTT 5 §3.3.2.3). The topic alias and subscription identifiers belong to one connection
+/// and are not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    pub payload_format: Option<u8>,
+    /// As the publisher set it: a copy sent on carries what is left of it.
+    pub message_expiry_s: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
+}
+
+impl MessageProperties {
+    pub fn is_empty(&self) -> bool {
+        *self == MessageProperties::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +89,7 @@ pub struct Publish {
     pub dup: bool,
     pub pkid: u16,
     pub topic_alias: Option<u16>,
-    pub user_properties: Vec<(String, String)>,
+    pub properties: MessageProperties,
 }
 
 /// MQTT 5 retain handling of a subscription.
@@ -74,6 +105,8 @@ pub struct Filter {
     pub filter: String,
     pub qos: QoS,
     pub no_local: bool,
+    /// MQTT 5 Retain As Published: deliveries keep the publisher's RETAIN flag.
+    pub retain_as_published: bool,
     pub retain_handling: RetainHandling,
 }
 
@@ -89,6 +122,8 @@ pub enum Packet {
     Subscribe {
         pkid: u16,
         filters: Vec<Filter>,
+        /// MQTT 5 Subscription Identifier (0 is a protocol error the connection answers).
+        id: Option<u32>,
     },
     Unsubscribe {
         pkid: u16,
@@ -113,6 +148,8 @@ pub enum ConnectCode {
     ServerBusy,
     BadCredentials,
     NotAuthorized,
+    /// The CONNECT broke a rule of MQTT (MQTT 5 only: 3.1.1 has no code for it and closes).
+    Refused(strict::Answer),
 }
 
 /// PUBACK / PUBREC reason codes we use (MQTT 5 only; 3.1.1 acks carry no reason).
@@ -175,7 +212,12 @@ pub struct Outgoing {
     pub retain: bool,
     pub dup: bool,
     pub pkid: u16,
-    pub user_properties: Vec<(String, String)>,
+    /// The publisher's properties (MQTT 5), sent with `message_expiry_s` in place of theirs.
+    pub properties: Option<Arc<MessageProperties>>,
+    /// What is left of the message's expiry interval.
+    pub message_expiry_s: Option<u32>,
+    /// The identifiers of the subscriptions it matched (MQTT 5 §3.3.4).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// What we send.
@@ -226,6 +268,11 @@ pub enum CodecError {
     SecondConnect,
     #[error("topic is not valid UTF-8")]
     TopicNotUtf8,
+    #[error("{fault}")]
+    BadConnect {
+        version: Version,
+        fault: strict::Fault,
+    },
 }
 
 /// Reads the next complete packet from `buf`, or `None` when more bytes are needed.
@@ -241,12 +288,28 @@ pub fn read(
     }
     let version = match version {
         Some(version) => version,
-        None => match connect_level(buf)? {
-            None => return Ok(None),
-            Some(4) => Version::V311,
-            Some(5) => Version::V5,
-            Some(level) => return Err(CodecError::UnsupportedProtocol(level)),
-        },
+        None => {
+            let (level, version) = match connect_level(buf)? {
+                None => return Ok(None),
+                Some(4) => (4, Version::V311),
+                Some(5) => (5, Version::V5),
+                Some(level) => return Err(CodecError::UnsupportedProtocol(level)),
+            };
+            let refuse = |fault| CodecError::BadConnect { version, fault };
+            let max = max_packet_bytes.min(MAX_CONNECT_BYTES);
+            let len = match whole_packet(buf) {
+                Some(len) if len > max => {
+                    return Err(refuse(strict::Fault {
+                        answer: strict::Answer::PacketTooLarge,
+                        reason: format!("CONNECT of {len} bytes exceeds the maximum of {max}"),
+                    }));
+                }
+                Some(len) if len <= buf.len() => len,
+                _ => return Ok(None),
+            };
+            strict::check_connect(&buf[..len], level).map_err(refuse)?;
+            version
+        }
     };
     let packet = match version {
         Version::V311 => read_v4(buf, max_packet_bytes)?,
@@ -286,6 +349,19 @@ fn connect_level(buf: &[u8]) -> Result<Option<u8>, CodecError> {
         )));
     }
     Ok(buf.get(offset + 2 + name_len).copied())
+}
+
+/// The length of the packet at the front of `buf` (fixed header included), once its remaining
+/// length has arrived (`connect_level` has checked that it is at most four bytes).
+fn whole_packet(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for (i, &byte) in buf.iter().enumerate().skip(1).take(4) {
+        remaining |= usize::from(byte & 0x7F) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Some(i + 1 + remaining);
+        }
+    }
+    None
 }
 
 fn qos_of(level: u8) -> QoS {
@@ -329,7 +405,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                     qos: qos_of(will.qos as u8),
                     retain: will.retain,
                     delay_s: 0,
-                    user_properties: Vec::new(),
+                    properties: MessageProperties::default(),
                 }),
                 receive_maximum: None,
                 max_packet_size: None,
@@ -343,7 +419,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
             dup: publish.dup,
             pkid: publish.pkid,
             topic_alias: None,
-            user_properties: Vec::new(),
+            properties: MessageProperties::default(),
         }),
         v4::Packet::PubAck(ack) => Packet::PubAck(ack.pkid),
         v4::Packet::PubRec(ack) => Packet::PubRec(ack.pkid),
@@ -358,9 +434,11 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                     filter: f.path,
                     qos: qos_of(f.qos as u8),
                     no_local: false,
+                    retain_as_published: false,
                     retain_handling: RetainHandling::Send,
                 })
                 .collect(),
+            id: None,
         },
         v4::Packet::Unsubscribe(unsubscribe) => Packet::Unsubscribe {
             pkid: unsubscribe.pkid,
@@ -413,9 +491,19 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 Some(will) => {
                     let topic = String::from_utf8(will.topic.to_vec())
                         .map_err(|_| CodecError::TopicNotUtf8)?;
-                    let (delay_s, user_properties) = match will.properties {
-                        Some(p) => (p.delay_interval.unwrap_or(0), p.user_properties),
-                        None => (0, Vec::new()),
+                    let (delay_s, properties) = match will.properties {
+                        Some(p) => (
+                            p.delay_interval.unwrap_or(0),
+                            MessageProperties {
+                                payload_format: p.payload_format_indicator,
+                                message_expiry_s: p.message_expiry_interval,
+                                content_type: p.content_type,
+                                response_topic: p.response_topic,
+                                correlation_data: p.correlation_data,
+                                user_properties: p.user_properties,
+                            },
+                        ),
+                        None => (0, MessageProperties::default()),
                     };
                     Some(Will {
                         topic,
@@ -423,7 +511,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                         qos: qos_of(will.qos as u8),
                         retain: will.retain,
                         delay_s,
-                        user_properties,
+                        properties,
                     })
                 }
                 None => None,
@@ -444,9 +532,21 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
         v5::Packet::Publish(publish) => {
             let topic =
                 String::from_utf8(publish.topic.to_vec()).map_err(|_| CodecError::TopicNotUtf8)?;
-            let (topic_alias, user_properties) = match publish.properties {
-                Some(p) => (p.topic_alias, p.user_properties),
-                None => (None, Vec::new()),
+            // Subscription identifiers in a PUBLISH from a client are a protocol error
+            // (MQTT-3.3.4-6); rumqttc reads them, and they are dropped here.
+            let (topic_alias, properties) = match publish.properties {
+                Some(p) => (
+                    p.topic_alias,
+                    MessageProperties {
+                        payload_format: p.payload_format_indicator,
+                        message_expiry_s: p.message_expiry_interval,
+                        content_type: p.content_type,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        user_properties: p.user_properties,
+                    },
+                ),
+                None => (None, MessageProperties::default()),
             };
             Packet::Publish(Publish {
                 topic,
@@ -456,7 +556,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 dup: publish.dup,
                 pkid: publish.pkid,
                 topic_alias,
-                user_properties,
+                properties,
             })
         }
         v5::Packet::PubAck(ack) => Packet::PubAck(ack.pkid),
@@ -472,6 +572,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                     filter: f.path,
                     qos: qos_of(f.qos as u8),
                     no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
                     retain_handling: match f.retain_forward_rule {
                         v5::RetainForwardRule::OnEverySubscribe => RetainHandling::Send,
                         v5::RetainForwardRule::OnNewSubscribe => RetainHandling::SendIfNew,
@@ -479,6 +580,10 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                     },
                 })
                 .collect(),
+            id: subscribe
+                .properties
+                .and_then(|p| p.id)
+                .map(|id| u32::try_from(id).unwrap_or(u32::MAX)),
         },
         v5::Packet::Unsubscribe(unsubscribe) => Packet::Unsubscribe {
             pkid: unsubscribe.pkid,
@@ -544,6 +649,8 @@ fn write_v4(reply: &Reply, buf: &mut BytesMut) -> Result<(), CodecError> {
                 ConnectCode::ServerBusy => v4::ConnectReturnCode::ServiceUnavailable,
                 ConnectCode::BadCredentials => v4::ConnectReturnCode::BadUserNamePassword,
                 ConnectCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
+                // Not sent: 3.1.1 has no code for a broken rule, and the connection closes.
+                ConnectCode::Refused(_) => v4::ConnectReturnCode::ServiceUnavailable,
             },
             *session_present,
         )),
@@ -619,7 +726,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                 reason_string: None,
                 user_properties: Vec::new(),
                 wildcard_subscription_available: Some(1),
-                subscription_identifiers_available: Some(0),
+                subscription_identifiers_available: Some(1),
                 shared_subscription_available: Some(0),
                 server_keep_alive: None,
                 response_information: None,
@@ -638,14 +745,36 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                     ConnectCode::ServerBusy => v5::ConnectReturnCode::ServerBusy,
                     ConnectCode::BadCredentials => v5::ConnectReturnCode::BadUserNamePassword,
                     ConnectCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+                    ConnectCode::Refused(answer) => match answer {
+                        strict::Answer::Malformed => v5::ConnectReturnCode::MalformedPacket,
+                        strict::Answer::ProtocolError => v5::ConnectReturnCode::ProtocolError,
+                        strict::Answer::TopicNameInvalid => v5::ConnectReturnCode::TopicNameInvalid,
+                        strict::Answer::PacketTooLarge => v5::ConnectReturnCode::PacketTooLarge,
+                    },
                 },
                 properties,
             })
         }
         Reply::Publish(out) => {
-            let properties = (!out.user_properties.is_empty()).then(|| v5::PublishProperties {
-                user_properties: out.user_properties.clone(),
-                ..Default::default()
+            let forwarded = out.properties.as_deref();
+            let properties = (forwarded.is_some()
+                || out.message_expiry_s.is_some()
+                || !out.subscription_ids.is_empty())
+            .then(|| v5::PublishProperties {
+                payload_format_indicator: forwarded.and_then(|p| p.payload_format),
+                message_expiry_interval: out.message_expiry_s,
+                topic_alias: None,
+                response_topic: forwarded.and_then(|p| p.response_topic.clone()),
+                correlation_data: forwarded.and_then(|p| p.correlation_data.clone()),
+                user_properties: forwarded
+                    .map(|p| p.user_properties.clone())
+                    .unwrap_or_default(),
+                subscription_identifiers: out
+                    .subscription_ids
+                    .iter()
+                    .map(|&id| id as usize)
+                    .collect(),
+                content_type: forwarded.and_then(|p| p.content_type.clone()),
             });
             let mut publish = v5::Publish::new(
                 out.topic.clone(),
@@ -738,162 +867,4 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v4_connect_bytes(client_id: &str) -> BytesMut {
-        let mut buf = BytesMut::new();
-        v4::Connect::new(client_id)
-            .write(&mut buf)
-            .expect("encode connect");
-        buf
-    }
-
-    #[test]
-    fn a_311_connect_is_read_in_pieces_and_then_whole() {
-        let whole = v4_connect_bytes("dev-1");
-        let mut buf = BytesMut::from(&whole[..3]);
-        assert!(matches!(read(&mut buf, None, 1024), Ok(None)));
-        buf.extend_from_slice(&whole[3..]);
-        match read(&mut buf, None, 1024).expect("valid") {
-            Some(Packet::Connect(connect)) => {
-                assert_eq!(connect.version, Version::V311);
-                assert_eq!(connect.client_id, "dev-1");
-                assert_eq!(connect.session_expiry_s, 0, "clean session");
-            }
-            other => panic!("expected CONNECT, got {other:?}"),
-        }
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn a_v5_connect_is_told_apart_by_its_protocol_level() {
-        let mut connect = v5::Connect {
-            keep_alive: 30,
-            client_id: "dev-5".into(),
-            clean_start: false,
-            properties: Some(v5::ConnectProperties {
-                session_expiry_interval: Some(600),
-                receive_maximum: Some(7),
-                ..v5::ConnectProperties::new()
-            }),
-        };
-        connect.keep_alive = 30;
-        let mut buf = BytesMut::new();
-        connect.write(&None, &None, &mut buf).expect("encode");
-        match read(&mut buf, None, 1024).expect("valid") {
-            Some(Packet::Connect(c)) => {
-                assert_eq!(c.version, Version::V5);
-                assert_eq!(c.session_expiry_s, 600);
-                assert_eq!(c.receive_maximum, Some(7));
-                assert!(!c.clean_start);
-            }
-            other => panic!("expected CONNECT, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_first_packet_that_is_not_connect_is_refused() {
-        let mut buf = BytesMut::from(&[0x30u8, 0x02, 0x00, 0x00][..]);
-        assert!(matches!(
-            read(&mut buf, None, 1024),
-            Err(CodecError::NotConnect(3))
-        ));
-    }
-
-    #[test]
-    fn garbage_bytes_are_not_a_connect() {
-        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert!(read(&mut buf, None, 1024).is_err());
-    }
-
-    #[test]
-    fn a_five_byte_remaining_length_is_malformed() {
-        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-        assert!(matches!(
-            read(&mut buf, Some(Version::V311), 1 << 30),
-            Err(CodecError::Malformed(_))
-        ));
-        let mut first = BytesMut::from(&[0x10u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-        assert!(matches!(
-            read(&mut first, None, 1 << 30),
-            Err(CodecError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn a_packet_over_the_limit_is_refused_before_it_is_read() {
-        let mut buf = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x04][..]);
-        assert!(matches!(
-            read(&mut buf, Some(Version::V311), 1024),
-            Err(CodecError::TooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn a_v5_disconnect_without_reason_code_is_a_normal_disconnect() {
-        let mut buf = BytesMut::from(&[0xE0u8, 0x00][..]);
-        assert!(matches!(
-            read(&mut buf, Some(Version::V5), 1024),
-            Ok(Some(Packet::Disconnect {
-                publish_will: false,
-                ..
-            }))
-        ));
-    }
-
-    #[test]
-    fn a_v5_puback_carries_its_reason_code() {
-        let mut buf = BytesMut::new();
-        write(
-            &Reply::PubAck {
-                pkid: 9,
-                reason: AckReason::NotAuthorized,
-            },
-            Version::V5,
-            &mut buf,
-            None,
-        )
-        .expect("encode");
-        // Type, length, packet id, reason code, empty property length.
-        assert_eq!(&buf[..], &[0x40, 0x04, 0x00, 0x09, 0x87, 0x00]);
-    }
-
-    #[test]
-    fn a_v5_disconnect_we_write_is_read_back_whole_with_its_reason() {
-        let mut buf = BytesMut::new();
-        write(
-            &Reply::Disconnect(Goodbye::TakenOver),
-            Version::V5,
-            &mut buf,
-            None,
-        )
-        .expect("encode");
-        let packet = v5::Packet::read(&mut buf, None).expect("decode");
-        assert!(buf.is_empty(), "bytes left over: {buf:?}");
-        match packet {
-            v5::Packet::Disconnect(d) => {
-                assert_eq!(d.reason_code, v5::DisconnectReasonCode::SessionTakenOver)
-            }
-            other => panic!("expected DISCONNECT, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_publish_over_the_clients_maximum_packet_size_is_not_written() {
-        let out = Outgoing {
-            topic: "t".into(),
-            payload: Bytes::from(vec![0u8; 100]),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            dup: false,
-            pkid: 0,
-            user_properties: Vec::new(),
-        };
-        let mut buf = BytesMut::new();
-        assert!(matches!(
-            write(&Reply::Publish(out), Version::V5, &mut buf, Some(50)),
-            Err(CodecError::TooLarge { .. })
-        ));
-    }
-}
+mod tests;

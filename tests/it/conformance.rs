@@ -1,0 +1,390 @@
+//! The embedded broker held to MQTT's rules, with Debian's Mosquitto 2.0 beside it as the
+//! reference: each MQTT 5 scenario runs the same real client (Python paho-mqtt 2.x, driven by
+//! tests/clients/python/mqtt5_probe.py) against both and asserts the same answer from each;
+//! malformed CONNECT and SUBSCRIBE packets, which no client library will send, go as raw bytes
+//! and must get the exact reason code (MQTT 5) or a closed socket (3.1.1).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::{Mosquitto, SearchNode, process, unique};
+
+/// The shipped catch-all pipeline, so that every publish of a scenario has somewhere to go.
+const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/zz-default.yaml");
+
+/// mqtt2es as the broker; returns it and its MQTT port.
+fn mqtt2es() -> (Bridge, u16) {
+    let node = SearchNode::shared();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url()).pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+    );
+    let port = bridge.broker_port();
+    bridge.wait_ready();
+    (bridge, port)
+}
+
+/// Runs scenario `name` of the probe against the broker on `port`: what it reported.
+fn probe(port: u16, name: &str) -> Vec<Value> {
+    let python = PathBuf::from(std::env::var_os("MQTT2ES_TEST_PYTHON").unwrap_or_else(|| {
+        panic!("MQTT2ES_TEST_PYTHON is not set: run through scripts/test, which installs paho")
+    }));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/mqtt5_probe.py");
+    let mut command = process::command(&python, None);
+    command
+        .arg(&script)
+        .args(["127.0.0.1", &port.to_string(), name, &unique("conf")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = process::spawn(command).expect("start python");
+    let output = child.wait_with_output().expect("run the probe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(r#""what": "done""#),
+        "probe {name} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// The `what` report of a probe run.
+fn report<'a>(reports: &'a [Value], what: &str) -> &'a Value {
+    reports
+        .iter()
+        .find(|r| r["what"] == what)
+        .unwrap_or_else(|| panic!("no {what:?} in {reports:?}"))
+}
+
+/// Runs scenario `name` against Mosquitto and mqtt2es: the reports of each, Mosquitto's first.
+fn both(name: &str) -> [(Vec<Value>, String); 2] {
+    let mosquitto = Mosquitto::start();
+    let reference = probe(mosquitto.port(), name);
+    let (bridge, port) = mqtt2es();
+    let ours = probe(port, name);
+    [(reference, mosquitto.log()), (ours, bridge.logs())]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_is_not_resumed_by_a_reconnect_before_the_purge() {
+    for (reports, log) in both("expired-session") {
+        let connack = report(&reports, "connack");
+        assert_eq!(connack["session_present"], false, "{reports:?}\n{log}");
+        let received = &report(&reports, "received")["messages"];
+        assert_eq!(
+            received.as_array().map(Vec::len),
+            Some(0),
+            "{received}\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_properties_reach_subscribers_for_mqtt5_request_response() {
+    for (reports, log) in both("properties") {
+        let message = &report(&reports, "received")["messages"][0];
+        let properties = &message["properties"];
+        assert_eq!(properties["payload_format"], 1, "{message}\n{log}");
+        assert_eq!(properties["content_type"], "application/json", "{message}");
+        assert!(
+            properties["response_topic"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/resp")),
+            "{message}"
+        );
+        assert_eq!(properties["correlation_data"], "0102ff", "{message}");
+        assert_eq!(properties["user_properties"][0][0], "unit", "{message}");
+        let expiry = properties["message_expiry"].as_u64().expect("an expiry");
+        assert!((55..=60).contains(&expiry), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_message_is_neither_delivered_from_the_queue_nor_retained() {
+    for (reports, log) in both("message-expiry") {
+        let received = report(&reports, "received")["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let payloads: Vec<_> = received.iter().map(|m| m["payload"].clone()).collect();
+        assert_eq!(payloads, ["long"], "{received:?}\n{log}");
+        let left = received[0]["properties"]["message_expiry"]
+            .as_u64()
+            .expect("what is left of its expiry interval");
+        assert!((290..300).contains(&left), "{received:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retain_as_published_keeps_the_retain_flag_only_where_asked() {
+    for (reports, log) in both("retain-as-published") {
+        let received = &report(&reports, "received")["messages"];
+        let flags: Vec<_> = received
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["retain"].clone())
+            .collect();
+        assert_eq!(flags, [true, false], "rap, then plain: {received}\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_identifier_comes_back_with_every_message_it_matched() {
+    for (reports, log) in both("subscription-ids") {
+        let received = &report(&reports, "received")["messages"];
+        assert_eq!(
+            received[0]["properties"]["subscription_ids"],
+            serde_json::json!([5]),
+            "{received}\n{log}"
+        );
+        assert!(
+            received[1]["properties"].get("subscription_ids").is_none(),
+            "{received}"
+        );
+    }
+}
+
+/// Mosquitto 2.0.11 withholds this will until its delay has passed and then drops it, reading
+/// MQTT-3.1.3-9 ("a new Network Connection to this Session") as covering a Clean Start
+/// takeover; but Clean Start ends the session, and §3.1.2.5 publishes the will when "the
+/// Session ends", whichever comes first. So this one runs against mqtt2es alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_start_takeover_within_the_will_delay_publishes_the_will_at_once() {
+    let (bridge, port) = mqtt2es();
+    let reports = probe(port, "will-on-clean-takeover");
+    let received = report(&reports, "received");
+    assert_eq!(
+        received["messages"][0]["payload"],
+        "device gone",
+        "{received}\n{}",
+        bridge.logs()
+    );
+    let seconds = received["seconds"].as_f64().expect("seconds");
+    assert!(seconds < 30.0, "not the 60 s will delay: {received}");
+}
+
+// ---- raw packets --------------------------------------------------------------------------
+
+/// What the server did with `bytes`, sent on a fresh connection: its reply, up to when it
+/// closed the connection (`closed`) or 10 s passed.
+struct Answer {
+    reply: Vec<u8>,
+    closed: bool,
+}
+
+async fn send_raw(port: u16, bytes: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut reply = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => {
+                return Answer {
+                    reply,
+                    closed: false,
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Answer {
+                    reply,
+                    closed: true,
+                };
+            }
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A CONNECT of protocol level `level` for `client_id`, with the flag byte or'ed with `flags`
+/// and `extra` fields appended (and counted in the remaining length).
+fn connect(level: u8, client_id: &[u8], flags: u8, extra: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02 | flags, 0, 30];
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id);
+    body.extend_from_slice(extra);
+    assert!(body.len() < 128, "one-byte remaining length");
+    [vec![0x10, body.len() as u8], body].concat()
+}
+
+/// A will with `topic` (and payload "x"), for a CONNECT of `level`, flags set by the caller.
+fn will_fields(level: u8, topic: &str) -> Vec<u8> {
+    let mut fields = Vec::new();
+    if level == 5 {
+        fields.push(0); // no will properties
+    }
+    fields.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    fields.extend_from_slice(topic.as_bytes());
+    fields.extend_from_slice(&[0, 1, b'x']);
+    fields
+}
+
+/// The malformed CONNECTs of the issue, by name, as sent with protocol `level`.
+fn bad_connects(level: u8) -> Vec<(&'static str, Vec<u8>, u8)> {
+    let mut cases = vec![
+        (
+            "reserved flag set",
+            connect(level, b"it-bad", 0x01, &[]),
+            0x81,
+        ),
+        (
+            "bytes after the payload",
+            connect(level, b"it-bad", 0, b"tail"),
+            0x81,
+        ),
+        (
+            "will topic with a wildcard",
+            connect(level, b"it-bad", 0x04, &will_fields(level, "a/#")),
+            0x90,
+        ),
+        (
+            "U+0000 in the client id",
+            connect(level, b"it\0bad", 0, &[]),
+            0x81,
+        ),
+        (
+            "client id not UTF-8",
+            connect(level, b"it\xffbad", 0, &[]),
+            0x81,
+        ),
+    ];
+    if level == 4 {
+        cases.push((
+            "password without a user name",
+            connect(level, b"it-bad", 0x40, &[0, 2, b'p', b'w']),
+            0,
+        ));
+    }
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_connects_are_refused_like_mosquitto_refuses_them() {
+    let mosquitto = Mosquitto::start();
+    let (bridge, port) = mqtt2es();
+    for level in [4, 5] {
+        for (case, bytes, code) in bad_connects(level) {
+            let reference = send_raw(mosquitto.port(), &bytes).await;
+            assert!(
+                reference.closed,
+                "Mosquitto kept {case} (level {level}) open"
+            );
+            let ours = send_raw(port, &bytes).await;
+            assert!(
+                ours.closed,
+                "{case} (level {level}) left open\n{}",
+                bridge.logs()
+            );
+            let expected: &[u8] = match level {
+                // 3.1.1 has no code for a broken rule: the connection just closes.
+                4 => &[],
+                _ => &[0x20, 0x03, 0x00, code, 0x00],
+            };
+            assert_eq!(
+                ours.reply,
+                expected,
+                "{case} (level {level}): CONNACK with reason {code:#x} expected\n{}",
+                bridge.logs()
+            );
+        }
+    }
+    let logs = bridge.logs();
+    assert!(
+        logs.contains("client id is not valid UTF-8"),
+        "the log names the field, not a topic:\n{logs}"
+    );
+    assert!(!logs.contains("topic is not valid UTF-8"), "{logs}");
+}
+
+/// A SUBSCRIBE (packet id 1) for one `filter` at QoS 0, for protocol `level`.
+fn subscribe(level: u8, filter: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter);
+    body.push(0);
+    [vec![0x82, body.len() as u8], body].concat()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscribe_with_an_invalid_filter_closes_the_connection_like_mosquitto() {
+    let mosquitto = Mosquitto::start();
+    let (bridge, port) = mqtt2es();
+    for level in [4, 5] {
+        let hello = connect(level, unique("it-sub").as_bytes(), 0, &[]);
+        for filter in [&b"a/#/b"[..], b"a+", b"a/\0/b"] {
+            let bytes = [hello.clone(), subscribe(level, filter)].concat();
+            let shown = String::from_utf8_lossy(filter);
+            let reference = send_raw(mosquitto.port(), &bytes).await;
+            assert!(
+                reference.closed,
+                "Mosquitto kept {shown:?} (level {level}) open"
+            );
+            let ours = send_raw(port, &bytes).await;
+            assert!(
+                ours.closed,
+                "{shown:?} (level {level}) left open\n{}",
+                bridge.logs()
+            );
+            // CONNACK, then nothing (3.1.1) or DISCONNECT "malformed packet" (MQTT 5).
+            let connack_len = if level == 4 {
+                4
+            } else {
+                ours.reply[1] as usize + 2
+            };
+            let after = &ours.reply[connack_len..];
+            match level {
+                4 => assert!(after.is_empty(), "{shown:?}: {after:?}"),
+                _ => assert_eq!(after.get(..1), Some(&[0xE0][..]), "{shown:?}: {after:?}"),
+            }
+            if level == 5 {
+                assert_eq!(after[2], 0x81, "{shown:?}: reason {after:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unfinished_connects_of_many_megabytes_are_refused_before_they_are_buffered() {
+    let (bridge, port) = mqtt2es();
+    // 15 MB announced, under the default 16 MiB packet limit; a few KB actually sent.
+    let mut header = vec![0x10, 0x80, 0x80, 0x80, 0x07, 0x00, 0x04];
+    header.extend_from_slice(b"MQTT\x05\x02\x00\x1e");
+    header.extend_from_slice(&[0u8; 4096]);
+    let mut connections = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let header = header.clone();
+        connections.spawn(async move { send_raw(port, &header).await });
+    }
+    let answers = connections.join_all().await;
+    for answer in answers {
+        assert!(answer.closed, "left open\n{}", bridge.logs());
+        assert_eq!(
+            answer.reply,
+            [0x20, 0x03, 0x00, 0x95, 0x00],
+            "CONNACK packet too large"
+        );
+    }
+    assert!(
+        bridge.logs().contains("exceeds the maximum of 131072"),
+        "{}",
+        bridge.logs()
+    );
+}
