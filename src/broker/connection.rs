@@ -242,6 +242,17 @@ async fn open(
         let _ = out.flush().await;
         return None;
     }
+    if let Some(method) = &connect.authentication_method {
+        info!(%peer, client_id = %connect.client_id, %method, "connection refused: enhanced authentication (AUTH) is not supported");
+        out.reply(&connack(
+            ConnectCode::BadAuthenticationMethod,
+            false,
+            None,
+            limits,
+        ));
+        let _ = out.flush().await;
+        return None;
+    }
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if connect.version == Version::V311 && !connect.clean_start {
             info!(%peer, "connection refused: an empty client id needs clean session");

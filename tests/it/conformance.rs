@@ -388,3 +388,35 @@ async fn unfinished_connects_of_many_megabytes_are_refused_before_they_are_buffe
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_asking_for_enhanced_authentication_gets_bad_authentication_method() {
+    use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Packet};
+    let mut bytes = bytes::BytesMut::new();
+    let properties = ConnectProperties {
+        authentication_method: Some("SCRAM-SHA-1".into()),
+        ..ConnectProperties::new()
+    };
+    let connect = Connect {
+        keep_alive: 30,
+        client_id: unique("it-auth"),
+        clean_start: true,
+        properties: Some(properties),
+    };
+    Packet::Connect(connect, None, None)
+        .write(&mut bytes, None)
+        .expect("encode CONNECT");
+    let mosquitto = Mosquitto::start();
+    let (bridge, port) = mqtt2es();
+    for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
+        let answer = send_raw(port, &bytes).await;
+        assert!(answer.closed, "{broker} left it open");
+        assert_eq!(
+            answer.reply.get(3),
+            Some(&0x8C),
+            "{broker}: CONNACK {:x?}\n{}",
+            answer.reply,
+            bridge.logs()
+        );
+    }
+}

@@ -47,6 +47,8 @@ pub struct Connect {
     pub receive_maximum: Option<u16>,
     /// The largest packet the client accepts (MQTT 5).
     pub max_packet_size: Option<u32>,
+    /// MQTT 5 enhanced authentication, which we do not support.
+    pub authentication_method: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ pub enum ConnectCode {
     ServerBusy,
     BadCredentials,
     NotAuthorized,
+    /// MQTT 5 enhanced authentication asked for (0x8C): not supported.
+    BadAuthenticationMethod,
     /// The CONNECT broke a rule of MQTT (MQTT 5 only: 3.1.1 has no code for it and closes).
     Refused(strict::Answer),
 }
@@ -409,6 +413,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 }),
                 receive_maximum: None,
                 max_packet_size: None,
+                authentication_method: None,
             }))
         }
         v4::Packet::Publish(publish) => Packet::Publish(Publish {
@@ -527,6 +532,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 session_expiry_s: properties.session_expiry_interval.unwrap_or(0),
                 receive_maximum: properties.receive_maximum,
                 max_packet_size: properties.max_packet_size,
+                authentication_method: properties.authentication_method,
             }))
         }
         v5::Packet::Publish(publish) => {
@@ -649,8 +655,10 @@ fn write_v4(reply: &Reply, buf: &mut BytesMut) -> Result<(), CodecError> {
                 ConnectCode::ServerBusy => v4::ConnectReturnCode::ServiceUnavailable,
                 ConnectCode::BadCredentials => v4::ConnectReturnCode::BadUserNamePassword,
                 ConnectCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
-                // Not sent: 3.1.1 has no code for a broken rule, and the connection closes.
-                ConnectCode::Refused(_) => v4::ConnectReturnCode::ServiceUnavailable,
+                // Not sent: 3.1.1 has neither, and the connection closes.
+                ConnectCode::Refused(_) | ConnectCode::BadAuthenticationMethod => {
+                    v4::ConnectReturnCode::ServiceUnavailable
+                }
             },
             *session_present,
         )),
@@ -745,6 +753,9 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                     ConnectCode::ServerBusy => v5::ConnectReturnCode::ServerBusy,
                     ConnectCode::BadCredentials => v5::ConnectReturnCode::BadUserNamePassword,
                     ConnectCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+                    ConnectCode::BadAuthenticationMethod => {
+                        v5::ConnectReturnCode::BadAuthenticationMethod
+                    }
                     ConnectCode::Refused(answer) => match answer {
                         strict::Answer::Malformed => v5::ConnectReturnCode::MalformedPacket,
                         strict::Answer::ProtocolError => v5::ConnectReturnCode::ProtocolError,
