@@ -785,6 +785,14 @@ impl Connection {
                 session_expiry_s,
             } => {
                 if let Some(expiry) = session_expiry_s {
+                    // A session that was to end with its connection cannot be kept after
+                    // all (MQTT-3.14.2-2); the will then goes out as for any broken rule.
+                    if self.expiry_s == 0 && expiry != 0 {
+                        return Some(End::Violation(
+                            Goodbye::ProtocolError,
+                            "DISCONNECT sets a session expiry after CONNECT set none".into(),
+                        ));
+                    }
                     self.expiry_s = expiry;
                 }
                 return Some(End::Normal { will: publish_will });

@@ -420,3 +420,35 @@ async fn a_connect_asking_for_enhanced_authentication_gets_bad_authentication_me
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disconnect_that_keeps_a_session_connect_said_would_end_is_a_protocol_error() {
+    use rumqttc::v5::mqttbytes::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode};
+    let mut bytes = bytes::BytesMut::from(&connect(5, unique("it-expiry").as_bytes(), 0, &[])[..]);
+    rumqttc::v5::mqttbytes::v5::Packet::Disconnect(Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties: Some(DisconnectProperties {
+            session_expiry_interval: Some(60),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    })
+    .write(&mut bytes, None)
+    .expect("encode DISCONNECT");
+    let mosquitto = Mosquitto::start();
+    let (bridge, port) = mqtt2es();
+    for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
+        let answer = send_raw(port, &bytes).await;
+        assert!(answer.closed, "{broker} left it open");
+        // CONNACK (its length in byte 1), then DISCONNECT 0x82.
+        let after = &answer.reply[answer.reply[1] as usize + 2..];
+        assert_eq!(
+            (after.first(), after.get(2)),
+            (Some(&0xE0), Some(&0x82)),
+            "{broker}: {:x?}\n{}",
+            answer.reply,
+            bridge.logs()
+        );
+    }
+}
