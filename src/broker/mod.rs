@@ -13,6 +13,7 @@
 //! - `connection` — one client: CONNECT, publishes into records, acks once durable, deliveries.
 //! - `session`    — the registry of sessions (subscriptions, expiry, QoS 2 state, takeover).
 //! - `router`     — which subscription a message matches, at which QoS.
+//! - `share`      — shared subscriptions: which member of a group gets the next message.
 //! - `retained`   — the retained message store.
 //! - `store`      — sessions and retained messages on disk, written atomically.
 //!
@@ -27,6 +28,7 @@ pub mod retained;
 pub mod router;
 pub mod session;
 pub mod settings;
+pub mod share;
 pub mod store;
 
 use std::sync::Arc;

@@ -58,6 +58,7 @@ mod tests {
 
     fn message(topic: &str, payload: &'static [u8]) -> Delivery {
         Delivery {
+            share: None,
             topic: Arc::from(topic),
             payload: Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,

@@ -4,6 +4,8 @@
 //! session however many of its filters match (MQTT 5 §3.3.4 allows either; one copy is what
 //! Mosquitto does and what `mosquitto_sub -t a/# -t a/+` users expect), at the highest QoS
 //! granted among the matching filters, capped by the QoS the message was published with.
+//! Shared subscriptions (`$share/…`) are not counted here: their group gives a message to one
+//! member (`share`), whatever that member's other subscriptions got.
 
 use super::session::Subscription;
 use crate::record::QoS;
@@ -21,7 +23,7 @@ pub struct Match {
 
 /// How to deliver `topic` (published at `published`) to a session holding `subscriptions`, or
 /// `None` if none matches. `own` is whether the publisher is this session: MQTT 5 "no local"
-/// subscriptions skip the session's own messages.
+/// subscriptions skip the session's own messages. Shared subscriptions are left out.
 pub fn matching(
     subscriptions: &[Subscription],
     topic: &str,
@@ -31,6 +33,7 @@ pub fn matching(
     let mut found: Option<Match> = None;
     for s in subscriptions
         .iter()
+        .filter(|s| s.filter.share_group().is_none())
         .filter(|s| !(own && s.no_local) && s.filter.matches(topic))
     {
         let found = found.get_or_insert(Match {
@@ -112,6 +115,21 @@ mod tests {
         let subs = [sub("a", QoS::AtLeastOnce, true)];
         assert_eq!(qos_of(&subs, "a", QoS::AtLeastOnce, true), None);
         assert!(qos_of(&subs, "a", QoS::AtLeastOnce, false).is_some());
+    }
+
+    #[test]
+    fn a_shared_subscription_gives_the_session_no_copy_of_its_own() {
+        let subs = [sub("$share/g/a/#", QoS::AtLeastOnce, false)];
+        assert_eq!(qos_of(&subs, "a/b", QoS::AtLeastOnce, false), None);
+        let subs = [
+            sub("$share/g/a/#", QoS::ExactlyOnce, false),
+            sub("a/+", QoS::AtMostOnce, false),
+        ];
+        assert_eq!(
+            qos_of(&subs, "a/b", QoS::ExactlyOnce, false),
+            Some(QoS::AtMostOnce),
+            "the non-shared subscription's QoS alone"
+        );
     }
 
     #[test]

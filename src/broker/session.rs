@@ -1,7 +1,9 @@
 //! Sessions and the registry that holds them: which client ids have a session, what each is
 //! subscribed to, when it expires, which QoS 2 packet ids await PUBREL, what is queued for it
 //! while it is offline, and which connection (if any) owns it now. The retained store lives
-//! here too, because a retained publish and the fan-out it causes must be one step.
+//! here too, because a retained publish and the fan-out it causes must be one step. So are
+//! the shared subscriptions' member lists (`share`): a session ending hands its share of
+//! unacknowledged messages to another member in the same step that removes it.
 //!
 //! One `std::sync::Mutex` over everything, held only for map work and never across an await:
 //! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
@@ -20,6 +22,7 @@ use tracing::warn;
 use super::codec::MessageProperties;
 use super::retained::Retained;
 use super::router;
+use super::share::{Reach, Share};
 use super::store::{self, State};
 use crate::kept::{self, Kept, KeptError};
 use crate::reading::{Assigned, Assignments};
@@ -36,6 +39,10 @@ const DELIVERY_CAPACITY: usize = 1024;
 /// A message on its way to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The shared subscription (`$share/<group>/<filter>`) it was given out through, if any:
+    /// should its member's session end before acknowledging it, another member gets it.
+    /// One word (a thin `Arc`), since every delivery carries it.
+    pub share: Option<Arc<TopicFilter>>,
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,
@@ -59,6 +66,7 @@ impl Delivery {
         now: SystemTime,
     ) -> Delivery {
         Delivery {
+            share: None,
             topic: Arc::from(topic),
             payload,
             qos,
@@ -145,6 +153,33 @@ impl Session {
         Some(deliveries)
     }
 
+    /// How a message at `qos` reaches this session now as a member of a shared subscription.
+    fn reach(&self, qos: QoS) -> Reach {
+        let Some(attached) = &self.attached else {
+            // Offline sessions exist only while they outlive their connection.
+            return match qos {
+                QoS::AtMostOnce => Reach::Unreachable,
+                _ if self.expired(SystemTime::now()) => Reach::Unreachable,
+                _ => Reach::Queue,
+            };
+        };
+        match &attached.deliver {
+            // Its connection is ending and hands the session back next (`detach`), queue
+            // included: kept for the session, or handed on if the session ends.
+            Some(deliver) if deliver.is_closed() && qos > QoS::AtMostOnce => Reach::Queue,
+            // Only the registry sends, under its lock: room now is room for this one.
+            Some(deliver) if !deliver.is_closed() && deliver.capacity() > 0 => Reach::Live,
+            _ => Reach::Unreachable,
+        }
+    }
+
+    /// Its subscription `filter`, if it has one.
+    fn subscription(&self, filter: &str) -> Option<&Subscription> {
+        self.subscriptions
+            .iter()
+            .find(|s| s.filter.as_str() == filter)
+    }
+
     fn expired(&self, now: SystemTime) -> bool {
         match (self.attached.is_some(), self.disconnected_at) {
             (false, Some(at)) if self.expiry_s != u32::MAX => {
@@ -181,6 +216,9 @@ struct Inner {
     /// The client ids whose sessions have subscriptions: fan-out walks these only, so a fleet
     /// of publish-only devices costs nothing per message.
     subscribers: HashSet<String>,
+    /// Shared subscriptions by their filter as written (`$share/<group>/<filter>`), each with
+    /// its members and whose turn it is; a share goes once its last member leaves.
+    shares: HashMap<String, Share>,
     retained: Retained,
 }
 
@@ -205,6 +243,8 @@ pub struct Registry {
     changed: Notify,
     next_connection: AtomicU64,
     dropped: AtomicU64,
+    /// QoS 1/2 messages of shared subscriptions that no member could take.
+    unshared: AtomicU64,
     /// Where what unacknowledged publishes were assigned is kept across a crash (`None` in
     /// tests of the registry alone).
     kept: Option<Kept>,
@@ -218,6 +258,7 @@ impl Registry {
             changed: Notify::new(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            unshared: AtomicU64::new(0),
             kept: None,
         }
     }
@@ -260,6 +301,9 @@ impl Registry {
                     will_waiting: None,
                 };
                 if !session.expired(now) {
+                    for subscription in &session.subscriptions {
+                        join(&mut inner.shares, &saved.client_id, &subscription.filter);
+                    }
                     inner.sessions.insert(saved.client_id.clone(), session);
                     inner.reindex(&saved.client_id);
                 }
@@ -363,12 +407,7 @@ impl Registry {
             .get(client_id)
             .is_some_and(|s| s.expired(SystemTime::now()));
         if clean_start || expired {
-            if let Some(ended) = inner.sessions.remove(client_id)
-                && let Some(will) = ended.will_waiting
-            {
-                will.cancel();
-            }
-            inner.reindex(client_id);
+            self.end_session(&mut inner, client_id, Vec::new());
             self.forget_all(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
@@ -411,16 +450,19 @@ impl Registry {
         }
         session.attached = None;
         if expiry_s == 0 {
-            inner.sessions.remove(client_id);
-            inner.reindex(client_id);
+            self.end_session(&mut inner, client_id, unsent);
             self.forget_all(client_id);
         } else {
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
             session.readings = readings;
-            for delivery in unsent.into_iter().filter(|d| d.qos > QoS::AtMostOnce) {
-                session.queued.push_back(delivery);
-            }
+            // Ahead of what a shared subscription queued for it while the connection ended.
+            let meanwhile = std::mem::take(&mut session.queued);
+            session.queued = unsent
+                .into_iter()
+                .filter(|d| d.qos > QoS::AtMostOnce)
+                .chain(meanwhile)
+                .collect();
             while session.queued.len() > MAX_QUEUED {
                 session.queued.pop_front();
                 self.count_dropped(client_id);
@@ -466,16 +508,22 @@ impl Registry {
         let mut result = Vec::with_capacity(subscriptions.len());
         let now = SystemTime::now();
         for subscription in subscriptions {
-            let retained = inner
-                .retained
-                .matching(&subscription.filter)
-                .filter(|m| !m.expired(now))
-                .map(|m| Delivery {
-                    qos: m.qos.min(subscription.qos),
-                    subscription_ids: subscription.id.into_iter().collect(),
-                    ..m.clone()
-                })
-                .collect();
+            join(&mut inner.shares, client_id, &subscription.filter);
+            // A shared subscription gets no retained messages (MQTT 5 §4.8.2): the group shares
+            // a stream, and each member joining would replay the old news to it again.
+            let retained = match subscription.filter.share_group() {
+                Some(_) => Vec::new(),
+                None => inner
+                    .retained
+                    .matching(&subscription.filter)
+                    .filter(|m| !m.expired(now))
+                    .map(|m| Delivery {
+                        qos: m.qos.min(subscription.qos),
+                        subscription_ids: subscription.id.into_iter().collect(),
+                        ..m.clone()
+                    })
+                    .collect(),
+            };
             let existing = session
                 .subscriptions
                 .iter_mut()
@@ -501,9 +549,14 @@ impl Registry {
         }
     }
 
+    /// Removes subscriptions of `client_id`; a shared one's member leaves its group, though
+    /// what it was given through it stays its own to finish (MQTT 5 §3.10.4).
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
         let mut inner = self.lock();
-        let Some(session) = inner.sessions.get_mut(client_id) else {
+        let Inner {
+            sessions, shares, ..
+        } = &mut *inner;
+        let Some(session) = sessions.get_mut(client_id) else {
             return vec![false; filters.len()];
         };
         let existed = filters
@@ -513,6 +566,7 @@ impl Registry {
                 session
                     .subscriptions
                     .retain(|s| s.filter.as_str() != filter);
+                leave(shares, client_id, filter);
                 session.subscriptions.len() != before
             })
             .collect();
@@ -524,7 +578,10 @@ impl Registry {
 
     /// Updates the retained store and fans `message` out to every matching session: live
     /// connections get it on their channel (dropped with a count if a subscriber lags that
-    /// far behind), offline persistent sessions queue QoS 1/2 messages.
+    /// far behind), offline persistent sessions queue QoS 1/2 messages. Each matching shared
+    /// subscription gives it to one of its members (see `share`), on top of the copies for
+    /// non-shared subscriptions: a session with both gets two, as MQTT 5 §4.8.2 describes and
+    /// Mosquitto does.
     pub fn publish(&self, publisher: &str, message: &Delivery) {
         let mut inner = self.lock();
         if message.retain {
@@ -535,6 +592,7 @@ impl Registry {
         let Inner {
             sessions,
             subscribers,
+            shares,
             ..
         } = &mut *inner;
         for client_id in subscribers.iter() {
@@ -570,9 +628,73 @@ impl Registry {
                 }
             }
         }
+        let mut unshared = 0;
+        for share in shares.values_mut() {
+            if share.matches(&message.topic)
+                && !share_out(sessions, share, message, &mut dropped)
+                && message.qos > QoS::AtMostOnce
+            {
+                unshared += 1;
+            }
+        }
         drop(inner);
         for client_id in dropped {
             self.count_dropped(&client_id);
+        }
+        self.count_unshared(unshared);
+    }
+
+    /// Removes `client_id`'s session. A will waiting out its delay is published now (see
+    /// `will_waiting`). The session leaves its shared subscriptions, and the QoS 1/2 messages
+    /// it held of them (`unsent` by its connection, in flight or not yet sent, and its queue)
+    /// go to another member each (MQTT 5 §4.8.2): a member dropping out loses none of its
+    /// share. What it held of its other subscriptions goes with it.
+    fn end_session(&self, inner: &mut Inner, client_id: &str, unsent: Vec<Delivery>) {
+        let Some(session) = inner.sessions.remove(client_id) else {
+            return;
+        };
+        if let Some(will) = &session.will_waiting {
+            will.cancel();
+        }
+        inner.subscribers.remove(client_id);
+        for subscription in &session.subscriptions {
+            leave(&mut inner.shares, client_id, subscription.filter.as_str());
+        }
+        let mut dropped = Vec::new();
+        let mut unshared = 0;
+        for delivery in unsent.into_iter().chain(session.queued) {
+            let Some(filter) = delivery
+                .share
+                .as_ref()
+                .filter(|_| delivery.qos > QoS::AtMostOnce)
+            else {
+                continue;
+            };
+            let given = inner.shares.get_mut(filter.as_str()).is_some_and(|share| {
+                share_out(&mut inner.sessions, share, &delivery, &mut dropped)
+            });
+            if !given {
+                unshared += 1;
+            }
+        }
+        for client_id in dropped {
+            self.count_dropped(&client_id);
+        }
+        self.count_unshared(unshared);
+    }
+
+    /// Counts QoS 1/2 messages of shared subscriptions that no member could take.
+    fn count_unshared(&self, lost: u64) {
+        if lost == 0 {
+            return;
+        }
+        let before = self.unshared.fetch_add(lost, Ordering::Relaxed);
+        let total = before + lost;
+        if before == 0 || total.ilog2() > before.ilog2() {
+            warn!(
+                dropped_total = total,
+                "no member of a shared subscription could take a message: dropped"
+            );
         }
     }
 
@@ -624,16 +746,10 @@ impl Registry {
             .map(|(id, _)| id.clone())
             .collect();
         for client_id in &expired {
-            inner.sessions.remove(client_id);
+            self.end_session(&mut inner, client_id, Vec::new());
             self.forget_all(client_id);
         }
         let purged = expired.len();
-        let Inner {
-            sessions,
-            subscribers,
-            ..
-        } = &mut *inner;
-        subscribers.retain(|id| sessions.contains_key(id));
         drop(inner);
         if purged > 0 {
             self.touch();
@@ -663,6 +779,81 @@ impl Registry {
     }
 }
 
+/// Adds `client_id` to the members of `filter` if it is a shared subscription.
+fn join(shares: &mut HashMap<String, Share>, client_id: &str, filter: &TopicFilter) {
+    if filter.share_group().is_none() {
+        return;
+    }
+    if let Some(share) = shares.get_mut(filter.as_str()) {
+        share.join(client_id);
+        return;
+    }
+    let mut share = Share::new(filter.clone());
+    share.join(client_id);
+    shares.insert(filter.as_str().to_owned(), share);
+}
+
+/// Removes `client_id` from the members of the shared subscription `filter`, if it is one.
+fn leave(shares: &mut HashMap<String, Share>, client_id: &str, filter: &str) {
+    if let Some(share) = shares.get_mut(filter) {
+        share.leave(client_id);
+        if share.is_empty() {
+            shares.remove(filter);
+        }
+    }
+}
+
+/// Gives `message` to the member of `share` whose turn it is, as that member's subscription
+/// asks (QoS, Retain As Published, identifier); false if no member could take it. A member's
+/// queue that overflows for it is noted in `dropped`.
+fn share_out(
+    sessions: &mut HashMap<String, Session>,
+    share: &mut Share,
+    message: &Delivery,
+    dropped: &mut Vec<String>,
+) -> bool {
+    // Its own handle: the member picked borrows `share`.
+    let shared = Arc::clone(share.filter());
+    let filter = shared.as_str();
+    let reach = |member: &str| {
+        let session = sessions.get(member);
+        session
+            .and_then(|s| Some(s.reach(s.subscription(filter)?.qos.min(message.qos))))
+            .unwrap_or(Reach::Unreachable)
+    };
+    let Some((member, how)) = share.pick(reach) else {
+        return false;
+    };
+    let Some(session) = sessions.get_mut(member) else {
+        return false;
+    };
+    let Some(subscription) = session.subscription(filter) else {
+        return false;
+    };
+    let delivery = Delivery {
+        qos: subscription.qos.min(message.qos),
+        retain: message.retain && subscription.retain_as_published,
+        subscription_ids: subscription.id.into_iter().collect(),
+        share: Some(shared),
+        ..message.clone()
+    };
+    let deliver = session.attached.as_ref().and_then(|a| a.deliver.as_ref());
+    let delivery = match (how, deliver) {
+        (Reach::Live, Some(deliver)) => match deliver.try_send(delivery) {
+            Ok(()) => return true,
+            // Closed since `reach` looked: the connection hands the queue back (`detach`).
+            Err(error) => error.into_inner(),
+        },
+        _ => delivery,
+    };
+    session.queued.push_back(delivery);
+    if session.queued.len() > MAX_QUEUED {
+        session.queued.pop_front();
+        dropped.push(member.to_owned());
+    }
+    true
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()
@@ -684,6 +875,7 @@ mod tests {
 
     fn message(topic: &str, qos: QoS) -> Delivery {
         Delivery {
+            share: None,
             topic: Arc::from(topic),
             payload: Bytes::from_static(b"x"),
             qos,
@@ -948,5 +1140,201 @@ mod tests {
         registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
         assert!(registry.reconnected_since("pi", 1));
         assert!(!registry.reconnected_since("pi", 2));
+    }
+
+    /// `client_id` connected with a clean session (`expiry_s` 0) or a persistent one, subscribed
+    /// to `filter`; where its deliveries arrive.
+    fn member(
+        registry: &Registry,
+        client_id: &str,
+        connection: u64,
+        expiry_s: u32,
+        filter: &str,
+    ) -> mpsc::Receiver<Delivery> {
+        registry.attach(client_id, expiry_s == 0, expiry_s, attached(connection));
+        subscribe(registry, client_id, filter)
+            .deliveries
+            .expect("a channel with the first subscription")
+    }
+
+    /// The topics waiting on `rx`, taken off it.
+    fn topics(rx: &mut mpsc::Receiver<Delivery>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| d.topic.to_string())
+            .collect()
+    }
+
+    fn publish_all(registry: &Registry, topics: &[&str]) {
+        for topic in topics {
+            registry.publish("pub", &message(topic, QoS::AtLeastOnce));
+        }
+    }
+
+    #[test]
+    fn each_message_goes_to_exactly_one_member_of_each_shared_group() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        let mut other_group = member(&registry, "c", 3, 0, "$share/h/test/#");
+        publish_all(&registry, &["test/1", "test/2", "test/3", "test/4"]);
+
+        let (a, b) = (topics(&mut a), topics(&mut b));
+        let mut all: Vec<_> = a.iter().chain(&b).cloned().collect();
+        all.sort();
+        assert_eq!(all, ["test/1", "test/2", "test/3", "test/4"], "{a:?} {b:?}");
+        assert_eq!(topics(&mut other_group).len(), 4, "a group of its own");
+    }
+
+    #[test]
+    fn members_of_a_shared_group_take_turns() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        let mut c = member(&registry, "c", 3, 0, "$share/g/test/#");
+        publish_all(
+            &registry,
+            &["test/1", "test/2", "test/3", "test/4", "test/5"],
+        );
+        assert_eq!(topics(&mut a), ["test/1", "test/4"]);
+        assert_eq!(topics(&mut b), ["test/2", "test/5"]);
+        assert_eq!(topics(&mut c), ["test/3"]);
+    }
+
+    #[test]
+    fn a_non_shared_subscriber_beside_a_shared_group_still_gets_every_message() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        let mut plain = member(&registry, "plain", 3, 0, "test/#");
+        publish_all(&registry, &["test/1", "test/2", "test/3"]);
+        assert_eq!(topics(&mut plain), ["test/1", "test/2", "test/3"]);
+        assert_eq!(topics(&mut a).len() + topics(&mut b).len(), 3);
+    }
+
+    #[test]
+    fn a_member_that_also_subscribes_without_sharing_gets_a_copy_for_each() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        subscribe(&registry, "a", "test/+");
+        registry.publish("pub", &message("test/1", QoS::AtLeastOnce));
+        let shares: Vec<_> = std::iter::from_fn(|| a.try_recv().ok())
+            .map(|d| d.share.map(|f| f.as_str().to_owned()))
+            .collect();
+        assert_eq!(shares, [None, Some("$share/g/test/#".to_owned())]);
+    }
+
+    #[test]
+    fn a_dropped_members_unacknowledged_share_goes_to_another_member() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        subscribe(&registry, "a", "test/own");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        publish_all(&registry, &["test/1", "test/2", "test/3", "test/own"]);
+        registry.publish("pub", &message("test/qos0", QoS::AtMostOnce));
+        assert_eq!(topics(&mut b), ["test/2", "test/own"]);
+
+        // As `finish` does: "test/1" was sent and not acknowledged (in flight), the rest are
+        // still in the channel when the connection ends.
+        let in_flight = a.try_recv().expect("test/1");
+        a.close();
+        let unsent: Vec<_> = std::iter::once(in_flight)
+            .chain(std::iter::from_fn(|| a.try_recv().ok()))
+            .collect();
+        let unsent_topics: Vec<_> = unsent.iter().map(|d| &*d.topic).collect();
+        assert_eq!(unsent_topics, ["test/1", "test/3", "test/own", "test/qos0"]);
+        registry.detach("a", 1, 0, unsent, Assignments::default());
+
+        assert_eq!(
+            topics(&mut b),
+            ["test/1", "test/3"],
+            "its QoS 1 share; neither its own copy of test/own nor QoS 0"
+        );
+        publish_all(&registry, &["test/4"]);
+        assert_eq!(topics(&mut b), ["test/4"], "the only member left");
+    }
+
+    #[test]
+    fn a_persistent_member_keeps_its_unacknowledged_share_for_itself() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, u32::MAX, "$share/g/test/#");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        publish_all(&registry, &["test/1", "test/2"]);
+        a.close();
+        let unsent: Vec<_> = std::iter::from_fn(|| a.try_recv().ok()).collect();
+        registry.detach("a", 1, u32::MAX, unsent, Assignments::default());
+        assert_eq!(topics(&mut b), ["test/2"]);
+
+        let resumed = registry.attach("a", false, u32::MAX, attached(3));
+        let queued: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();
+        assert_eq!(queued, ["test/1"]);
+    }
+
+    #[test]
+    fn an_offline_persistent_member_gets_messages_queued_only_while_no_member_is_live() {
+        let registry = Registry::new();
+        member(&registry, "offline", 1, u32::MAX, "$share/g/test/#");
+        registry.detach("offline", 1, u32::MAX, Vec::new(), Assignments::default());
+        let mut live = member(&registry, "live", 2, 0, "$share/g/test/#");
+        publish_all(&registry, &["test/1", "test/2"]);
+        assert_eq!(topics(&mut live), ["test/1", "test/2"]);
+
+        drop(live);
+        registry.detach("live", 2, 0, Vec::new(), Assignments::default());
+        publish_all(&registry, &["test/3"]);
+        let resumed = registry.attach("offline", false, u32::MAX, attached(3));
+        let queued: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();
+        assert_eq!(queued, ["test/3"]);
+    }
+
+    #[test]
+    fn a_shared_subscription_gets_no_retained_messages() {
+        let registry = Registry::new();
+        registry.publish(
+            "pub",
+            &Delivery {
+                retain: true,
+                ..message("test/status", QoS::AtLeastOnce)
+            },
+        );
+        registry.attach("a", true, 0, attached(1));
+        let subscribed = subscribe(&registry, "a", "$share/g/test/#");
+        assert!(subscribed.filters[0].1.is_empty());
+        let subscribed = subscribe(&registry, "a", "test/#");
+        assert_eq!(subscribed.filters[0].1.len(), 1, "a non-shared one does");
+    }
+
+    #[test]
+    fn an_unsubscribed_member_leaves_the_turns_to_the_others() {
+        let registry = Registry::new();
+        let mut a = member(&registry, "a", 1, 0, "$share/g/test/#");
+        let mut b = member(&registry, "b", 2, 0, "$share/g/test/#");
+        let mut c = member(&registry, "c", 3, 0, "$share/g/test/#");
+        assert_eq!(
+            registry.unsubscribe("a", &["$share/g/test/#".into()]),
+            [true]
+        );
+        publish_all(&registry, &["test/1", "test/2"]);
+        assert!(topics(&mut a).is_empty());
+        assert_eq!(topics(&mut b), ["test/1"]);
+        assert_eq!(topics(&mut c), ["test/2"]);
+    }
+
+    #[test]
+    fn a_shared_group_is_rebuilt_from_the_saved_state_after_a_restart() {
+        let registry = Registry::new();
+        member(&registry, "a", 1, u32::MAX, "$share/g/test/#");
+        member(&registry, "b", 2, u32::MAX, "$share/g/test/#");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store::Store::open(dir.path()).expect("open");
+        store.save(&registry.snapshot()).expect("save");
+
+        let registry = Registry::restore(store.load().expect("load"));
+        publish_all(&registry, &["test/1", "test/2"]);
+        let a = registry.attach("a", false, u32::MAX, attached(3)).queued;
+        let b = registry.attach("b", false, u32::MAX, attached(4)).queued;
+        assert_eq!(a.len() + b.len(), 2, "{a:?} {b:?}");
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+        let share = a[0].share.as_ref().map(|f| f.as_str());
+        assert_eq!(share, Some("$share/g/test/#"));
     }
 }

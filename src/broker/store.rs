@@ -133,6 +133,7 @@ impl SavedMessage {
             user_properties: self.user_properties,
         };
         Some(Delivery {
+            share: None,
             topic: Arc::from(self.topic),
             payload: Bytes::from(payload),
             qos: qos(self.qos),
