@@ -1040,13 +1040,22 @@ impl Connection {
                 "SUBSCRIBE with subscription identifier 0 (MQTT 5 §3.8.2.1.2)".into(),
             ));
         }
+        // MQTT 5 §3.8.3.1: no local on a shared subscription is a Protocol Error.
+        let shared = |f: &codec::Filter| {
+            TopicFilter::parse(&f.filter).is_ok_and(|p| p.share_group().is_some())
+        };
+        if let Some(filter) = filters.iter().find(|f| f.no_local && shared(f)) {
+            return Some(End::Violation(
+                Goodbye::ProtocolError,
+                format!("no local on shared subscription {:?}", filter.filter),
+            ));
+        }
         let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         let mut retain_rules = Vec::new();
         for filter in filters {
             let code = match TopicFilter::parse(&filter.filter) {
                 Err(_) => SubCode::FilterInvalid,
-                Ok(parsed) if parsed.share_group().is_some() => SubCode::SharedNotSupported,
                 Ok(_)
                     if !self
                         .context

@@ -176,7 +176,6 @@ pub enum SubCode {
     Granted(QoS),
     NotAuthorized,
     FilterInvalid,
-    SharedNotSupported,
 }
 
 /// Why we close a connection (MQTT 5 DISCONNECT reason; 3.1.1 just closes).
@@ -735,7 +734,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                 user_properties: Vec::new(),
                 wildcard_subscription_available: Some(1),
                 subscription_identifiers_available: Some(1),
-                shared_subscription_available: Some(0),
+                shared_subscription_available: Some(1),
                 server_keep_alive: None,
                 response_information: None,
                 server_reference: None,
@@ -818,9 +817,6 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                     SubCode::Granted(qos) => v5::SubscribeReasonCode::Success(v5_qos(*qos)),
                     SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                     SubCode::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
-                    SubCode::SharedNotSupported => {
-                        v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                    }
                 })
                 .collect(),
             properties: None,
