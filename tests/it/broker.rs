@@ -10,6 +10,8 @@ use serde_json::json;
 
 use crate::bridge_basics::readings_pipeline;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::publish::publish_lines_qos1;
+use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, unique, wait_for_count};
 
 /// The shipped catch-all pipeline: JSON as fields, text in `message`.
@@ -1589,4 +1591,139 @@ async fn sigterm_before_elasticsearch_was_ever_ready_exits_zero_having_acknowled
         "{}",
         bridge.logs()
     );
+}
+
+/// `mosquitto_sub -V mqttv5` subscribed to the shared subscription `filter` at QoS 1.
+fn v5_share_member(port: u16, filter: &str) -> Subscriber {
+    Subscriber::start_at("127.0.0.1", port, filter, &["-V", "mqttv5"])
+}
+
+/// Polls until `subscribers` got `count` messages between them or `timeout` passes; what each
+/// got by then.
+async fn received_between(
+    subscribers: &[&Subscriber],
+    count: usize,
+    timeout: Duration,
+) -> Vec<Vec<Received>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let received: Vec<_> = subscribers.iter().map(|s| s.messages()).collect();
+        if received.iter().map(Vec::len).sum::<usize>() >= count || Instant::now() > deadline {
+            return received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The payloads of `received`, sorted, to compare with what was published.
+fn sorted_payloads<'a>(received: impl IntoIterator<Item = &'a Received>) -> Vec<String> {
+    let mut payloads: Vec<_> = received.into_iter().map(|m| m.payload.clone()).collect();
+    payloads.sort();
+    payloads
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_mosquitto_sub_members_of_a_shared_group_get_every_message_exactly_once_between_them() {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let a = v5_share_member(port, "$share/g/test/#");
+    let b = v5_share_member(port, "$share/g/test/#");
+
+    let sent: Vec<String> = (0..200).map(|n| format!("message-{n:03}")).collect();
+    let acked = publish_lines_qos1(port, "test/shared", &sent);
+    assert_eq!(acked, sent.len(), "{}", bridge.logs());
+
+    let received = received_between(&[&a, &b], sent.len(), Duration::from_secs(30)).await;
+    let counts: Vec<_> = received.iter().map(Vec::len).collect();
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "each member gets a share: {counts:?}\n{}",
+        bridge.logs()
+    );
+    assert_eq!(
+        sorted_payloads(received.iter().flatten()),
+        sent,
+        "every message once, to one member ({counts:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_member_that_drops_out_without_acknowledging_leaves_its_qos1_share_to_the_other() {
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    // A 3.1.1 member: mosquitto_sub's default protocol.
+    let steady = Subscriber::start_at("127.0.0.1", port, "$share/g/test/#", &[]);
+    // The member that drops out acknowledges nothing and takes at most five at a time, so of
+    // its share five are in flight when it goes and the rest still wait in mqtt2es.
+    let mut options = v5::MqttOptions::new(unique("it-share-dropout"), "127.0.0.1", port);
+    options
+        .set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(5));
+    let (client, mut eventloop) = v5::AsyncClient::new(options, 100);
+    client
+        .subscribe("$share/g/test/#", v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("queue SUBSCRIBE");
+    let subscribed = drive_v5(&mut eventloop, Duration::from_secs(10), |event| {
+        matches!(event, v5::Event::Incoming(v5::Incoming::SubAck(_)))
+    });
+    assert!(subscribed.await.expect("connected"), "{}", bridge.logs());
+
+    let sent: Vec<String> = (0..20).map(|n| format!("message-{n:02}")).collect();
+    assert_eq!(publish_lines_qos1(port, "test/dropout", &sent), sent.len());
+    // Fanned out on arrival, before the PUBACKs: the dropout's share is with it already.
+    let mut held = Vec::new();
+    let five = drive_v5(&mut eventloop, Duration::from_secs(10), |event| {
+        if let v5::Event::Incoming(v5::Incoming::Publish(publish)) = event {
+            held.push(String::from_utf8_lossy(&publish.payload).into_owned());
+        }
+        held.len() == 5
+    });
+    assert!(five.await.expect("still connected"), "got only {held:?}");
+    let before = steady.messages().len();
+    assert!(before < sent.len(), "the dropout held part of the share");
+
+    // Gone without DISCONNECT or a single PUBACK; its clean session ends with the connection.
+    drop(eventloop);
+    drop(client);
+    let got = steady.wait_until("every message", Duration::from_secs(30), |messages| {
+        messages.len() >= sent.len()
+    });
+    assert_eq!(
+        sorted_payloads(&got),
+        sent,
+        "the dropout's {held:?} went to the other member, once ({before} before)\n{}",
+        bridge.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_local_on_a_shared_subscription_closes_the_connection_with_0x82() {
+    use v5::mqttbytes::v5::{DisconnectReasonCode, Filter, Packet, Subscribe};
+    let node = SearchNode::shared();
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
+    let mut filter = Filter::new("$share/g/test/#", v5::mqttbytes::QoS::AtLeastOnce);
+    filter.nolocal = true;
+    let mut subscribe = Subscribe::new(filter, None);
+    subscribe.pkid = 1;
+    let replies = raw_v5_session(port, vec![Packet::Subscribe(subscribe)], |reply| {
+        matches!(reply, Packet::SubAck(_))
+    })
+    .await;
+    match &replies[..] {
+        [Packet::ConnAck(ack), Packet::Disconnect(disconnect)] => {
+            let shared = ack
+                .properties
+                .as_ref()
+                .and_then(|p| p.shared_subscription_available);
+            assert_eq!(shared, Some(1), "CONNACK announces shared subscriptions");
+            assert_eq!(disconnect.reason_code, DisconnectReasonCode::ProtocolError);
+        }
+        other => panic!(
+            "expected CONNACK, DISCONNECT, no SUBACK: {other:?}\n{}",
+            bridge.logs()
+        ),
+    }
 }

@@ -39,11 +39,16 @@ impl Subscriber {
     /// published afterwards reaches it. `extra` goes to mosquitto_sub, e.g. `["-c", "-i", id]`
     /// for a persistent session that survives a broker restart.
     pub fn start(broker: &Mosquitto, filter: &str, extra: &[&str]) -> Subscriber {
+        Subscriber::start_at(broker.host(), broker.port(), filter, extra)
+    }
+
+    /// Like `start`, against the broker at `host` and `port` (mqtt2es's embedded one).
+    pub fn start_at(host: &str, port: u16, filter: &str, extra: &[&str]) -> Subscriber {
         let mut command = process::command("stdbuf", None);
         // stdbuf: mosquitto_sub buffers its stdout in a pipe until it exits.
         command
-            .args(["-oL", "mosquitto_sub", "-h", broker.host()])
-            .args(["-p", &broker.port().to_string(), "-q", "1", "-d"])
+            .args(["-oL", "mosquitto_sub", "-h", host])
+            .args(["-p", &port.to_string(), "-q", "1", "-d"])
             .args(["-F", "%t %r %p", "-t", filter])
             .args(extra)
             .stdin(Stdio::null())
