@@ -35,7 +35,7 @@ use super::codec::{
     SubCode, Version, Will,
 };
 use super::listener::{Accepted, Stream};
-use super::session::{Attached, Delivery, Registry, Subscription};
+use super::session::{Attached, Delivery, Registry, Subscription, Unfinished};
 use crate::acks::AckQueue;
 use crate::metrics;
 use crate::reading::{self, Assigned, Assignments, ReadingId};
@@ -354,6 +354,7 @@ async fn open(
         deliveries: resumed.deliveries,
     };
     connection.out.max_packet = connect.max_packet_size;
+    connection.resume(resumed.unfinished);
     connection.send_pending();
     Some(Opened {
         connection,
@@ -1100,6 +1101,42 @@ impl Connection {
         None
     }
 
+    /// Sends again what the session's last connection had in flight, under the same packet
+    /// ids (MQTT-4.4.0-1): a PUBLISH with DUP set, or the PUBREL of one whose PUBREC came.
+    fn resume(&mut self, unfinished: Vec<Unfinished>) {
+        for Unfinished {
+            pkid,
+            delivery,
+            released,
+        } in unfinished
+        {
+            let stage = if released {
+                self.out.reply(&Reply::PubRel(pkid));
+                Stage::Comp
+            } else {
+                let sent = self.out.reply(&Reply::Publish(Outgoing {
+                    topic: delivery.topic.to_string(),
+                    payload: delivery.payload.clone(),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    dup: true,
+                    pkid,
+                    properties: delivery.properties.clone(),
+                    message_expiry_s: delivery.expiry_left(SystemTime::now()),
+                    subscription_ids: delivery.subscription_ids.clone(),
+                }));
+                if !sent {
+                    continue;
+                }
+                match delivery.qos {
+                    QoS::ExactlyOnce => Stage::Rec,
+                    _ => Stage::Ack,
+                }
+            };
+            self.inflight.insert(pkid, (delivery, stage));
+        }
+    }
+
     /// Writes queued deliveries while the client's receive maximum allows; those whose expiry
     /// interval ran out while they waited are dropped (MQTT-3.3.2-5).
     fn send_pending(&mut self) {
@@ -1203,13 +1240,17 @@ impl Connection {
         self.pass_on_held(&intake).await;
 
         // Outgoing messages not yet acknowledged go back to the session (QoS 1/2), so a
-        // persistent subscriber gets them after reconnecting.
-        let mut unsent: Vec<Delivery> = std::mem::take(&mut self.inflight)
-            .into_values()
-            .filter(|(_, stage)| *stage != Stage::Comp)
-            .map(|(delivery, _)| delivery)
+        // persistent subscriber gets them after reconnecting: those in flight under their
+        // packet ids, the rest to be sent as new.
+        let unfinished = std::mem::take(&mut self.inflight)
+            .into_iter()
+            .map(|(pkid, (delivery, stage))| Unfinished {
+                pkid,
+                delivery,
+                released: stage == Stage::Comp,
+            })
             .collect();
-        unsent.extend(self.pending.drain(..));
+        let mut unsent: Vec<Delivery> = self.pending.drain(..).collect();
         if let Some(deliveries) = &mut self.deliveries {
             deliveries.close();
             while let Ok(delivery) = deliveries.try_recv() {
@@ -1220,6 +1261,7 @@ impl Connection {
             &self.client_id,
             self.id,
             self.expiry_s,
+            unfinished,
             unsent,
             std::mem::take(&mut self.readings),
         );

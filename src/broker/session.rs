@@ -129,6 +129,8 @@ pub struct Session {
     /// its resends after reconnecting are the same readings (held by the connection meanwhile).
     pub readings: Assignments,
     pub queued: VecDeque<Delivery>,
+    /// What its last connection had in flight, kept while it is away (see `Unfinished`).
+    pub unfinished: Vec<Unfinished>,
     pub disconnected_at: Option<SystemTime>,
     pub attached: Option<Attached>,
     /// The connection that attached last (0: none since this process started), so a delayed
@@ -190,9 +192,22 @@ impl Session {
     }
 }
 
+/// An outgoing QoS 1/2 message whose client had not finished acknowledging it when its
+/// connection ended: sent again on reconnect under the same packet id (MQTT-4.4.0-1), as a
+/// PUBLISH with DUP set or, once its PUBREC had come, as a PUBREL.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub pkid: u16,
+    pub delivery: Delivery,
+    /// PUBREC came and PUBREL went out: only PUBCOMP is missing.
+    pub released: bool,
+}
+
 /// What a new connection finds.
 pub struct Resumed {
     pub session_present: bool,
+    /// Messages it had in flight when its last connection ended, to send again first.
+    pub unfinished: Vec<Unfinished>,
     /// Messages queued while it was away, to send first.
     pub queued: Vec<Delivery>,
     /// What its unacknowledged publishes were assigned (empty for a new session).
@@ -290,6 +305,7 @@ impl Registry {
                     awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
                     readings: Assignments::default(),
                     queued: VecDeque::new(),
+                    unfinished: Vec::new(),
                     disconnected_at: Some(
                         saved
                             .disconnected_at
@@ -420,25 +436,29 @@ impl Registry {
         session.attached = Some(attached);
         let deliveries = session.open_deliveries();
         let queued = session.queued.drain(..).collect();
+        let unfinished = std::mem::take(&mut session.unfinished);
         let readings = std::mem::take(&mut session.readings);
         drop(inner);
         self.touch();
         Resumed {
             session_present,
+            unfinished,
             queued,
             readings,
             deliveries,
         }
     }
 
-    /// Hands the session back when `connection` ends: kept with its queue if it has an expiry,
-    /// otherwise removed. A connection that was taken over no longer owns it and changes nothing.
+    /// Hands the session back when `connection` ends: kept with what was in flight and its
+    /// queue if it has an expiry, otherwise removed. A connection that was taken over no
+    /// longer owns it and changes nothing.
     pub fn detach(
         &self,
         client_id: &str,
         connection: u64,
         expiry_s: u32,
-        unsent: Vec<Delivery>,
+        unfinished: Vec<Unfinished>,
+        mut unsent: Vec<Delivery>,
         readings: Assignments,
     ) {
         let mut inner = self.lock();
@@ -450,9 +470,13 @@ impl Registry {
         }
         session.attached = None;
         if expiry_s == 0 {
+            // What was in flight goes with the session, or to another member of its share.
+            let in_flight = unfinished.into_iter().filter(|u| !u.released);
+            unsent.splice(0..0, in_flight.map(|u| u.delivery));
             self.end_session(&mut inner, client_id, unsent);
             self.forget_all(client_id);
         } else {
+            session.unfinished = unfinished;
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
             session.readings = readings;
@@ -904,7 +928,7 @@ mod tests {
         let registry = Registry::new();
         let a = attached(1);
         assert!(!registry.attach("pi", true, 0, a).session_present);
-        registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
+        registry.detach("pi", 1, 0, Vec::new(), Vec::new(), Assignments::default());
         assert_eq!(registry.session_count(), 0);
     }
 
@@ -914,7 +938,14 @@ mod tests {
         let a = attached(1);
         registry.attach("pi", false, u32::MAX, a);
         subscribe(&registry, "pi", "cmd/#");
-        registry.detach("pi", 1, u32::MAX, Vec::new(), Assignments::default());
+        registry.detach(
+            "pi",
+            1,
+            u32::MAX,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
 
         registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
         registry.publish("other", &message("cmd/qos0", QoS::AtMostOnce));
@@ -965,7 +996,14 @@ mod tests {
         let registry = Registry::new();
         registry.attach("pi", false, u32::MAX, attached(1));
         subscribe(&registry, "pi", "cmd/#");
-        registry.detach("pi", 1, u32::MAX, Vec::new(), Assignments::default());
+        registry.detach(
+            "pi",
+            1,
+            u32::MAX,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
 
         let resumed = registry.attach("pi", false, u32::MAX, attached(2));
         let mut rx = resumed.deliveries.expect("a channel at once");
@@ -983,7 +1021,7 @@ mod tests {
         let b = attached(2);
         registry.attach("pi", false, 60, b);
         // The old connection hands back late: it no longer owns the session.
-        registry.detach("pi", 1, 0, Vec::new(), Assignments::default());
+        registry.detach("pi", 1, 0, Vec::new(), Vec::new(), Assignments::default());
         assert!(
             registry.reconnected_since("pi", 1),
             "connection 2 still holds it"
@@ -997,8 +1035,22 @@ mod tests {
         registry.attach("short", false, 1, a);
         let b = attached(2);
         registry.attach("long", false, 3600, b);
-        registry.detach("short", 1, 1, Vec::new(), Assignments::default());
-        registry.detach("long", 2, 3600, Vec::new(), Assignments::default());
+        registry.detach(
+            "short",
+            1,
+            1,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
+        registry.detach(
+            "long",
+            2,
+            3600,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
         if let Some(session) = registry.lock().sessions.get_mut("short") {
             session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
         }
@@ -1061,11 +1113,39 @@ mod tests {
     }
 
     #[test]
+    fn what_was_in_flight_waits_for_the_reconnect_of_a_persistent_session_only() {
+        let registry = Registry::new();
+        let in_flight = || {
+            vec![Unfinished {
+                pkid: 7,
+                delivery: message("cmd/a", QoS::AtLeastOnce),
+                released: false,
+            }]
+        };
+        registry.attach("pi", false, 300, attached(1));
+        registry.detach(
+            "pi",
+            1,
+            300,
+            in_flight(),
+            Vec::new(),
+            Assignments::default(),
+        );
+        let resumed = registry.attach("pi", false, 300, attached(2));
+        let pkids: Vec<_> = resumed.unfinished.iter().map(|u| u.pkid).collect();
+        assert_eq!(pkids, [7]);
+
+        registry.detach("pi", 2, 0, in_flight(), Vec::new(), Assignments::default());
+        let resumed = registry.attach("pi", false, 300, attached(3));
+        assert!(!resumed.session_present && resumed.unfinished.is_empty());
+    }
+
+    #[test]
     fn a_session_past_its_expiry_is_not_present_to_a_reconnect_before_the_purge() {
         let registry = Registry::new();
         registry.attach("pi", false, 1, attached(1));
         subscribe(&registry, "pi", "cmd/#");
-        registry.detach("pi", 1, 1, Vec::new(), Assignments::default());
+        registry.detach("pi", 1, 1, Vec::new(), Vec::new(), Assignments::default());
         if let Some(session) = registry.lock().sessions.get_mut("pi") {
             session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
         }
@@ -1084,7 +1164,7 @@ mod tests {
     fn a_waiting_will_is_released_when_a_clean_start_ends_the_session_and_not_by_a_resume() {
         let registry = Registry::new();
         registry.attach("pi", false, 300, attached(1));
-        registry.detach("pi", 1, 300, Vec::new(), Assignments::default());
+        registry.detach("pi", 1, 300, Vec::new(), Vec::new(), Assignments::default());
         let will = registry.will_waits("pi", 1).expect("the session is there");
         registry.attach("pi", true, 300, attached(2));
         assert!(
@@ -1092,7 +1172,7 @@ mod tests {
             "the session ended: publish the will now"
         );
 
-        registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
+        registry.detach("pi", 2, 300, Vec::new(), Vec::new(), Assignments::default());
         let will = registry.will_waits("pi", 2).expect("the session is there");
         registry.attach("pi", false, 300, attached(3));
         registry.attach("pi", true, 300, attached(4));
@@ -1132,12 +1212,12 @@ mod tests {
     fn a_reconnect_that_has_already_left_again_still_counts_as_a_reconnect() {
         let registry = Registry::new();
         registry.attach("pi", false, 300, attached(1));
-        registry.detach("pi", 1, 300, Vec::new(), Assignments::default());
+        registry.detach("pi", 1, 300, Vec::new(), Vec::new(), Assignments::default());
         assert!(!registry.reconnected_since("pi", 1));
 
         registry.attach("pi", false, 300, attached(2));
         assert!(registry.reconnected_since("pi", 1));
-        registry.detach("pi", 2, 300, Vec::new(), Assignments::default());
+        registry.detach("pi", 2, 300, Vec::new(), Vec::new(), Assignments::default());
         assert!(registry.reconnected_since("pi", 1));
         assert!(!registry.reconnected_since("pi", 2));
     }
@@ -1242,7 +1322,7 @@ mod tests {
             .collect();
         let unsent_topics: Vec<_> = unsent.iter().map(|d| &*d.topic).collect();
         assert_eq!(unsent_topics, ["test/1", "test/3", "test/own", "test/qos0"]);
-        registry.detach("a", 1, 0, unsent, Assignments::default());
+        registry.detach("a", 1, 0, Vec::new(), unsent, Assignments::default());
 
         assert_eq!(
             topics(&mut b),
@@ -1261,7 +1341,7 @@ mod tests {
         publish_all(&registry, &["test/1", "test/2"]);
         a.close();
         let unsent: Vec<_> = std::iter::from_fn(|| a.try_recv().ok()).collect();
-        registry.detach("a", 1, u32::MAX, unsent, Assignments::default());
+        registry.detach("a", 1, u32::MAX, Vec::new(), unsent, Assignments::default());
         assert_eq!(topics(&mut b), ["test/2"]);
 
         let resumed = registry.attach("a", false, u32::MAX, attached(3));
@@ -1273,13 +1353,20 @@ mod tests {
     fn an_offline_persistent_member_gets_messages_queued_only_while_no_member_is_live() {
         let registry = Registry::new();
         member(&registry, "offline", 1, u32::MAX, "$share/g/test/#");
-        registry.detach("offline", 1, u32::MAX, Vec::new(), Assignments::default());
+        registry.detach(
+            "offline",
+            1,
+            u32::MAX,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
         let mut live = member(&registry, "live", 2, 0, "$share/g/test/#");
         publish_all(&registry, &["test/1", "test/2"]);
         assert_eq!(topics(&mut live), ["test/1", "test/2"]);
 
         drop(live);
-        registry.detach("live", 2, 0, Vec::new(), Assignments::default());
+        registry.detach("live", 2, 0, Vec::new(), Vec::new(), Assignments::default());
         publish_all(&registry, &["test/3"]);
         let resumed = registry.attach("offline", false, u32::MAX, attached(3));
         let queued: Vec<_> = resumed.queued.iter().map(|d| &*d.topic).collect();

@@ -452,3 +452,120 @@ async fn a_disconnect_that_keeps_a_session_connect_said_would_end_is_a_protocol_
         );
     }
 }
+
+/// A 3.1.1 client on raw packets, for what client libraries do for you (acknowledging).
+struct RawClient {
+    stream: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Connects as `client_id`; returns the client and whether a session was present.
+    async fn connect(port: u16, client_id: &str, clean: bool) -> (RawClient, bool) {
+        use rumqttc::mqttbytes::v4::{Connect, Packet};
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut client = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut connect = Connect::new(client_id);
+        connect.clean_session = clean;
+        client.send(Packet::Connect(connect)).await;
+        match client.next().await {
+            Packet::ConnAck(ack) => (client, ack.session_present),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, packet: rumqttc::mqttbytes::v4::Packet) {
+        let mut out = bytes::BytesMut::new();
+        packet.write(&mut out, usize::MAX).expect("encode");
+        self.stream.write_all(&out).await.expect("send");
+    }
+
+    /// The next packet from the server (within 10 s).
+    async fn next(&mut self) -> rumqttc::mqttbytes::v4::Packet {
+        loop {
+            match rumqttc::mqttbytes::v4::Packet::read(&mut self.buf, usize::MAX) {
+                Ok(packet) => return packet,
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(error) => panic!("undecodable: {error}"),
+            }
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("a packet within 10 s")
+                    .expect("read");
+            assert!(read > 0, "closed by the server");
+        }
+    }
+}
+
+/// Publishes `payload` on `topic` at `qos` with `mosquitto_pub`, acknowledged.
+fn mosquitto_pub(port: u16, topic: &str, qos: &str, payload: &str) {
+    let output = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", qos])
+        .args(["-t", topic, "-m", payload])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_subscriber_left_unacknowledged_is_sent_again_under_its_packet_id_on_reconnect() {
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, Subscribe};
+    let mosquitto = Mosquitto::start();
+    let (bridge, port) = mqtt2es();
+    for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
+        let id = unique("it-redeliver");
+        let topic = format!("{id}/cmd");
+        let (mut sub, _) = RawClient::connect(port, &id, false).await;
+        let mut subscribe = Subscribe::new(&topic, QoS::ExactlyOnce);
+        subscribe.pkid = 1;
+        sub.send(Packet::Subscribe(subscribe)).await;
+        assert!(matches!(sub.next().await, Packet::SubAck(_)), "{broker}");
+        mosquitto_pub(port, &topic, "1", "one");
+        mosquitto_pub(port, &topic, "2", "two");
+        let Packet::Publish(one) = sub.next().await else {
+            panic!("{broker}: expected the QoS 1 PUBLISH");
+        };
+        let Packet::Publish(two) = sub.next().await else {
+            panic!("{broker}: expected the QoS 2 PUBLISH");
+        };
+        // The QoS 1 message unacknowledged; the QoS 2 one received (PUBREC) but not complete.
+        sub.send(Packet::PubRec(PubRec::new(two.pkid))).await;
+        assert!(
+            matches!(sub.next().await, Packet::PubRel(rel) if rel.pkid == two.pkid),
+            "{broker}"
+        );
+        drop(sub);
+
+        let (mut sub, present) = RawClient::connect(port, &id, false).await;
+        assert!(present, "{broker}: session present");
+        let mut again = Vec::new();
+        for _ in 0..2 {
+            match sub.next().await {
+                Packet::Publish(p) => {
+                    assert!(p.dup, "{broker}: a resend has DUP set: {p:?}");
+                    assert_eq!(&p.payload[..], b"one", "{broker}");
+                    again.push(("PUBLISH", p.pkid));
+                    sub.send(Packet::PubAck(PubAck::new(p.pkid))).await;
+                }
+                Packet::PubRel(rel) => {
+                    again.push(("PUBREL", rel.pkid));
+                    sub.send(Packet::PubComp(PubComp::new(rel.pkid))).await;
+                }
+                other => panic!("{broker}: unexpected {other:?}\n{}", bridge.logs()),
+            }
+        }
+        again.sort();
+        assert_eq!(
+            again,
+            [("PUBLISH", one.pkid), ("PUBREL", two.pkid)],
+            "{broker}: both again, under their packet ids"
+        );
+    }
+}
