@@ -344,6 +344,7 @@ async fn open(
         settled: None,
         acks: AckQueue::default(),
         unsettled: HashSet::new(),
+        awaiting_pubrel: resumed.awaiting_pubrel,
         readings: resumed.readings,
         aliases: HashMap::new(),
         pending: resumed.queued.into(),
@@ -508,6 +509,8 @@ struct Connection {
     /// Packet ids of QoS 1/2 publishes read on this connection whose PUBACK or PUBREC has not
     /// gone out: a resend of one (DUP) is not new.
     unsettled: HashSet<u16>,
+    /// QoS 2 publishes of the session whose PUBREC went out and whose PUBREL has not come.
+    awaiting_pubrel: usize,
     /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: its DUP
     /// resend (on this connection or, through the session, a later one) is the same reading.
     readings: Assignments,
@@ -764,7 +767,9 @@ impl Connection {
                 self.send_pending();
             }
             Packet::PubRel(pkid) => {
-                self.context.registry.release(&self.client_id, pkid);
+                if self.context.registry.release(&self.client_id, pkid) {
+                    self.awaiting_pubrel = self.awaiting_pubrel.saturating_sub(1);
+                }
                 self.out.reply(&Reply::PubComp(pkid));
             }
             Packet::Subscribe { pkid, filters, id } => return self.on_subscribe(pkid, filters, id),
@@ -838,18 +843,6 @@ impl Connection {
             ));
         }
         let qos = publish.qos;
-        if qos > QoS::AtMostOnce
-            && self.version == Version::V5
-            && self.acks.outstanding() >= usize::from(self.context.limits.max_inflight)
-        {
-            return Some(End::Violation(
-                Goodbye::ReceiveMaximumExceeded,
-                format!(
-                    "more than {} unacknowledged publishes",
-                    self.context.limits.max_inflight
-                ),
-            ));
-        }
         let pkid = publish.pkid;
         // A resend of a publish not yet durable: its PUBACK or PUBREC follows when the first
         // copy is. Taken in again, it would get a second PUBACK, which could acknowledge a later
@@ -871,6 +864,21 @@ impl Connection {
                 reason: AckReason::Success,
             });
             return None;
+        }
+        // A QoS 2 publish counts against our receive maximum until its PUBCOMP goes out, not
+        // only until its PUBREC (MQTT 5 §4.9); resends, handled above, count once.
+        if qos > QoS::AtMostOnce
+            && self.version == Version::V5
+            && self.acks.outstanding() + self.awaiting_pubrel
+                >= usize::from(self.context.limits.max_inflight)
+        {
+            return Some(End::Violation(
+                Goodbye::ReceiveMaximumExceeded,
+                format!(
+                    "more than {} unacknowledged publishes",
+                    self.context.limits.max_inflight
+                ),
+            ));
         }
         if topic.starts_with('$') || !self.context.auth.may_publish(&self.identity, &topic) {
             let reason = if topic.starts_with('$') {
@@ -1008,6 +1016,7 @@ impl Connection {
                         self.context
                             .registry
                             .await_pubrel(&self.client_id, pending.pkid);
+                        self.awaiting_pubrel += 1;
                     }
                     self.out.reply(&Reply::PubRec {
                         pkid: pending.pkid,

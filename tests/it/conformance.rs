@@ -569,3 +569,72 @@ async fn what_a_subscriber_left_unacknowledged_is_sent_again_under_its_packet_id
         );
     }
 }
+
+/// Mosquitto 2.0.11 answers the publish beyond its receive maximum with PUBREC 0x97 (quota
+/// exceeded); MQTT 5 §4.9 says DISCONNECT 0x93, which the paho suite's test_flow_control2
+/// waits for (and hangs on Mosquitto). So this runs against mqtt2es alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn qos2_publishes_awaiting_pubrel_count_against_the_receive_maximum() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+    let node = SearchNode::shared();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url())
+            .broker_lines("  max_inflight: 3\n")
+            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+    );
+    let port = bridge.broker_port();
+    bridge.wait_ready();
+    let (mut reader, mut writer) = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect")
+        .into_split();
+    let id = unique("it-flow");
+    let topic = format!("{id}/t");
+    let publish = |pkid: u16| {
+        let mut publish = Publish::new(&topic, QoS::ExactlyOnce, "x", None);
+        publish.pkid = pkid;
+        let mut out = bytes::BytesMut::new();
+        Packet::Publish(publish)
+            .write(&mut out, None)
+            .expect("encode");
+        out
+    };
+    let mut out = bytes::BytesMut::from(&connect(5, id.as_bytes(), 0, &[])[..]);
+    for pkid in 1..=3 {
+        out.extend_from_slice(&publish(pkid));
+    }
+    writer.write_all(&out).await.expect("send");
+    let mut buf = bytes::BytesMut::new();
+    let mut next = async || loop {
+        match Packet::read(&mut buf, None) {
+            Ok(packet) => return Some(packet),
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(error) => panic!("undecodable: {error}"),
+        }
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read_buf(&mut buf))
+            .await
+            .expect("a packet within 30 s")
+            .expect("read");
+        if read == 0 {
+            return None;
+        }
+    };
+    let mut recs = 0;
+    while recs < 3 {
+        match next().await {
+            Some(Packet::ConnAck(_)) => {}
+            Some(Packet::PubRec(_)) => recs += 1,
+            other => panic!("unexpected {other:?}\n{}", bridge.logs()),
+        }
+    }
+    // Three await PUBREL: a fourth is one more than the receive maximum of 3.
+    writer.write_all(&publish(4)).await.expect("send");
+    match next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(
+            d.reason_code,
+            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ReceiveMaximumExceeded
+        ),
+        other => panic!("expected DISCONNECT 0x93, got {other:?}\n{}", bridge.logs()),
+    }
+}

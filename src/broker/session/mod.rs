@@ -208,6 +208,8 @@ pub struct Resumed {
     pub session_present: bool,
     /// Messages it had in flight when its last connection ended, to send again first.
     pub unfinished: Vec<Unfinished>,
+    /// How many of its QoS 2 publishes await PUBREL (they count against receive maximum).
+    pub awaiting_pubrel: usize,
     /// Messages queued while it was away, to send first.
     pub queued: Vec<Delivery>,
     /// What its unacknowledged publishes were assigned (empty for a new session).
@@ -437,12 +439,14 @@ impl Registry {
         let deliveries = session.open_deliveries();
         let queued = session.queued.drain(..).collect();
         let unfinished = std::mem::take(&mut session.unfinished);
+        let awaiting_pubrel = session.awaiting_pubrel.len();
         let readings = std::mem::take(&mut session.readings);
         drop(inner);
         self.touch();
         Resumed {
             session_present,
             unfinished,
+            awaiting_pubrel,
             queued,
             readings,
             deliveries,
@@ -748,7 +752,8 @@ impl Registry {
             .is_some_and(|s| s.awaiting_pubrel.contains(&pkid))
     }
 
-    pub fn release(&self, client_id: &str, pkid: u16) {
+    /// The PUBREL for `pkid` came; false if it was not awaited.
+    pub fn release(&self, client_id: &str, pkid: u16) -> bool {
         let removed = self
             .lock()
             .sessions
@@ -757,6 +762,7 @@ impl Registry {
         if removed {
             self.touch();
         }
+        removed
     }
 
     /// Removes expired disconnected sessions; returns how many.
