@@ -61,6 +61,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_inflight: u16,
     pub connect_timeout: Duration,
+    /// `broker.max_keepalive_s`.
+    pub max_keepalive_s: Option<u16>,
 }
 
 /// What every connection shares.
@@ -253,6 +255,20 @@ async fn open(
         let _ = out.flush().await;
         return None;
     }
+    // A keep-alive over the limit, or none where there is one: MQTT 5 clients are told ours.
+    // A 3.1.1 client cannot be told, and holding it to a shorter one would cut it off, so it
+    // keeps its own (as with Mosquitto 2.0.11).
+    let mut server_keep_alive = None;
+    let keep_alive_s = match limits.max_keepalive_s {
+        Some(max)
+            if connect.version == Version::V5
+                && (connect.keep_alive_s == 0 || connect.keep_alive_s > max) =>
+        {
+            server_keep_alive = Some(max);
+            max
+        }
+        _ => connect.keep_alive_s,
+    };
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if connect.version == Version::V311 && !connect.clean_start {
             info!(%peer, "connection refused: an empty client id needs clean session");
@@ -306,18 +322,26 @@ async fn open(
             done: done.clone(),
         },
     );
-    out.reply(&connack(
+    let mut accepted = connack(
         ConnectCode::Accepted,
         resumed.session_present,
         assigned,
         limits,
-    ));
+    );
+    if let Reply::ConnAck {
+        server_keep_alive: told,
+        ..
+    } = &mut accepted
+    {
+        *told = server_keep_alive;
+    }
+    out.reply(&accepted);
     debug!(
         %peer,
         %client_id,
         version = ?connect.version,
         session_present = resumed.session_present,
-        keep_alive_s = connect.keep_alive_s,
+        keep_alive_s,
         "client connected"
     );
     let mut connection = Connection {
@@ -360,7 +384,7 @@ async fn open(
     Some(Opened {
         connection,
         reader,
-        keep_alive_s: connect.keep_alive_s,
+        keep_alive_s,
         kick,
         done,
         _live: live_guard,
@@ -381,6 +405,7 @@ fn connack(
         receive_maximum: limits.max_inflight,
         max_packet_size: u32::try_from(limits.max_packet_bytes).unwrap_or(u32::MAX),
         topic_alias_max: TOPIC_ALIAS_MAX,
+        server_keep_alive: None,
     }
 }
 

@@ -100,6 +100,7 @@ impl Broker {
                     max_connections: settings.max_connections,
                     max_inflight: settings.max_inflight,
                     connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+                    max_keepalive_s: settings.max_keepalive_s,
                 },
                 live: AtomicUsize::new(0),
             }),

@@ -25,6 +25,10 @@ pub struct BrokerSettings {
     pub max_inflight: u16,
     /// A connection that has not completed its handshake and CONNECT by then is closed.
     pub connect_timeout_ms: u64,
+    /// The longest keep-alive an MQTT 5 client may ask for (as Mosquitto's `max_keepalive`):
+    /// one asking for more, or for none, is told this one in CONNACK (Server Keep Alive). A
+    /// 3.1.1 client cannot be told and keeps its own. Default: no limit.
+    pub max_keepalive_s: Option<u16>,
 }
 
 impl Default for BrokerSettings {
@@ -37,6 +41,7 @@ impl Default for BrokerSettings {
             max_connections: 10_000,
             max_inflight: 100,
             connect_timeout_ms: 10_000,
+            max_keepalive_s: None,
         }
     }
 }
@@ -72,6 +77,12 @@ impl BrokerSettings {
             return Err(ConfigError::Key {
                 key: "broker.max_inflight",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.max_keepalive_s == Some(0) {
+            return Err(ConfigError::Key {
+                key: "broker.max_keepalive_s",
+                message: "must be at least 1 (leave it out for no limit)".into(),
             });
         }
         for listener in &self.listeners {

@@ -638,3 +638,59 @@ async fn qos2_publishes_awaiting_pubrel_count_against_the_receive_maximum() {
         other => panic!("expected DISCONNECT 0x93, got {other:?}\n{}", bridge.logs()),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_for_311() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mosquitto = Mosquitto::start_with(&["max_keepalive 60"]);
+    let node = SearchNode::shared();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url())
+            .broker_lines("  max_keepalive_s: 60\n")
+            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+    );
+    let port = bridge.broker_port();
+    bridge.wait_ready();
+    let with_keep_alive = |level: u8, keep_alive: u16| {
+        let mut bytes = connect(level, unique("it-ka").as_bytes(), 0, &[]);
+        bytes[10..12].copy_from_slice(&keep_alive.to_be_bytes());
+        bytes
+    };
+    for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
+        for asked in [0, 120] {
+            let answer = send_raw_until(port, &with_keep_alive(5, asked)).await;
+            let mut reply = bytes::BytesMut::from(&answer[..]);
+            match Packet::read(&mut reply, None) {
+                Ok(Packet::ConnAck(ack)) => assert_eq!(
+                    ack.properties.and_then(|p| p.server_keep_alive),
+                    Some(60),
+                    "{broker}, keep-alive {asked}"
+                ),
+                other => panic!("{broker}: expected CONNACK, got {other:?}"),
+            }
+            // 3.1.1 cannot be told another: accepted with its own.
+            let answer = send_raw_until(port, &with_keep_alive(4, 120)).await;
+            assert_eq!(
+                answer,
+                [0x20, 0x02, 0x00, 0x00],
+                "{broker}\n{}",
+                bridge.logs()
+            );
+        }
+    }
+}
+
+/// The first reply to `bytes` on a fresh connection that stays open (the CONNACK).
+async fn send_raw_until(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("a reply within 10 s")
+        .expect("read");
+    buf.truncate(n);
+    buf
+}

@@ -233,6 +233,8 @@ pub enum Reply {
         receive_maximum: u16,
         max_packet_size: u32,
         topic_alias_max: u16,
+        /// The keep-alive the client is to use instead of its own (MQTT 5).
+        server_keep_alive: Option<u16>,
     },
     Publish(Outgoing),
     PubAck {
@@ -721,6 +723,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
             receive_maximum,
             max_packet_size,
             topic_alias_max,
+            server_keep_alive,
         } => {
             let properties = (*code == ConnectCode::Accepted).then(|| v5::ConnAckProperties {
                 session_expiry_interval: None,
@@ -735,7 +738,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
                 wildcard_subscription_available: Some(1),
                 subscription_identifiers_available: Some(1),
                 shared_subscription_available: Some(1),
-                server_keep_alive: None,
+                server_keep_alive: *server_keep_alive,
                 response_information: None,
                 server_reference: None,
                 authentication_method: None,

@@ -33,6 +33,7 @@ async fn serve_one(max_inflight: u16) -> (TcpStream, mpsc::Receiver<Record>, Can
             max_connections: 10,
             max_inflight,
             connect_timeout: Duration::from_secs(5),
+            max_keepalive_s: None,
         },
         live: AtomicUsize::new(0),
     });
