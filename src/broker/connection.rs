@@ -1089,27 +1089,28 @@ impl Connection {
         let mut accepted = Vec::new();
         let mut retain_rules = Vec::new();
         for filter in filters {
+            let allowed = || {
+                self.context
+                    .auth
+                    .subscription(&self.identity, &filter.filter)
+            };
             let code = match TopicFilter::parse(&filter.filter) {
                 Err(_) => SubCode::FilterInvalid,
-                Ok(_)
-                    if !self
-                        .context
-                        .auth
-                        .may_subscribe(&self.identity, &filter.filter) =>
-                {
-                    SubCode::NotAuthorized
-                }
-                Ok(parsed) => {
-                    accepted.push(Subscription {
-                        filter: parsed,
-                        qos: filter.qos,
-                        no_local: filter.no_local,
-                        retain_as_published: filter.retain_as_published,
-                        id,
-                    });
-                    retain_rules.push(filter.retain_handling);
-                    SubCode::Granted(filter.qos)
-                }
+                Ok(parsed) => match allowed() {
+                    None => SubCode::NotAuthorized,
+                    Some(except) => {
+                        accepted.push(Subscription {
+                            filter: parsed,
+                            qos: filter.qos,
+                            no_local: filter.no_local,
+                            retain_as_published: filter.retain_as_published,
+                            id,
+                            except,
+                        });
+                        retain_rules.push(filter.retain_handling);
+                        SubCode::Granted(filter.qos)
+                    }
+                },
             };
             if code != SubCode::Granted(filter.qos) {
                 info!(client_id = %self.client_id, filter = %filter.filter, code = ?code, "subscription refused");

@@ -34,7 +34,7 @@ pub fn matching(
     for s in subscriptions
         .iter()
         .filter(|s| s.filter.share_group().is_none())
-        .filter(|s| !(own && s.no_local) && s.filter.matches(topic))
+        .filter(|s| !(own && s.no_local) && s.matches(topic))
     {
         let found = found.get_or_insert(Match {
             qos: QoS::AtMostOnce,
@@ -60,11 +60,26 @@ mod tests {
             no_local,
             retain_as_published: false,
             id: None,
+            except: Vec::new(),
         }
     }
 
     fn qos_of(subs: &[Subscription], topic: &str, published: QoS, own: bool) -> Option<QoS> {
         matching(subs, topic, published, own).map(|m| m.qos)
+    }
+
+    #[test]
+    fn a_topic_the_acl_carved_out_of_a_subscription_is_not_delivered_through_it() {
+        let carved = Subscription {
+            except: vec![TopicFilter::parse("test/nosubscribe").expect("filter")],
+            ..sub("#", QoS::AtLeastOnce, false)
+        };
+        let subs = [carved];
+        assert_eq!(
+            qos_of(&subs, "test/nosubscribe", QoS::AtLeastOnce, false),
+            None
+        );
+        assert!(qos_of(&subs, "test/other", QoS::AtLeastOnce, false).is_some());
     }
 
     #[test]

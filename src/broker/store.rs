@@ -83,6 +83,9 @@ pub struct SavedSubscription {
     pub retain_as_published: bool,
     #[serde(default)]
     pub id: Option<u32>,
+    /// Topics the ACL carved out of it (see `Subscription::except`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +173,7 @@ impl State {
                             no_local: sub.no_local,
                             retain_as_published: sub.retain_as_published,
                             id: sub.id,
+                            except: sub.except.iter().map(|e| e.as_str().to_owned()).collect(),
                         })
                         .collect(),
                     expiry_s: s.expiry_s,
@@ -325,6 +329,7 @@ mod tests {
                     no_local: false,
                     retain_as_published: false,
                     id: None,
+                    except: Vec::new(),
                 }],
                 expiry_s: u32::MAX,
                 awaiting_pubrel: vec![3, 9],

@@ -658,7 +658,7 @@ async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_fo
     };
     for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
         for asked in [0, 120] {
-            let answer = send_raw_until(port, &with_keep_alive(5, asked)).await;
+            let answer = send_raw_until(port, &with_keep_alive(5, asked), 1).await;
             let mut reply = bytes::BytesMut::from(&answer[..]);
             match Packet::read(&mut reply, None) {
                 Ok(Packet::ConnAck(ack)) => assert_eq!(
@@ -669,7 +669,7 @@ async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_fo
                 other => panic!("{broker}: expected CONNACK, got {other:?}"),
             }
             // 3.1.1 cannot be told another: accepted with its own.
-            let answer = send_raw_until(port, &with_keep_alive(4, 120)).await;
+            let answer = send_raw_until(port, &with_keep_alive(4, 120), 1).await;
             assert_eq!(
                 answer,
                 [0x20, 0x02, 0x00, 0x00],
@@ -680,17 +680,83 @@ async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_fo
     }
 }
 
-/// The first reply to `bytes` on a fresh connection that stays open (the CONNACK).
-async fn send_raw_until(port: u16, bytes: &[u8]) -> Vec<u8> {
+/// What the server replied to `bytes` on a fresh connection that stays open, once the reply
+/// holds `packets` whole packets (each under 128 bytes).
+async fn send_raw_until(port: u16, bytes: &[u8], packets: usize) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     stream.write_all(bytes).await.expect("send");
-    let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-        .await
-        .expect("a reply within 10 s")
-        .expect("read");
-    buf.truncate(n);
-    buf
+    let whole = |reply: &[u8]| {
+        let mut at = 0;
+        for _ in 0..packets {
+            match reply.get(at + 1) {
+                Some(&len) => at += 2 + usize::from(len),
+                None => return false,
+            }
+        }
+        reply.len() >= at
+    };
+    let mut reply = Vec::new();
+    while !whole(&reply) {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a reply within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed after {reply:x?}");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
+}
+
+/// The paho suite's test_subscribe_failure refuses `test/nosubscribe` while its other tests
+/// subscribe to `#`: a deny carved out of a broad grant. Mosquitto (acl_file) grants the
+/// SUBSCRIBE to the denied topic and withholds its messages on delivery; mqtt2es refuses that
+/// SUBSCRIBE outright (what the suite expects) and withholds the messages from `#` alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_topic_is_carved_out_of_a_broad_subscription_and_refused_on_its_own() {
+    use crate::support::subscriber::Subscriber;
+    let prefix = unique("it-carve");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl_file = dir.path().join("acl");
+    std::fs::write(
+        &acl_file,
+        format!("topic readwrite {prefix}/#\ntopic deny {prefix}/secret\n"),
+    )
+    .expect("write the acl file");
+    let mosquitto = Mosquitto::start_with(&[&format!("acl_file {}", acl_file.display())]);
+    let node = SearchNode::shared();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url())
+            .auth(format!(
+                "{{allow_anonymous: true, acl: [{{user: \"*\", publish: [\"{prefix}/#\"], \
+                 subscribe: [\"{prefix}/#\"], deny: [\"{prefix}/secret\"]}}]}}"
+            ))
+            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+    );
+    let port = bridge.broker_port();
+    bridge.wait_ready();
+    for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
+        let everything = Subscriber::start_at("127.0.0.1", port, &format!("{prefix}/#"), &[]);
+        for topic in ["open", "secret", "last"] {
+            mosquitto_pub(port, &format!("{prefix}/{topic}"), "1", topic);
+        }
+        let got = everything.wait_until(
+            &format!("{broker}: the last message"),
+            Duration::from_secs(30),
+            |m| m.iter().any(|m| m.payload == "last"),
+        );
+        let payloads: Vec<_> = got.iter().map(|m| m.payload.as_str()).collect();
+        assert_eq!(payloads, ["open", "last"], "{broker}\n{}", bridge.logs());
+    }
+    // The denied topic on its own: SUBACK 0x80 (3.1.1), as the suite asks.
+    let hello = connect(4, unique("it-carve").as_bytes(), 0, &[]);
+    let secret = format!("{prefix}/secret");
+    let answer = send_raw_until(port, &[hello, subscribe(4, secret.as_bytes())].concat(), 2).await;
+    assert_eq!(
+        &answer[4..],
+        [0x90, 0x03, 0x00, 0x01, 0x80],
+        "SUBACK refused"
+    );
 }

@@ -4,8 +4,12 @@
 //! Decisions a reader might question:
 //! - A subscription is allowed only when one granted filter *covers* it (every topic the
 //!   subscription can match, the grant matches too): a grant of `sensors/#` does not allow
-//!   subscribing to `#`, which would deliver everything else as well. Mosquitto instead checks
-//!   each message on delivery; we have one decision at SUBSCRIBE time and make it whole.
+//!   subscribing to `#`, which would deliver everything else as well. A deny that covers a
+//!   subscription refuses it; one that only overlaps it (a deny of `secret/#` beside a
+//!   subscription to `#`) is carved out of it: the subscription is granted with that deny as
+//!   an exception, and messages on the denied topics never reach it. Mosquitto checks each
+//!   message on delivery instead; deciding at SUBSCRIBE time costs nothing per message for the
+//!   subscriptions no deny touches.
 //! - `%u` and `%c` are substituted only with names that cannot change a filter's shape: a user
 //!   name or client id that is empty or contains `+`, `#`, `/` or NUL makes a grant that uses
 //!   it match nothing and a deny that uses it deny everything, so `alice/#` as a user name
@@ -34,6 +38,21 @@ pub struct AclRule {
     /// Topic filters the user may subscribe to, or to anything they cover.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Topic filters the user may neither publish to nor receive from, whatever else grants
+    /// (Mosquitto's `topic deny`).
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// What the rules say to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Refused,
+    /// Granted, but messages on topics matching `except` (the denies it overlaps) are not
+    /// delivered through it.
+    Granted {
+        except: Vec<TopicFilter>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +206,7 @@ impl Acl {
             for (filters, access) in [
                 (&rule.publish, Access::Publish),
                 (&rule.subscribe, Access::Subscribe),
+                (&rule.deny, Access::Deny),
             ] {
                 for raw in filters {
                     acl.rules.push(Rule {
@@ -272,14 +292,47 @@ impl Acl {
         )
     }
 
-    /// `filter` has no `$share/` prefix: sharing says who receives, not what.
+    /// Whether `filter` may be subscribed to at all (see `subscription`).
     pub fn may_subscribe(&self, who: &Identity, filter: &TopicFilter) -> bool {
-        self.decide(
-            who,
-            Access::Subscribe,
-            |grant| grant.covers(filter),
-            |deny| overlaps(deny.as_str(), filter.as_str()),
-        )
+        self.subscription(who, filter) != Verdict::Refused
+    }
+
+    /// `filter` has no `$share/` prefix: sharing says who receives, not what.
+    pub fn subscription(&self, who: &Identity, filter: &TopicFilter) -> Verdict {
+        let mut allowed = false;
+        let mut except = Vec::new();
+        for rule in self.applicable(who) {
+            match (rule.access, rule.filter.resolve(who)) {
+                // A deny we cannot evaluate safely denies: fail closed.
+                (Access::Deny, Resolved::Unsafe) => return Verdict::Refused,
+                (Access::Deny, Resolved::Filter(deny)) if deny.covers(filter) => {
+                    return Verdict::Refused;
+                }
+                (Access::Deny, Resolved::Filter(deny))
+                    if overlaps(deny.as_str(), filter.as_str()) =>
+                {
+                    except.push(deny.into_owned());
+                }
+                (Access::Deny, _) => {}
+                (access, grant) => {
+                    if (access == Access::Subscribe || access == Access::Both) && !allowed {
+                        allowed = grant.grants(|g| g.covers(filter));
+                    }
+                }
+            }
+        }
+        match allowed {
+            true => Verdict::Granted { except },
+            false => Verdict::Refused,
+        }
+    }
+
+    fn applicable<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Rule> {
+        self.rules.iter().filter(|rule| match &rule.who {
+            Who::Everyone => true,
+            Who::User(name) => who.username.as_deref() == Some(name),
+            Who::Anonymous => who.username.is_none(),
+        })
     }
 
     fn decide(
@@ -289,13 +342,8 @@ impl Acl {
         granted: impl Fn(&TopicFilter) -> bool,
         denied: impl Fn(&TopicFilter) -> bool,
     ) -> bool {
-        let applicable = self.rules.iter().filter(|rule| match &rule.who {
-            Who::Everyone => true,
-            Who::User(name) => who.username.as_deref() == Some(name),
-            Who::Anonymous => who.username.is_none(),
-        });
         let mut allowed = false;
-        for rule in applicable {
+        for rule in self.applicable(who) {
             let filter = rule.filter.resolve(who);
             match (rule.access, filter) {
                 // A deny we cannot evaluate safely denies: fail closed.
@@ -353,7 +401,32 @@ mod tests {
             user: user.to_owned(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            deny: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_deny_refuses_what_it_covers_and_is_carved_out_of_what_it_overlaps() {
+        let mut everything = rule("*", &["#"], &["#"]);
+        everything.deny = vec!["test/nosubscribe".into()];
+        let acl = Acl::from_rules(&[everything]).expect("rules");
+        let who = identity(None, "c");
+        assert_eq!(
+            acl.subscription(&who, &filter("test/nosubscribe")),
+            Verdict::Refused
+        );
+        assert_eq!(
+            acl.subscription(&who, &filter("#")),
+            Verdict::Granted {
+                except: vec![filter("test/nosubscribe")]
+            }
+        );
+        assert_eq!(
+            acl.subscription(&who, &filter("other/#")),
+            Verdict::Granted { except: Vec::new() }
+        );
+        assert!(!acl.may_publish(&who, "test/nosubscribe"));
+        assert!(acl.may_publish(&who, "test/other"));
     }
 
     fn filter(raw: &str) -> TopicFilter {
@@ -524,10 +597,14 @@ mod tests {
         assert!(acl.may_publish(&rajan, "rajan/x"));
         assert!(acl.may_subscribe(&rajan, &filter("rajan/x/+")));
         assert!(!acl.may_publish(&rajan, "rajan/secret"));
-        assert!(
-            !acl.may_subscribe(&rajan, &filter("rajan/+")),
-            "could deliver rajan/secret"
+        assert_eq!(
+            acl.subscription(&rajan, &filter("rajan/+")),
+            Verdict::Granted {
+                except: vec![filter("rajan/secret")]
+            },
+            "granted without rajan/secret"
         );
+        assert!(!acl.may_subscribe(&rajan, &filter("rajan/secret")));
         assert!(acl.may_publish(&rajan, "devices/rajan/telemetry"));
         assert!(
             !acl.may_subscribe(&rajan, &filter("public/#")),
@@ -555,10 +632,14 @@ mod tests {
             "fails closed"
         );
         assert!(acl.may_subscribe(&pi, &filter("devices/pi/data/#")));
-        assert!(
-            !acl.may_subscribe(&pi, &filter("devices/pi/#")),
-            "covers the secret"
+        assert_eq!(
+            acl.subscription(&pi, &filter("devices/pi/#")),
+            Verdict::Granted {
+                except: vec![filter("devices/pi/secret")]
+            },
+            "granted without the secret"
         );
+        assert!(!acl.may_subscribe(&pi, &filter("devices/pi/secret")));
     }
 
     #[test]

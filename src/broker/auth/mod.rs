@@ -226,20 +226,27 @@ impl Auth {
     }
 
     pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
-        let Some(filter) = topic_part(filter) else {
-            return false;
-        };
-        let by_acl = self
-            .acl
-            .as_ref()
-            .is_none_or(|acl| acl.may_subscribe(who, &filter));
+        self.subscription(who, filter).is_some()
+    }
+
+    /// Whether `who` may subscribe to `filter`: `None` if not, else the topic filters whose
+    /// messages it must not receive through it (denies the subscription overlaps: see `acl`).
+    pub fn subscription(&self, who: &Identity, filter: &str) -> Option<Vec<TopicFilter>> {
+        let filter = topic_part(filter)?;
         let by_token = match who.grants.as_ref().and_then(|g| g.subscribe.as_ref()) {
             Some(filters) => filters
                 .iter()
                 .any(|t| t.resolve(who).grants(|f| f.covers(&filter))),
             None => true,
         };
-        by_acl && by_token
+        if !by_token {
+            return None;
+        }
+        match self.acl.as_ref().map(|acl| acl.subscription(who, &filter)) {
+            None => Some(Vec::new()),
+            Some(acl::Verdict::Refused) => None,
+            Some(acl::Verdict::Granted { except }) => Some(except),
+        }
     }
 }
 

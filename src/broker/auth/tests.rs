@@ -538,6 +538,7 @@ fn topic_claims_do_not_widen_what_the_acl_allows() {
             user: "pi".into(),
             publish: vec!["sensors/#".into()],
             subscribe: vec![],
+            deny: vec![],
         }];
     }));
     let who = connect(&auth, Some("pi"), &token).expect("valid token");
@@ -635,6 +636,7 @@ fn a_shared_subscription_is_judged_by_its_topic_filter() {
             user: "*".into(),
             publish: vec![],
             subscribe: vec!["sensors/#".into()],
+            deny: vec![],
         }];
     }));
     let who = Identity::new(Some("x".into()), "c".into());

@@ -104,6 +104,16 @@ pub struct Subscription {
     pub retain_as_published: bool,
     /// MQTT 5 Subscription Identifier, sent with every message the subscription matches.
     pub id: Option<u32>,
+    /// Topics the ACL denies this client that the filter would match (see `auth::acl`):
+    /// messages on them are not delivered through it.
+    pub except: Vec<TopicFilter>,
+}
+
+impl Subscription {
+    /// Whether a message on `topic` is delivered through this subscription.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.filter.matches(topic) && !self.except.iter().any(|e| e.matches(topic))
+    }
 }
 
 /// The connection that owns a session now.
@@ -298,6 +308,11 @@ impl Registry {
                             no_local: s.no_local,
                             retain_as_published: s.retain_as_published,
                             id: s.id,
+                            except: s
+                                .except
+                                .iter()
+                                .filter_map(|e| TopicFilter::parse(e).ok())
+                                .collect(),
                         })
                     })
                     .collect();
@@ -544,7 +559,7 @@ impl Registry {
                 None => inner
                     .retained
                     .matching(&subscription.filter)
-                    .filter(|m| !m.expired(now))
+                    .filter(|m| !m.expired(now) && subscription.matches(&m.topic))
                     .map(|m| Delivery {
                         qos: m.qos.min(subscription.qos),
                         subscription_ids: subscription.id.into_iter().collect(),
@@ -848,7 +863,13 @@ fn share_out(
     let reach = |member: &str| {
         let session = sessions.get(member);
         session
-            .and_then(|s| Some(s.reach(s.subscription(filter)?.qos.min(message.qos))))
+            .and_then(|s| {
+                let subscription = s.subscription(filter)?;
+                // A member the ACL denies this topic cannot take it (see `Subscription`).
+                subscription
+                    .matches(&message.topic)
+                    .then(|| s.reach(subscription.qos.min(message.qos)))
+            })
             .unwrap_or(Reach::Unreachable)
     };
     let Some((member, how)) = share.pick(reach) else {

@@ -31,6 +31,7 @@ fn subscribe(registry: &Registry, client_id: &str, filter: &str) -> Subscribed {
             no_local: false,
             retain_as_published: false,
             id: None,
+            except: Vec::new(),
         }],
     )
 }
@@ -187,6 +188,7 @@ fn a_subscriber_restored_from_disk_queues_what_is_published_before_it_reconnects
                 no_local: false,
                 retain_as_published: false,
                 id: None,
+                except: Vec::new(),
             }],
             expiry_s: u32::MAX,
             awaiting_pubrel: Vec::new(),
