@@ -155,8 +155,34 @@ pub async fn serve(
             &intake,
         )
         .await;
+    let broke_a_rule = matches!(end, End::Violation(..));
     Box::pin(opened.connection.finish(end, intake)).await;
     opened.done.cancel();
+    if broke_a_rule {
+        Box::pin(linger(&mut opened.reader)).await;
+    }
+}
+
+/// How long a connection closed for breaking a rule is still read from, so that its DISCONNECT
+/// (and reason code) reaches the client.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the client still sends after our goodbye, until it closes or `LINGER`
+/// passes. Closing a socket with unread bytes in it makes the kernel send RST, and a client
+/// that gets RST may lose the DISCONNECT still in its receive buffer: a client that was busy
+/// sending (PUBRELs for the PUBRECs it got, say) would never learn why it was cut off.
+async fn linger<R: AsyncRead + Unpin>(reader: &mut R) {
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        let mut left = 256 * 1024usize;
+        while left > 0 {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A connection whose CONNECT was accepted, its session attached and CONNACK on its way.
