@@ -1,5 +1,6 @@
-//! What was assigned to each message not yet acknowledged, kept on disk (`<state_dir>/store`),
-//! so that a resend after mqtt2es itself crashed is still the same reading (see `reading`).
+//! What was assigned to each message not yet acknowledged, kept on disk (keyspace `assigned`
+//! of the state directory's database, see `state`), so that a resend after mqtt2es itself
+//! crashed is still the same reading (see `reading`).
 //!
 //! The store is fjall, an embedded log-structured key-value store: a write is an append to
 //! its journal, so keeping or forgetting one message costs O(that message), never a rewrite of
@@ -26,7 +27,7 @@
 //! nanoseconds since the epoch (8 bytes, big-endian).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,14 +37,15 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::reading::{Assigned, ReadingId};
+use crate::state::{self, OpenError};
 
 /// How often what was written is also fsynced.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum KeptError {
-    #[error("cannot open the state store {path:?}: {source}")]
-    Open { path: PathBuf, source: fjall::Error },
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error("the state store failed: {0}")]
     Io(#[from] fjall::Error),
 }
@@ -70,29 +72,20 @@ impl std::fmt::Debug for Kept {
 }
 
 impl Kept {
-    /// Opens (or creates) the store in `state_dir/store`.
+    /// Opens (or creates) the store in `state_dir/store` (see `state`).
     pub fn open(state_dir: &Path) -> Result<Kept, KeptError> {
-        let path = state_dir.join("store");
-        let open = |source| KeptError::Open {
-            path: path.clone(),
-            source,
-        };
-        // Sized for what it holds (one small entry per message in flight, a few thousand at
-        // most) on a Raspberry Pi, not fjall's server defaults (32 MiB cache, 64 MiB memtable,
-        // 512 MiB of journal): the churn of keep + forget flushes and compacts away early.
-        let db = fjall::Database::builder(&path)
-            .worker_threads(1)
-            .cache_size(1 << 20)
-            .max_journaling_size(64 << 20)
-            .open()
-            .map_err(open)?;
-        let assigned = db
-            .keyspace("assigned", || {
-                fjall::KeyspaceCreateOptions::default().max_memtable_size(2 << 20)
-            })
-            .map_err(open)?;
+        Kept::within(&state::open(state_dir)?)
+    }
+
+    /// The store as a keyspace of `db`, which others may share.
+    pub fn within(db: &fjall::Database) -> Result<Kept, KeptError> {
+        // One small entry per message in flight, a few thousand at most: the churn of keep +
+        // forget flushes and compacts away early.
+        let assigned = db.keyspace("assigned", || {
+            fjall::KeyspaceCreateOptions::default().max_memtable_size(2 << 20)
+        })?;
         Ok(Kept {
-            db,
+            db: db.clone(),
             assigned,
             staged: Arc::default(),
             turn: Arc::default(),

@@ -12,7 +12,8 @@
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
 //! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
-//! - `kept`    — what each unacknowledged message was assigned, on disk (fjall), for resends.
+//! - `state`   — the state directory's embedded database (fjall), shared by `kept` and the broker.
+//! - `kept`    — what each unacknowledged message was assigned, on disk, for resends.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
@@ -41,5 +42,6 @@ pub mod record;
 pub mod secret;
 pub mod simulate;
 pub mod sink;
+pub mod state;
 pub mod topic;
 pub mod upstream;
