@@ -1042,12 +1042,23 @@ impl Connection {
     /// Sends PUBACK / PUBREC for the unbroken run of settled publishes, in arrival order.
     fn release_acks(&mut self) {
         let ready = self.acks.pop_ready();
-        // Forgotten before the acknowledgements go out (they are flushed after this returns).
+        // An error reason ends a QoS 2 exchange: no PUBREL follows (MQTT 5 §4.3.3).
+        for pending in &ready {
+            if pending.qos == QoS::ExactlyOnce && !pending.reason.is_error() {
+                self.context
+                    .registry
+                    .await_pubrel(&self.client_id, pending.pkid);
+                self.awaiting_pubrel += 1;
+            }
+        }
+        // On disk before the acknowledgements go out (they are flushed after this returns):
+        // the ids now awaiting PUBREL and what these publishes caused in the registry, and
+        // their assignments forgotten.
         let forget = self
             .readings
             .forget_each(ready.iter().map(|pending| pending.pkid));
-        if !forget.is_empty() {
-            self.context.registry.forget_kept(&self.client_id, &forget);
+        if ready.iter().any(|pending| pending.qos != QoS::AtMostOnce) {
+            self.context.registry.before_acks(&self.client_id, &forget);
         }
         for pending in ready {
             tracing::trace!(client_id = %self.client_id, ?pending, "ack");
@@ -1062,13 +1073,6 @@ impl Connection {
                 }
                 QoS::ExactlyOnce => {
                     self.unsettled.remove(&pending.pkid);
-                    // An error reason ends the exchange: no PUBREL follows (MQTT 5 §4.3.3).
-                    if !pending.reason.is_error() {
-                        self.context
-                            .registry
-                            .await_pubrel(&self.client_id, pending.pkid);
-                        self.awaiting_pubrel += 1;
-                    }
                     self.out.reply(&Reply::PubRec {
                         pkid: pending.pkid,
                         reason: pending.reason,

@@ -15,10 +15,11 @@
 //! - `router`     — which subscription a message matches, at which QoS.
 //! - `share`      — shared subscriptions: which member of a group gets the next message.
 //! - `retained`   — the retained message store.
-//! - `store`      — sessions and retained messages on disk, written atomically.
+//! - `store`      — sessions and retained messages on disk, each change written as it is.
 //!
 //! What each unacknowledged publish was assigned (its reading id and receive time) is kept in
-//! `crate::kept` by the session registry, so a resend after a crash is the same reading.
+//! `crate::kept` by the session registry, so a resend after a crash is the same reading. Both
+//! stores are keyspaces of one database under `state_dir` (see `crate::state`).
 
 pub mod auth;
 pub mod codec;
@@ -45,6 +46,7 @@ pub use settings::BrokerSettings;
 
 use crate::kept::{Kept, KeptError};
 use crate::record::Record;
+use crate::state::{self, OpenError};
 use auth::{Auth, AuthError};
 use connection::{Context, Limits};
 use listener::{ListenerError, Listeners};
@@ -61,6 +63,8 @@ pub enum BrokerError {
     #[error("broker.auth: {0}")]
     Auth(#[from] AuthError),
     #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Kept(#[from] KeptError),
@@ -70,7 +74,6 @@ pub enum BrokerError {
 pub struct Broker {
     listeners: Listeners,
     context: Arc<Context>,
-    store: Arc<Store>,
     kept: Kept,
 }
 
@@ -79,9 +82,11 @@ impl Broker {
     /// with its transport and address, port 0 resolved). Fails fast on any of them.
     pub async fn start(settings: &BrokerSettings) -> Result<Broker, BrokerError> {
         let auth = Auth::load(&settings.auth)?;
-        let store = Store::open(&settings.state_dir)?;
+        let db = state::open(&settings.state_dir)?;
+        let store = Store::open(&db, &settings.state_dir)?;
         let mut registry = Registry::restore(store.load()?);
-        let kept = Kept::open(&settings.state_dir)?;
+        registry.keep_in(store);
+        let kept = Kept::within(&db)?;
         registry.adopt(kept.clone())?;
         info!(
             state_dir = ?settings.state_dir,
@@ -104,7 +109,6 @@ impl Broker {
                 },
                 live: AtomicUsize::new(0),
             }),
-            store: Arc::new(store),
             kept,
         })
     }
@@ -117,13 +121,12 @@ impl Broker {
 
     /// Serves clients until `intake` is cancelled; then stops accepting and reading, lets each
     /// connection send the acks that settle (the sink flushes meanwhile) and say goodbye, and
-    /// saves the state last. Records go to `records`; every clone of it is dropped once intake
+    /// writes and fsyncs the state last. Records go to `records`; every clone of it is dropped once intake
     /// stopped, which is how the pipeline learns that no more come.
     pub async fn run(self, records: mpsc::Sender<Record>, intake: CancellationToken) {
         let Broker {
             listeners,
             context,
-            store,
             kept,
         } = self;
         let registry = Arc::clone(&context.registry);
@@ -133,10 +136,10 @@ impl Broker {
             accepted_tx,
             intake.clone(),
         ));
-        let store_stop = CancellationToken::new();
-        let store_task =
-            tokio::spawn(Arc::clone(&store).run(Arc::clone(&registry), store_stop.clone()));
-        let syncer = tokio::spawn(Arc::new(kept).run_syncer(store_stop.clone()));
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(Arc::clone(&registry).run_writer(writer_stop.clone()));
+        let syncer_stop = CancellationToken::new();
+        let syncer = tokio::spawn(Arc::new(kept).run_syncer(syncer_stop.clone()));
 
         let mut connections = JoinSet::new();
         loop {
@@ -172,10 +175,11 @@ impl Broker {
                 error!(%error, "a connection task panicked");
             }
         }
-        store_stop.cancel();
-        let _ = store_task.await;
+        // The writer's last write (and fsync) first, then the syncer's last fsync of the rest.
+        writer_stop.cancel();
+        let _ = writer.await;
+        syncer_stop.cancel();
         let _ = syncer.await;
-        store.save_now(&registry).await;
         info!(
             sessions = registry.session_count(),
             retained = registry.retained_count(),

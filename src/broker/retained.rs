@@ -1,9 +1,8 @@
 //! Retained messages: the last retained publish per topic, handed to every new matching
 //! subscription. An empty retained payload deletes the topic's entry (MQTT §3.3.1.3).
 //!
-//! A plain map scanned on SUBSCRIBE: subscriptions are rare next to publishes, and a scan keeps
-//! the store trivially persistable; an index by first level would be the next step if a fleet
-//! ever retains hundreds of thousands of topics.
+//! A plain map scanned on SUBSCRIBE: subscriptions are rare next to publishes; an index by
+//! first level would be the next step if a fleet ever retains hundreds of thousands of topics.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +31,11 @@ impl Retained {
             .iter()
             .filter(|(topic, _)| filter.matches(topic))
             .map(|(_, message)| message)
+    }
+
+    /// The message retained on `topic`, if any.
+    pub fn get(&self, topic: &str) -> Option<&Delivery> {
+        self.by_topic.get(topic)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Delivery> {

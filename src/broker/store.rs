@@ -1,16 +1,27 @@
-//! The broker's state on disk (`broker.state_dir/broker-state.json`): sessions that outlive
-//! their connection (client id, subscriptions, expiry, QoS 2 packet ids awaiting PUBREL) and
-//! retained messages, so a device reconnecting after a restart, even a SIGKILL, is told its
-//! session is present.
+//! The broker's state on disk: sessions that outlive their connection (client id,
+//! subscriptions, expiry, QoS 2 packet ids awaiting PUBREL) and retained messages, so a device
+//! reconnecting after a restart, even a SIGKILL, is told its session is present.
 //!
-//! Whole-file snapshots, written atomically (temp file, fsync, rename, fsync of the directory)
-//! by one task shortly after each change, not a write-ahead log: the state is small, changes
-//! come in bursts, and a snapshot at most a moment old loses nothing that MQTT does not
-//! recover by itself. Messages queued for offline sessions are not persisted: they live in
-//! memory only, like QoS 0 traffic.
+//! Kept in keyspaces of the state directory's fjall database (see `crate::state`), one per kind,
+//! each key one session or one message: `sessions` (client id → the session as JSON) and
+//! `retained` (topic → the message: a JSON header, then the payload as it came). So a change
+//! writes what changed and nothing else: a CONNECT or DISCONNECT one session, a retained
+//! publish one message. fjall because it is already here for `kept`, and because its writes
+//! are what this needs: a batch is one append to its journal, in the OS when the call returns
+//! (a SIGKILL loses none of it) and crash-safe (recovery keeps whole batches only), with
+//! compaction in the background; separate keyspaces keep a burst of session churn from
+//! rewriting the retained messages beside it.
+//!
+//! The store does not know the registry: the registry hands it `Changes` (the value of each key
+//! it changed since the last write, `None` for gone), and this module turns them into one batch.
+//! Writers take turns (`write`), so two batches never land in the opposite order of the changes
+//! they carry.
+//!
+//! A `broker-state.json` from before (the whole state rewritten on every change) is imported on
+//! the first start that finds the store empty, then renamed to `broker-state.json.migrated`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -18,28 +29,24 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, info, warn};
 
 use super::codec::MessageProperties;
-use super::session::{Delivery, Registry, Session};
 use crate::record::QoS;
 
-const FILE: &str = "broker-state.json";
+/// The whole-state file of earlier versions, imported once.
+const LEGACY_FILE: &str = "broker-state.json";
 
-/// How long the store task lets changes accumulate before writing them.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// What the legacy file is renamed to once imported.
+const MIGRATED_FILE: &str = "broker-state.json.migrated";
 
-/// How often expired sessions are looked for.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// The first byte of a stored message: how the rest is laid out.
+const MESSAGE_FORMAT: u8 = 1;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot create broker.state_dir {path:?}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("the broker state store failed: {0}")]
+    Db(#[from] fjall::Error),
     #[error("cannot read broker state {path:?}: {source}")]
     Read {
         path: PathBuf,
@@ -50,20 +57,21 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot write broker state {path:?}: {source}")]
-    Write {
+    #[error("cannot rename {path:?} after importing it: {source}")]
+    Rename {
         path: PathBuf,
         source: std::io::Error,
     },
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Everything on disk, as loaded at start.
+#[derive(Debug, Default)]
 pub struct State {
     pub sessions: Vec<SavedSession>,
     pub retained: Vec<SavedMessage>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedSession {
     pub client_id: String,
     pub subscriptions: Vec<SavedSubscription>,
@@ -73,7 +81,7 @@ pub struct SavedSession {
     pub disconnected_at: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedSubscription {
     pub filter: String,
     pub qos: u8,
@@ -88,28 +96,33 @@ pub struct SavedSubscription {
     pub except: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A message as kept on disk: everything of a `Delivery` but the registry's own handles.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SavedMessage {
     pub topic: String,
-    pub payload_base64: String,
-    pub qos: u8,
-    #[serde(default)]
-    pub user_properties: Vec<(String, String)>,
-    /// The publisher's other MQTT 5 properties.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub properties: Option<SavedProperties>,
-    /// Seconds since the epoch when its Message Expiry Interval runs out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<u64>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The publisher's MQTT 5 properties, if it set any.
+    pub properties: Option<MessageProperties>,
+    /// When its Message Expiry Interval runs out.
+    pub expires_at: Option<SystemTime>,
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription it was given out through.
+    pub share: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct SavedProperties {
-    pub payload_format: Option<u8>,
-    pub message_expiry_s: Option<u32>,
-    pub content_type: Option<String>,
-    pub response_topic: Option<String>,
-    pub correlation_data_base64: Option<String>,
+/// What changed since the last write: per key, its value now, or `None` if it is gone.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub sessions: Vec<(String, Option<SavedSession>)>,
+    pub retained: Vec<(String, Option<SavedMessage>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.retained.is_empty()
+    }
 }
 
 pub fn qos(level: u8) -> QoS {
@@ -120,8 +133,329 @@ pub fn qos(level: u8) -> QoS {
     }
 }
 
-impl SavedMessage {
-    pub fn into_delivery(self) -> Option<Delivery> {
+/// The broker's keyspaces in the state directory's database.
+pub struct Store {
+    db: fjall::Database,
+    sessions: fjall::Keyspace,
+    retained: fjall::Keyspace,
+    /// Held from taking the changes to committing them (see `write`).
+    turn: Mutex<()>,
+}
+
+impl Store {
+    /// Opens the broker's keyspaces in `db`, importing a legacy `broker-state.json` from
+    /// `state_dir` if the store has no broker state yet.
+    pub fn open(db: &fjall::Database, state_dir: &Path) -> Result<Store, StoreError> {
+        // Small memtables: every value is also held by the registry, so a large one would only
+        // hold the same bytes twice until it is flushed.
+        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(4 << 20);
+        // Payloads of 1 KiB and more go to blob files, written once when flushed: compaction
+        // then moves keys and pointers, not 100 MB of retained payloads level after level.
+        let separated = || {
+            options().with_kv_separation(Some(
+                fjall::KvSeparationOptions::default().file_target_size(16 << 20),
+            ))
+        };
+        let store = Store {
+            db: db.clone(),
+            sessions: db.keyspace("sessions", options)?,
+            retained: db.keyspace("retained", separated)?,
+            turn: Mutex::new(()),
+        };
+        store.migrate(state_dir)?;
+        Ok(store)
+    }
+
+    /// Everything stored. A value that cannot be read (written by a newer version, or damaged)
+    /// is left out with a warning: one lost session must not keep the broker from starting.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let mut state = State::default();
+        let mut unreadable = Unreadable::default();
+        for guard in self.sessions.iter() {
+            let (key, value) = guard.into_inner()?;
+            match serde_json::from_slice::<SavedSession>(&value) {
+                Ok(session) => state.sessions.push(session),
+                Err(_) => unreadable.note("sessions", &key),
+            }
+        }
+        for guard in self.retained.iter() {
+            let (key, value) = guard.into_inner()?;
+            match decode_message(&value) {
+                Some(message) => state.retained.push(message),
+                None => unreadable.note("retained", &key),
+            }
+        }
+        unreadable.warn();
+        Ok(state)
+    }
+
+    /// Writes what `take` returns in one batch, in the OS when this returns. Writers take
+    /// turns, and `take` runs in the turn: changes taken later are committed later, so a key
+    /// always ends up with its latest value. A writer whose changes were taken by the one
+    /// before it finds nothing to take and returns at once: writes coalesce under load.
+    pub fn write(&self, take: impl FnOnce() -> Changes) -> Result<(), StoreError> {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let changes = take();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (sessions, retained) = (changes.sessions.len(), changes.retained.len());
+        let mut batch = self.db.batch();
+        for (client_id, session) in changes.sessions {
+            match session {
+                Some(session) => batch.insert(&self.sessions, client_id, encode_session(&session)),
+                None => batch.remove(&self.sessions, client_id),
+            }
+        }
+        for (topic, message) in changes.retained {
+            match message {
+                Some(message) => batch.insert(&self.retained, topic, encode_message(&message)),
+                None => batch.remove(&self.retained, topic),
+            }
+        }
+        batch.commit()?;
+        debug!(sessions, retained, "broker state written");
+        Ok(())
+    }
+
+    /// Writes what is in the OS's buffers to the disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.sessions.is_empty()? && self.retained.is_empty()?)
+    }
+
+    /// Imports `state_dir/broker-state.json` into an empty store, on disk before the file is
+    /// renamed, so a crash in between imports it again on the next start. A store that already
+    /// holds broker state is never overwritten by the file: it is left where it is, with a
+    /// warning (it would be a newer file only if an older mqtt2es ran on this state since).
+    fn migrate(&self, state_dir: &Path) -> Result<(), StoreError> {
+        let path = state_dir.join(LEGACY_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        if !self.is_empty()? {
+            warn!(
+                file = ?path,
+                "a broker-state.json beside a state store that has broker state already: not imported"
+            );
+            return Ok(());
+        }
+        let legacy: LegacyState =
+            serde_json::from_slice(&text).map_err(|source| StoreError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        drop(text);
+        let sessions = legacy.sessions.len();
+        let mut skipped = 0;
+        let changes = Changes {
+            sessions: legacy
+                .sessions
+                .into_iter()
+                .map(|s| (s.client_id.clone(), Some(s)))
+                .collect(),
+            retained: legacy
+                .retained
+                .into_iter()
+                .filter_map(|m| {
+                    let message = m.into_saved();
+                    skipped += usize::from(message.is_none());
+                    message.map(|m| (m.topic.clone(), Some(m)))
+                })
+                .collect(),
+        };
+        let retained = changes.retained.len();
+        self.write(|| changes)?;
+        self.sync()?;
+        let migrated = state_dir.join(MIGRATED_FILE);
+        std::fs::rename(&path, &migrated).map_err(|source| StoreError::Rename {
+            path: path.clone(),
+            source,
+        })?;
+        info!(
+            from = ?path,
+            renamed_to = ?migrated,
+            sessions,
+            retained,
+            skipped,
+            "broker state imported from broker-state.json into the state store"
+        );
+        Ok(())
+    }
+}
+
+/// Values `load` could not read, warned about once.
+#[derive(Default)]
+struct Unreadable {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Unreadable {
+    fn note(&mut self, keyspace: &str, key: &[u8]) {
+        self.count += 1;
+        self.first
+            .get_or_insert_with(|| format!("{keyspace}/{}", String::from_utf8_lossy(key)));
+    }
+
+    fn warn(self) {
+        if let Some(first) = self.first {
+            warn!(
+                count = self.count,
+                first, "broker state entries that cannot be read were left out"
+            );
+        }
+    }
+}
+
+fn encode_session(session: &SavedSession) -> Vec<u8> {
+    serde_json::to_vec(session).expect("a session of strings and numbers always serialises")
+}
+
+/// A stored message's header: everything but the payload, which follows it as it came.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    topic: String,
+    qos: u8,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retain: bool,
+    /// Milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    subscription_ids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    share: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    properties: Option<HeaderProperties>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct HeaderProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_format: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_expiry_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlation_data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_properties: Vec<(String, String)>,
+}
+
+/// `[format][header length, u32 big-endian][header JSON][payload]`: the payload stays as it
+/// came (no base64), and the header can grow fields without a new format.
+fn encode_message(message: &SavedMessage) -> Vec<u8> {
+    let header = Header {
+        topic: message.topic.clone(),
+        qos: message.qos.level(),
+        retain: message.retain,
+        expires_at_ms: message.expires_at.map(|t| {
+            let ms = t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX)
+        }),
+        subscription_ids: message.subscription_ids.clone(),
+        share: message.share.clone(),
+        properties: message.properties.as_ref().map(|p| HeaderProperties {
+            payload_format: p.payload_format,
+            message_expiry_s: p.message_expiry_s,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data_base64: p.correlation_data.as_ref().map(|d| STANDARD.encode(d)),
+            user_properties: p.user_properties.clone(),
+        }),
+    };
+    let header = serde_json::to_vec(&header).expect("a header of strings and numbers serialises");
+    let header_len = u32::try_from(header.len()).expect("a header is far below 4 GiB");
+    let mut value = Vec::with_capacity(5 + header.len() + message.payload.len());
+    value.push(MESSAGE_FORMAT);
+    value.extend_from_slice(&header_len.to_be_bytes());
+    value.extend_from_slice(&header);
+    value.extend_from_slice(&message.payload);
+    value
+}
+
+fn decode_message(value: &[u8]) -> Option<SavedMessage> {
+    let (&format, rest) = value.split_first()?;
+    if format != MESSAGE_FORMAT {
+        return None;
+    }
+    let header_len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let header: Header = serde_json::from_slice(rest.get(4..4 + header_len)?).ok()?;
+    let payload = Bytes::copy_from_slice(rest.get(4 + header_len..)?);
+    let properties = match header.properties {
+        Some(p) => Some(MessageProperties {
+            payload_format: p.payload_format,
+            message_expiry_s: p.message_expiry_s,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: match p.correlation_data_base64 {
+                Some(data) => Some(Bytes::from(STANDARD.decode(data).ok()?)),
+                None => None,
+            },
+            user_properties: p.user_properties,
+        }),
+        None => None,
+    };
+    Some(SavedMessage {
+        topic: header.topic,
+        payload,
+        qos: qos(header.qos),
+        retain: header.retain,
+        properties,
+        expires_at: header
+            .expires_at_ms
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        subscription_ids: header.subscription_ids,
+        share: header.share,
+    })
+}
+
+/// `broker-state.json` as earlier versions wrote it.
+#[derive(Deserialize)]
+struct LegacyState {
+    sessions: Vec<SavedSession>,
+    retained: Vec<LegacyMessage>,
+}
+
+#[derive(Deserialize)]
+struct LegacyMessage {
+    topic: String,
+    payload_base64: String,
+    qos: u8,
+    #[serde(default)]
+    user_properties: Vec<(String, String)>,
+    #[serde(default)]
+    properties: Option<LegacyProperties>,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+struct LegacyProperties {
+    payload_format: Option<u8>,
+    message_expiry_s: Option<u32>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data_base64: Option<String>,
+}
+
+impl LegacyMessage {
+    /// `None` if its base64 is damaged.
+    fn into_saved(self) -> Option<SavedMessage> {
         let payload = STANDARD.decode(self.payload_base64).ok()?;
         let saved = self.properties.unwrap_or_default();
         let properties = MessageProperties {
@@ -135,252 +469,20 @@ impl SavedMessage {
             },
             user_properties: self.user_properties,
         };
-        Some(Delivery {
-            share: None,
-            topic: Arc::from(self.topic),
+        Some(SavedMessage {
+            topic: self.topic,
             payload: Bytes::from(payload),
             qos: qos(self.qos),
             retain: true,
-            properties: (!properties.is_empty()).then(|| Arc::new(properties)),
+            properties: (!properties.is_empty()).then_some(properties),
             expires_at: self
                 .expires_at
                 .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
             subscription_ids: Vec::new(),
+            share: None,
         })
-    }
-}
-
-impl State {
-    pub fn capture<'a>(
-        sessions: impl Iterator<Item = (&'a str, &'a Session)>,
-        retained: impl Iterator<Item = &'a Delivery>,
-    ) -> State {
-        let epoch = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
-        State {
-            sessions: sessions
-                .map(|(client_id, s)| SavedSession {
-                    client_id: client_id.to_owned(),
-                    subscriptions: s
-                        .subscriptions
-                        .iter()
-                        .map(|sub| SavedSubscription {
-                            filter: sub.filter.as_str().to_owned(),
-                            qos: sub.qos.level(),
-                            no_local: sub.no_local,
-                            retain_as_published: sub.retain_as_published,
-                            id: sub.id,
-                            except: sub.except.iter().map(|e| e.as_str().to_owned()).collect(),
-                        })
-                        .collect(),
-                    expiry_s: s.expiry_s,
-                    awaiting_pubrel: s.awaiting_pubrel.iter().copied().collect(),
-                    disconnected_at: s.disconnected_at.map(epoch),
-                })
-                .collect(),
-            retained: retained
-                .map(|m| {
-                    let properties = m.properties.as_deref();
-                    SavedMessage {
-                        topic: m.topic.to_string(),
-                        payload_base64: STANDARD.encode(&m.payload),
-                        qos: m.qos.level(),
-                        user_properties: properties
-                            .map(|p| p.user_properties.clone())
-                            .unwrap_or_default(),
-                        properties: properties.map(|p| SavedProperties {
-                            payload_format: p.payload_format,
-                            message_expiry_s: p.message_expiry_s,
-                            content_type: p.content_type.clone(),
-                            response_topic: p.response_topic.clone(),
-                            correlation_data_base64: p
-                                .correlation_data
-                                .as_ref()
-                                .map(|d| STANDARD.encode(d)),
-                        }),
-                        expires_at: m.expires_at.map(epoch),
-                    }
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Where the state lives; creating the directory is part of opening it, so a bad
-/// `state_dir` fails at start, not at the first write.
-pub struct Store {
-    path: PathBuf,
-}
-
-impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        Ok(Store {
-            path: dir.join(FILE),
-        })
-    }
-
-    pub fn load(&self) -> Result<State, StoreError> {
-        let text = match std::fs::read(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State::default());
-            }
-            Err(source) => {
-                return Err(StoreError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&text).map_err(|source| StoreError::Parse {
-            path: self.path.clone(),
-            source,
-        })
-    }
-
-    /// Writes `state` so that a crash at any point leaves either the old or the new file.
-    pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec(state).map_err(|e| err(std::io::Error::other(e)))?;
-        let temp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp).map_err(err)?;
-            file.write_all(&bytes).map_err(err)?;
-            file.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&temp, &self.path).map_err(err)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the registry whenever it changed, until `stop`; then once more, last, after
-    /// the connections handed their sessions back (the caller awaits this task after them).
-    pub async fn run(self: Arc<Self>, registry: Arc<Registry>, stop: CancellationToken) {
-        let store = self;
-        let mut written = registry.version();
-        let mut purge = tokio::time::interval(PURGE_EVERY);
-        loop {
-            tokio::select! {
-                _ = registry.changed() => {
-                    tokio::time::sleep(DEBOUNCE).await;
-                }
-                _ = purge.tick() => {
-                    let purged = registry.purge_expired();
-                    if purged > 0 {
-                        info!(purged, "expired sessions removed");
-                    }
-                }
-                _ = stop.cancelled() => break,
-            }
-            let version = registry.version();
-            if version != written {
-                written = version;
-                save_blocking(&store, &registry).await;
-            }
-        }
-    }
-
-    pub async fn save_now(self: &Arc<Self>, registry: &Arc<Registry>) {
-        save_blocking(self, registry).await;
-    }
-}
-
-async fn save_blocking(store: &Arc<Store>, registry: &Arc<Registry>) {
-    let state = registry.snapshot();
-    let store = Arc::clone(store);
-    let sessions = state.sessions.len();
-    match tokio::task::spawn_blocking(move || store.save(&state)).await {
-        Ok(Ok(())) => debug!(sessions, "broker state saved"),
-        Ok(Err(error)) => error!(%error, "broker state not saved"),
-        Err(error) => error!(%error, "broker state writer failed"),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_saved_state_loads_back_the_same() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("state")).expect("open");
-        assert!(store.load().expect("empty").sessions.is_empty());
-        let state = State {
-            sessions: vec![SavedSession {
-                client_id: "pi-1".into(),
-                subscriptions: vec![SavedSubscription {
-                    filter: "cmd/#".into(),
-                    qos: 1,
-                    no_local: false,
-                    retain_as_published: false,
-                    id: None,
-                    except: Vec::new(),
-                }],
-                expiry_s: u32::MAX,
-                awaiting_pubrel: vec![3, 9],
-                disconnected_at: None,
-            }],
-            retained: vec![SavedMessage {
-                topic: "status".into(),
-                payload_base64: STANDARD.encode(b"\x00online"),
-                qos: 1,
-                user_properties: Vec::new(),
-                properties: None,
-                expires_at: None,
-            }],
-        };
-        store.save(&state).expect("save");
-        let back = store.load().expect("load");
-        assert_eq!(back.sessions[0].client_id, "pi-1");
-        assert_eq!(back.sessions[0].awaiting_pubrel, vec![3, 9]);
-        let retained = back
-            .retained
-            .into_iter()
-            .next()
-            .and_then(SavedMessage::into_delivery)
-            .expect("retained");
-        assert_eq!(&retained.payload[..], b"\x00online");
-        assert!(!dir.path().join("state/broker-state.json.tmp").exists());
-    }
-
-    #[test]
-    fn a_corrupt_state_file_is_an_error_that_names_it() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join(FILE), b"{not json").expect("write");
-        let store = Store::open(dir.path()).expect("open");
-        let error = store.load().expect_err("corrupt");
-        assert!(error.to_string().contains("broker-state.json"), "{error}");
-    }
-
-    #[test]
-    fn a_restored_registry_presents_persistent_sessions_and_retained_messages() {
-        let state = State {
-            sessions: vec![SavedSession {
-                client_id: "pi-1".into(),
-                subscriptions: Vec::new(),
-                expiry_s: 60,
-                awaiting_pubrel: vec![5],
-                disconnected_at: None,
-            }],
-            retained: Vec::new(),
-        };
-        let registry = Registry::restore(state);
-        assert!(registry.is_awaiting_pubrel("pi-1", 5));
-        assert_eq!(registry.session_count(), 1);
-    }
-}
+mod tests;

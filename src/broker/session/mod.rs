@@ -8,6 +8,7 @@
 //! One `std::sync::Mutex` over everything, held only for map work and never across an await:
 //! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
 //! next to the pipeline and keeps takeover, fan-out and persistence trivially consistent.
+//! What changed is noted under it too and written to the store by `persist`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +24,14 @@ use super::codec::MessageProperties;
 use super::retained::Retained;
 use super::router;
 use super::share::{Reach, Share};
-use super::store::{self, State};
+use super::store::Store;
 use crate::kept::{self, Kept, KeptError};
 use crate::reading::{Assigned, Assignments};
 use crate::record::QoS;
 use crate::topic::TopicFilter;
+use persist::Dirty;
+
+mod persist;
 
 /// Messages kept for a disconnected persistent session (QoS 1 and 2 only). Beyond this the
 /// oldest are dropped with a counted warning, as Mosquitto's `max_queued_messages` does.
@@ -247,6 +251,11 @@ struct Inner {
     /// its members and whose turn it is; a share goes once its last member leaves.
     shares: HashMap<String, Share>,
     retained: Retained,
+    /// What changed since the store last wrote (see `persist`).
+    dirty: Dirty,
+    /// The client ids whose sessions are in the store, so that a session that ends or stops
+    /// outliving its connection is deleted there, and one that never was costs no write.
+    stored: HashSet<String>,
 }
 
 impl Inner {
@@ -261,12 +270,18 @@ impl Inner {
             }
         }
     }
+
+    /// Notes that `client_id`'s session changed (or ended), for the store.
+    fn session_changed(&mut self, client_id: &str) {
+        if !self.dirty.sessions.contains(client_id) {
+            self.dirty.sessions.insert(client_id.to_owned());
+        }
+    }
 }
 
 pub struct Registry {
     inner: Mutex<Inner>,
-    /// Bumped on every change worth persisting; the store task writes when it moved.
-    version: AtomicU64,
+    /// Notified after every change worth persisting; the writer task writes then.
     changed: Notify,
     next_connection: AtomicU64,
     dropped: AtomicU64,
@@ -275,81 +290,21 @@ pub struct Registry {
     /// Where what unacknowledged publishes were assigned is kept across a crash (`None` in
     /// tests of the registry alone).
     kept: Option<Kept>,
+    /// Where sessions and retained messages are kept (`None` in tests of the registry alone).
+    store: Option<Store>,
 }
 
 impl Registry {
     pub fn new() -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
-            version: AtomicU64::new(0),
             changed: Notify::new(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             unshared: AtomicU64::new(0),
             kept: None,
+            store: None,
         }
-    }
-
-    /// Sessions and retained messages as persisted by an earlier run. Sessions that were
-    /// connected when it stopped count as disconnected now, so their expiry starts over.
-    pub fn restore(state: State) -> Registry {
-        let registry = Registry::new();
-        {
-            let mut inner = registry.lock();
-            let now = SystemTime::now();
-            for saved in state.sessions {
-                let subscriptions = saved
-                    .subscriptions
-                    .iter()
-                    .filter_map(|s| {
-                        Some(Subscription {
-                            filter: TopicFilter::parse(&s.filter).ok()?,
-                            qos: store::qos(s.qos),
-                            no_local: s.no_local,
-                            retain_as_published: s.retain_as_published,
-                            id: s.id,
-                            except: s
-                                .except
-                                .iter()
-                                .filter_map(|e| TopicFilter::parse(e).ok())
-                                .collect(),
-                        })
-                    })
-                    .collect();
-                let session = Session {
-                    subscriptions,
-                    expiry_s: saved.expiry_s,
-                    awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
-                    readings: Assignments::default(),
-                    queued: VecDeque::new(),
-                    unfinished: Vec::new(),
-                    disconnected_at: Some(
-                        saved
-                            .disconnected_at
-                            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-                            .unwrap_or(now),
-                    ),
-                    attached: None,
-                    last_connection: 0,
-                    will_waiting: None,
-                };
-                if !session.expired(now) {
-                    for subscription in &session.subscriptions {
-                        join(&mut inner.shares, &saved.client_id, &subscription.filter);
-                    }
-                    inner.sessions.insert(saved.client_id.clone(), session);
-                    inner.reindex(&saved.client_id);
-                }
-            }
-            for message in state.retained {
-                if let Some(delivery) = message.into_delivery()
-                    && !delivery.expired(now)
-                {
-                    inner.retained.update(&delivery);
-                }
-            }
-        }
-        registry
     }
 
     /// Keeps assignments in `kept` from now on, and gives each restored session what was kept
@@ -379,7 +334,7 @@ impl Registry {
 
     /// Forgets what publishes of `client_id` were assigned, on disk when this returns: their
     /// acknowledgements go out next.
-    pub fn forget_kept(&self, client_id: &str, forget: &[u16]) {
+    fn forget_kept(&self, client_id: &str, forget: &[u16]) {
         if let Some(kept) = &self.kept {
             kept::logged(kept.write(client_id, &[], forget));
         }
@@ -399,13 +354,9 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Wakes the writer task after a change was noted.
     fn touch(&self) {
-        self.version.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Relaxed)
     }
 
     pub async fn changed(&self) {
@@ -444,6 +395,7 @@ impl Registry {
             self.forget_all(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
+        inner.session_changed(client_id);
         let session = inner.sessions.entry(client_id.to_owned()).or_default();
         // A reconnect within the will delay: that will is not published (see `will_waiting`).
         session.will_waiting = None;
@@ -488,6 +440,10 @@ impl Registry {
             return;
         }
         session.attached = None;
+        inner.session_changed(client_id);
+        let Some(session) = inner.sessions.get_mut(client_id) else {
+            return;
+        };
         if expiry_s == 0 {
             // What was in flight goes with the session, or to another member of its share.
             let in_flight = unfinished.into_iter().filter(|u| !u.released);
@@ -585,6 +541,7 @@ impl Registry {
         }
         let deliveries = session.open_deliveries();
         inner.reindex(client_id);
+        inner.session_changed(client_id);
         self.touch();
         Subscribed {
             filters: result,
@@ -614,6 +571,7 @@ impl Registry {
             })
             .collect();
         inner.reindex(client_id);
+        inner.session_changed(client_id);
         drop(inner);
         self.touch();
         existed
@@ -629,6 +587,7 @@ impl Registry {
         let mut inner = self.lock();
         if message.retain {
             inner.retained.update(message);
+            inner.dirty.retained.insert(message.topic.to_string());
             self.touch();
         }
         let mut dropped = Vec::new();
@@ -696,6 +655,7 @@ impl Registry {
         let Some(session) = inner.sessions.remove(client_id) else {
             return;
         };
+        inner.session_changed(client_id);
         if let Some(will) = &session.will_waiting {
             will.cancel();
         }
@@ -754,9 +714,12 @@ impl Registry {
 
     /// A PUBREC went out for `pkid`: until its PUBREL, a resent PUBLISH with that id is not new.
     pub fn await_pubrel(&self, client_id: &str, pkid: u16) {
-        if let Some(session) = self.lock().sessions.get_mut(client_id) {
+        let mut inner = self.lock();
+        if let Some(session) = inner.sessions.get_mut(client_id) {
             session.awaiting_pubrel.insert(pkid);
+            inner.session_changed(client_id);
         }
+        drop(inner);
         self.touch();
     }
 
@@ -769,11 +732,15 @@ impl Registry {
 
     /// The PUBREL for `pkid` came; false if it was not awaited.
     pub fn release(&self, client_id: &str, pkid: u16) -> bool {
-        let removed = self
-            .lock()
+        let mut inner = self.lock();
+        let removed = inner
             .sessions
             .get_mut(client_id)
             .is_some_and(|s| s.awaiting_pubrel.remove(&pkid));
+        if removed {
+            inner.session_changed(client_id);
+        }
+        drop(inner);
         if removed {
             self.touch();
         }
@@ -800,19 +767,6 @@ impl Registry {
             self.touch();
         }
         purged
-    }
-
-    /// What survives a restart: sessions that outlive their connection, and retained messages.
-    pub fn snapshot(&self) -> State {
-        let inner = self.lock();
-        State::capture(
-            inner
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.expiry_s > 0)
-                .map(|(id, s)| (id.as_str(), s)),
-            inner.retained.iter(),
-        )
     }
 
     pub fn session_count(&self) -> usize {

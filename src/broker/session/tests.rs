@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::store::{self, State};
 
 fn attached(connection: u64) -> Attached {
     Attached {
@@ -168,13 +169,8 @@ fn a_session_past_its_expiry_is_purged_and_one_within_it_is_kept() {
         session.disconnected_at = Some(SystemTime::now() - Duration::from_secs(5));
     }
     assert_eq!(registry.purge_expired(), 1);
-    assert!(
-        registry
-            .snapshot()
-            .sessions
-            .iter()
-            .any(|s| s.client_id == "long")
-    );
+    let sessions = &registry.lock().sessions;
+    assert!(sessions.contains_key("long") && !sessions.contains_key("short"));
 }
 
 #[test]
@@ -221,7 +217,9 @@ fn qos2_packet_ids_await_pubrel_until_released() {
     registry.attach("pi", false, 60, a);
     registry.await_pubrel("pi", 7);
     assert!(registry.is_awaiting_pubrel("pi", 7));
-    assert_eq!(registry.snapshot().sessions[0].awaiting_pubrel, vec![7]);
+    let changes = registry.take_changes();
+    let saved = changes.sessions[0].1.as_ref().expect("stored");
+    assert_eq!(saved.awaiting_pubrel, vec![7]);
     registry.release("pi", 7);
     assert!(!registry.is_awaiting_pubrel("pi", 7));
 }
@@ -521,14 +519,20 @@ fn an_unsubscribed_member_leaves_the_turns_to_the_others() {
 
 #[test]
 fn a_shared_group_is_rebuilt_from_the_saved_state_after_a_restart() {
-    let registry = Registry::new();
-    member(&registry, "a", 1, u32::MAX, "$share/g/test/#");
-    member(&registry, "b", 2, u32::MAX, "$share/g/test/#");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = store::Store::open(dir.path()).expect("open");
-    store.save(&registry.snapshot()).expect("save");
+    let open = || {
+        let db = crate::state::open(dir.path()).expect("open");
+        store::Store::open(&db, dir.path()).expect("open the store")
+    };
+    {
+        let mut registry = Registry::new();
+        registry.keep_in(open());
+        member(&registry, "a", 1, u32::MAX, "$share/g/test/#");
+        member(&registry, "b", 2, u32::MAX, "$share/g/test/#");
+        registry.commit();
+    }
 
-    let registry = Registry::restore(store.load().expect("load"));
+    let registry = Registry::restore(open().load().expect("load"));
     publish_all(&registry, &["test/1", "test/2"]);
     let a = registry.attach("a", false, u32::MAX, attached(3)).queued;
     let b = registry.attach("b", false, u32::MAX, attached(4)).queued;
