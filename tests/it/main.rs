@@ -6,6 +6,7 @@
 pub mod bridge_basics;
 mod broker;
 mod broker_auth;
+mod broker_state;
 mod cli;
 mod clients;
 mod conformance;
