@@ -611,6 +611,32 @@ mod tests {
     }
 
     #[test]
+    fn offline_queue_bounds_take_defaults_and_a_zero_bound_is_refused_naming_its_key() {
+        Jail::expect_with(|jail| {
+            let yaml = "broker: {offline_queue: {max_messages_per_session: 5}}\n";
+            let (config, _) = load(jail, yaml).expect("valid");
+            let limits = config.broker.offline_queue;
+            assert_eq!(limits.max_messages_per_session, 5);
+            assert_eq!(limits.max_bytes, 64 << 20);
+            for key in [
+                "max_messages_per_session",
+                "max_bytes_per_session",
+                "max_messages",
+                "max_bytes",
+            ] {
+                let text = error_text(jail, &format!("broker: {{offline_queue: {{{key}: 0}}}}\n"));
+                assert!(
+                    text.contains(&format!("broker.offline_queue.{key}")),
+                    "{text}"
+                );
+            }
+            let text = error_text(jail, "broker: {offline_queue: {max_mesages: 5}}\n");
+            assert!(text.contains("max_mesages"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_zero_grace_period_is_refused() {
         Jail::expect_with(|jail| {
             let text = error_text(jail, "shutdown: {grace_ms: 0}\n");

@@ -15,7 +15,7 @@
 //! - `router`     — which subscription a message matches, at which QoS.
 //! - `share`      — shared subscriptions: which member of a group gets the next message.
 //! - `retained`   — the retained message store.
-//! - `store`      — sessions and retained messages on disk, each change written as it is.
+//! - `store`      — sessions, offline queues and retained messages on disk, per change.
 //!
 //! What each unacknowledged publish was assigned (its reading id and receive time) is kept in
 //! `crate::kept` by the session registry, so a resend after a crash is the same reading. Both
@@ -84,7 +84,7 @@ impl Broker {
         let auth = Auth::load(&settings.auth)?;
         let db = state::open(&settings.state_dir)?;
         let store = Store::open(&db, &settings.state_dir)?;
-        let mut registry = Registry::restore(store.load()?);
+        let mut registry = Registry::restore(store.load()?, settings.offline_queue);
         registry.keep_in(store);
         let kept = Kept::within(&db)?;
         registry.adopt(kept.clone())?;
@@ -92,6 +92,7 @@ impl Broker {
             state_dir = ?settings.state_dir,
             sessions = registry.session_count(),
             retained = registry.retained_count(),
+            queued = registry.queued_count(),
             "broker state loaded"
         );
         let listeners = Listeners::bind(&settings.listeners).await?;

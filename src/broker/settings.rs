@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::auth::AuthSettings;
 use super::listener::ListenerSettings;
+use super::session::QueueLimits;
 use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -14,9 +15,12 @@ pub struct BrokerSettings {
     /// Where devices connect. Default: plain MQTT on 0.0.0.0:1883.
     pub listeners: Vec<ListenerSettings>,
     pub auth: AuthSettings,
-    /// Persistent-session state (client ids, subscriptions, expiry, QoS 2 ids in flight) and
-    /// retained messages, kept so that a restart does not tell devices their session is gone.
+    /// Persistent-session state (client ids, subscriptions, expiry, QoS 2 ids in flight, the
+    /// messages queued while they are offline) and retained messages, kept so that a restart
+    /// does not tell devices their session is gone.
     pub state_dir: PathBuf,
+    /// Bounds of the messages queued for offline persistent sessions.
+    pub offline_queue: QueueLimits,
     /// Packets larger than this close the connection (MQTT 5: advertised in CONNACK).
     pub max_packet_bytes: usize,
     /// Connections beyond this are refused at CONNECT.
@@ -37,6 +41,7 @@ impl Default for BrokerSettings {
             listeners: vec![ListenerSettings::default()],
             auth: AuthSettings::default(),
             state_dir: PathBuf::from("mqtt2es-state"),
+            offline_queue: QueueLimits::default(),
             max_packet_bytes: 16 * 1024 * 1024,
             max_connections: 10_000,
             max_inflight: 100,
@@ -88,6 +93,7 @@ impl BrokerSettings {
         for listener in &self.listeners {
             listener.check()?;
         }
+        self.offline_queue.check()?;
         self.auth.check()
     }
 

@@ -1,12 +1,15 @@
 //! The broker's state on disk: sessions that outlive their connection (client id,
-//! subscriptions, expiry, QoS 2 packet ids awaiting PUBREL) and retained messages, so a device
-//! reconnecting after a restart, even a SIGKILL, is told its session is present.
+//! subscriptions, expiry, QoS 2 packet ids awaiting PUBREL), the messages queued for them while
+//! they are offline, and retained messages, so a device reconnecting after a restart, even a
+//! SIGKILL, is told its session is present and gets what was queued for it.
 //!
 //! Kept in keyspaces of the state directory's fjall database (see `crate::state`), one per kind,
-//! each key one session or one message: `sessions` (client id → the session as JSON) and
-//! `retained` (topic → the message: a JSON header, then the payload as it came). So a change
-//! writes what changed and nothing else: a CONNECT or DISCONNECT one session, a retained
-//! publish one message. fjall because it is already here for `kept`, and because its writes
+//! each key one session or one message: `sessions` (client id → the session as JSON),
+//! `retained` (topic → the message: a JSON header, then the payload as it came) and `queued`
+//! (client id, a zero byte, the message's number as 8 big-endian bytes → the message, as
+//! retained ones). So a change writes what changed and nothing else: a CONNECT or DISCONNECT
+//! one session, a retained publish one message, a message queued for an offline session that
+//! message, and its hand-over one deletion. fjall because it is already here for `kept`, and because its writes
 //! are what this needs: a batch is one append to its journal, in the OS when the call returns
 //! (a SIGKILL loses none of it) and crash-safe (recovery keeps whole batches only), with
 //! compaction in the background; separate keyspaces keep a burst of session churn from
@@ -69,6 +72,8 @@ pub enum StoreError {
 pub struct State {
     pub sessions: Vec<SavedSession>,
     pub retained: Vec<SavedMessage>,
+    /// Per client id and message number, in that order (so each queue oldest first).
+    pub queued: Vec<(String, u64, SavedMessage)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,11 +122,13 @@ pub struct SavedMessage {
 pub struct Changes {
     pub sessions: Vec<(String, Option<SavedSession>)>,
     pub retained: Vec<(String, Option<SavedMessage>)>,
+    /// Per client id and message number.
+    pub queued: Vec<(String, u64, Option<SavedMessage>)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.retained.is_empty()
+        self.sessions.is_empty() && self.retained.is_empty() && self.queued.is_empty()
     }
 }
 
@@ -138,6 +145,7 @@ pub struct Store {
     db: fjall::Database,
     sessions: fjall::Keyspace,
     retained: fjall::Keyspace,
+    queued: fjall::Keyspace,
     /// Held from taking the changes to committing them (see `write`).
     turn: Mutex<()>,
 }
@@ -160,6 +168,7 @@ impl Store {
             db: db.clone(),
             sessions: db.keyspace("sessions", options)?,
             retained: db.keyspace("retained", separated)?,
+            queued: db.keyspace("queued", separated)?,
             turn: Mutex::new(()),
         };
         store.migrate(state_dir)?;
@@ -185,6 +194,15 @@ impl Store {
                 None => unreadable.note("retained", &key),
             }
         }
+        for guard in self.queued.iter() {
+            let (key, value) = guard.into_inner()?;
+            match (decode_queue_key(&key), decode_message(&value)) {
+                (Some((client_id, number)), Some(message)) => {
+                    state.queued.push((client_id, number, message));
+                }
+                _ => unreadable.note("queued", &key),
+            }
+        }
         unreadable.warn();
         Ok(state)
     }
@@ -199,7 +217,11 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let (sessions, retained) = (changes.sessions.len(), changes.retained.len());
+        let (sessions, retained, queued) = (
+            changes.sessions.len(),
+            changes.retained.len(),
+            changes.queued.len(),
+        );
         let mut batch = self.db.batch();
         for (client_id, session) in changes.sessions {
             match session {
@@ -213,8 +235,15 @@ impl Store {
                 None => batch.remove(&self.retained, topic),
             }
         }
+        for (client_id, number, message) in changes.queued {
+            let key = queue_key(&client_id, number);
+            match message {
+                Some(message) => batch.insert(&self.queued, key, encode_message(&message)),
+                None => batch.remove(&self.queued, key),
+            }
+        }
         batch.commit()?;
-        debug!(sessions, retained, "broker state written");
+        debug!(sessions, retained, queued, "broker state written");
         Ok(())
     }
 
@@ -225,7 +254,7 @@ impl Store {
     }
 
     fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.sessions.is_empty()? && self.retained.is_empty()?)
+        Ok(self.sessions.is_empty()? && self.retained.is_empty()? && self.queued.is_empty()?)
     }
 
     /// Imports `state_dir/broker-state.json` into an empty store, on disk before the file is
@@ -269,6 +298,7 @@ impl Store {
                     message.map(|m| (m.topic.clone(), Some(m)))
                 })
                 .collect(),
+            queued: Vec::new(),
         };
         let retained = changes.retained.len();
         self.write(|| changes)?;
@@ -312,6 +342,24 @@ impl Unreadable {
             );
         }
     }
+}
+
+/// `<client id>\0<number, 8 bytes big-endian>`: a client id has no zero byte (MQTT forbids
+/// U+0000 in strings), and the numbers of one queue sort in the order they were given.
+fn queue_key(client_id: &str, number: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(client_id.len() + 9);
+    key.extend_from_slice(client_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+fn decode_queue_key(key: &[u8]) -> Option<(String, u64)> {
+    let (client_id, number) = key.split_at(key.len().checked_sub(9)?);
+    let (&zero, number) = number.split_first()?;
+    (zero == 0).then_some(())?;
+    let client_id = String::from_utf8(client_id.to_vec()).ok()?;
+    Some((client_id, u64::from_be_bytes(number.try_into().ok()?)))
 }
 
 fn encode_session(session: &SavedSession) -> Vec<u8> {

@@ -41,6 +41,16 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 fn gauge_family<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -192,6 +202,25 @@ impl Collector for Figures {
             "source",
             Source::ALL.map(|source| (source.as_str(), s.connected[source as usize])),
         )?;
+        counter(
+            &mut encoder,
+            "broker_offline_dropped",
+            "Messages queued for offline persistent sessions and dropped, oldest first, because \
+             a bound of broker.offline_queue was reached.",
+            s.offline_dropped,
+        )?;
+        gauge(
+            &mut encoder,
+            "broker_offline_queued_messages",
+            "Messages queued for offline persistent sessions now.",
+            s.offline_messages,
+        )?;
+        gauge(
+            &mut encoder,
+            "broker_offline_queued_bytes",
+            "Bytes (topics and payloads) queued for offline persistent sessions now.",
+            s.offline_bytes,
+        )?;
         Ok(())
     }
 }
@@ -234,6 +263,9 @@ mod tests {
             },
             queued_records: 8,
             queued_routed: 9,
+            offline_dropped: 11,
+            offline_messages: 12,
+            offline_bytes: 13,
         }
     }
 
@@ -297,6 +329,18 @@ mod tests {
         );
         assert!(
             text.contains("mqtt2es_connected_clients{source=\"broker\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_broker_offline_queued_messages 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_broker_offline_queued_bytes 13\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_broker_offline_dropped_total 11\n"),
             "{text}"
         );
     }

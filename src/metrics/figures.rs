@@ -63,6 +63,9 @@ pub(super) struct Figures {
     pub(super) stopping: AtomicBool,
     /// Milliseconds since [`epoch`] plus one of Elasticsearch's last answer; 0: never.
     answered_at: AtomicU64,
+    pub(super) offline_dropped: AtomicU64,
+    pub(super) offline_messages: AtomicU64,
+    pub(super) offline_bytes: AtomicU64,
 }
 
 struct Queues {
@@ -81,6 +84,9 @@ pub(super) static FIGURES: Figures = Figures {
     listening: AtomicBool::new(false),
     stopping: AtomicBool::new(false),
     answered_at: AtomicU64::new(0),
+    offline_dropped: AtomicU64::new(0),
+    offline_messages: AtomicU64::new(0),
+    offline_bytes: AtomicU64::new(0),
 };
 
 /// A monotonic origin for "when did Elasticsearch last answer".
@@ -168,6 +174,9 @@ impl Figures {
             latency: self.latency.snapshot(),
             queued_records: records,
             queued_routed: routed,
+            offline_dropped: self.offline_dropped.load(Ordering::Relaxed),
+            offline_messages: self.offline_messages.load(Ordering::Relaxed),
+            offline_bytes: self.offline_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -194,6 +203,11 @@ pub struct Snapshot {
     pub queued_records: u64,
     /// Records between the pipelines and the sink.
     pub queued_routed: u64,
+    /// Messages dropped from the embedded broker's offline queues over a bound.
+    pub offline_dropped: u64,
+    /// Messages and bytes in the embedded broker's offline queues now.
+    pub offline_messages: u64,
+    pub offline_bytes: u64,
 }
 
 impl Snapshot {

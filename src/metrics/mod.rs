@@ -88,6 +88,20 @@ pub fn broker_listening(listening: bool) {
     FIGURES.listening.store(listening, Ordering::Relaxed);
 }
 
+/// A message queued for an offline persistent session was dropped: a bound of
+/// `broker.offline_queue` was reached.
+pub fn offline_message_dropped() {
+    FIGURES.offline_dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The embedded broker's offline queues now hold `messages` messages of `bytes` bytes in all.
+pub fn offline_queued(messages: usize, bytes: usize) {
+    FIGURES
+        .offline_messages
+        .store(messages as u64, Ordering::Relaxed);
+    FIGURES.offline_bytes.store(bytes as u64, Ordering::Relaxed);
+}
+
 /// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.
 pub fn shutting_down() {
     FIGURES.stopping.store(true, Ordering::Relaxed);

@@ -5,12 +5,14 @@
 //! the shared subscriptions' member lists (`share`): a session ending hands its share of
 //! unacknowledged messages to another member in the same step that removes it.
 //!
+//! The offline queues and their bounds are `queue`'s; what reaches the disk, and when, `persist`'s.
+//!
 //! One `std::sync::Mutex` over everything, held only for map work and never across an await:
 //! per-message work under it is a scan of the sessions that have subscriptions, which is cheap
 //! next to the pipeline and keeps takeover, fan-out and persistence trivially consistent.
 //! What changed is noted under it too and written to the store by `persist`.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -30,12 +32,11 @@ use crate::reading::{Assigned, Assignments};
 use crate::record::QoS;
 use crate::topic::TopicFilter;
 use persist::Dirty;
+use queue::Queues;
+pub use queue::{Queue, QueueLimits};
 
 mod persist;
-
-/// Messages kept for a disconnected persistent session (QoS 1 and 2 only). Beyond this the
-/// oldest are dropped with a counted warning, as Mosquitto's `max_queued_messages` does.
-pub const MAX_QUEUED: usize = 1000;
+mod queue;
 
 /// Deliveries buffered for one live subscriber before further ones for it are dropped.
 const DELIVERY_CAPACITY: usize = 1024;
@@ -142,7 +143,8 @@ pub struct Session {
     /// What the client's unacknowledged publishes were assigned, kept while it is away so that
     /// its resends after reconnecting are the same readings (held by the connection meanwhile).
     pub readings: Assignments,
-    pub queued: VecDeque<Delivery>,
+    /// QoS 1/2 messages for it while it is offline (see `queue`).
+    pub queued: Queue,
     /// What its last connection had in flight, kept while it is away (see `Unfinished`).
     pub unfinished: Vec<Unfinished>,
     pub disconnected_at: Option<SystemTime>,
@@ -251,6 +253,8 @@ struct Inner {
     /// its members and whose turn it is; a share goes once its last member leaves.
     shares: HashMap<String, Share>,
     retained: Retained,
+    /// What the offline queues share: bounds, totals, changes to write.
+    queues: Queues,
     /// What changed since the store last wrote (see `persist`).
     dirty: Dirty,
     /// The client ids whose sessions are in the store, so that a session that ends or stops
@@ -296,8 +300,16 @@ pub struct Registry {
 
 impl Registry {
     pub fn new() -> Registry {
+        Registry::with_limits(QueueLimits::default())
+    }
+
+    /// A registry whose offline queues are bounded by `limits`.
+    pub fn with_limits(limits: QueueLimits) -> Registry {
         Registry {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                queues: Queues::new(limits),
+                ..Inner::default()
+            }),
             changed: Notify::new(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
@@ -383,7 +395,8 @@ impl Registry {
         expiry_s: u32,
         attached: Attached,
     ) -> Resumed {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         // A session past its expiry is gone, even if the purge has not come round to it yet
         // (MQTT-3.2.2-3 : no Session Present for it).
         let expired = inner
@@ -391,7 +404,7 @@ impl Registry {
             .get(client_id)
             .is_some_and(|s| s.expired(SystemTime::now()));
         if clean_start || expired {
-            self.end_session(&mut inner, client_id, Vec::new());
+            self.end_session(inner, client_id, Vec::new());
             self.forget_all(client_id);
         }
         let session_present = inner.sessions.contains_key(client_id);
@@ -404,11 +417,11 @@ impl Registry {
         session.last_connection = attached.connection;
         session.attached = Some(attached);
         let deliveries = session.open_deliveries();
-        let queued = session.queued.drain(..).collect();
+        let queued = inner.queues.take_all(client_id, &mut session.queued);
         let unfinished = std::mem::take(&mut session.unfinished);
         let awaiting_pubrel = session.awaiting_pubrel.len();
         let readings = std::mem::take(&mut session.readings);
-        drop(inner);
+        drop(guard);
         self.touch();
         Resumed {
             session_present,
@@ -432,7 +445,8 @@ impl Registry {
         mut unsent: Vec<Delivery>,
         readings: Assignments,
     ) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let Some(session) = inner.sessions.get_mut(client_id) else {
             return;
         };
@@ -440,34 +454,29 @@ impl Registry {
             return;
         }
         session.attached = None;
-        inner.session_changed(client_id);
-        let Some(session) = inner.sessions.get_mut(client_id) else {
-            return;
-        };
         if expiry_s == 0 {
             // What was in flight goes with the session, or to another member of its share.
             let in_flight = unfinished.into_iter().filter(|u| !u.released);
             unsent.splice(0..0, in_flight.map(|u| u.delivery));
-            self.end_session(&mut inner, client_id, unsent);
+            self.end_session(inner, client_id, unsent);
             self.forget_all(client_id);
         } else {
             session.unfinished = unfinished;
             session.expiry_s = expiry_s;
             session.disconnected_at = Some(SystemTime::now());
             session.readings = readings;
-            // Ahead of what a shared subscription queued for it while the connection ended.
-            let meanwhile = std::mem::take(&mut session.queued);
-            session.queued = unsent
-                .into_iter()
-                .filter(|d| d.qos > QoS::AtMostOnce)
-                .chain(meanwhile)
-                .collect();
-            while session.queued.len() > MAX_QUEUED {
-                session.queued.pop_front();
-                self.count_dropped(client_id);
+            // Ahead of what a shared subscription queued for it while the connection ended:
+            // queued again, in that order, under new numbers.
+            let queues = &mut inner.queues;
+            let meanwhile = queues.take_all(client_id, &mut session.queued);
+            let unsent = unsent.into_iter().filter(|d| d.qos > QoS::AtMostOnce);
+            for delivery in unsent.chain(meanwhile) {
+                queues.push(client_id, &mut session.queued, delivery);
             }
+            inner.session_changed(client_id);
+            inner.queues.trim(&mut inner.sessions);
         }
-        drop(inner);
+        drop(guard);
         self.touch();
     }
 
@@ -595,6 +604,7 @@ impl Registry {
             sessions,
             subscribers,
             shares,
+            queues,
             ..
         } = &mut *inner;
         for client_id in subscribers.iter() {
@@ -623,23 +633,24 @@ impl Registry {
                     dropped.push(client_id.clone());
                 }
             } else if qos > QoS::AtMostOnce && !session.expired(SystemTime::now()) {
-                session.queued.push_back(delivery);
-                if session.queued.len() > MAX_QUEUED {
-                    session.queued.pop_front();
-                    dropped.push(client_id.clone());
-                }
+                queues.push(client_id, &mut session.queued, delivery);
             }
         }
         let mut unshared = 0;
         for share in shares.values_mut() {
             if share.matches(&message.topic)
-                && !share_out(sessions, share, message, &mut dropped)
+                && !share_out(sessions, queues, share, message)
                 && message.qos > QoS::AtMostOnce
             {
                 unshared += 1;
             }
         }
+        queues.trim(sessions);
+        let queued = queues.has_changes();
         drop(inner);
+        if queued {
+            self.touch();
+        }
         for client_id in dropped {
             self.count_dropped(&client_id);
         }
@@ -652,10 +663,11 @@ impl Registry {
     /// go to another member each (MQTT 5 §4.8.2): a member dropping out loses none of its
     /// share. What it held of its other subscriptions goes with it.
     fn end_session(&self, inner: &mut Inner, client_id: &str, unsent: Vec<Delivery>) {
-        let Some(session) = inner.sessions.remove(client_id) else {
+        let Some(mut session) = inner.sessions.remove(client_id) else {
             return;
         };
         inner.session_changed(client_id);
+        let queued = inner.queues.take_all(client_id, &mut session.queued);
         if let Some(will) = &session.will_waiting {
             will.cancel();
         }
@@ -663,9 +675,8 @@ impl Registry {
         for subscription in &session.subscriptions {
             leave(&mut inner.shares, client_id, subscription.filter.as_str());
         }
-        let mut dropped = Vec::new();
         let mut unshared = 0;
-        for delivery in unsent.into_iter().chain(session.queued) {
+        for delivery in unsent.into_iter().chain(queued) {
             let Some(filter) = delivery
                 .share
                 .as_ref()
@@ -674,15 +685,13 @@ impl Registry {
                 continue;
             };
             let given = inner.shares.get_mut(filter.as_str()).is_some_and(|share| {
-                share_out(&mut inner.sessions, share, &delivery, &mut dropped)
+                share_out(&mut inner.sessions, &mut inner.queues, share, &delivery)
             });
             if !given {
                 unshared += 1;
             }
         }
-        for client_id in dropped {
-            self.count_dropped(&client_id);
-        }
+        inner.queues.trim(&mut inner.sessions);
         self.count_unshared(unshared);
     }
 
@@ -747,10 +756,12 @@ impl Registry {
         removed
     }
 
-    /// Removes expired disconnected sessions; returns how many.
+    /// Removes expired disconnected sessions, and queued messages whose expiry interval ran
+    /// out; returns how many sessions.
     pub fn purge_expired(&self) -> usize {
         let now = SystemTime::now();
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let expired: Vec<String> = inner
             .sessions
             .iter()
@@ -758,19 +769,29 @@ impl Registry {
             .map(|(id, _)| id.clone())
             .collect();
         for client_id in &expired {
-            self.end_session(&mut inner, client_id, Vec::new());
+            self.end_session(inner, client_id, Vec::new());
             self.forget_all(client_id);
         }
-        let purged = expired.len();
-        drop(inner);
-        if purged > 0 {
+        for (client_id, session) in &mut inner.sessions {
+            inner
+                .queues
+                .drop_expired(client_id, &mut session.queued, now);
+        }
+        let changed = !expired.is_empty() || inner.queues.has_changes();
+        drop(guard);
+        if changed {
             self.touch();
         }
-        purged
+        expired.len()
     }
 
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()
+    }
+
+    /// Messages queued for offline sessions.
+    pub fn queued_count(&self) -> usize {
+        self.lock().queues.totals().0
     }
 
     pub fn retained_count(&self) -> usize {
@@ -803,13 +824,13 @@ fn leave(shares: &mut HashMap<String, Share>, client_id: &str, filter: &str) {
 }
 
 /// Gives `message` to the member of `share` whose turn it is, as that member's subscription
-/// asks (QoS, Retain As Published, identifier); false if no member could take it. A member's
-/// queue that overflows for it is noted in `dropped`.
+/// asks (QoS, Retain As Published, identifier); false if no member could take it. The caller
+/// trims the queues to their total bounds after.
 fn share_out(
     sessions: &mut HashMap<String, Session>,
+    queues: &mut Queues,
     share: &mut Share,
     message: &Delivery,
-    dropped: &mut Vec<String>,
 ) -> bool {
     // Its own handle: the member picked borrows `share`.
     let shared = Arc::clone(share.filter());
@@ -851,11 +872,7 @@ fn share_out(
         },
         _ => delivery,
     };
-    session.queued.push_back(delivery);
-    if session.queued.len() > MAX_QUEUED {
-        session.queued.pop_front();
-        dropped.push(member.to_owned());
-    }
+    queues.push(member, &mut session.queued, delivery);
     true
 }
 

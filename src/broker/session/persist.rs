@@ -1,18 +1,19 @@
 //! The registry's side of persistence: it is rebuilt from what the store loaded, notes under its
-//! lock which keys changed (`Dirty`: client ids and retained topics, not values), and hands the
-//! store those keys' values as they are when it writes. A session changed ten times between
-//! two writes is written once, as it is then.
+//! lock which keys changed (`Dirty`: client ids and retained topics, not values; the offline
+//! queues note theirs by message number, see `queue`), and hands the store those keys' values
+//! as they are when it writes. A session changed ten times between two writes is written once,
+//! as it is then; a message queued and handed over between two writes is never written.
 //!
 //! Two kinds of writer, one store (whose turns keep them in order): a connection about to send
 //! acknowledgements writes everything changed so far (`before_acks`), so what a publish caused
-//! (its retained copy, a QoS 2 id awaiting PUBREL) is on disk before the publisher hears it was
-//! received; and the writer task (`run_writer`) writes shortly after any other change
+//! (its retained copy, its copies queued for offline subscribers, a QoS 2 id awaiting PUBREL)
+//! is on disk before the publisher hears it was received; and the writer task (`run_writer`) writes shortly after any other change
 //! (CONNECT, SUBSCRIBE, DISCONNECT), which no acknowledgement waits for.
 //!
 //! Only sessions that outlive their connection are stored: a clean session's connect and
 //! disconnect write nothing at all.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::queue::{Change, Queue, QueueLimits};
 use super::{Delivery, Registry, Session, Subscription, join};
 use crate::broker::store::{self, Changes, SavedMessage, SavedSession, SavedSubscription, State};
 use crate::broker::store::{Store, StoreError};
@@ -46,13 +48,15 @@ impl Dirty {
 }
 
 impl Registry {
-    /// Sessions and retained messages as persisted by an earlier run. Sessions that were
-    /// connected when it stopped count as disconnected now, so their expiry starts over.
-    /// What has expired meanwhile is left out, and deleted by the first write.
-    pub fn restore(state: State) -> Registry {
-        let registry = Registry::new();
+    /// Sessions, their queues and retained messages as persisted by an earlier run. Sessions
+    /// that were connected when it stopped count as disconnected now, so their expiry starts
+    /// over. What has expired meanwhile is left out, and deleted by the first write; so are
+    /// queued messages beyond `limits` (they may have been lowered since).
+    pub fn restore(state: State, limits: QueueLimits) -> Registry {
+        let registry = Registry::with_limits(limits);
         {
-            let mut inner = registry.lock();
+            let mut guard = registry.lock();
+            let inner = &mut *guard;
             let now = SystemTime::now();
             for saved in state.sessions {
                 inner.stored.insert(saved.client_id.clone());
@@ -65,7 +69,7 @@ impl Registry {
                     expiry_s: saved.expiry_s,
                     awaiting_pubrel: saved.awaiting_pubrel.into_iter().collect(),
                     readings: Assignments::default(),
-                    queued: VecDeque::new(),
+                    queued: Queue::default(),
                     unfinished: Vec::new(),
                     disconnected_at: Some(
                         saved
@@ -95,6 +99,20 @@ impl Registry {
                     inner.retained.update(&delivery);
                 }
             }
+            let queues = &mut inner.queues;
+            for (client_id, number, message) in state.queued {
+                let delivery = delivery(message);
+                match inner.sessions.get_mut(&client_id) {
+                    Some(session) if !delivery.expired(now) => {
+                        queues.restore(&client_id, &mut session.queued, number, delivery);
+                    }
+                    _ => queues.forget(&client_id, number),
+                }
+            }
+            for (client_id, session) in &mut inner.sessions {
+                queues.keep_in_bounds(client_id, &mut session.queued);
+            }
+            queues.trim(&mut inner.sessions);
         }
         registry
     }
@@ -136,7 +154,7 @@ impl Registry {
     pub(super) fn take_changes(&self) -> Changes {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        if inner.dirty.is_empty() {
+        if inner.dirty.is_empty() && !inner.queues.has_changes() {
             return Changes::default();
         }
         let dirty = std::mem::take(&mut inner.dirty);
@@ -158,6 +176,23 @@ impl Registry {
         for topic in dirty.retained {
             let message = inner.retained.get(&topic).map(saved_message);
             changes.retained.push((topic, message));
+        }
+        for (number, change) in inner.queues.take_changes() {
+            match change {
+                Change::Added(client_id) => {
+                    // Still queued: a message handed over or dropped since it was added is not
+                    // noted as added any more (see `Queues::removed`).
+                    let message = inner
+                        .sessions
+                        .get(&client_id)
+                        .and_then(|s| s.queued.get(number))
+                        .map(saved_message);
+                    if message.is_some() {
+                        changes.queued.push((client_id, number, message));
+                    }
+                }
+                Change::Removed(client_id) => changes.queued.push((client_id, number, None)),
+            }
         }
         changes
     }

@@ -191,8 +191,9 @@ fn a_subscriber_restored_from_disk_queues_what_is_published_before_it_reconnects
             disconnected_at: None,
         }],
         retained: Vec::new(),
+        queued: Vec::new(),
     };
-    let registry = Registry::restore(state);
+    let registry = Registry::restore(state, QueueLimits::default());
     registry.publish("other", &message("cmd/reboot", QoS::AtLeastOnce));
     let a = attached(1);
     assert_eq!(registry.attach("pi", false, u32::MAX, a).queued.len(), 1);
@@ -532,7 +533,7 @@ fn a_shared_group_is_rebuilt_from_the_saved_state_after_a_restart() {
         registry.commit();
     }
 
-    let registry = Registry::restore(open().load().expect("load"));
+    let registry = Registry::restore(open().load().expect("load"), QueueLimits::default());
     publish_all(&registry, &["test/1", "test/2"]);
     let a = registry.attach("a", false, u32::MAX, attached(3)).queued;
     let b = registry.attach("b", false, u32::MAX, attached(4)).queued;

@@ -79,6 +79,7 @@ fn sessions_and_retained_messages_come_back_after_reopening_with_every_field() {
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![("pi-1".into(), Some(session("pi-1")))],
                 retained: vec![
                     ("status/pi-1".into(), Some(full_message("status/pi-1"))),
@@ -103,6 +104,7 @@ fn a_deleted_session_and_a_cleared_retained_message_stay_gone_and_later_values_w
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![
                     ("pi-1".into(), Some(session("pi-1"))),
                     ("pi-2".into(), Some(session("pi-2"))),
@@ -118,6 +120,7 @@ fn a_deleted_session_and_a_cleared_retained_message_stay_gone_and_later_values_w
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![("pi-1".into(), None), ("pi-2".into(), Some(later))],
                 retained: vec![("a".into(), None), ("b".into(), Some(message("b", b"2")))],
             },
@@ -142,6 +145,7 @@ fn a_changed_session_writes_that_session_and_nothing_else() {
     write(
         &store,
         Changes {
+            queued: Vec::new(),
             sessions: Vec::new(),
             retained: (0..8)
                 .map(|n| {
@@ -157,6 +161,7 @@ fn a_changed_session_writes_that_session_and_nothing_else() {
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![("pi-1".into(), Some(session("pi-1")))],
                 retained: Vec::new(),
             },
@@ -256,6 +261,7 @@ fn a_legacy_state_file_beside_a_store_with_broker_state_is_not_imported() {
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![("pi-9".into(), Some(session("pi-9")))],
                 retained: Vec::new(),
             },
@@ -292,6 +298,7 @@ fn an_entry_that_cannot_be_read_is_left_out_and_the_rest_loads() {
         write(
             &store,
             Changes {
+                queued: Vec::new(),
                 sessions: vec![("pi-1".into(), Some(session("pi-1")))],
                 retained: vec![("ok".into(), Some(message("ok", b"1")))],
             },
@@ -308,4 +315,40 @@ fn an_entry_that_cannot_be_read_is_left_out_and_the_rest_loads() {
     let state = open(dir.path()).load().expect("load");
     assert_eq!(state.sessions.len(), 1);
     assert_eq!(state.retained, vec![message("ok", b"1")]);
+}
+
+#[test]
+fn queued_messages_come_back_per_session_in_number_order_and_deletes_stay_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = open(dir.path());
+        let queued = |id: &str, n: u64| (id.to_owned(), n, Some(full_message(&format!("q/{n}"))));
+        write(
+            &store,
+            Changes {
+                queued: vec![
+                    queued("pi-1", 300),
+                    queued("pi", 2),
+                    queued("pi-1", 7),
+                    queued("pi", 1),
+                ],
+                ..Changes::default()
+            },
+        );
+        write(
+            &store,
+            Changes {
+                queued: vec![("pi".into(), 1, None)],
+                ..Changes::default()
+            },
+        );
+    }
+    let state = open(dir.path()).load().expect("load");
+    let keys: Vec<_> = state
+        .queued
+        .iter()
+        .map(|(id, n, _)| (id.as_str(), *n))
+        .collect();
+    assert_eq!(keys, [("pi", 2), ("pi-1", 7), ("pi-1", 300)]);
+    assert_eq!(state.queued[0].2, full_message("q/2"));
 }

@@ -32,7 +32,7 @@ fn writing_to(dir: &Path) -> Registry {
 /// The registry the next start builds from the store in `dir`.
 fn restored(dir: &Path) -> Registry {
     let store = open(dir);
-    let mut registry = Registry::restore(store.load().expect("load"));
+    let mut registry = Registry::restore(store.load().expect("load"), QueueLimits::default());
     registry.keep_in(store);
     registry
 }
@@ -174,4 +174,152 @@ fn a_session_that_expired_while_mqtt2es_was_down_is_deleted_by_the_first_write()
         registry.commit();
     }
     assert!(open(dir.path()).load().expect("load").sessions.is_empty());
+}
+
+/// A persistent session `sub` subscribed to `cmd/#` at QoS 1, offline.
+fn offline_subscriber(registry: &Registry) {
+    registry.attach("sub", false, u32::MAX, attached(1));
+    registry.subscribe(
+        "sub",
+        vec![Subscription {
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            ..subscription("cmd/#")
+        }],
+    );
+    registry.detach(
+        "sub",
+        1,
+        u32::MAX,
+        Vec::new(),
+        Vec::new(),
+        Assignments::default(),
+    );
+}
+
+fn command(topic: &str, properties: &MessageProperties) -> Delivery {
+    Delivery::arrived(
+        topic,
+        Bytes::from(topic.to_owned()),
+        QoS::ExactlyOnce,
+        false,
+        properties,
+        SystemTime::now(),
+    )
+}
+
+#[test]
+fn messages_queued_for_an_offline_session_come_back_after_a_restart_in_order_and_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let properties = MessageProperties {
+        message_expiry_s: Some(3600),
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..MessageProperties::default()
+    };
+    {
+        let registry = writing_to(dir.path());
+        offline_subscriber(&registry);
+        for n in 0..3 {
+            registry.publish("pub", &command(&format!("cmd/{n}"), &properties));
+        }
+        registry.commit();
+    }
+    let registry = restored(dir.path());
+    assert_eq!(registry.queued_count(), 3);
+    let queued = registry.attach("sub", false, u32::MAX, attached(2)).queued;
+    let topics: Vec<_> = queued.iter().map(|d| &*d.topic).collect();
+    assert_eq!(topics, ["cmd/0", "cmd/1", "cmd/2"]);
+    let first = &queued[0];
+    assert_eq!(&first.payload[..], b"cmd/0");
+    assert_eq!(first.qos, QoS::AtLeastOnce, "as the subscription granted");
+    assert_eq!(first.subscription_ids, [9]);
+    assert_eq!(first.properties.as_deref(), Some(&properties));
+    assert!(first.expires_at.is_some());
+}
+
+#[test]
+fn what_was_handed_over_expired_or_belonged_to_an_ended_session_is_gone_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let registry = writing_to(dir.path());
+        offline_subscriber(&registry);
+        registry.publish(
+            "pub",
+            &command("cmd/handed-over", &MessageProperties::default()),
+        );
+        registry.commit();
+        assert_eq!(
+            registry
+                .attach("sub", false, u32::MAX, attached(2))
+                .queued
+                .len(),
+            1
+        );
+        registry.detach(
+            "sub",
+            2,
+            u32::MAX,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
+        let short = MessageProperties {
+            message_expiry_s: Some(1),
+            ..MessageProperties::default()
+        };
+        let mut expiring = command("cmd/expiring", &short);
+        expiring.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
+        registry.publish("pub", &expiring);
+        registry.publish("pub", &command("cmd/kept", &MessageProperties::default()));
+        registry.attach("gone", false, 600, attached(3));
+        registry.subscribe("gone", vec![subscription("gone/#")]);
+        registry.detach(
+            "gone",
+            3,
+            600,
+            Vec::new(),
+            Vec::new(),
+            Assignments::default(),
+        );
+        registry.publish("pub", &command("gone/1", &MessageProperties::default()));
+        registry.commit();
+        // The session of "gone" ends with its queue (a clean start), after it was written.
+        registry.attach("gone", true, 0, attached(4));
+        registry.commit();
+    }
+    {
+        let registry = restored(dir.path());
+        let queued = registry.attach("sub", false, u32::MAX, attached(5)).queued;
+        let topics: Vec<_> = queued.iter().map(|d| &*d.topic).collect();
+        assert_eq!(topics, ["cmd/kept"]);
+        registry.commit();
+    }
+    let state = open(dir.path()).load().expect("load");
+    assert!(state.queued.is_empty(), "{:?}", state.queued);
+}
+
+#[test]
+fn a_restart_with_lower_bounds_keeps_the_newest_queued_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let registry = writing_to(dir.path());
+        offline_subscriber(&registry);
+        for n in 0..5 {
+            registry.publish(
+                "pub",
+                &command(&format!("cmd/{n}"), &MessageProperties::default()),
+            );
+        }
+        registry.commit();
+    }
+    let limits = QueueLimits {
+        max_messages_per_session: 2,
+        ..QueueLimits::default()
+    };
+    let store = open(dir.path());
+    let registry = Registry::restore(store.load().expect("load"), limits);
+    let queued = registry.attach("sub", false, u32::MAX, attached(2)).queued;
+    let topics: Vec<_> = queued.iter().map(|d| &*d.topic).collect();
+    assert_eq!(topics, ["cmd/3", "cmd/4"]);
 }
