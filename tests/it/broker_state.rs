@@ -8,11 +8,14 @@
 //! `MQTT2ES_SOAK_RETAINED_MB` sets the retained set of the churn test (20 MB by default; the
 //! issue's figure, 100, through `scripts/soak retained`).
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
+use crate::metrics::wait_for_samples;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, free_port, unique};
 
 /// Takes `filler/#` and `retained/#` and drops what it takes.
@@ -34,11 +37,17 @@ fn filler(bytes: usize) -> Vec<u8> {
 
 /// mqtt2es as the broker on a port it keeps across restarts, with the filler pipeline.
 fn start() -> (Bridge, u16) {
+    start_with("")
+}
+
+/// Like `start`, with extra lines in the `broker:` section.
+fn start_with(broker_lines: &str) -> (Bridge, u16) {
     let node = SearchNode::shared();
     let port = free_port();
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
             .bind(format!("127.0.0.1:{port}"))
+            .broker_lines(broker_lines)
             .pipeline("filler.yaml", FILLER_PIPELINE),
     );
     bridge.wait_ready();
@@ -336,4 +345,114 @@ async fn a_broker_state_json_of_an_earlier_version_is_imported_on_the_first_star
     )
     .await;
     assert_eq!(&retained.payload[..], b"old news");
+}
+
+/// Subscribes `client_id` to `filter` at QoS 1 with a persistent session, then leaves
+/// (`mosquitto_sub -c -E`: it exits with a DISCONNECT once subscribed).
+fn subscribe_and_leave(port: u16, client_id: &str, filter: &str) {
+    let output = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "-i", client_id, "-q", "1", "-t", filter, "-E"])
+        .output()
+        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
+    assert!(
+        output.status.success(),
+        "mosquitto_sub -E failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `count` filler messages on `topic`, numbered from `first` in their `n` field.
+fn numbered(topic: &str, first: usize, count: usize) -> Vec<(String, Vec<u8>, bool)> {
+    (first..first + count)
+        .map(|n| {
+            let payload = format!(r#"{{"kind":"filler","n":{n}}}"#).into_bytes();
+            (topic.to_owned(), payload, false)
+        })
+        .collect()
+}
+
+/// The `n` of each message, in arrival order; `None` for the end marker.
+fn numbers(messages: &[Received]) -> Vec<Option<u64>> {
+    messages.iter().map(|m| m.json()["n"].as_u64()).collect()
+}
+
+/// Publishes the end marker (`"n": "end"`) and waits until `subscriber` got it: everything
+/// queued for it before came ahead of it. Returns what it got before the marker.
+async fn until_end_marker(port: u16, topic: &str, subscriber: &Subscriber) -> Vec<Option<u64>> {
+    let (client, mut eventloop, _) = connect(port, &unique("it-end"), true).await;
+    let end = br#"{"kind":"filler","n":"end"}"#.to_vec();
+    publish_acked(&client, &mut eventloop, [(topic.to_owned(), end, false)]).await;
+    disconnect(client, eventloop).await;
+    let messages = subscriber.wait_until("the end marker", Duration::from_secs(60), |m| {
+        m.iter().any(|m| m.payload.contains(r#""n":"end""#))
+    });
+    let mut numbers = numbers(&messages);
+    assert_eq!(numbers.pop(), Some(None), "the end marker comes last");
+    numbers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_subscriber_gets_all_500_messages_queued_while_it_was_offline_once_each_across_a_sigkill()
+ {
+    let (mut bridge, port) = start();
+    let client_id = unique("it-offline");
+    let topic = format!("filler/queue/{client_id}");
+    subscribe_and_leave(port, &client_id, &topic);
+
+    let (client, mut eventloop, _) = connect(port, &unique("it-pub"), true).await;
+    publish_acked(&client, &mut eventloop, numbered(&topic, 0, 500)).await;
+    // Each PUBACK went out after the copy queued for the subscriber was on disk.
+    bridge.kill();
+    drop((client, eventloop));
+    bridge.restart();
+    bridge.broker_port();
+
+    let subscriber = Subscriber::start_at("127.0.0.1", port, &topic, &["-c", "-i", &client_id]);
+    let got = until_end_marker(port, &topic, &subscriber).await;
+    let expected: Vec<_> = (0..500).map(Some).collect();
+    assert_eq!(got, expected, "all 500, once each, in order");
+    let logs = bridge.logs();
+    let loaded = logs
+        .lines()
+        .filter(|l| l.contains("broker state loaded"))
+        .nth(1)
+        .expect("the second start's broker state loaded line");
+    assert!(loaded.contains("queued=500"), "{loaded}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_queue_over_its_bound_keeps_the_newest_and_counts_and_logs_what_it_dropped() {
+    let (mut bridge, port) = start_with("  offline_queue: {max_messages_per_session: 10}\n");
+    let client_id = unique("it-bounded");
+    let topic = format!("filler/queue/{client_id}");
+    subscribe_and_leave(port, &client_id, &topic);
+
+    let (client, mut eventloop, _) = connect(port, &unique("it-pub"), true).await;
+    publish_acked(&client, &mut eventloop, numbered(&topic, 0, 25)).await;
+    disconnect(client, eventloop).await;
+    let logs = bridge.logs();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("an offline queue is over broker.offline_queue"))
+        .unwrap_or_else(|| panic!("no warning about the dropped messages:\n{logs}"));
+    assert!(
+        warning.contains("bound=\"max_messages_per_session\""),
+        "{warning}"
+    );
+    assert!(warning.contains(&client_id), "{warning}");
+    wait_for_samples(
+        bridge.metrics_address(),
+        &[
+            ("mqtt2es_broker_offline_dropped_total", 15.0),
+            ("mqtt2es_broker_offline_queued_messages", 10.0),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let subscriber = Subscriber::start_at("127.0.0.1", port, &topic, &["-c", "-i", &client_id]);
+    let got = until_end_marker(port, &topic, &subscriber).await;
+    let expected: Vec<_> = (15..25).map(Some).collect();
+    assert_eq!(got, expected, "the newest 10");
 }

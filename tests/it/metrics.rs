@@ -38,7 +38,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Polls `/metrics` until every `(sample, value)` reads as expected; panics with the last text.
-async fn wait_for_samples(
+pub(crate) async fn wait_for_samples(
     address: SocketAddr,
     expected: &[(&str, f64)],
     timeout: Duration,
