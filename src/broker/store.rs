@@ -9,11 +9,14 @@
 //! (client id, a zero byte, the message's number as 8 big-endian bytes → the message, as
 //! retained ones). So a change writes what changed and nothing else: a CONNECT or DISCONNECT
 //! one session, a retained publish one message, a message queued for an offline session that
-//! message, and its hand-over one deletion. fjall because it is already here for `kept`, and because its writes
-//! are what this needs: a batch is one append to its journal, in the OS when the call returns
-//! (a SIGKILL loses none of it) and crash-safe (recovery keeps whole batches only), with
-//! compaction in the background; separate keyspaces keep a burst of session churn from
-//! rewriting the retained messages beside it.
+//! message, and its hand-over one deletion.
+//!
+//! fjall because it is already here for `kept`, and because its writes are what this needs: a
+//! batch is one append to its journal, in the OS when the call returns (a SIGKILL loses none of
+//! it) and crash-safe (recovery keeps whole batches only), with compaction in the background;
+//! separate keyspaces keep a burst of session churn from rewriting the retained messages beside
+//! it. The journal is fsynced every second (`Kept::run_syncer`, one database) and at shutdown,
+//! so a power loss takes at most the last second.
 //!
 //! The store does not know the registry: the registry hands it `Changes` (the value of each key
 //! it changed since the last write, `None` for gone), and this module turns them into one batch.

@@ -7,8 +7,9 @@
 //! Two kinds of writer, one store (whose turns keep them in order): a connection about to send
 //! acknowledgements writes everything changed so far (`before_acks`), so what a publish caused
 //! (its retained copy, its copies queued for offline subscribers, a QoS 2 id awaiting PUBREL)
-//! is on disk before the publisher hears it was received; and the writer task (`run_writer`) writes shortly after any other change
-//! (CONNECT, SUBSCRIBE, DISCONNECT), which no acknowledgement waits for.
+//! is on disk before the publisher hears it was received; and the writer task (`run_writer`)
+//! writes shortly after any other change (CONNECT, SUBSCRIBE, DISCONNECT), which no
+//! acknowledgement waits for.
 //!
 //! Only sessions that outlive their connection are stored: a clean session's connect and
 //! disconnect write nothing at all.
