@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::{self, Broker};
 use crate::config::{Config, Secrets};
@@ -334,12 +334,12 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let setup = async {
         if config.setup.on_start {
             let layout = layout(&config);
-            until_ready(&shutdown, || elastic::install(&client, url, &layout))
+            until_ready(&shutdown, url, || elastic::install(&client, url, &layout))
                 .await
                 .context("setting up elasticsearch")
                 .map(|installed| installed.time_series_prefixes)
         } else {
-            let (_, features) = until_ready(&shutdown, || elastic::detect(&client, url))
+            let (_, features) = until_ready(&shutdown, url, || elastic::detect(&client, url))
                 .await
                 .context("identifying the search engine")?;
             Ok(elastic::templates::time_series_prefixes(
@@ -442,23 +442,55 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Elasticsearch may still be starting (compose, reboot): keep trying until it answers or we are
-/// told to stop. Configuration errors it reports (401, 403, a version too old, a bad template)
-/// end the start.
+/// How often waiting for Elasticsearch is reported after the first line that says so.
+const WAITING_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Elasticsearch may still be starting (compose, reboot), or not be there at all (a first try
+/// without it): keep trying until it answers or we are told to stop. One warning says what is
+/// missing and how to get it, then progress once a minute, not a line per retry. Configuration
+/// errors it reports (401, 403, a version too old, a bad template) end the start.
 async fn until_ready<T, Fut>(
     shutdown: &CancellationToken,
+    url: &str,
     mut attempt: impl FnMut() -> Fut,
 ) -> anyhow::Result<T>
 where
     Fut: std::future::Future<Output = Result<T, elastic::SetupError>>,
 {
     let mut delay = Duration::from_millis(500);
+    let started = tokio::time::Instant::now();
+    let mut attempts = 0u64;
+    let mut reported = None;
     loop {
+        attempts += 1;
+        let waited_s = started.elapsed().as_secs();
         match attempt().await {
-            Ok(done) => return Ok(done),
-            Err(error) if error.is_retryable() => {
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "elasticsearch not ready for setup");
+            Ok(done) => {
+                if attempts > 1 {
+                    info!(url, waited_s, attempts, "elasticsearch answered; starting");
+                }
+                return Ok(done);
             }
+            Err(error) if error.is_retryable() => match reported {
+                None => {
+                    warn!(
+                        url,
+                        %error,
+                        "elasticsearch not ready for setup: mqtt2es waits for it and acknowledges \
+                         no QoS 1/2 publish meanwhile. No node yet? Start one with \
+                         `docker compose up elasticsearch`, or point elasticsearch.url \
+                         (MQTT2ES_ELASTICSEARCH__URL) at yours. Progress is logged once a minute"
+                    );
+                    reported = Some(tokio::time::Instant::now());
+                }
+                Some(at) if at.elapsed() >= WAITING_REPORT_EVERY => {
+                    info!(url, waited_s, attempts, %error, "still waiting for elasticsearch");
+                    reported = Some(tokio::time::Instant::now());
+                }
+                Some(_) => {
+                    debug!(url, attempts, retry_in_ms = delay.as_millis() as u64, %error, "elasticsearch still not ready; retrying");
+                }
+            },
             Err(error) => return Err(error.into()),
         }
         tokio::select! {

@@ -1564,6 +1564,40 @@ async fn devices_connect_while_the_search_node_is_still_down_at_start_and_are_st
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_search_node_is_reported_once_with_its_url_and_what_to_do_not_per_retry() {
+    let mut node = SearchNode::start_private();
+    node.stop();
+    let mut bridge = Bridge::start(
+        &BridgeSpec::embedded(&node.url()).pipeline("readings.yaml", readings_pipeline()),
+    );
+    // Three retries after the first failure (each logged at debug level only).
+    bridge.wait_for_log(
+        "elasticsearch still not ready; retrying",
+        3,
+        Duration::from_secs(60),
+    );
+    let logs = bridge.logs();
+    let warnings: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("elasticsearch not ready for setup"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one line, not one per retry:\n{logs}");
+    let line = warnings[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&node.url()), "names the URL: {line}");
+    assert!(
+        line.contains("docker compose up elasticsearch") && line.contains("elasticsearch.url"),
+        "says what to do: {line}"
+    );
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("retry")),
+        "no warning per retry:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_before_elasticsearch_was_ever_ready_exits_zero_having_acknowledged_nothing() {
     let mut node = SearchNode::start_private();
     node.stop();
