@@ -56,13 +56,18 @@ pub fn publish_lines_qos1(port: u16, topic: &str, lines: &[String]) -> usize {
         .args(["-d", "-l", "-t", topic])
         .spawn()
         .expect("start mosquitto_pub");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
+    // Written from a thread of its own while this one reads: with `-d`, mosquitto_pub writes a
+    // line per packet to stdout, and a pipe left unread fills (64 KiB), stalls mosquitto_pub,
+    // and then stalls this writer too (a deadlock once seen as a test that never ended).
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines = lines.to_vec();
+    let writer = std::thread::spawn(move || {
         for line in lines {
             writeln!(stdin, "{line}").expect("write a line");
         }
-    }
+    });
     let output = child.wait_with_output().expect("mosquitto_pub");
+    writer.join().expect("the stdin writer");
     String::from_utf8_lossy(&output.stdout)
         .matches("received PUBACK")
         .count()
