@@ -1179,17 +1179,8 @@ impl Connection {
                 self.out.reply(&Reply::PubRel(pkid));
                 Stage::Comp
             } else {
-                let sent = self.out.reply(&Reply::Publish(Outgoing {
-                    topic: delivery.topic.to_string(),
-                    payload: delivery.payload.clone(),
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                    dup: true,
-                    pkid,
-                    properties: delivery.properties.clone(),
-                    message_expiry_s: delivery.expiry_left(SystemTime::now()),
-                    subscription_ids: delivery.subscription_ids.clone(),
-                }));
+                let resent = outgoing(&delivery, pkid, true, SystemTime::now());
+                let sent = self.out.reply(&Reply::Publish(resent));
                 if !sent {
                     continue;
                 }
@@ -1223,17 +1214,9 @@ impl Connection {
                 QoS::AtMostOnce => 0,
                 _ => self.next_free_pkid(),
             };
-            let sent = self.out.reply(&Reply::Publish(Outgoing {
-                topic: delivery.topic.to_string(),
-                payload: delivery.payload.clone(),
-                qos: delivery.qos,
-                retain: delivery.retain,
-                dup: false,
-                pkid,
-                properties: delivery.properties.clone(),
-                message_expiry_s: delivery.expiry_left(now),
-                subscription_ids: delivery.subscription_ids.clone(),
-            }));
+            let sent = self
+                .out
+                .reply(&Reply::Publish(outgoing(&delivery, pkid, false, now)));
             if sent && delivery.qos > QoS::AtMostOnce {
                 let stage = match delivery.qos {
                     QoS::ExactlyOnce => Stage::Rec,
@@ -1428,6 +1411,22 @@ fn publish_will(
             debug!(%client_id, "pipeline closed; will only published to subscribers");
         }
     });
+}
+
+/// The PUBLISH that carries `delivery` to its subscriber under `pkid`, sent `now` (what is left
+/// of its expiry interval goes with it).
+fn outgoing(delivery: &Delivery, pkid: u16, dup: bool, now: SystemTime) -> Outgoing {
+    Outgoing {
+        topic: delivery.topic.to_string(),
+        payload: delivery.payload.clone(),
+        qos: delivery.qos,
+        retain: delivery.retain,
+        dup,
+        pkid,
+        properties: delivery.properties.clone(),
+        message_expiry_s: delivery.expiry_left(now),
+        subscription_ids: delivery.subscription_ids.clone(),
+    }
 }
 
 /// Room for one record on `sender` (which the caller only polls when it is `Some`).
