@@ -29,6 +29,7 @@ use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipelines;
 use crate::record::{Message, QoS, Record};
 use crate::sink::{self, Routed};
+use crate::spool::Spool;
 use crate::upstream;
 
 /// Records waiting between the connections and the processor, and between processor and sink.
@@ -64,6 +65,10 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
             kibana.url
         ),
         None => String::new(),
+    };
+    let kibana = match config.delivery.spool() {
+        Some(spool) => format!("{kibana}; {}", crate::spool::describe(spool)),
+        None => kibana,
     };
     let Some(upstream) = &config.upstream else {
         if let Some(problem) = config.broker.refuses_everyone() {
@@ -291,6 +296,14 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         }
     };
 
+    let spool = match config.delivery.spool() {
+        Some(settings) => Some(
+            Spool::open(settings)
+                .with_context(|| format!("opening the spool in {:?}", settings.dir))?,
+        ),
+        None => None,
+    };
+
     let (records_tx, records_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (routed_tx, routed_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let abandon = CancellationToken::new();
@@ -302,6 +315,26 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let kept = match &source {
         Source::Upstream(_, kept) => kept.clone(),
         Source::Broker(broker) => broker.kept(),
+    };
+    // Spooling: the connections' records go to the spool's writer (acknowledged once fsynced,
+    // Elasticsearch or not, so it starts now); the pipelines take what the shipper reads back.
+    let (pipeline_input, mut spooling) = match spool {
+        None => (records_rx, None),
+        Some(spool) => {
+            let writer = spool
+                .start_writer(kept.clone(), records_rx, shutdown.clone())
+                .context("starting the spool's writer")?;
+            let (shipped_tx, shipped_rx) = mpsc::channel(CHANNEL_CAPACITY);
+            (
+                shipped_rx,
+                Some(Spooling {
+                    spool,
+                    writer,
+                    shipped_tx: Some(shipped_tx),
+                    shipper: None,
+                }),
+            )
+        }
     };
     let mut source_task: tokio::task::JoinHandle<anyhow::Result<()>> = match source {
         Source::Upstream(settings, kept) => {
@@ -334,14 +367,18 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let setup = async {
         if config.setup.on_start {
             let layout = layout(&config);
-            until_ready(&shutdown, url, || elastic::install(&client, url, &layout))
-                .await
-                .context("setting up elasticsearch")
-                .map(|installed| installed.time_series_prefixes)
+            until_ready(&shutdown, url, spooling.is_some(), || {
+                elastic::install(&client, url, &layout)
+            })
+            .await
+            .context("setting up elasticsearch")
+            .map(|installed| installed.time_series_prefixes)
         } else {
-            let (_, features) = until_ready(&shutdown, url, || elastic::detect(&client, url))
-                .await
-                .context("identifying the search engine")?;
+            let (_, features) = until_ready(&shutdown, url, spooling.is_some(), || {
+                elastic::detect(&client, url)
+            })
+            .await
+            .context("identifying the search engine")?;
             Ok(elastic::templates::time_series_prefixes(
                 &config.index.prefix,
                 &features,
@@ -351,15 +388,24 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let time_series_prefixes = match setup.await {
         Ok(prefixes) => prefixes,
         Err(_) if shutdown.is_cancelled() => {
-            // Told to stop before anything could be stored: nothing was acknowledged, so the
-            // devices (or the upstream broker) still hold every message. A clean exit.
-            warn!("stopped before elasticsearch was ready; nothing was acknowledged");
+            // Told to stop before anything could be stored: nothing was acknowledged but what
+            // is in the spool, so the devices (or the upstream broker) still hold every other
+            // message. A clean exit.
+            match &spooling {
+                None => warn!("stopped before elasticsearch was ready; nothing was acknowledged"),
+                Some(_) => warn!(
+                    "stopped before elasticsearch was ready; what was acknowledged is in the spool"
+                ),
+            }
             metrics::shutting_down();
             if tokio::time::timeout(DISCONNECT_GRACE, &mut source_task)
                 .await
                 .is_err()
             {
                 source_task.abort();
+            }
+            if let Some(spooling) = spooling {
+                spooling.finish().await;
             }
             metrics.stop().await;
             return Ok(());
@@ -388,9 +434,12 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let processor = tokio::spawn(run_processor(
         Arc::clone(&pipelines),
         config.pipelines.max_payload_bytes,
-        records_rx,
+        pipeline_input,
         routed_tx,
     ));
+    if let Some(spooling) = &mut spooling {
+        spooling.start_shipping(shutdown.clone());
+    }
 
     // Biased: after a signal the connections may finish before this select is polled, and that
     // normal end must not be mistaken for the unexpected one below.
@@ -438,8 +487,48 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             source_task.abort();
         }
     }
+    if let Some(spooling) = spooling {
+        spooling.finish().await;
+    }
     metrics.stop().await;
     Ok(())
+}
+
+/// The spool's parts while `run` runs.
+struct Spooling {
+    spool: Spool,
+    writer: std::thread::JoinHandle<()>,
+    /// Handed to the shipper when it starts (after setup).
+    shipped_tx: Option<mpsc::Sender<Record>>,
+    shipper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Spooling {
+    /// Ships the spool into the pipelines until `stop`.
+    fn start_shipping(&mut self, stop: CancellationToken) {
+        let Some(out) = self.shipped_tx.take() else {
+            return;
+        };
+        let spool = self.spool.clone();
+        self.shipper = Some(tokio::spawn(async move { spool.ship(out, stop).await }));
+    }
+
+    /// After the connections closed: the writer has taken their last records; the shipper saves
+    /// its cursor once what it sent has settled.
+    async fn finish(self) {
+        let writer = self.writer;
+        if tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .is_err()
+        {
+            error!("the spool's writer failed");
+        }
+        if let Some(shipper) = self.shipper
+            && shipper.await.is_err()
+        {
+            error!("the spool's shipper failed");
+        }
+    }
 }
 
 /// How often waiting for Elasticsearch is reported after the first line that says so.
@@ -452,6 +541,7 @@ const WAITING_REPORT_EVERY: Duration = Duration::from_secs(60);
 async fn until_ready<T, Fut>(
     shutdown: &CancellationToken,
     url: &str,
+    spooling: bool,
     mut attempt: impl FnMut() -> Fut,
 ) -> anyhow::Result<T>
 where
@@ -472,6 +562,17 @@ where
                 return Ok(done);
             }
             Err(error) if error.is_retryable() => match reported {
+                None if spooling => {
+                    warn!(
+                        url,
+                        %error,
+                        "elasticsearch not ready for setup: readings are acknowledged into the \
+                         spool and shipped once it answers. No node yet? Start one with \
+                         `docker compose up elasticsearch`, or point elasticsearch.url \
+                         (MQTT2ES_ELASTICSEARCH__URL) at yours. Progress is logged once a minute"
+                    );
+                    reported = Some(tokio::time::Instant::now());
+                }
                 None => {
                     warn!(
                         url,

@@ -21,6 +21,7 @@ use crate::metrics::MetricsSettings;
 use crate::pipeline::{DecodeLimits, IndexPolicy};
 use crate::secret::Secret;
 use crate::sink::{BatchSettings, DeadLetterSettings, RetrySettings};
+use crate::spool::DeliverySettings;
 use crate::upstream::UpstreamSettings;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -40,6 +41,8 @@ pub struct Config {
     /// Kibana, for `mqtt2es setup` to import the dashboards; absent = no import.
     pub kibana: Option<KibanaSettings>,
     pub shutdown: ShutdownSettings,
+    /// When a reading is acknowledged: once stored (direct) or once in the local spool.
+    pub delivery: DeliverySettings,
     pub log: LogSettings,
     /// The operations endpoint and the shipped `{prefix}metrics` documents.
     pub metrics: MetricsSettings,
@@ -203,6 +206,7 @@ impl Config {
         };
         resolve(&mut self.pipelines.dir);
         resolve(&mut self.dead_letter.file);
+        self.delivery.resolve_paths(&resolve);
         if let Some(upstream) = &mut self.upstream {
             resolve(&mut upstream.state_dir);
             if let Some(file) = &mut upstream.password_file {
@@ -242,6 +246,7 @@ impl Config {
         self.metrics
             .check()
             .map_err(|(key, message)| key_error(key, message))?;
+        self.delivery.check()?;
         let upstream_password = match &self.upstream {
             Some(upstream) => self.check_upstream(upstream)?,
             None => {

@@ -14,6 +14,7 @@
 //! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
 //! - `state`   — the state directory's embedded database (fjall), shared by `kept` and the broker.
 //! - `kept`    — what each unacknowledged message was assigned, on disk, for resends.
+//! - `spool`     — store and forward (`delivery.mode: spool`): segment files, writer, shipper.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
@@ -42,6 +43,7 @@ pub mod record;
 pub mod secret;
 pub mod simulate;
 pub mod sink;
+pub mod spool;
 pub mod state;
 pub mod topic;
 pub mod upstream;

@@ -2,8 +2,8 @@
 //! that acknowledges it once it is durable.
 //!
 //! The ack handle is deliberately transport-neutral: it carries only a token and a channel
-//! back to whoever produced the record (the upstream subscriber today, the embedded broker and
-//! the spool later). The producer decides what "ack" means on its side (a PUBACK in arrival
+//! back to whoever produced the record (the upstream subscriber, the embedded broker, the
+//! spool's shipper). The producer decides what "ack" means on its side (a PUBACK in arrival
 //! order, a PUBREC, an fsync'd spool offset); the sink only reports how the record settled.
 
 use std::sync::Arc;
@@ -53,6 +53,8 @@ pub enum Settlement {
     DeadLettered,
     /// A pipeline's drop condition discarded it on purpose.
     Dropped,
+    /// Fsynced in the local spool (`delivery: spool`), to be shipped from there.
+    Spooled,
 }
 
 /// Sent back to the producer when a record settles.

@@ -390,6 +390,13 @@ fn metrics_mappings() -> Value {
             "latency_ms": avg_max,
             "queue_depth": long,
             "connected_clients": long,
+            "spool": { "properties": {
+                "bytes": long,
+                "records": long,
+                "oldest_record_age_s": float,
+                "shipped_per_s": float,
+                "dropped": long,
+            }},
         }}}
     })
 }
@@ -636,6 +643,18 @@ mod tests {
             for stat in ["avg", "max"] {
                 assert_eq!(own[field]["properties"][stat]["type"], "float");
             }
+        }
+        for (field, ty) in [
+            ("bytes", "long"),
+            ("records", "long"),
+            ("oldest_record_age_s", "float"),
+            ("shipped_per_s", "float"),
+            ("dropped", "long"),
+        ] {
+            assert_eq!(
+                own["spool"]["properties"][field]["type"], ty,
+                "spool.{field}"
+            );
         }
         // The base fields are there too, next to mqtt2es's own object.
         assert_eq!(own["timestamp_fallback"]["type"], "keyword");

@@ -73,6 +73,21 @@ pub fn document(
     if let Some(latency) = avg_max(&from.latency, &to.latency, maxima.latency_s) {
         map.insert("latency_ms".to_owned(), latency);
     }
+    if let Some(spool) = &to.spool {
+        let shipped = spool
+            .shipped
+            .saturating_sub(from.spool.as_ref().map_or(0, |s| s.shipped));
+        map.insert(
+            "spool".to_owned(),
+            json!({
+                "bytes": spool.bytes,
+                "records": spool.records,
+                "oldest_record_age_s": spool.oldest_age_s,
+                "shipped_per_s": if seconds > 0.0 { shipped as f64 / seconds } else { 0.0 },
+                "dropped": spool.dropped.saturating_sub(from.spool.as_ref().map_or(0, |s| s.dropped)),
+            }),
+        );
+    }
     json!({
         "@timestamp": at.to_rfc3339_opts(SecondsFormat::Millis, true),
         "mqtt2es": figures,

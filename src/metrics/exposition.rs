@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::figures::{Snapshot, Source};
+use super::figures::{Snapshot, Source, SpoolSnapshot};
 use super::histogram::HistogramSnapshot;
 
 /// What `/metrics` answers with in the `Content-Type` header.
@@ -221,8 +221,57 @@ impl Collector for Figures {
             "Bytes (topics and payloads) queued for offline persistent sessions now.",
             s.offline_bytes,
         )?;
+        if let Some(spool) = &s.spool {
+            encode_spool(&mut encoder, spool)?;
+        }
         Ok(())
     }
+}
+
+/// The spool's figures (`delivery: spool` only).
+fn encode_spool(
+    encoder: &mut DescriptorEncoder,
+    spool: &SpoolSnapshot,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "spool_bytes",
+        "Bytes in the spool's files (spool.max_bytes bounds it).",
+        spool.bytes,
+    )?;
+    gauge(
+        encoder,
+        "spool_records",
+        "Records acknowledged into the spool and not yet shipped to Elasticsearch.",
+        spool.records,
+    )?;
+    let metric = ConstGauge::new(spool.oldest_age_s);
+    metric.encode(encoder.encode_descriptor(
+        "spool_oldest_record_age_seconds",
+        "Age of the oldest record being shipped (0 when none is): how far behind shipping is.",
+        None,
+        metric.metric_type(),
+    )?)?;
+    counter(
+        encoder,
+        "spool_shipped",
+        "Records shipped from the spool (stored, dead-lettered or dropped by a pipeline); its \
+         rate is the drain rate.",
+        spool.shipped,
+    )?;
+    counter(
+        encoder,
+        "spool_dropped",
+        "Records dropped from the spool unshipped to make room (spool.on_full: drop_oldest).",
+        spool.dropped,
+    )?;
+    counter(
+        encoder,
+        "spool_damaged_bytes",
+        "Bytes in the spool that were no whole record (a write torn by a crash, damage on disk) \
+         and were skipped.",
+        spool.damaged_bytes,
+    )
 }
 
 #[cfg(test)]
@@ -266,6 +315,14 @@ mod tests {
             offline_dropped: 11,
             offline_messages: 12,
             offline_bytes: 13,
+            spool: Some(SpoolSnapshot {
+                bytes: 2048,
+                records: 21,
+                oldest_age_s: 1.5,
+                shipped: 22,
+                dropped: 23,
+                damaged_bytes: 24,
+            }),
         }
     }
 
@@ -343,6 +400,25 @@ mod tests {
             text.contains("mqtt2es_broker_offline_dropped_total 11\n"),
             "{text}"
         );
+        for line in [
+            "mqtt2es_spool_bytes 2048\n",
+            "mqtt2es_spool_records 21\n",
+            "mqtt2es_spool_oldest_record_age_seconds 1.5\n",
+            "mqtt2es_spool_shipped_total 22\n",
+            "mqtt2es_spool_dropped_total 23\n",
+            "mqtt2es_spool_damaged_bytes_total 24\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn without_a_spool_no_spool_figure_is_exported() {
+        let text = render(&Snapshot {
+            spool: None,
+            ..snapshot()
+        });
+        assert!(!text.contains("spool"), "{text}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `Arc` the app registers rather than counted a second time, so the two can never disagree.
 //! Channel depths are read the same way, from weak senders, at snapshot time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,65 @@ pub(super) struct Figures {
     pub(super) offline_dropped: AtomicU64,
     pub(super) offline_messages: AtomicU64,
     pub(super) offline_bytes: AtomicU64,
+    pub(super) spool: SpoolFigures,
+}
+
+/// The spool's figures (`delivery: spool`); all zero and left out while it is not enabled.
+pub(super) struct SpoolFigures {
+    pub(super) enabled: AtomicBool,
+    pub(super) bytes: AtomicU64,
+    pub(super) records: AtomicU64,
+    /// Receive time (ns since the epoch) of the oldest record shipped and not settled; 0: none.
+    pub(super) oldest_ns: AtomicI64,
+    pub(super) shipped: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) damaged_bytes: AtomicU64,
+    /// Why the spool takes no records now (full, disk full); part of readiness.
+    pub(super) problem: Mutex<Option<String>>,
+}
+
+impl SpoolFigures {
+    fn snapshot(&self) -> Option<SpoolSnapshot> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let oldest_age_s = match self.oldest_ns.load(Ordering::Relaxed) {
+            0 => 0.0,
+            at => {
+                let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(at);
+                (now.saturating_sub(at)).max(0) as f64 / 1e9
+            }
+        };
+        Some(SpoolSnapshot {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            oldest_age_s,
+            shipped: self.shipped.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            damaged_bytes: self.damaged_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    pub(super) fn problem(&self) -> Option<String> {
+        lock(&self.problem).clone()
+    }
+}
+
+/// The spool at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpoolSnapshot {
+    /// Bytes in its files.
+    pub bytes: u64,
+    /// Records written and not yet shipped.
+    pub records: u64,
+    /// Age of the oldest record being shipped (0 when none is).
+    pub oldest_age_s: f64,
+    /// Records shipped (settled by the sink) since start.
+    pub shipped: u64,
+    /// Records dropped unshipped by `on_full: drop_oldest`.
+    pub dropped: u64,
+    /// Bytes skipped as no whole record (torn writes, damage).
+    pub damaged_bytes: u64,
 }
 
 struct Queues {
@@ -87,6 +146,16 @@ pub(super) static FIGURES: Figures = Figures {
     offline_dropped: AtomicU64::new(0),
     offline_messages: AtomicU64::new(0),
     offline_bytes: AtomicU64::new(0),
+    spool: SpoolFigures {
+        enabled: AtomicBool::new(false),
+        bytes: AtomicU64::new(0),
+        records: AtomicU64::new(0),
+        oldest_ns: AtomicI64::new(0),
+        shipped: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        damaged_bytes: AtomicU64::new(0),
+        problem: Mutex::new(None),
+    },
 };
 
 /// A monotonic origin for "when did Elasticsearch last answer".
@@ -177,6 +246,7 @@ impl Figures {
             offline_dropped: self.offline_dropped.load(Ordering::Relaxed),
             offline_messages: self.offline_messages.load(Ordering::Relaxed),
             offline_bytes: self.offline_bytes.load(Ordering::Relaxed),
+            spool: self.spool.snapshot(),
         }
     }
 }
@@ -208,6 +278,8 @@ pub struct Snapshot {
     /// Messages and bytes in the embedded broker's offline queues now.
     pub offline_messages: u64,
     pub offline_bytes: u64,
+    /// The spool, when `delivery: spool`.
+    pub spool: Option<SpoolSnapshot>,
 }
 
 impl Snapshot {

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use figures::{Snapshot, Source};
+pub use figures::{Snapshot, Source, SpoolSnapshot};
 pub use readiness::Mode;
 pub use settings::MetricsSettings;
 
@@ -102,6 +102,53 @@ pub fn offline_queued(messages: usize, bytes: usize) {
     FIGURES.offline_bytes.store(bytes as u64, Ordering::Relaxed);
 }
 
+/// `delivery: spool`: the spool's figures are exported, and its problems are part of readiness
+/// (instead of Elasticsearch's answers: readings are durable without it).
+pub fn spool_enabled() {
+    FIGURES.spool.enabled.store(true, Ordering::Relaxed);
+}
+
+/// The spool holds `bytes` in its files and `records` not yet shipped.
+pub fn spool_size(bytes: u64, records: u64) {
+    FIGURES.spool.bytes.store(bytes, Ordering::Relaxed);
+    FIGURES.spool.records.store(records, Ordering::Relaxed);
+}
+
+/// The receive time (ns since the epoch) of the oldest record being shipped; `None`: none is.
+pub fn spool_oldest(received_ns: Option<i64>) {
+    FIGURES
+        .spool
+        .oldest_ns
+        .store(received_ns.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// `records` more were shipped (the sink settled them).
+pub fn spool_shipped(records: u64) {
+    FIGURES.spool.shipped.fetch_add(records, Ordering::Relaxed);
+}
+
+/// `records` not yet shipped were dropped to make room (`on_full: drop_oldest`).
+pub fn spool_dropped(records: u64) {
+    FIGURES.spool.dropped.fetch_add(records, Ordering::Relaxed);
+}
+
+/// `bytes` in the spool were no whole record and were skipped.
+pub fn spool_damaged(bytes: u64) {
+    FIGURES
+        .spool
+        .damaged_bytes
+        .fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Why the spool takes no records now (`None`: it does again); `/readyz` answers it.
+pub fn spool_problem(problem: Option<String>) {
+    *FIGURES
+        .spool
+        .problem
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+}
+
 /// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.
 pub fn shutting_down() {
     FIGURES.stopping.store(true, Ordering::Relaxed);
@@ -153,6 +200,11 @@ fn facts(mode: Mode, max_answer_age: Duration) -> Facts {
         listening: FIGURES.listening.load(Ordering::Relaxed),
         answer_age: FIGURES.answer_age(),
         max_answer_age,
+        spool: FIGURES
+            .spool
+            .enabled
+            .load(Ordering::Relaxed)
+            .then(|| FIGURES.spool.problem()),
     }
 }
 

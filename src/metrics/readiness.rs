@@ -25,7 +25,7 @@ impl Mode {
 }
 
 /// What readiness is decided from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     pub mode: Mode,
     pub stopping: bool,
@@ -37,15 +37,14 @@ pub struct Facts {
     /// Since Elasticsearch last answered; `None` if it never did.
     pub answer_age: Option<Duration>,
     pub max_answer_age: Duration,
+    /// `delivery: spool`: why the spool takes no records now, if it does not.
+    pub spool: Option<Option<String>>,
 }
 
 /// `Ok` when ready; otherwise the short reason `/readyz` answers with.
 pub fn check(facts: &Facts) -> Result<(), String> {
     if facts.stopping {
         return Err("shutting down".to_owned());
-    }
-    if !facts.setup_done {
-        return Err("setup has not finished (is elasticsearch reachable?)".to_owned());
     }
     match facts.mode {
         Mode::Upstream if facts.upstream_connections == 0 => {
@@ -55,6 +54,16 @@ pub fn check(facts: &Facts) -> Result<(), String> {
             return Err("the embedded broker is not listening yet".to_owned());
         }
         _ => {}
+    }
+    if let Some(spool) = &facts.spool {
+        // Readings are durable once spooled, Elasticsearch (and its setup) or not.
+        return match spool {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        };
+    }
+    if !facts.setup_done {
+        return Err("setup has not finished (is elasticsearch reachable?)".to_owned());
     }
     match facts.answer_age {
         None => Err("elasticsearch has not answered yet".to_owned()),
@@ -84,6 +93,7 @@ mod tests {
             listening: false,
             answer_age: Some(Duration::from_secs(1)),
             max_answer_age: Duration::from_secs(30),
+            spool: None,
         }
     }
 
@@ -99,6 +109,22 @@ mod tests {
             ..ready()
         };
         assert!(check(&facts).expect_err("not ready").contains("setup"));
+    }
+
+    #[test]
+    fn a_spooling_instance_is_ready_without_elasticsearch_until_its_spool_takes_nothing() {
+        let spooling = Facts {
+            setup_done: false,
+            answer_age: None,
+            spool: Some(None),
+            ..ready()
+        };
+        assert_eq!(check(&spooling), Ok(()));
+        let full = Facts {
+            spool: Some(Some("spool full".to_owned())),
+            ..spooling
+        };
+        assert_eq!(check(&full), Err("spool full".to_owned()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod packaging;
 mod setup;
 mod shared_group;
 mod simulate;
+mod spool;
 mod stored_once;
 mod support;
 mod thermometer;

@@ -19,7 +19,7 @@ fn http() -> reqwest::Client {
 }
 
 /// Status and body of `GET http://{address}{path}`.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let response = http()
         .get(format!("http://{address}{path}"))
         .send()
@@ -30,7 +30,7 @@ async fn get(address: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample line `name` (name and labels exactly as exposed), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         value.parse().ok()
@@ -63,7 +63,7 @@ pub(crate) async fn wait_for_samples(
 }
 
 /// Polls `/readyz` until it answers `status`; returns the body.
-async fn wait_for_readyz(address: SocketAddr, status: u16, timeout: Duration) -> String {
+pub(crate) async fn wait_for_readyz(address: SocketAddr, status: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let (got, body) = get(address, "/readyz").await;
