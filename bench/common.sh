@@ -244,9 +244,9 @@ print(sum(b["doc_count"] - 1 for b in buckets))' 2>/dev/null || echo "?"
 # Mosquitto alone, the vs-mosq denominator: $2 publishers -> one mosquitto_sub at QoS $1 on a
 # fresh broker, timed until it has $MESSAGES messages. Sets got, seconds, broker_cpu (Mosquitto's
 # CPU seconds during the run) and broker_hwm_kb.
-pub_sub() { # $1 qos, $2 publishers, $3 name (the topics' site)
+pub_sub() { # $1 qos, $2 publishers, $3 name (the topics' site), then lines for mosquitto.conf
 	local qos=$1 pubs=$2 name=$3 t0 t1 cpu0
-	start_broker
+	start_broker "${@:4}"
 	local out=$run_tmp/$name.sub
 	# One short line per message (its payload length): counting, not printing, is measured.
 	spawn "$out" timeout "$MAX_S" mosquitto_sub -h 127.0.0.1 -p "$broker_port" \

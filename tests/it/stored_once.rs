@@ -24,7 +24,7 @@ const TOPIC: &str = "sensors/lab/pi-01/telemetry";
 
 /// The shipped pipelines, telemetry routed into the bridge's own prefix: `setup` makes
 /// `{prefix}telemetry-*` the time-series streams, as it makes `mqtt2es-telemetry-*` for users.
-fn with_shipped_pipelines(spec: BridgeSpec) -> BridgeSpec {
+pub(crate) fn with_shipped_pipelines(spec: BridgeSpec) -> BridgeSpec {
     spec.pipeline(
         "telemetry.yaml",
         SHIPPED_TELEMETRY.replace("mqtt2es-telemetry-{{site}}", "telemetry-{{site}}"),
@@ -41,7 +41,7 @@ fn embedded() -> (Bridge, u16) {
     (bridge, port)
 }
 
-fn telemetry_index(bridge: &Bridge) -> String {
+pub(crate) fn telemetry_index(bridge: &Bridge) -> String {
     format!("{}telemetry-lab", bridge.prefix())
 }
 
@@ -115,7 +115,7 @@ async fn exactly(node: &SearchNode, index: &str, expected: u64, bridge: &Bridge)
     sources
 }
 
-fn tail(bridge: &Bridge) -> String {
+pub(crate) fn tail(bridge: &Bridge) -> String {
     let logs = bridge.logs();
     let lines: Vec<&str> = logs.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -258,7 +258,7 @@ async fn a_thousand_readings_without_a_time_through_mosquitto_are_a_thousand_doc
 
 /// A Python paho-mqtt device (tests/clients/python/mqtt_publish.py) publishing numbered
 /// readings with a persistent session; killed on drop.
-struct PahoDevice {
+pub(crate) struct PahoDevice {
     child: Option<std::process::Child>,
     /// What it prints, drained as it comes: a full pipe would stop paho's network thread
     /// (it prints from its callbacks) and the device would fall silent for our harness's sake.
@@ -271,7 +271,13 @@ impl PahoDevice {
         Self::spawn(port, device, count, interval_s, 30, 120)
     }
 
-    fn start(port: u16, device: &str, count: usize, keepalive_s: u64, timeout_s: u64) -> Self {
+    pub(crate) fn start(
+        port: u16,
+        device: &str,
+        count: usize,
+        keepalive_s: u64,
+        timeout_s: u64,
+    ) -> Self {
         Self::spawn(port, device, count, 0.25, keepalive_s, timeout_s)
     }
 
@@ -283,12 +289,36 @@ impl PahoDevice {
         keepalive_s: u64,
         timeout_s: u64,
     ) -> Self {
+        Self::spawn_at_qos(port, device, 1, count, interval_s, keepalive_s, timeout_s)
+    }
+
+    /// A device publishing at `qos` a reading every 0.25 s (at QoS 0 it waits for nothing).
+    pub(crate) fn start_at_qos(
+        port: u16,
+        device: &str,
+        qos: u8,
+        count: usize,
+        keepalive_s: u64,
+        timeout_s: u64,
+    ) -> Self {
+        Self::spawn_at_qos(port, device, qos, count, 0.25, keepalive_s, timeout_s)
+    }
+
+    fn spawn_at_qos(
+        port: u16,
+        device: &str,
+        qos: u8,
+        count: usize,
+        interval_s: f64,
+        keepalive_s: u64,
+        timeout_s: u64,
+    ) -> Self {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/clients/python/mqtt_publish.py");
         let child = Command::new(crate::thermometer::python())
             .arg(script)
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-q", "1", "-c", "-d"])
+            .args(["-q", &qos.to_string(), "-c", "-d"])
             .args([
                 "-i",
                 device,
@@ -326,7 +356,7 @@ impl PahoDevice {
     }
 
     /// Waits for the device to finish (every reading acknowledged); returns what it printed.
-    fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         let mut child = self.child.take().expect("running");
         let status = child.wait().expect("the device ends");
         let text: String = std::mem::take(&mut self.output)
@@ -347,7 +377,7 @@ impl Drop for PahoDevice {
     }
 }
 
-fn soak_setting(name: &str, default: u64) -> u64 {
+pub(crate) fn soak_setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
