@@ -169,9 +169,15 @@ impl Log {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Records written and not yet shipped.
+    /// Records in the spool not yet shipped (dropped ones are gone from it).
     pub fn records(&self) -> u64 {
-        (self.next_seq - 1).saturating_sub(self.shipped_through)
+        self.segments
+            .iter()
+            .map(|s| {
+                s.last_seq
+                    .saturating_sub(self.shipped_through.max(s.first_seq - 1))
+            })
+            .sum()
     }
 
     #[cfg(test)]

@@ -397,3 +397,97 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         quiet_devices * count
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_that_drops_the_oldest_keeps_acknowledging_and_counts_what_it_dropped() {
+    // Nothing listens on the search URL: the spool only grows, past its 1 MiB.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut bridge = Bridge::start(&spooling(
+        BridgeSpec::embedded(&nowhere),
+        "  spool: {max_bytes: 1048576, on_full: drop_oldest}\n",
+    ));
+    let port = bridge.broker_port();
+    let metrics = bridge.metrics_address();
+    // About 2 MB of readings from two devices.
+    let loads = devices_at("full", 2, 4000, 4000);
+    let acked = within(PUBLISH_WAIT, move || publish_in_parallel(loads, port));
+    assert_eq!(
+        acked, 8000,
+        "a spool that drops the oldest never stops the acks"
+    );
+
+    let (_, text) = get(metrics, "/metrics").await;
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} in {text}"));
+    let (kept, dropped) = (
+        value("mqtt2es_spool_records"),
+        value("mqtt2es_spool_dropped_total"),
+    );
+    assert!(dropped > 0.0, "{text}");
+    assert_eq!(
+        kept + dropped,
+        acked as f64,
+        "every record kept or counted as dropped"
+    );
+    assert!(value("mqtt2es_spool_bytes") <= 1048576.0, "{text}");
+    assert!(
+        bridge
+            .logs()
+            .contains("dropped the oldest records not yet shipped"),
+        "{}",
+        bridge.logs()
+    );
+    wait_for_readyz(metrics, 200, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_search_node_is_away_exits_zero_and_the_spool_still_holds_every_acknowledged_reading()
+ {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&nowhere), ""));
+    let port = bridge.broker_port();
+    let lines = readings("pi-1", 0, 300);
+    let acked = within(PUBLISH_WAIT, move || {
+        publish_lines_qos1(port, "sensors/term/pi-1/telemetry", &lines)
+    });
+    assert!(acked > 0);
+    let status = bridge.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", bridge.logs());
+
+    bridge.restart();
+    bridge.wait_for_log("metrics listening address=", 2, Duration::from_secs(30));
+    let metrics = bridge.metrics_address();
+    wait_for_samples(
+        metrics,
+        &[("mqtt2es_spool_records", acked as f64)],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribed_to_mosquitto_a_spooling_bridge_stores_every_reading_once() {
+    let node = SearchNode::shared();
+    let broker = crate::bridge_basics::broker();
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::new(broker.port(), &node.url()), ""));
+    bridge.wait_subscribed();
+    let index = format!("{}readings", bridge.prefix());
+    let lines = readings("pi-1", 0, 500);
+    let port = broker.port();
+    let acked = within(PUBLISH_WAIT, move || {
+        publish_lines_qos1(port, "sensors/up/pi-1/telemetry", &lines)
+    });
+    let stored = wait_for_count(node, &index, acked as u64, Duration::from_secs(60)).await;
+    assert_eq!(stored, acked as u64, "{}", bridge.logs());
+    let metrics = bridge.metrics_address();
+    wait_for_samples(
+        metrics,
+        &[("mqtt2es_spool_records", 0.0)],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        node.count(&index).await,
+        acked as u64,
+        "a reading stored twice"
+    );
+}
