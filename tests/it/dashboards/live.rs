@@ -120,7 +120,9 @@ async fn index_metrics(node: &SearchNode, index: &str) {
                 "bulk_latency_ms": {"avg": 12.5, "max": 40.0},
                 "latency_ms": {"avg": 120.0 + n as f64, "max": 480.0},
                 "queue_depth": n,
-                "connected_clients": 3
+                "connected_clients": 3,
+                "spool": {"bytes": 4096 * n, "records": 20 * n, "oldest_record_age_s": n as f64,
+                          "shipped_per_s": 2.9, "dropped": 0}
             }
         });
         node.request(
