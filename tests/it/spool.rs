@@ -491,3 +491,61 @@ async fn subscribed_to_mosquitto_a_spooling_bridge_stores_every_reading_once() {
         "a reading stored twice"
     );
 }
+
+/// The spool full with `on_full: block` (the default): acknowledgements stop and `/readyz` says
+/// why until shipping frees room; then every reading is stored once. The node's answers are
+/// swallowed by a proxy meanwhile, so nothing can be shipped (and what was sent is stored, but
+/// mqtt2es never hears so and sends it again: found already stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_that_blocks_stops_the_acks_until_shipping_frees_room_and_then_stores_everything_once()
+ {
+    let node = SearchNode::shared();
+    let target = node.url().trim_start_matches("http://").to_owned();
+    let proxy = crate::support::proxy::Proxy::start(target).await;
+    let mut spec = spooling(
+        BridgeSpec::embedded(&proxy.url),
+        "  spool: {max_bytes: 1048576, on_full: block}\n",
+    );
+    spec.env.push((
+        "MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS".into(),
+        "2000".into(),
+    ));
+    let mut bridge = Bridge::start(&spec);
+    bridge.wait_ready();
+    let port = bridge.broker_port();
+    let metrics = bridge.metrics_address();
+    let index = format!("{}readings", bridge.prefix());
+
+    proxy.swallow_answers(true);
+    // About 2 MB of readings: twice what the spool may hold.
+    let lines = readings("pi-1", 0, 8000);
+    let publisher = std::thread::spawn(move || {
+        publish_lines_qos1(port, "sensors/block/pi-1/telemetry", &lines)
+    });
+    bridge.wait_for_log("spool full (", 1, Duration::from_secs(60));
+    let reason = wait_for_readyz(metrics, 503, Duration::from_secs(10)).await;
+    assert!(reason.contains("spool full"), "{reason}");
+    assert!(
+        !publisher.is_finished(),
+        "every reading acknowledged although the spool is full"
+    );
+
+    proxy.swallow_answers(false);
+    let acked = within(PUBLISH_WAIT, move || {
+        publisher.join().expect("the publisher")
+    });
+    bridge.wait_for_log("spool: writing again", 1, Duration::from_secs(10));
+    let stored = wait_for_count(node, &index, acked as u64, Duration::from_secs(120)).await;
+    wait_for_samples(
+        metrics,
+        &[("mqtt2es_spool_records", 0.0)],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        node.count(&index).await,
+        acked as u64,
+        "stored {stored} of {acked} acknowledged, each once:\n{}",
+        bridge.logs()
+    );
+}
