@@ -120,6 +120,19 @@ impl Collector for Figures {
             "Documents Elasticsearch confirmed as newly stored.",
             s.sink.stored,
         )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "documents_stored_by_data_stream",
+                "Documents Elasticsearch confirmed as newly stored, by data stream (past 256 \
+                 streams, the rest count as _other).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (stream, count) in &s.stored_by_stream {
+                let labels = [("data_stream", stream.as_str())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
         counter(
             &mut encoder,
             "documents_already_stored",
@@ -298,6 +311,7 @@ mod tests {
                 pending: 6,
                 ..SinkReport::default()
             },
+            stored_by_stream: BTreeMap::from([("mqtt2es-telemetry-lab".to_owned(), 5)]),
             bulk_latency: HistogramSnapshot {
                 bounds: &BULK_BOUNDS,
                 cumulative: vec![0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
@@ -349,6 +363,10 @@ mod tests {
                 "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"}"
             ),
             "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"} 2"
+        );
+        assert_eq!(
+            line(&text, "mqtt2es_documents_stored_by_data_stream_total{"),
+            "mqtt2es_documents_stored_by_data_stream_total{data_stream=\"mqtt2es-telemetry-lab\"} 5"
         );
         assert_eq!(
             line(&text, "mqtt2es_retries_total"),

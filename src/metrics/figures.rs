@@ -7,6 +7,7 @@
 //! `Arc` the app registers rather than counted a second time, so the two can never disagree.
 //! Channel depths are read the same way, from weak senders, at snapshot time.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,12 +52,21 @@ pub(super) static LATENCY_BOUNDS: [f64; 13] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
 
+/// Data streams counted under their own name. Names come from topic segments, so a fleet
+/// publishing to ever new sites would otherwise grow the label set without bound; past this,
+/// documents count under [`OTHER_STREAMS`].
+const MAX_STREAMS: usize = 256;
+/// The label of streams past [`MAX_STREAMS`]: no data stream name may start with `_`.
+pub(super) const OTHER_STREAMS: &str = "_other";
+
 pub(super) struct Figures {
     messages_in: [AtomicU64; 2],
     connected: [AtomicU64; 2],
     pub(super) bulk_latency: Histogram,
     pub(super) latency: Histogram,
     sink: Mutex<Option<Arc<SinkStats>>>,
+    /// Documents stored, by data stream (see [`count_stored_in`]).
+    stored_by_stream: Mutex<BTreeMap<String, u64>>,
     queues: Mutex<Option<Queues>>,
     pub(super) setup_done: AtomicBool,
     pub(super) listening: AtomicBool,
@@ -138,6 +148,7 @@ pub(super) static FIGURES: Figures = Figures {
     bulk_latency: Histogram::new(&BULK_BOUNDS),
     latency: Histogram::new(&LATENCY_BOUNDS),
     sink: Mutex::new(None),
+    stored_by_stream: Mutex::new(BTreeMap::new()),
     queues: Mutex::new(None),
     setup_done: AtomicBool::new(false),
     listening: AtomicBool::new(false),
@@ -206,6 +217,10 @@ impl Figures {
         });
     }
 
+    pub(super) fn stored_in(&self, data_stream: &str) {
+        count_stored_in(&mut lock(&self.stored_by_stream), data_stream);
+    }
+
     pub(super) fn answered(&self) {
         let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.answered_at.store(ms + 1, Ordering::Relaxed);
@@ -239,6 +254,7 @@ impl Figures {
             messages_in: per_source(&self.messages_in),
             connected: per_source(&self.connected),
             sink,
+            stored_by_stream: lock(&self.stored_by_stream).clone(),
             bulk_latency: self.bulk_latency.snapshot(),
             latency: self.latency.snapshot(),
             queued_records: records,
@@ -249,6 +265,21 @@ impl Figures {
             spool: self.spool.snapshot(),
         }
     }
+}
+
+/// One more document stored in `data_stream`, or in [`OTHER_STREAMS`] once [`MAX_STREAMS`]
+/// names are counted. Looks the name up before allocating it: this runs once per document.
+fn count_stored_in(streams: &mut BTreeMap<String, u64>, data_stream: &str) {
+    if let Some(count) = streams.get_mut(data_stream) {
+        *count += 1;
+        return;
+    }
+    let name = if streams.len() < MAX_STREAMS {
+        data_stream
+    } else {
+        OTHER_STREAMS
+    };
+    *streams.entry(name.to_owned()).or_default() += 1;
 }
 
 /// Records sitting in a channel. A closed channel (every sender gone at shutdown) reads as 0
@@ -267,6 +298,8 @@ pub struct Snapshot {
     /// Open connections, indexed like [`Source::ALL`].
     pub connected: [u64; 2],
     pub sink: SinkReport,
+    /// Documents Elasticsearch confirmed as newly stored, by data stream.
+    pub stored_by_stream: BTreeMap<String, u64>,
     pub bulk_latency: HistogramSnapshot,
     pub latency: HistogramSnapshot,
     /// Records between the MQTT side and the pipelines.
@@ -298,5 +331,26 @@ impl Snapshot {
     /// Records received and not yet durable: in both channels, the open batch and in flight.
     pub fn queue_depth(&self) -> u64 {
         self.queued_records + self.queued_routed + self.sink.pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_documents_count_per_data_stream_and_past_the_bound_as_other() {
+        let mut streams = BTreeMap::new();
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        assert_eq!(streams["mqtt2es-telemetry-lab"], 2);
+        for n in streams.len()..MAX_STREAMS {
+            count_stored_in(&mut streams, &format!("site-{n}"));
+        }
+        count_stored_in(&mut streams, "one-too-many");
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        assert_eq!(streams.get("one-too-many"), None);
+        assert_eq!(streams[OTHER_STREAMS], 1);
+        assert_eq!(streams["mqtt2es-telemetry-lab"], 3);
     }
 }

@@ -168,11 +168,13 @@ pub fn bulk_request(elapsed: Duration, status: Option<u16>) {
     }
 }
 
-/// Elasticsearch confirmed a new document stored at `now`: its end-to-end latency is `now`
-/// minus its `@timestamp`, given as the text sent (the sink knows where it sits in the encoded
-/// document, so nothing is parsed but the time). A document without a parsable RFC 3339
-/// `@timestamp` is not measured; a timestamp in the future (a device clock ahead) counts as 0.
-pub fn document_stored(timestamp: Option<&str>, now: DateTime<Utc>) {
+/// Elasticsearch confirmed a new document stored in `data_stream` at `now`: it counts for its
+/// stream, and its end-to-end latency is `now` minus its `@timestamp`, given as the text sent
+/// (the sink knows where it sits in the encoded document, so nothing is parsed but the time).
+/// A document without a parsable RFC 3339 `@timestamp` is not measured; a timestamp in the
+/// future (a device clock ahead) counts as 0.
+pub fn document_stored(data_stream: &str, timestamp: Option<&str>, now: DateTime<Utc>) {
+    FIGURES.stored_in(data_stream);
     if let Some(at) = timestamp.and_then(parse_time) {
         let latency = (now - at).to_std().unwrap_or(Duration::ZERO);
         FIGURES.latency.observe(latency);
