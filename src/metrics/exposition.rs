@@ -207,6 +207,13 @@ impl Collector for Figures {
                 ("sink", s.sink.pending),
             ],
         )?;
+        gauge(
+            &mut encoder,
+            "acks_pending",
+            "QoS 1 and 2 messages received whose acknowledgement (PUBACK, PUBREC, upstream ack) \
+             waits for them to be durable.",
+            s.acks_pending,
+        )?;
         gauge_family(
             &mut encoder,
             "connected_clients",
@@ -324,6 +331,7 @@ mod tests {
                 count: 0,
                 sum_s: 0.0,
             },
+            acks_pending: 10,
             queued_records: 8,
             queued_routed: 9,
             offline_dropped: 11,
@@ -406,6 +414,7 @@ mod tests {
             text.contains("mqtt2es_connected_clients{source=\"broker\"} 0\n"),
             "{text}"
         );
+        assert!(text.contains("mqtt2es_acks_pending 10\n"), "{text}");
         assert!(
             text.contains("mqtt2es_broker_offline_queued_messages 12\n"),
             "{text}"

@@ -257,6 +257,7 @@ impl Figures {
             stored_by_stream: lock(&self.stored_by_stream).clone(),
             bulk_latency: self.bulk_latency.snapshot(),
             latency: self.latency.snapshot(),
+            acks_pending: crate::record::acks_pending(),
             queued_records: records,
             queued_routed: routed,
             offline_dropped: self.offline_dropped.load(Ordering::Relaxed),
@@ -302,6 +303,8 @@ pub struct Snapshot {
     pub stored_by_stream: BTreeMap<String, u64>,
     pub bulk_latency: HistogramSnapshot,
     pub latency: HistogramSnapshot,
+    /// QoS 1 and 2 messages received whose ack waits for them to be durable.
+    pub acks_pending: u64,
     /// Records between the MQTT side and the pipelines.
     pub queued_records: u64,
     /// Records between the pipelines and the sink.
