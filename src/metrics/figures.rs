@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::mpsc;
 
 use super::histogram::{Histogram, HistogramSnapshot};
@@ -73,6 +74,11 @@ pub(super) struct Figures {
     pub(super) stopping: AtomicBool,
     /// Milliseconds since [`epoch`] plus one of Elasticsearch's last answer; 0: never.
     answered_at: AtomicU64,
+    /// The same for the first answer of the current run of answers, each within
+    /// `max_answer_age_ms` of the one before: "reachable since".
+    reachable_since: AtomicU64,
+    /// `metrics.elasticsearch_answer_max_age_s`, set at start: older answers mean unreachable.
+    pub(super) max_answer_age_ms: AtomicU64,
     pub(super) offline_dropped: AtomicU64,
     pub(super) offline_messages: AtomicU64,
     pub(super) offline_bytes: AtomicU64,
@@ -154,6 +160,8 @@ pub(super) static FIGURES: Figures = Figures {
     listening: AtomicBool::new(false),
     stopping: AtomicBool::new(false),
     answered_at: AtomicU64::new(0),
+    reachable_since: AtomicU64::new(0),
+    max_answer_age_ms: AtomicU64::new(30_000),
     offline_dropped: AtomicU64::new(0),
     offline_messages: AtomicU64::new(0),
     offline_bytes: AtomicU64::new(0),
@@ -223,19 +231,21 @@ impl Figures {
 
     pub(super) fn answered(&self) {
         let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.answered_at.store(ms + 1, Ordering::Relaxed);
+        let previous = self.answered_at.swap(ms + 1, Ordering::Relaxed);
+        let max_age = self.max_answer_age_ms.load(Ordering::Relaxed);
+        if starts_a_run(previous.checked_sub(1), ms, max_age) {
+            self.reachable_since.store(ms + 1, Ordering::Relaxed);
+        }
     }
 
     /// How long ago Elasticsearch last answered; `None` if it never did.
     pub(super) fn answer_age(&self) -> Option<Duration> {
-        match self.answered_at.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(
-                epoch()
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(at - 1)),
-            ),
-        }
+        age(&self.answered_at)
+    }
+
+    fn reachability(&self, now: DateTime<Utc>) -> Reachability {
+        let max_age = Duration::from_millis(self.max_answer_age_ms.load(Ordering::Relaxed));
+        Reachability::at(now, self.answer_age(), age(&self.reachable_since), max_age)
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {
@@ -264,7 +274,55 @@ impl Figures {
             offline_messages: self.offline_messages.load(Ordering::Relaxed),
             offline_bytes: self.offline_bytes.load(Ordering::Relaxed),
             spool: self.spool.snapshot(),
+            elasticsearch: self.reachability(Utc::now()),
         }
+    }
+}
+
+/// How long ago an instant stored as milliseconds since [`epoch`] plus one was; `None` for 0.
+fn age(at: &AtomicU64) -> Option<Duration> {
+    match at.load(Ordering::Relaxed) {
+        0 => None,
+        at => Some(
+            epoch()
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at - 1)),
+        ),
+    }
+}
+
+/// Whether an answer at `now_ms` begins a new run of reachability: the first answer ever, or
+/// one after a silence longer than `max_age_ms` (during which Elasticsearch counted as down).
+fn starts_a_run(previous_ms: Option<u64>, now_ms: u64, max_age_ms: u64) -> bool {
+    previous_ms.is_none_or(|previous| now_ms.saturating_sub(previous) > max_age_ms)
+}
+
+/// Whether Elasticsearch is reachable, by the rule of `/readyz` (it answered within
+/// `metrics.elasticsearch_answer_max_age_s`), and since when, in wall-clock time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reachability {
+    pub last_answer: Option<DateTime<Utc>>,
+    /// The first answer of the current run; `None` while unreachable.
+    pub reachable_since: Option<DateTime<Utc>>,
+}
+
+impl Reachability {
+    fn at(
+        now: DateTime<Utc>,
+        answer_age: Option<Duration>,
+        run_age: Option<Duration>,
+        max_age: Duration,
+    ) -> Reachability {
+        let ago = |age: Duration| now - TimeDelta::from_std(age).unwrap_or(TimeDelta::MAX);
+        let reachable = answer_age.is_some_and(|age| age <= max_age);
+        Reachability {
+            last_answer: answer_age.map(ago),
+            reachable_since: run_age.filter(|_| reachable).map(ago),
+        }
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable_since.is_some()
     }
 }
 
@@ -316,6 +374,7 @@ pub struct Snapshot {
     pub offline_bytes: u64,
     /// The spool, when `delivery: spool`.
     pub spool: Option<SpoolSnapshot>,
+    pub elasticsearch: Reachability,
 }
 
 impl Snapshot {
@@ -340,6 +399,42 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).expect("a time").into()
+    }
+
+    #[test]
+    fn an_answer_after_a_silence_longer_than_the_max_age_starts_a_new_run() {
+        assert!(starts_a_run(None, 5, 30_000));
+        assert!(!starts_a_run(Some(1_000), 31_000, 30_000));
+        assert!(starts_a_run(Some(1_000), 31_001, 30_000));
+    }
+
+    #[test]
+    fn elasticsearch_is_reachable_since_its_run_began_while_its_last_answer_is_recent() {
+        let now = at("2026-12-02T12:00:00Z");
+        let max_age = Duration::from_secs(30);
+        let recent = Reachability::at(
+            now,
+            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(3600)),
+            max_age,
+        );
+        assert!(recent.reachable());
+        assert_eq!(recent.reachable_since, Some(at("2026-12-02T11:00:00Z")));
+        assert_eq!(recent.last_answer, Some(at("2026-12-02T11:59:58Z")));
+        let stale = Reachability::at(
+            now,
+            Some(Duration::from_secs(31)),
+            Some(Duration::from_secs(3600)),
+            max_age,
+        );
+        assert!(!stale.reachable());
+        assert_eq!(stale.last_answer, Some(at("2026-12-02T11:59:29Z")));
+        let never = Reachability::at(now, None, None, max_age);
+        assert_eq!(never, Reachability::default());
+    }
 
     #[test]
     fn stored_documents_count_per_data_stream_and_past_the_bound_as_other() {

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use figures::{Snapshot, Source, SpoolSnapshot};
+pub use figures::{Reachability, Snapshot, Source, SpoolSnapshot};
 pub use readiness::Mode;
 pub use settings::MetricsSettings;
 
@@ -241,6 +241,10 @@ impl Metrics {
         let setup_done = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let max_age = Duration::from_secs(settings.elasticsearch_answer_max_age_s);
+        FIGURES.max_answer_age_ms.store(
+            u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let mut address = None;
         if let Some(bind) = settings.bind {
             let listener = tokio::net::TcpListener::bind(bind)
