@@ -8,7 +8,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row as TableRow, Table};
+use ratatui::widgets::{Cell, Paragraph, Row as TableRow, Table};
 
 use super::view::{Estimate, Percentiles, Rate, Row, View};
 
@@ -40,7 +40,12 @@ fn figure(label: &'static str, text: String, tone: Tone) -> Figure {
 /// out (the spool, offline queues), except those the issue promises, which say so.
 pub fn summary(view: &View, now: DateTime<Utc>) -> Vec<Figure> {
     let mut lines = vec![elasticsearch(view, now)];
-    let mut connected = format!("{} devices", count(view.devices));
+    let devices = if view.devices == 1.0 {
+        "device"
+    } else {
+        "devices"
+    };
+    let mut connected = format!("{} {devices}", count(view.devices));
     if view.upstream_connections > 0.0 {
         connected += &format!(", {} upstream", count(view.upstream_connections));
     }
@@ -313,7 +318,7 @@ fn table(
     let mut body: Vec<TableRow> = rows[..shown]
         .iter()
         .enumerate()
-        .map(|(i, row)| TableRow::new(row.clone()).style(style(tone(i))))
+        .map(|(i, row)| cells(row).style(style(tone(i))))
         .collect();
     if shown < rows.len() {
         body.push(TableRow::new([format!("+{} more", rows.len() - shown)]));
@@ -323,8 +328,17 @@ fn table(
         Constraint::Length(14),
         Constraint::Length(12),
     ];
-    let head = TableRow::new(heads.clone()).style(Style::new().add_modifier(Modifier::UNDERLINED));
+    let head = cells(heads).style(Style::new().add_modifier(Modifier::UNDERLINED));
     frame.render_widget(Table::new(body, widths).header(head), area);
+}
+
+/// A name and two figures, the figures right-aligned so that digits line up.
+fn cells(row: &[String; 3]) -> TableRow<'static> {
+    TableRow::new([
+        Cell::from(row[0].clone()),
+        Cell::from(Line::from(row[1].clone()).right_aligned()),
+        Cell::from(Line::from(row[2].clone()).right_aligned()),
+    ])
 }
 
 fn style(tone: Tone) -> Style {
