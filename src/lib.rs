@@ -28,6 +28,7 @@
 //!   fan-out, retained messages, persisted state, listeners, auth; acks only once durable.
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
 //! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
+//! - `top`       — `mqtt2es top`: a live terminal view of a running mqtt2es, from its `/metrics`.
 
 pub mod acks;
 pub mod app;
@@ -45,5 +46,6 @@ pub mod simulate;
 pub mod sink;
 pub mod spool;
 pub mod state;
+pub mod top;
 pub mod topic;
 pub mod upstream;

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mqtt2es::broker::auth::password::{self, Edit};
 use mqtt2es::config::{Config, LogFormat, LogSettings};
-use mqtt2es::{app, simulate};
+use mqtt2es::metrics::MetricsSettings;
+use mqtt2es::{app, simulate, top};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -90,6 +91,18 @@ enum Command {
     ///
     /// Example: mqtt2es simulate --devices 50 --rate 2 --site lab --duration-s 60
     Simulate(simulate::FleetArgs),
+    /// A live view of a running mqtt2es in the terminal, from its /metrics endpoint.
+    ///
+    /// Refreshes every second: whether Elasticsearch is reachable and since when, connected
+    /// devices, readings/s in and documents/s stored, acks pending, the broker's offline
+    /// queues (and the spool, where there is one), bulk request and publish→stored latency
+    /// (p50, p99), dead letters by reason (last minute and total), and documents/s per data
+    /// stream. q, Esc or Ctrl-C quits. --once prints a plain-text snapshot for scripts
+    /// instead, and exits 1 if the endpoint cannot be read. The endpoint is --url, else
+    /// `metrics.bind` from the configuration file, else http://127.0.0.1:9464/metrics.
+    ///
+    /// Example: mqtt2es top --url http://gateway:9464
+    Top(top::TopArgs),
 }
 
 /// Create and edit password files for the embedded broker (`broker.auth.password_file`).
@@ -153,6 +166,10 @@ fn main() -> ExitCode {
         init_logs(&LogSettings::default());
         return simulate(args);
     }
+    if let Command::Top(args) = cli.command {
+        // A viewer of another process: it needs at most the metrics address from the file.
+        return top(&args, &cli.config);
+    }
     let (config, secrets) = match Config::load(&cli.config) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -196,7 +213,9 @@ fn main() -> ExitCode {
         Command::Setup => runtime().and_then(|rt| rt.block_on(app::setup(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(app::run(config, secrets))),
         Command::Passwd { .. } => return misplaced_passwd(),
-        Command::Simulate(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Simulate(_) | Command::Top(_) => {
+            unreachable!("handled before the configuration is loaded")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -295,6 +314,55 @@ fn simulate(args: simulate::FleetArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `mqtt2es top`: exit 2 for a wrong command line or configuration, 1 when the endpoint
+/// cannot be read (`--once`) or the terminal cannot be driven.
+fn top(args: &top::TopArgs, config: &std::path::Path) -> ExitCode {
+    let url = match &args.url {
+        Some(url) => top::endpoint(url),
+        None => match metrics_bind(config) {
+            Ok(bind) => top::url_of_bind(bind),
+            Err(code) => return code,
+        },
+    };
+    let result = url.and_then(|url| {
+        if args.once {
+            top::once(args, &url).map(|text| print!("{text}"))
+        } else {
+            top::watch(args, &url)
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mqtt2es top: {error}");
+            if error.is_usage() {
+                return ExitCode::from(2);
+            }
+            if matches!(error, top::TopError::Scrape(_)) {
+                eprintln!(
+                    "mqtt2es top: is mqtt2es running, with its metrics endpoint on that address? \
+                     (metrics.bind; or give --url)"
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `metrics.bind` of the configuration file, or the built-in default when there is no file.
+fn metrics_bind(config: &std::path::Path) -> Result<Option<std::net::SocketAddr>, ExitCode> {
+    if !config.exists() {
+        return Ok(MetricsSettings::default().bind);
+    }
+    match Config::load(config) {
+        Ok((config, _)) => Ok(config.metrics.bind),
+        Err(error) => {
+            eprintln!("mqtt2es top: invalid configuration in {config:?} (or give --url):\n{error}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 /// SIGTERM (docker stop) and SIGINT (Ctrl-C) both end a simulation cleanly.

@@ -7,6 +7,7 @@
 //! order, a PUBREC, an fsync'd spool offset); the sink only reports how the record settled.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -78,7 +79,34 @@ pub type SettledSender = mpsc::UnboundedSender<Settled>;
 #[derive(Debug)]
 #[must_use = "an ack that is dropped without settle() leaves the message unacknowledged"]
 pub struct Ack {
-    route: Option<(SettledSender, u64)>,
+    route: Option<(SettledSender, u64, Owed)>,
+}
+
+/// Acks someone waits for, alive and not yet settled: the gauge `mqtt2es_acks_pending`. Kept
+/// here rather than in `metrics` so that the ack does not depend on the module that reads it.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// QoS 1 and 2 messages whose acknowledgement waits for them to be durable, now.
+pub fn acks_pending() -> u64 {
+    PENDING.load(Ordering::Relaxed)
+}
+
+/// Counts one ack in a gauge for as long as it lives: whether the ack is settled or dropped,
+/// the count goes down exactly once.
+#[derive(Debug)]
+struct Owed(&'static AtomicU64);
+
+impl Owed {
+    fn new(gauge: &'static AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Owed(gauge)
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Ack {
@@ -89,14 +117,14 @@ impl Ack {
 
     pub fn new(to: SettledSender, token: u64) -> Self {
         Ack {
-            route: Some((to, token)),
+            route: Some((to, token, Owed::new(&PENDING))),
         }
     }
 
     /// Reports the record as durable. A producer that went away (connection closed) is not an
     /// error: its broker will redeliver, and the deterministic id makes that harmless.
     pub fn settle(self, how: Settlement) {
-        if let Some((to, token)) = self.route {
+        if let Some((to, token, _owed)) = self.route {
             let _ = to.send(Settled { token, how });
         }
     }
@@ -124,6 +152,19 @@ mod tests {
                 how: Settlement::Stored
             }
         );
+    }
+
+    #[test]
+    fn an_owed_ack_is_counted_until_it_is_dropped() {
+        // A gauge of its own: other tests create and settle acks in parallel with this one.
+        static GAUGE: AtomicU64 = AtomicU64::new(0);
+        let first = Owed::new(&GAUGE);
+        let second = Owed::new(&GAUGE);
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 1);
+        drop(second);
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the encoder: a registry holding one collector that writes the snapshot. Counter names get
 //! `_total` and unit suffixes from the encoder, which is what keeps them valid OpenMetrics.
 
+use chrono::{DateTime, Utc};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -49,6 +50,23 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A point in time as Unix seconds, or nothing at all when there is none to tell.
+fn timestamp(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    at: Option<DateTime<Utc>>,
+) -> Result<(), std::fmt::Error> {
+    let Some(at) = at else { return Ok(()) };
+    let metric = ConstGauge::new(at.timestamp_millis() as f64 / 1000.0);
+    metric.encode(encoder.encode_descriptor(
+        name,
+        help,
+        Some(&Unit::Seconds),
+        metric.metric_type(),
+    )?)
 }
 
 fn gauge_family<'a>(
@@ -120,6 +138,19 @@ impl Collector for Figures {
             "Documents Elasticsearch confirmed as newly stored.",
             s.sink.stored,
         )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "documents_stored_by_data_stream",
+                "Documents Elasticsearch confirmed as newly stored, by data stream (past 256 \
+                 streams, the rest count as _other).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (stream, count) in &s.stored_by_stream {
+                let labels = [("data_stream", stream.as_str())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
         counter(
             &mut encoder,
             "documents_already_stored",
@@ -194,6 +225,13 @@ impl Collector for Figures {
                 ("sink", s.sink.pending),
             ],
         )?;
+        gauge(
+            &mut encoder,
+            "acks_pending",
+            "QoS 1 and 2 messages received whose acknowledgement (PUBACK, PUBREC, upstream ack) \
+             waits for them to be durable.",
+            s.acks_pending,
+        )?;
         gauge_family(
             &mut encoder,
             "connected_clients",
@@ -224,6 +262,25 @@ impl Collector for Figures {
         if let Some(spool) = &s.spool {
             encode_spool(&mut encoder, spool)?;
         }
+        gauge(
+            &mut encoder,
+            "elasticsearch_reachable",
+            "1 while Elasticsearch answered within metrics.elasticsearch_answer_max_age_s (the \
+             rule of /readyz), else 0.",
+            u64::from(s.elasticsearch.reachable()),
+        )?;
+        timestamp(
+            &mut encoder,
+            "elasticsearch_reachable_since_timestamp",
+            "When Elasticsearch's current run of answers began (absent while unreachable).",
+            s.elasticsearch.reachable_since,
+        )?;
+        timestamp(
+            &mut encoder,
+            "elasticsearch_last_answer_timestamp",
+            "When Elasticsearch last answered (absent if it never did).",
+            s.elasticsearch.last_answer,
+        )?;
         Ok(())
     }
 }
@@ -279,7 +336,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::metrics::figures::{BULK_BOUNDS, LATENCY_BOUNDS};
+    use crate::metrics::figures::{BULK_BOUNDS, LATENCY_BOUNDS, Reachability};
     use crate::sink::SinkReport;
 
     fn snapshot() -> Snapshot {
@@ -298,6 +355,7 @@ mod tests {
                 pending: 6,
                 ..SinkReport::default()
             },
+            stored_by_stream: BTreeMap::from([("mqtt2es-telemetry-lab".to_owned(), 5)]),
             bulk_latency: HistogramSnapshot {
                 bounds: &BULK_BOUNDS,
                 cumulative: vec![0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
@@ -310,6 +368,7 @@ mod tests {
                 count: 0,
                 sum_s: 0.0,
             },
+            acks_pending: 10,
             queued_records: 8,
             queued_routed: 9,
             offline_dropped: 11,
@@ -323,7 +382,15 @@ mod tests {
                 dropped: 23,
                 damaged_bytes: 24,
             }),
+            elasticsearch: Reachability {
+                last_answer: Some(at("2026-12-02T12:00:01.5Z")),
+                reachable_since: Some(at("2026-12-02T11:00:00Z")),
+            },
         }
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).expect("a time").into()
     }
 
     fn line<'a>(text: &'a str, start: &str) -> &'a str {
@@ -349,6 +416,10 @@ mod tests {
                 "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"}"
             ),
             "mqtt2es_dead_letters_total{reason=\"mapping_conflict\"} 2"
+        );
+        assert_eq!(
+            line(&text, "mqtt2es_documents_stored_by_data_stream_total{"),
+            "mqtt2es_documents_stored_by_data_stream_total{data_stream=\"mqtt2es-telemetry-lab\"} 5"
         );
         assert_eq!(
             line(&text, "mqtt2es_retries_total"),
@@ -388,6 +459,7 @@ mod tests {
             text.contains("mqtt2es_connected_clients{source=\"broker\"} 0\n"),
             "{text}"
         );
+        assert!(text.contains("mqtt2es_acks_pending 10\n"), "{text}");
         assert!(
             text.contains("mqtt2es_broker_offline_queued_messages 12\n"),
             "{text}"
@@ -419,6 +491,31 @@ mod tests {
             ..snapshot()
         });
         assert!(!text.contains("spool"), "{text}");
+    }
+
+    #[test]
+    fn elasticsearch_reachability_is_a_gauge_with_unix_times_absent_when_unknown() {
+        let text = render(&snapshot());
+        assert!(
+            text.contains("mqtt2es_elasticsearch_reachable 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_elasticsearch_reachable_since_timestamp_seconds 1796209200.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt2es_elasticsearch_last_answer_timestamp_seconds 1796212801.5\n"),
+            "{text}"
+        );
+        let mut down = snapshot();
+        down.elasticsearch.reachable_since = None;
+        let text = render(&down);
+        assert!(
+            text.contains("mqtt2es_elasticsearch_reachable 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("reachable_since"), "{text}");
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! `Arc` the app registers rather than counted a second time, so the two can never disagree.
 //! Channel depths are read the same way, from weak senders, at snapshot time.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::mpsc;
 
 use super::histogram::{Histogram, HistogramSnapshot};
@@ -51,18 +53,32 @@ pub(super) static LATENCY_BOUNDS: [f64; 13] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
 
+/// Data streams counted under their own name. Names come from topic segments, so a fleet
+/// publishing to ever new sites would otherwise grow the label set without bound; past this,
+/// documents count under [`OTHER_STREAMS`].
+const MAX_STREAMS: usize = 256;
+/// The label of streams past [`MAX_STREAMS`]: no data stream name may start with `_`.
+pub(super) const OTHER_STREAMS: &str = "_other";
+
 pub(super) struct Figures {
     messages_in: [AtomicU64; 2],
     connected: [AtomicU64; 2],
     pub(super) bulk_latency: Histogram,
     pub(super) latency: Histogram,
     sink: Mutex<Option<Arc<SinkStats>>>,
+    /// Documents stored, by data stream (see [`count_stored_in`]).
+    stored_by_stream: Mutex<BTreeMap<String, u64>>,
     queues: Mutex<Option<Queues>>,
     pub(super) setup_done: AtomicBool,
     pub(super) listening: AtomicBool,
     pub(super) stopping: AtomicBool,
     /// Milliseconds since [`epoch`] plus one of Elasticsearch's last answer; 0: never.
     answered_at: AtomicU64,
+    /// The same for the first answer of the current run of answers, each within
+    /// `max_answer_age_ms` of the one before: "reachable since".
+    reachable_since: AtomicU64,
+    /// `metrics.elasticsearch_answer_max_age_s`, set at start: older answers mean unreachable.
+    pub(super) max_answer_age_ms: AtomicU64,
     pub(super) offline_dropped: AtomicU64,
     pub(super) offline_messages: AtomicU64,
     pub(super) offline_bytes: AtomicU64,
@@ -138,11 +154,14 @@ pub(super) static FIGURES: Figures = Figures {
     bulk_latency: Histogram::new(&BULK_BOUNDS),
     latency: Histogram::new(&LATENCY_BOUNDS),
     sink: Mutex::new(None),
+    stored_by_stream: Mutex::new(BTreeMap::new()),
     queues: Mutex::new(None),
     setup_done: AtomicBool::new(false),
     listening: AtomicBool::new(false),
     stopping: AtomicBool::new(false),
     answered_at: AtomicU64::new(0),
+    reachable_since: AtomicU64::new(0),
+    max_answer_age_ms: AtomicU64::new(30_000),
     offline_dropped: AtomicU64::new(0),
     offline_messages: AtomicU64::new(0),
     offline_bytes: AtomicU64::new(0),
@@ -206,21 +225,27 @@ impl Figures {
         });
     }
 
+    pub(super) fn stored_in(&self, data_stream: &str) {
+        count_stored_in(&mut lock(&self.stored_by_stream), data_stream);
+    }
+
     pub(super) fn answered(&self) {
         let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.answered_at.store(ms + 1, Ordering::Relaxed);
+        let previous = self.answered_at.swap(ms + 1, Ordering::Relaxed);
+        let max_age = self.max_answer_age_ms.load(Ordering::Relaxed);
+        if starts_a_run(previous.checked_sub(1), ms, max_age) {
+            self.reachable_since.store(ms + 1, Ordering::Relaxed);
+        }
     }
 
     /// How long ago Elasticsearch last answered; `None` if it never did.
     pub(super) fn answer_age(&self) -> Option<Duration> {
-        match self.answered_at.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(
-                epoch()
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(at - 1)),
-            ),
-        }
+        age(&self.answered_at)
+    }
+
+    fn reachability(&self, now: DateTime<Utc>) -> Reachability {
+        let max_age = Duration::from_millis(self.max_answer_age_ms.load(Ordering::Relaxed));
+        Reachability::at(now, self.answer_age(), age(&self.reachable_since), max_age)
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {
@@ -239,16 +264,81 @@ impl Figures {
             messages_in: per_source(&self.messages_in),
             connected: per_source(&self.connected),
             sink,
+            stored_by_stream: lock(&self.stored_by_stream).clone(),
             bulk_latency: self.bulk_latency.snapshot(),
             latency: self.latency.snapshot(),
+            acks_pending: crate::record::acks_pending(),
             queued_records: records,
             queued_routed: routed,
             offline_dropped: self.offline_dropped.load(Ordering::Relaxed),
             offline_messages: self.offline_messages.load(Ordering::Relaxed),
             offline_bytes: self.offline_bytes.load(Ordering::Relaxed),
             spool: self.spool.snapshot(),
+            elasticsearch: self.reachability(Utc::now()),
         }
     }
+}
+
+/// How long ago an instant stored as milliseconds since [`epoch`] plus one was; `None` for 0.
+fn age(at: &AtomicU64) -> Option<Duration> {
+    match at.load(Ordering::Relaxed) {
+        0 => None,
+        at => Some(
+            epoch()
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at - 1)),
+        ),
+    }
+}
+
+/// Whether an answer at `now_ms` begins a new run of reachability: the first answer ever, or
+/// one after a silence longer than `max_age_ms` (during which Elasticsearch counted as down).
+fn starts_a_run(previous_ms: Option<u64>, now_ms: u64, max_age_ms: u64) -> bool {
+    previous_ms.is_none_or(|previous| now_ms.saturating_sub(previous) > max_age_ms)
+}
+
+/// Whether Elasticsearch is reachable, by the rule of `/readyz` (it answered within
+/// `metrics.elasticsearch_answer_max_age_s`), and since when, in wall-clock time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reachability {
+    pub last_answer: Option<DateTime<Utc>>,
+    /// The first answer of the current run; `None` while unreachable.
+    pub reachable_since: Option<DateTime<Utc>>,
+}
+
+impl Reachability {
+    fn at(
+        now: DateTime<Utc>,
+        answer_age: Option<Duration>,
+        run_age: Option<Duration>,
+        max_age: Duration,
+    ) -> Reachability {
+        let ago = |age: Duration| now - TimeDelta::from_std(age).unwrap_or(TimeDelta::MAX);
+        let reachable = answer_age.is_some_and(|age| age <= max_age);
+        Reachability {
+            last_answer: answer_age.map(ago),
+            reachable_since: run_age.filter(|_| reachable).map(ago),
+        }
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable_since.is_some()
+    }
+}
+
+/// One more document stored in `data_stream`, or in [`OTHER_STREAMS`] once [`MAX_STREAMS`]
+/// names are counted. Looks the name up before allocating it: this runs once per document.
+fn count_stored_in(streams: &mut BTreeMap<String, u64>, data_stream: &str) {
+    if let Some(count) = streams.get_mut(data_stream) {
+        *count += 1;
+        return;
+    }
+    let name = if streams.len() < MAX_STREAMS {
+        data_stream
+    } else {
+        OTHER_STREAMS
+    };
+    *streams.entry(name.to_owned()).or_default() += 1;
 }
 
 /// Records sitting in a channel. A closed channel (every sender gone at shutdown) reads as 0
@@ -267,8 +357,12 @@ pub struct Snapshot {
     /// Open connections, indexed like [`Source::ALL`].
     pub connected: [u64; 2],
     pub sink: SinkReport,
+    /// Documents Elasticsearch confirmed as newly stored, by data stream.
+    pub stored_by_stream: BTreeMap<String, u64>,
     pub bulk_latency: HistogramSnapshot,
     pub latency: HistogramSnapshot,
+    /// QoS 1 and 2 messages received whose ack waits for them to be durable.
+    pub acks_pending: u64,
     /// Records between the MQTT side and the pipelines.
     pub queued_records: u64,
     /// Records between the pipelines and the sink.
@@ -280,6 +374,7 @@ pub struct Snapshot {
     pub offline_bytes: u64,
     /// The spool, when `delivery: spool`.
     pub spool: Option<SpoolSnapshot>,
+    pub elasticsearch: Reachability,
 }
 
 impl Snapshot {
@@ -298,5 +393,62 @@ impl Snapshot {
     /// Records received and not yet durable: in both channels, the open batch and in flight.
     pub fn queue_depth(&self) -> u64 {
         self.queued_records + self.queued_routed + self.sink.pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).expect("a time").into()
+    }
+
+    #[test]
+    fn an_answer_after_a_silence_longer_than_the_max_age_starts_a_new_run() {
+        assert!(starts_a_run(None, 5, 30_000));
+        assert!(!starts_a_run(Some(1_000), 31_000, 30_000));
+        assert!(starts_a_run(Some(1_000), 31_001, 30_000));
+    }
+
+    #[test]
+    fn elasticsearch_is_reachable_since_its_run_began_while_its_last_answer_is_recent() {
+        let now = at("2026-12-02T12:00:00Z");
+        let max_age = Duration::from_secs(30);
+        let recent = Reachability::at(
+            now,
+            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(3600)),
+            max_age,
+        );
+        assert!(recent.reachable());
+        assert_eq!(recent.reachable_since, Some(at("2026-12-02T11:00:00Z")));
+        assert_eq!(recent.last_answer, Some(at("2026-12-02T11:59:58Z")));
+        let stale = Reachability::at(
+            now,
+            Some(Duration::from_secs(31)),
+            Some(Duration::from_secs(3600)),
+            max_age,
+        );
+        assert!(!stale.reachable());
+        assert_eq!(stale.last_answer, Some(at("2026-12-02T11:59:29Z")));
+        let never = Reachability::at(now, None, None, max_age);
+        assert_eq!(never, Reachability::default());
+    }
+
+    #[test]
+    fn stored_documents_count_per_data_stream_and_past_the_bound_as_other() {
+        let mut streams = BTreeMap::new();
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        assert_eq!(streams["mqtt2es-telemetry-lab"], 2);
+        for n in streams.len()..MAX_STREAMS {
+            count_stored_in(&mut streams, &format!("site-{n}"));
+        }
+        count_stored_in(&mut streams, "one-too-many");
+        count_stored_in(&mut streams, "mqtt2es-telemetry-lab");
+        assert_eq!(streams.get("one-too-many"), None);
+        assert_eq!(streams[OTHER_STREAMS], 1);
+        assert_eq!(streams["mqtt2es-telemetry-lab"], 3);
     }
 }

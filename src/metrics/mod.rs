@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use figures::{Snapshot, Source, SpoolSnapshot};
+pub use figures::{Reachability, Snapshot, Source, SpoolSnapshot};
 pub use readiness::Mode;
 pub use settings::MetricsSettings;
 
@@ -168,11 +168,13 @@ pub fn bulk_request(elapsed: Duration, status: Option<u16>) {
     }
 }
 
-/// Elasticsearch confirmed a new document stored at `now`: its end-to-end latency is `now`
-/// minus its `@timestamp`, given as the text sent (the sink knows where it sits in the encoded
-/// document, so nothing is parsed but the time). A document without a parsable RFC 3339
-/// `@timestamp` is not measured; a timestamp in the future (a device clock ahead) counts as 0.
-pub fn document_stored(timestamp: Option<&str>, now: DateTime<Utc>) {
+/// Elasticsearch confirmed a new document stored in `data_stream` at `now`: it counts for its
+/// stream, and its end-to-end latency is `now` minus its `@timestamp`, given as the text sent
+/// (the sink knows where it sits in the encoded document, so nothing is parsed but the time).
+/// A document without a parsable RFC 3339 `@timestamp` is not measured; a timestamp in the
+/// future (a device clock ahead) counts as 0.
+pub fn document_stored(data_stream: &str, timestamp: Option<&str>, now: DateTime<Utc>) {
+    FIGURES.stored_in(data_stream);
     if let Some(at) = timestamp.and_then(parse_time) {
         let latency = (now - at).to_std().unwrap_or(Duration::ZERO);
         FIGURES.latency.observe(latency);
@@ -239,6 +241,10 @@ impl Metrics {
         let setup_done = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let max_age = Duration::from_secs(settings.elasticsearch_answer_max_age_s);
+        FIGURES.max_answer_age_ms.store(
+            u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let mut address = None;
         if let Some(bind) = settings.bind {
             let listener = tokio::net::TcpListener::bind(bind)

@@ -115,6 +115,15 @@ impl Item {
         &self.ndjson[self.source_at..self.ndjson.len() - 1]
     }
 
+    /// The index or data stream the item goes to, read back from its action line rather than
+    /// kept twice. Index names never hold a quote or a backslash (Elasticsearch's naming rules,
+    /// which routing enforces), so the name is the text up to the next quote.
+    pub fn index(&self) -> &str {
+        let rest = &self.ndjson[ACTION_START.len()..];
+        let len = rest.iter().position(|&b| b == b'"').unwrap_or(0);
+        std::str::from_utf8(&rest[..len]).unwrap_or_default()
+    }
+
     /// The text of the document's `@timestamp`, if it is a string. RFC 3339 has nothing to
     /// escape, so the text ends at the next quote.
     pub fn timestamp(&self) -> Option<&str> {
@@ -364,6 +373,9 @@ impl<'a> Fields<'a> {
         self.out
     }
 }
+
+/// How every action line starts, up to the index name's first character (see `action_line`).
+const ACTION_START: &[u8] = b"{\"create\":{\"_index\":\"";
 
 /// `{"create":{"_index":..,"_id":..}}` and its newline, written, not built as a `Value`.
 fn action_line(out: &mut Vec<u8>, index: &str, id: Option<&str>) {
@@ -889,6 +901,29 @@ mod tests {
         assert_eq!(moved["@timestamp"], "2025-03-01T12:00:00.002000502Z");
         assert_eq!(moved["t"], 1);
         assert_eq!(moved["event"]["ingested"], "2025-03-01T12:00:01.250Z");
+    }
+
+    #[test]
+    fn an_items_data_stream_is_read_back_from_its_action_line_for_documents_and_dead_letters() {
+        let document = sent(prepare(
+            routed(document_with(
+                "mqtt2es-telemetry-lab",
+                None,
+                json!({"t": 1}),
+            )),
+            "dl",
+            1 << 20,
+            &[],
+        ));
+        assert_eq!(document.index(), "mqtt2es-telemetry-lab");
+        let rejection = Rejection {
+            pipeline: None,
+            stage: None,
+            reason: "invalid_json".to_owned(),
+            detail: String::new(),
+        };
+        let letter = dead_letter_item(document.message, Ack::none(), &rejection, "mqtt2es-dl");
+        assert_eq!(letter.index(), "mqtt2es-dl");
     }
 
     #[test]

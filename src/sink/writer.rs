@@ -730,7 +730,7 @@ impl Shared {
                 let counter = if already_there {
                     &self.stats.already_stored
                 } else {
-                    metrics::document_stored(item.timestamp(), Utc::now());
+                    metrics::document_stored(item.index(), item.timestamp(), Utc::now());
                     &self.stats.stored
                 };
                 bump(counter, 1);

@@ -23,4 +23,5 @@ mod spool;
 mod stored_once;
 mod support;
 mod thermometer;
+mod top;
 mod upstream_options;
