@@ -79,7 +79,8 @@ pub type SettledSender = mpsc::UnboundedSender<Settled>;
 #[derive(Debug)]
 #[must_use = "an ack that is dropped without settle() leaves the message unacknowledged"]
 pub struct Ack {
-    route: Option<(SettledSender, u64, Owed)>,
+    /// Where to report, the token, and the count in `mqtt2es_acks_pending` if someone waits.
+    route: Option<(SettledSender, u64, Option<Owed>)>,
 }
 
 /// Acks someone waits for, alive and not yet settled: the gauge `mqtt2es_acks_pending`. Kept
@@ -117,7 +118,15 @@ impl Ack {
 
     pub fn new(to: SettledSender, token: u64) -> Self {
         Ack {
-            route: Some((to, token, Owed::new(&PENDING))),
+            route: Some((to, token, Some(Owed::new(&PENDING)))),
+        }
+    }
+
+    /// For the spool's shipper: reported like any ack, but no device waits for it (it was
+    /// acknowledged when its record was spooled), so it is not counted as pending.
+    pub fn awaited_by_nobody(to: SettledSender, token: u64) -> Self {
+        Ack {
+            route: Some((to, token, None)),
         }
     }
 
@@ -165,6 +174,16 @@ mod tests {
         assert_eq!(GAUGE.load(Ordering::Relaxed), 1);
         drop(second);
         assert_eq!(GAUGE.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_ack_nobody_waits_for_is_reported_but_not_counted_as_pending() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let shipped = Ack::awaited_by_nobody(tx.clone(), 3);
+        assert!(matches!(&shipped.route, Some((_, 3, None))));
+        assert!(matches!(&Ack::new(tx, 4).route, Some((_, 4, Some(_)))));
+        shipped.settle(Settlement::Stored);
+        assert_eq!(rx.try_recv().expect("a settlement").token, 3);
     }
 
     #[test]

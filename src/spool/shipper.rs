@@ -97,7 +97,7 @@ impl Shipper {
                 progress.shipping(seq, &message);
                 permit.send(Record {
                     message,
-                    ack: Ack::new(settled_tx.clone(), seq),
+                    ack: Ack::awaited_by_nobody(settled_tx.clone(), seq),
                 });
             }
             progress.caught_up(through);
