@@ -93,7 +93,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
                 "refused"
             },
             broker.state_dir,
-            config.elasticsearch.url,
+            config.elasticsearch.target(),
             kibana,
         ));
     };
@@ -111,7 +111,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         upstream.client_id,
         upstream.host,
         upstream.port,
-        config.elasticsearch.url,
+        config.elasticsearch.target(),
         kibana,
     ))
 }
@@ -187,7 +187,7 @@ fn layout(config: &Config) -> elastic::Layout<'_> {
 /// dashboards in Kibana when a `kibana:` section is configured. Idempotent.
 pub async fn setup(config: &Config) -> anyhow::Result<()> {
     let client = elastic::build_client(&config.elasticsearch)?;
-    let installed = elastic::install(&client, &config.elasticsearch.url, &layout(config))
+    let installed = elastic::install(&client, &config.elasticsearch.target(), &layout(config))
         .await
         .context("setting up elasticsearch")?;
     info!(engine = %installed.engine, "elasticsearch is set up");
@@ -253,7 +253,11 @@ enum Source {
 /// `mqtt2es run`.
 pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let pipelines = Arc::new(load_pipelines(&config)?);
-    let client = elastic::build_client(&config.elasticsearch)?;
+    let (client, nodes) = elastic::build_cluster(&config.elasticsearch)?;
+    if config.elasticsearch.sniff {
+        let every = Duration::from_secs(config.elasticsearch.sniff_interval_s);
+        tokio::spawn(elastic::nodes::sniff(client.clone(), nodes.clone(), every));
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
 
@@ -273,7 +277,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
                 pipelines = ?pipelines.names(),
                 filters = ?filters,
                 broker = %format!("{}:{}", upstream.host, upstream.port),
-                elasticsearch = %config.elasticsearch.url,
+                elasticsearch = %config.elasticsearch.target(),
                 "mqtt2es starting"
             );
             let kept = Kept::open(&upstream.state_dir).context("upstream.state_dir")?;
@@ -282,7 +286,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         None => {
             info!(
                 pipelines = ?pipelines.names(),
-                elasticsearch = %config.elasticsearch.url,
+                elasticsearch = %config.elasticsearch.target(),
                 "mqtt2es starting with the embedded broker"
             );
             if let Some(problem) = config.broker.refuses_everyone() {
@@ -363,7 +367,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
 
     // The sink must know which streams are time series (their documents go without `_id`),
     // so the engine is identified even when setup is left to `mqtt2es setup`.
-    let url = config.elasticsearch.url.as_str();
+    let target = config.elasticsearch.target();
+    let url = target.as_str();
     let setup = async {
         if config.setup.on_start {
             let layout = layout(&config);
@@ -425,7 +430,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             gzip: config.elasticsearch.gzip,
         },
     )
-    .committing(kept);
+    .committing(kept)
+    .reporting_to(nodes);
     // A weak probe: a strong sender kept here would keep the pipeline open after intake stops.
     if let Some(records) = records_probe.upgrade() {
         metrics::watch(writer.stats(), &records, &routed_tx);

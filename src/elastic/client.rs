@@ -18,19 +18,31 @@ use elasticsearch::{
     cert::{Certificate, CertificateValidation},
     http::{
         Url,
-        transport::{SingleNodeConnectionPool, TransportBuilder},
+        transport::{CloudId, TransportBuilder},
     },
 };
 use serde::Deserialize;
 
+use super::nodes::Nodes;
 use crate::secret::Secret;
 
 /// `elasticsearch:` in the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElasticsearchSettings {
-    /// Base URL of one node or of a load balancer in front of the cluster.
+    /// Base URL of one node or of a load balancer in front of the cluster; the shorthand for
+    /// `hosts` with one entry.
     pub url: String,
+    /// Base URLs of the cluster's nodes: requests are spread over those alive, and a node that
+    /// gives no answer is skipped for a while (see `nodes`). Instead of `url`.
+    pub hosts: Vec<String>,
+    /// An Elastic Cloud deployment's Cloud ID (from its console), instead of `url` or `hosts`.
+    pub cloud_id: Option<String>,
+    /// Ask the cluster for its nodes (`GET _nodes/http`) at start and every
+    /// `sniff_interval_s`, and send to those. Off by default: behind a load balancer, a proxy
+    /// or in a container network the addresses nodes publish are often not reachable.
+    pub sniff: bool,
+    pub sniff_interval_s: u64,
     /// Basic authentication; needs `password` or `password_file`.
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -50,7 +62,11 @@ pub struct ElasticsearchSettings {
 impl Default for ElasticsearchSettings {
     fn default() -> Self {
         ElasticsearchSettings {
-            url: "http://localhost:9200".to_owned(),
+            url: DEFAULT_URL.to_owned(),
+            hosts: Vec::new(),
+            cloud_id: None,
+            sniff: false,
+            sniff_interval_s: 300,
             username: None,
             password: None,
             password_file: None,
@@ -60,6 +76,46 @@ impl Default for ElasticsearchSettings {
             request_timeout_ms: 30_000,
             gzip: true,
         }
+    }
+}
+
+const DEFAULT_URL: &str = "http://localhost:9200";
+
+impl ElasticsearchSettings {
+    /// Where requests go, for logs and messages: the URL, the hosts, or the Cloud ID's URL.
+    pub fn target(&self) -> String {
+        if let Some(cloud) = self
+            .cloud_id
+            .as_deref()
+            .and_then(|id| CloudId::parse(id).ok())
+        {
+            return cloud.url.to_string();
+        }
+        match self.hosts.as_slice() {
+            [] => self.url.clone(),
+            hosts => hosts.join(", "),
+        }
+    }
+
+    /// The nodes' URLs, checked.
+    pub fn urls(&self) -> Result<Vec<Url>, ClientError> {
+        let custom_url = self.url != DEFAULT_URL;
+        if let Some(id) = &self.cloud_id {
+            if custom_url || !self.hosts.is_empty() {
+                return Err(ClientError::TwoTargets);
+            }
+            let cloud = CloudId::parse(id).map_err(|e| ClientError::InvalidCloudId {
+                reason: e.to_string(),
+            })?;
+            return Ok(vec![cloud.url]);
+        }
+        if self.hosts.is_empty() {
+            return Ok(vec![parse_url(&self.url)?]);
+        }
+        if custom_url {
+            return Err(ClientError::TwoTargets);
+        }
+        self.hosts.iter().map(|host| parse_url(host)).collect()
     }
 }
 
@@ -86,14 +142,31 @@ pub enum ClientError {
     TwoCredentials,
     #[error("`ca_file` {path:?} holds no usable PEM certificate: {reason}")]
     InvalidCa { path: PathBuf, reason: String },
+    #[error("set one of `url` (one node), `hosts` (a cluster's nodes) or `cloud_id`")]
+    TwoTargets,
+    #[error("invalid cloud_id: {reason}")]
+    InvalidCloudId { reason: String },
+    #[error("sniff_interval_s must be at least 1 when sniff is on")]
+    SniffInterval,
     #[error("cannot build the elasticsearch client: {0}")]
     Build(#[from] elasticsearch::http::transport::BuildError),
 }
 
 /// Builds a client for one node (or load balancer) from checked settings.
 pub fn build_client(settings: &ElasticsearchSettings) -> Result<Elasticsearch, ClientError> {
-    let url = parse_url(&settings.url)?;
-    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+    Ok(build_cluster(settings)?.0)
+}
+
+/// Builds a client over the configured nodes, and the pool that tells it which node is next
+/// (to be told how requests went, see `nodes`).
+pub fn build_cluster(
+    settings: &ElasticsearchSettings,
+) -> Result<(Elasticsearch, Nodes), ClientError> {
+    if settings.sniff && settings.sniff_interval_s == 0 {
+        return Err(ClientError::SniffInterval);
+    }
+    let nodes = Nodes::new(settings.urls()?);
+    let mut builder = TransportBuilder::new(nodes.clone())
         .timeout(Duration::from_millis(settings.request_timeout_ms))
         // Bulk bodies, the only large ones, are compressed by the sink itself (faster level
         // and backend, see `sink::bulk::gzip`); setup and metrics requests are small.
@@ -113,7 +186,7 @@ pub fn build_client(settings: &ElasticsearchSettings) -> Result<Elasticsearch, C
         })?;
         builder = builder.cert_validation(CertificateValidation::Full(cert));
     }
-    Ok(Elasticsearch::new(builder.build()?))
+    Ok((Elasticsearch::new(builder.build()?), nodes))
 }
 
 fn parse_url(raw: &str) -> Result<Url, ClientError> {
@@ -213,6 +286,46 @@ mod tests {
         assert!(s.gzip);
         assert_eq!(s.request_timeout_ms, 30_000);
         build_client(&s).expect("the defaults build a client");
+    }
+
+    #[test]
+    fn hosts_name_the_cluster_nodes_and_url_is_their_one_node_shorthand() {
+        let s = settings(serde_json::json!({
+            "hosts": ["http://10.0.0.1:9200", "https://es-2:9243"],
+        }));
+        let urls: Vec<String> = s.urls().expect("urls").iter().map(Url::to_string).collect();
+        assert_eq!(urls, ["http://10.0.0.1:9200/", "https://es-2:9243/"]);
+        assert_eq!(s.target(), "http://10.0.0.1:9200, https://es-2:9243");
+        build_cluster(&s).expect("a client over both");
+        let both = settings(serde_json::json!({
+            "url": "http://es-1:9200", "hosts": ["http://es-2:9200"],
+        }));
+        assert!(matches!(both.urls(), Err(ClientError::TwoTargets)));
+    }
+
+    #[test]
+    fn a_cloud_id_becomes_its_deployment_url_and_excludes_hosts() {
+        // The example of Elastic's documentation: us-east-1.aws.found.io$<es uuid>$<kibana uuid>.
+        let id = "my-deployment:dXMtZWFzdC0xLmF3cy5mb3VuZC5pbyRjZWM2ZjI2MWE3NGJmMjRjZTMzYmI4ODExYjg0Mjk0ZiRjNmMyY2E2ZDA0MjI0OWFmMGNjN2Q3YTllOTYyNTc0Mw==";
+        let s = settings(serde_json::json!({ "cloud_id": id }));
+        let urls = s.urls().expect("a url");
+        assert_eq!(
+            urls[0].as_str(),
+            "https://cec6f261a74bf24ce33bb8811b84294f.us-east-1.aws.found.io/"
+        );
+        let both = settings(serde_json::json!({ "cloud_id": id, "hosts": ["http://a:9200"] }));
+        assert!(matches!(both.urls(), Err(ClientError::TwoTargets)));
+        let bad = settings(serde_json::json!({ "cloud_id": "no-colon" }));
+        assert!(matches!(
+            bad.urls(),
+            Err(ClientError::InvalidCloudId { .. })
+        ));
+    }
+
+    #[test]
+    fn sniffing_needs_an_interval() {
+        let s = settings(serde_json::json!({ "sniff": true, "sniff_interval_s": 0 }));
+        assert!(matches!(build_cluster(&s), Err(ClientError::SniffInterval)));
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl KibanaSettings {
             ca_file: self.ca_file.clone(),
             request_timeout_ms: self.request_timeout_ms,
             gzip: false,
+            ..ElasticsearchSettings::default()
         }
     }
 }

@@ -14,11 +14,13 @@
 pub mod client;
 pub mod engine;
 pub mod kibana;
+pub mod nodes;
 pub mod setup;
 pub mod templates;
 
-pub use client::{ClientError, ElasticsearchSettings, build_client};
+pub use client::{ClientError, ElasticsearchSettings, build_client, build_cluster};
 pub use engine::{Engine, Features};
 pub use kibana::{KibanaError, KibanaSettings, import_dashboards};
+pub use nodes::Nodes;
 pub use setup::{Installed, SetupError, detect, install};
 pub use templates::{Layout, RetentionDays};

@@ -259,6 +259,13 @@ impl Collector for Figures {
             "Bytes (topics and payloads) queued for offline persistent sessions now.",
             s.offline_bytes,
         )?;
+        gauge(
+            &mut encoder,
+            "elasticsearch_write_blocked",
+            "1 while Elasticsearch refuses writes with a cluster block (read-only after the \
+             flood-stage disk watermark, no master): readings wait, nothing is dead-lettered.",
+            u64::from(s.write_blocked),
+        )?;
         if let Some(spool) = &s.spool {
             encode_spool(&mut encoder, spool)?;
         }
@@ -374,6 +381,7 @@ mod tests {
             offline_dropped: 11,
             offline_messages: 12,
             offline_bytes: 13,
+            write_blocked: true,
             spool: Some(SpoolSnapshot {
                 bytes: 2048,
                 records: 21,
@@ -473,6 +481,7 @@ mod tests {
             "{text}"
         );
         for line in [
+            "mqtt2es_elasticsearch_write_blocked 1\n",
             "mqtt2es_spool_bytes 2048\n",
             "mqtt2es_spool_records 21\n",
             "mqtt2es_spool_oldest_record_age_seconds 1.5\n",

@@ -83,6 +83,15 @@ pub(super) struct Figures {
     pub(super) offline_messages: AtomicU64,
     pub(super) offline_bytes: AtomicU64,
     pub(super) spool: SpoolFigures,
+    /// Elasticsearch refusing writes with a cluster block, while it does.
+    write_block: Mutex<Option<WriteBlock>>,
+}
+
+/// A cluster block in force: since when, last seen, and what Elasticsearch said.
+struct WriteBlock {
+    since: Instant,
+    last: Instant,
+    reason: String,
 }
 
 /// The spool's figures (`delivery: spool`); all zero and left out while it is not enabled.
@@ -175,6 +184,7 @@ pub(super) static FIGURES: Figures = Figures {
         damaged_bytes: AtomicU64::new(0),
         problem: Mutex::new(None),
     },
+    write_block: Mutex::new(None),
 };
 
 /// A monotonic origin for "when did Elasticsearch last answer".
@@ -229,6 +239,42 @@ impl Figures {
         count_stored_in(&mut lock(&self.stored_by_stream), data_stream);
     }
 
+    /// A block seen now; true if none was in force.
+    pub(super) fn write_blocked(&self, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut block = lock(&self.write_block);
+        match &mut *block {
+            Some(block) => {
+                block.last = now;
+                block.reason = reason.to_owned();
+                false
+            }
+            None => {
+                *block = Some(WriteBlock {
+                    since: now,
+                    last: now,
+                    reason: reason.to_owned(),
+                });
+                true
+            }
+        }
+    }
+
+    /// Writes went through: ends a block not seen for `quiet` (retries of what it refused
+    /// come every few seconds while it lasts); returns how long it lasted.
+    pub(super) fn writes_accepted(&self, quiet: Duration) -> Option<Duration> {
+        let mut block = lock(&self.write_block);
+        let ended = block.as_ref().filter(|b| b.last.elapsed() >= quiet)?;
+        let lasted = ended.since.elapsed();
+        *block = None;
+        Some(lasted)
+    }
+
+    /// What the block in force says, if one is.
+    pub(super) fn write_block(&self) -> Option<String> {
+        lock(&self.write_block).as_ref().map(|b| b.reason.clone())
+    }
+
     pub(super) fn answered(&self) {
         let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         let previous = self.answered_at.swap(ms + 1, Ordering::Relaxed);
@@ -274,6 +320,7 @@ impl Figures {
             offline_messages: self.offline_messages.load(Ordering::Relaxed),
             offline_bytes: self.offline_bytes.load(Ordering::Relaxed),
             spool: self.spool.snapshot(),
+            write_blocked: lock(&self.write_block).is_some(),
             elasticsearch: self.reachability(Utc::now()),
         }
     }
@@ -374,6 +421,8 @@ pub struct Snapshot {
     pub offline_bytes: u64,
     /// The spool, when `delivery: spool`.
     pub spool: Option<SpoolSnapshot>,
+    /// Elasticsearch refuses writes with a cluster block now.
+    pub write_blocked: bool,
     pub elasticsearch: Reachability,
 }
 

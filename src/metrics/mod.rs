@@ -149,6 +149,19 @@ pub fn spool_problem(problem: Option<String>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
 }
 
+/// Elasticsearch refused writes with a cluster block (`reason`): `/readyz` and the metrics
+/// say so until writes go through again. True if this starts the block (the caller raises
+/// the alarm).
+pub fn write_blocked(reason: &str) -> bool {
+    FIGURES.write_blocked(reason)
+}
+
+/// Documents were stored and no block met: if a block was in force and has not been seen for
+/// `quiet`, it is over; returns how long it lasted.
+pub fn writes_accepted(quiet: Duration) -> Option<Duration> {
+    FIGURES.writes_accepted(quiet)
+}
+
 /// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.
 pub fn shutting_down() {
     FIGURES.stopping.store(true, Ordering::Relaxed);
@@ -207,6 +220,7 @@ fn facts(mode: Mode, max_answer_age: Duration) -> Facts {
             .enabled
             .load(Ordering::Relaxed)
             .then(|| FIGURES.spool.problem()),
+        write_block: FIGURES.write_block(),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Facts {
     pub max_answer_age: Duration,
     /// `delivery: spool`: why the spool takes no records now, if it does not.
     pub spool: Option<Option<String>>,
+    /// Elasticsearch refuses writes with this cluster block.
+    pub write_block: Option<String>,
 }
 
 /// `Ok` when ready; otherwise the short reason `/readyz` answers with.
@@ -64,6 +66,9 @@ pub fn check(facts: &Facts) -> Result<(), String> {
     }
     if !facts.setup_done {
         return Err("setup has not finished (is elasticsearch reachable?)".to_owned());
+    }
+    if let Some(block) = &facts.write_block {
+        return Err(format!("elasticsearch refuses writes: {block}"));
     }
     match facts.answer_age {
         None => Err("elasticsearch has not answered yet".to_owned()),
@@ -94,6 +99,7 @@ mod tests {
             answer_age: Some(Duration::from_secs(1)),
             max_answer_age: Duration::from_secs(30),
             spool: None,
+            write_block: None,
         }
     }
 
@@ -125,6 +131,19 @@ mod tests {
             ..spooling
         };
         assert_eq!(check(&full), Err("spool full".to_owned()));
+    }
+
+    #[test]
+    fn a_cluster_block_on_writes_is_not_ready_and_says_what_blocks() {
+        let facts = Facts {
+            write_block: Some("http 403 cluster_block_exception: flood stage".to_owned()),
+            ..ready()
+        };
+        let reason = check(&facts).expect_err("not ready");
+        assert!(
+            reason.contains("refuses writes") && reason.contains("flood stage"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -458,10 +458,13 @@ pub enum Outcome {
         id: String,
     },
     /// Send it again after a backoff. `loud`: not a load or availability problem, so an
-    /// operator must act (security, unknown status).
+    /// operator must act (security, unknown status). `blocked`: the cluster refuses writes
+    /// (a cluster block: read-only after the flood-stage disk watermark, no master), an alarm
+    /// of its own with a long backoff.
     Retry {
         reason: String,
         loud: bool,
+        blocked: bool,
     },
     /// The document's own fault: dead-letter it with this reason and detail.
     Reject {
@@ -479,8 +482,13 @@ pub enum Plan {
     Split,
     /// 413 for a single item: it can never be sent.
     TooLarge,
-    /// Nothing was stored; send the whole request again after a backoff.
-    RetryAll { reason: String, loud: bool },
+    /// Nothing was stored; send the whole request again after a backoff (`loud`, `blocked`:
+    /// as for `Outcome::Retry`).
+    RetryAll {
+        reason: String,
+        loud: bool,
+        blocked: bool,
+    },
 }
 
 /// Classifies a bulk response. `conflicts[i]` tells what a 409 on item `i` means.
@@ -492,11 +500,14 @@ pub fn classify(status: u16, body: &[u8], conflicts: &[Conflict]) -> Plan {
         429 | 500..=599 => Plan::RetryAll {
             reason: describe(status, request_error(body).as_ref()),
             loud: false,
+            blocked: false,
         },
         _ => {
             let error = request_error(body);
+            let blocked = is_cluster_block(error.as_ref());
             Plan::RetryAll {
-                loud: !is_cluster_block(error.as_ref()),
+                loud: !blocked,
+                blocked,
                 reason: describe(status, error.as_ref()),
             }
         }
@@ -526,6 +537,7 @@ fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
             return Plan::RetryAll {
                 reason: format!("unreadable bulk response: {e}"),
                 loud: true,
+                blocked: false,
             };
         }
     };
@@ -545,6 +557,7 @@ fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
                         i + 1
                     ),
                     loud: true,
+                    blocked: false,
                 },
             },
         )
@@ -573,11 +586,13 @@ fn item_outcome(result: &ItemResult, conflict: Conflict) -> Outcome {
                     describe(status, error)
                 ),
                 loud: true,
+                blocked: false,
             },
         },
         429 | 500..=599 => Outcome::Retry {
             reason: describe(status, error),
             loud: false,
+            blocked: false,
         },
         400 | 404 => Outcome::Reject {
             reason: if status == 400 && is_mapping_error(error) {
@@ -591,6 +606,7 @@ fn item_outcome(result: &ItemResult, conflict: Conflict) -> Outcome {
         },
         _ => Outcome::Retry {
             loud: !is_cluster_block(error),
+            blocked: is_cluster_block(error),
             reason: describe(status, error),
         },
     }
@@ -1132,6 +1148,7 @@ mod tests {
                 Outcome::Stored => "stored".to_owned(),
                 Outcome::AlreadyStored => "already_stored".to_owned(),
                 Outcome::Check { index, id } => format!("check {index} {id}"),
+                Outcome::Retry { blocked: true, .. } => "retry_blocked".to_owned(),
                 Outcome::Retry { loud: false, .. } => "retry".to_owned(),
                 Outcome::Retry { loud: true, .. } => "retry_loudly".to_owned(),
                 Outcome::Reject { reason, .. } => format!("reject {reason}"),
@@ -1145,7 +1162,7 @@ mod tests {
                 "reject mapping_conflict",
                 "retry",
                 "retry",
-                "retry",
+                "retry_blocked",
                 "reject rejected_by_elasticsearch",
                 "reject rejected_by_elasticsearch",
                 "retry_loudly",
@@ -1251,7 +1268,8 @@ mod tests {
             Plan::RetryAll {
                 reason: "http 429 es_rejected_execution_exception: \"rejected execution\""
                     .to_owned(),
-                loud: false
+                loud: false,
+                blocked: false,
             }
         );
         for status in [500, 502, 503, 504] {
@@ -1267,7 +1285,7 @@ mod tests {
         let body = r#"{"error":{"root_cause":[{"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]"}],"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]","header":{"WWW-Authenticate":"Basic realm=\"security\", charset=\"UTF-8\""}},"status":401}"#;
         assert!(matches!(
             classify(401, body.as_bytes(), &[OURS]),
-            Plan::RetryAll { loud: true, reason } if reason.contains("unable to authenticate")
+            Plan::RetryAll { loud: true, blocked: false, reason } if reason.contains("unable to authenticate")
         ));
         assert!(matches!(
             classify(403, b"", &[OURS]),
@@ -1276,11 +1294,15 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_request_cluster_block_retries_everything_quietly() {
+    fn a_whole_request_cluster_block_is_retried_as_a_block_not_as_an_unknown_failure() {
         let body = r#"{"error":{"root_cause":[],"type":"cluster_block_exception","reason":"blocked by: [SERVICE_UNAVAILABLE/2/no master];"},"status":403}"#;
         assert!(matches!(
             classify(403, body.as_bytes(), &[OURS]),
-            Plan::RetryAll { loud: false, .. }
+            Plan::RetryAll {
+                loud: false,
+                blocked: true,
+                ..
+            }
         ));
     }
 

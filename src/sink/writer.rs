@@ -45,6 +45,7 @@ use super::{
 };
 use crate::{
     document::{Rejection, payload_digest},
+    elastic::nodes::{Nodes, failed_url},
     kept::{self, Kept},
     metrics,
     record::Settlement,
@@ -58,6 +59,7 @@ pub struct Writer {
     settings: SinkSettings,
     stats: Arc<SinkStats>,
     kept: Option<Kept>,
+    nodes: Option<Nodes>,
 }
 
 impl Writer {
@@ -69,7 +71,15 @@ impl Writer {
             settings,
             stats: Arc::default(),
             kept: None,
+            nodes: None,
         }
+    }
+
+    /// Tells `nodes` (the client's pool) how each request went, so that a node that gives no
+    /// answer is skipped and its requests retried on the others.
+    pub fn reporting_to(mut self, nodes: Nodes) -> Self {
+        self.nodes = Some(nodes);
+        self
     }
 
     /// Commits `kept` before each bulk request: what the source staged for the readings in it
@@ -121,6 +131,7 @@ pub async fn run(
         settings,
         stats,
         kept,
+        nodes,
     } = writer;
     let commit = || {
         if let Some(kept) = &kept {
@@ -129,6 +140,7 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         client,
+        nodes,
         retry: settings.retry,
         dead_letter_index: settings.dead_letter.index,
         file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
@@ -280,6 +292,7 @@ fn closed(stats: &SinkStats, batch: Option<Batch<Item>>) -> Option<Batch<Item>> 
 #[derive(Debug)]
 struct Shared {
     client: Elasticsearch,
+    nodes: Option<Nodes>,
     retry: RetrySettings,
     dead_letter_index: String,
     file: Arc<DeadLetterFile>,
@@ -342,10 +355,20 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                     let checks = std::mem::take(&mut round.check);
                     shared.check(checks, &mut round).await;
                 }
+                if round.blocked.is_none() && round.stored > 0 {
+                    writes_accepted();
+                }
                 if round.retry.is_empty() {
                     backoff.reset();
                 } else {
                     let (attempt, delay) = backoff.next();
+                    let delay = match &round.blocked {
+                        Some(reason) => {
+                            write_blocked(reason, round.retry.len());
+                            delay.max(BLOCKED_BACKOFF)
+                        }
+                        None => delay,
+                    };
                     bump(&shared.stats.retries, round.retry.len() as u64);
                     log_retry(
                         attempt,
@@ -398,10 +421,20 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                     shared.to_file(round.to_file).await;
                 }
             }
-            Plan::RetryAll { reason, loud } => {
+            Plan::RetryAll {
+                reason,
+                loud,
+                blocked,
+            } => {
                 let (retry, to_file) = shared.fail(chunk);
                 if !retry.is_empty() {
                     let (attempt, delay) = backoff.next();
+                    let delay = if blocked {
+                        write_blocked(&reason, retry.len());
+                        delay.max(BLOCKED_BACKOFF)
+                    } else {
+                        delay
+                    };
                     bump(&shared.stats.retries, retry.len() as u64);
                     log_retry(attempt, delay, retry.len(), &reason, loud);
                     queue.push((retry, delay));
@@ -446,6 +479,10 @@ struct Round {
     check: Vec<(Item, String, String)>,
     /// Items to send again at once: moved to a later time in their series, or found missing.
     resend: Vec<Item>,
+    /// Items Elasticsearch took (stored, or found already stored).
+    stored: usize,
+    /// The first cluster block met, if any: writes refused until someone lifts it.
+    blocked: Option<String>,
 }
 
 impl Shared {
@@ -465,6 +502,9 @@ impl Shared {
             }
             tokio::time::sleep((until - now).min(PROBE_EVERY)).await;
             let probe = tokio::time::timeout(PROBE_EVERY, self.client.ping().send()).await;
+            if let Ok(sent) = &probe {
+                self.report(sent);
+            }
             if let Ok(Ok(_)) = probe {
                 tracing::info!(
                     "elasticsearch answers again; sending without waiting out the backoff"
@@ -503,6 +543,7 @@ impl Shared {
                 None,
             )
             .await;
+        self.report(&sent);
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
@@ -510,6 +551,7 @@ impl Shared {
                 let plan = Plan::RetryAll {
                     reason: format!("bulk request failed: {}", chain(&e)),
                     loud: false,
+                    blocked: false,
                 };
                 return (plan, false);
             }
@@ -522,9 +564,25 @@ impl Shared {
             Err(e) => Plan::RetryAll {
                 reason: format!("reading the bulk response failed: {}", chain(&e)),
                 loud: false,
+                blocked: false,
             },
         };
         (plan, true)
+    }
+
+    /// Tells the node pool whether the node a request went to answered.
+    fn report(&self, sent: &Result<elasticsearch::http::response::Response, elasticsearch::Error>) {
+        let Some(nodes) = &self.nodes else {
+            return;
+        };
+        match sent {
+            Ok(response) => nodes.report(response.url(), true, String::new),
+            Err(error) => {
+                if let Some(url) = failed_url(error) {
+                    nodes.report(&url, false, || chain(error));
+                }
+            }
+        }
     }
 
     /// Settles what is durable and sorts the rest.
@@ -535,10 +593,23 @@ impl Shared {
         let mut failed = Vec::new();
         for (item, outcome) in chunk.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Stored => self.settle(item, false),
-                Outcome::AlreadyStored => self.settle(item, true),
+                Outcome::Stored => {
+                    round.stored += 1;
+                    self.settle(item, false);
+                }
+                Outcome::AlreadyStored => {
+                    round.stored += 1;
+                    self.settle(item, true);
+                }
                 Outcome::Check { index, id } => round.check.push((item, index, id)),
-                Outcome::Retry { reason, loud } => {
+                Outcome::Retry {
+                    reason,
+                    loud,
+                    blocked,
+                } => {
+                    if blocked && round.blocked.is_none() {
+                        round.blocked = Some(reason.clone());
+                    }
                     if failed.is_empty() {
                         round.first_retry = reason;
                     }
@@ -650,8 +721,9 @@ impl Shared {
             .filter_path(&["docs.found", "docs._source", "docs.error"])
             .body(json!({ "docs": docs }))
             .send()
-            .await
-            .map_err(|e| format!("checking 409s failed: {}", chain(&e)))?;
+            .await;
+        self.report(&response);
+        let response = response.map_err(|e| format!("checking 409s failed: {}", chain(&e)))?;
         let status = response.status_code().as_u16();
         let body: Value = response
             .json()
@@ -780,6 +852,36 @@ impl Shared {
             self.stats.settled(1);
             ack.settle(Settlement::DeadLettered);
         }
+    }
+}
+
+/// The least wait before sending again what a cluster block refused: a block is lifted by an
+/// operator (or by disk space freed), not in milliseconds, and the cluster must not be hammered.
+const BLOCKED_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A block seen: an alarm when it starts (then the metrics and `/readyz` say it until it ends).
+fn write_blocked(reason: &str, items: usize) {
+    if metrics::write_blocked(reason) {
+        tracing::error!(
+            reason,
+            items,
+            retry_every_s = BLOCKED_BACKOFF.as_secs(),
+            "elasticsearch refuses writes (cluster block): nothing is dead-lettered or lost, \
+             readings wait unacknowledged and are sent again until it is lifted. After the \
+             flood-stage disk watermark: free disk space on the nodes (Elasticsearch 8+ lifts \
+             the block itself; otherwise PUT <index>/_settings \
+             {{\"index.blocks.read_only_allow_delete\": null}})"
+        );
+    }
+}
+
+/// Documents were taken and no block was met: the end of a block, if one was on.
+fn writes_accepted() {
+    if let Some(lasted) = metrics::writes_accepted(2 * BLOCKED_BACKOFF) {
+        tracing::info!(
+            blocked_s = lasted.as_secs(),
+            "elasticsearch accepts writes again: the cluster block is lifted"
+        );
     }
 }
 
