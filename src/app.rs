@@ -254,6 +254,7 @@ enum Source {
 pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let pipelines = Arc::new(load_pipelines(&config)?);
     let (client, nodes) = elastic::build_cluster(&config.elasticsearch)?;
+    tokio::spawn(elastic::nodes::probe(nodes.clone()));
     if config.elasticsearch.sniff {
         let every = Duration::from_secs(config.elasticsearch.sniff_interval_s);
         tokio::spawn(elastic::nodes::sniff(client.clone(), nodes.clone(), every));

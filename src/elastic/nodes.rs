@@ -44,6 +44,9 @@ struct Node {
     dead_until: Option<Instant>,
     /// Failures in a row, for the backoff.
     failures: u32,
+    /// Dead because the prober found nothing listening: the prober may bring it back. (A node
+    /// dead because a request got no answer in time may still accept connections.)
+    refused: bool,
 }
 
 impl Node {
@@ -52,6 +55,7 @@ impl Node {
             connection: Connection::new(url),
             dead_until: None,
             failures: 0,
+            refused: false,
         }
     }
 
@@ -102,8 +106,10 @@ impl Nodes {
             }
             node.failures = 0;
             node.dead_until = None;
+            node.refused = false;
             return;
         }
+        node.refused = false;
         let backoff = FIRST_BACKOFF
             .saturating_mul(1 << node.failures.min(8))
             .min(MAX_BACKOFF);
@@ -120,6 +126,24 @@ impl Nodes {
                 retry_in_ms = backoff.as_millis() as u64,
                 "elasticsearch node gave no answer: requests go to the other nodes until it does"
             );
+        }
+    }
+
+    /// What the prober found: something listens at `url` (`true`) or nothing does.
+    fn probed(&self, url: &Url, listening: bool, why: impl FnOnce() -> String) {
+        if !listening {
+            self.report(url, false, why);
+            if let Some(node) = self.nodes().iter_mut().find(|n| same_node(&n.url(), url)) {
+                node.refused = true;
+            }
+            return;
+        }
+        let refused = self
+            .nodes()
+            .iter()
+            .any(|n| same_node(&n.url(), url) && n.refused);
+        if refused {
+            self.report(url, true, String::new);
         }
     }
 
@@ -166,6 +190,33 @@ impl ConnectionPool for Nodes {
             .or_else(|| nodes.iter().min_by_key(|n| n.dead_until))
             .map(|n| n.connection.clone())
             .expect("a pool has a node at least")
+    }
+}
+
+/// How often the prober looks at every node.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Looks every second whether something listens on each node's port, so that every request
+/// (setup, metrics, bulk) avoids a node that is not running; requests that get no answer
+/// report the rest (a node that listens but does not answer). Only for more than one node:
+/// with one there is nowhere else to send.
+pub async fn probe(nodes: Nodes) {
+    if nodes.urls().len() < 2 {
+        return;
+    }
+    loop {
+        for url in nodes.urls() {
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+                continue;
+            };
+            let connect = tokio::net::TcpStream::connect((host, port));
+            match tokio::time::timeout(PROBE_EVERY, connect).await {
+                Ok(Ok(_)) => nodes.probed(&url, true, String::new),
+                Ok(Err(error)) => nodes.probed(&url, false, || error.to_string()),
+                Err(_) => nodes.probed(&url, false, || "no connection within 1 s".to_owned()),
+            }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 
@@ -309,6 +360,41 @@ mod tests {
             last = backoff;
         }
         assert!(last > MAX_BACKOFF / 2);
+    }
+
+    #[test]
+    fn the_prober_brings_back_only_a_node_it_found_not_listening() {
+        let nodes = pool();
+        let refused = url("http://127.0.0.1:9201/");
+        let hung = url("http://127.0.0.1:9202/");
+        nodes.probed(&refused, false, || "connection refused".into());
+        nodes.report(&hung, false, || "timed out".into());
+        assert_eq!(nodes.alive(), (1, 3));
+        // Both listen now; the hung one still has to answer a request to be back.
+        nodes.probed(&refused, true, String::new);
+        nodes.probed(&hung, true, String::new);
+        assert_eq!(nodes.alive(), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn the_prober_finds_a_port_nobody_listens_on() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = url(&format!(
+            "http://{}",
+            listener.local_addr().expect("address")
+        ));
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            url(&format!("http://{}", gone.local_addr().expect("address")))
+        };
+        let nodes = Nodes::new(vec![open, closed]);
+        let prober = tokio::spawn(probe(nodes.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nodes.alive() != (1, 2) {
+            assert!(Instant::now() < deadline, "the closed port was never found");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        prober.abort();
     }
 
     #[test]

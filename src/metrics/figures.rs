@@ -87,10 +87,9 @@ pub(super) struct Figures {
     write_block: Mutex<Option<WriteBlock>>,
 }
 
-/// A cluster block in force: since when, last seen, and what Elasticsearch said.
+/// A cluster block in force: since when, and what Elasticsearch said last.
 struct WriteBlock {
     since: Instant,
-    last: Instant,
     reason: String,
 }
 
@@ -245,14 +244,12 @@ impl Figures {
         let mut block = lock(&self.write_block);
         match &mut *block {
             Some(block) => {
-                block.last = now;
                 block.reason = reason.to_owned();
                 false
             }
             None => {
                 *block = Some(WriteBlock {
                     since: now,
-                    last: now,
                     reason: reason.to_owned(),
                 });
                 true
@@ -260,14 +257,10 @@ impl Figures {
         }
     }
 
-    /// Writes went through: ends a block not seen for `quiet` (retries of what it refused
-    /// come every few seconds while it lasts); returns how long it lasted.
-    pub(super) fn writes_accepted(&self, quiet: Duration) -> Option<Duration> {
-        let mut block = lock(&self.write_block);
-        let ended = block.as_ref().filter(|b| b.last.elapsed() >= quiet)?;
-        let lasted = ended.since.elapsed();
-        *block = None;
-        Some(lasted)
+    /// What a block refused went through: the block is over; returns how long it lasted.
+    pub(super) fn writes_accepted(&self) -> Option<Duration> {
+        let ended = lock(&self.write_block).take()?;
+        Some(ended.since.elapsed())
     }
 
     /// What the block in force says, if one is.

@@ -156,10 +156,10 @@ pub fn write_blocked(reason: &str) -> bool {
     FIGURES.write_blocked(reason)
 }
 
-/// Documents were stored and no block met: if a block was in force and has not been seen for
-/// `quiet`, it is over; returns how long it lasted.
-pub fn writes_accepted(quiet: Duration) -> Option<Duration> {
-    FIGURES.writes_accepted(quiet)
+/// Documents a block had refused were stored: the block is over; returns how long it lasted
+/// if one was in force.
+pub fn writes_accepted() -> Option<Duration> {
+    FIGURES.writes_accepted()
 }
 
 /// Shutdown began: `/readyz` says 503 from now on, so a load balancer stops sending devices.

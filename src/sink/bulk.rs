@@ -94,6 +94,8 @@ pub struct Item {
     pub failures: u32,
     /// Later `@timestamp`s tried because other readings of the series held the earlier ones.
     pub probes: u32,
+    /// Refused by a cluster block at least once: stored later, it tells that the block is gone.
+    pub blocked: bool,
     ndjson: Vec<u8>,
     source_at: usize,
     /// Where the `event.ingested` placeholder sits in `ndjson`, if the document gets one.
@@ -243,6 +245,7 @@ pub fn prepare(
                 message,
                 ack,
                 failures: 0,
+                blocked: false,
                 probes: 0,
                 ndjson,
                 source_at,
@@ -270,6 +273,7 @@ pub fn dead_letter_item(
         message,
         ack,
         failures: 0,
+        blocked: false,
         probes: 0,
         ndjson,
         source_at,
@@ -497,11 +501,14 @@ pub fn classify(status: u16, body: &[u8], conflicts: &[Conflict]) -> Plan {
         200..=299 => classify_items(body, conflicts),
         413 if conflicts.len() > 1 => Plan::Split,
         413 => Plan::TooLarge,
-        429 | 500..=599 => Plan::RetryAll {
-            reason: describe(status, request_error(body).as_ref()),
-            loud: false,
-            blocked: false,
-        },
+        429 | 500..=599 => {
+            let error = request_error(body);
+            Plan::RetryAll {
+                reason: describe(status, error.as_ref()),
+                loud: false,
+                blocked: is_cluster_block(error.as_ref()),
+            }
+        }
         _ => {
             let error = request_error(body);
             let blocked = is_cluster_block(error.as_ref());
@@ -589,10 +596,11 @@ fn item_outcome(result: &ItemResult, conflict: Conflict) -> Outcome {
                 blocked: false,
             },
         },
+        // Elasticsearch 8+ answers the flood-stage block with 429, older ones with 403.
         429 | 500..=599 => Outcome::Retry {
             reason: describe(status, error),
             loud: false,
-            blocked: false,
+            blocked: is_cluster_block(error),
         },
         400 | 404 => Outcome::Reject {
             reason: if status == 400 && is_mapping_error(error) {
@@ -1303,6 +1311,15 @@ mod tests {
                 blocked: true,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn a_flood_stage_block_answered_with_429_is_a_block_too() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":429,"error":{"type":"cluster_block_exception","reason":"index [.ds-x-000001] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"}}}]}"#;
+        assert!(matches!(
+            classify(200, body.as_bytes(), &[OURS]).clone(),
+            Plan::Items(outcomes) if matches!(outcomes[0], Outcome::Retry { blocked: true, loud: false, .. })
         ));
     }
 

@@ -355,7 +355,7 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                     let checks = std::mem::take(&mut round.check);
                     shared.check(checks, &mut round).await;
                 }
-                if round.blocked.is_none() && round.stored > 0 {
+                if round.unblocked > 0 {
                     writes_accepted();
                 }
                 if round.retry.is_empty() {
@@ -426,10 +426,13 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                 loud,
                 blocked,
             } => {
-                let (retry, to_file) = shared.fail(chunk);
+                let (mut retry, to_file) = shared.fail(chunk);
                 if !retry.is_empty() {
                     let (attempt, delay) = backoff.next();
                     let delay = if blocked {
+                        for item in &mut retry {
+                            item.blocked = true;
+                        }
                         write_blocked(&reason, retry.len());
                         delay.max(BLOCKED_BACKOFF)
                     } else {
@@ -479,8 +482,8 @@ struct Round {
     check: Vec<(Item, String, String)>,
     /// Items to send again at once: moved to a later time in their series, or found missing.
     resend: Vec<Item>,
-    /// Items Elasticsearch took (stored, or found already stored).
-    stored: usize,
+    /// Items a cluster block had refused that Elasticsearch took now: the block is lifted.
+    unblocked: usize,
     /// The first cluster block met, if any: writes refused until someone lifts it.
     blocked: Option<String>,
 }
@@ -593,13 +596,9 @@ impl Shared {
         let mut failed = Vec::new();
         for (item, outcome) in chunk.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Stored => {
-                    round.stored += 1;
-                    self.settle(item, false);
-                }
-                Outcome::AlreadyStored => {
-                    round.stored += 1;
-                    self.settle(item, true);
+                Outcome::Stored | Outcome::AlreadyStored => {
+                    round.unblocked += usize::from(item.blocked);
+                    self.settle(item, matches!(outcome, Outcome::AlreadyStored));
                 }
                 Outcome::Check { index, id } => round.check.push((item, index, id)),
                 Outcome::Retry {
@@ -607,8 +606,12 @@ impl Shared {
                     loud,
                     blocked,
                 } => {
-                    if blocked && round.blocked.is_none() {
-                        round.blocked = Some(reason.clone());
+                    let mut item = item;
+                    if blocked {
+                        item.blocked = true;
+                        if round.blocked.is_none() {
+                            round.blocked = Some(reason.clone());
+                        }
                     }
                     if failed.is_empty() {
                         round.first_retry = reason;
@@ -875,9 +878,9 @@ fn write_blocked(reason: &str, items: usize) {
     }
 }
 
-/// Documents were taken and no block was met: the end of a block, if one was on.
+/// Documents a block had refused were taken: the end of the block, if it was still on.
 fn writes_accepted() {
-    if let Some(lasted) = metrics::writes_accepted(2 * BLOCKED_BACKOFF) {
+    if let Some(lasted) = metrics::writes_accepted() {
         tracing::info!(
             blocked_s = lasted.as_secs(),
             "elasticsearch accepts writes again: the cluster block is lifted"

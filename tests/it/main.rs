@@ -9,6 +9,7 @@ mod broker_auth;
 mod broker_state;
 mod cli;
 mod clients;
+mod cluster;
 mod conformance;
 mod dashboards;
 mod dead_letters;

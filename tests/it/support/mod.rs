@@ -15,7 +15,7 @@ pub mod subscriber;
 
 pub use mosquitto::Mosquitto;
 pub use ports::free_port;
-pub use search::SearchNode;
+pub use search::{SearchCluster, SearchNode};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

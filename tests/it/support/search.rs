@@ -65,6 +65,17 @@ pub struct SearchNode {
     /// Set for a node started by `start_secured`: security on, and the credentials the
     /// harness's own health probe uses.
     superuser: Option<(String, String)>,
+    /// Set for a node of a `SearchCluster`: its name and its peers, instead of single-node.
+    member: Option<Member>,
+}
+
+/// What a node of a cluster needs to find the others.
+#[derive(Debug, Clone)]
+struct Member {
+    cluster: String,
+    name: String,
+    /// Every node's name and transport port, this one's included.
+    peers: Vec<(String, u16)>,
 }
 
 /// A user of a secured node's file realm: name, password and role (`superuser`, or a role
@@ -181,6 +192,7 @@ impl SearchNode {
             child: Mutex::new(None),
             client,
             superuser: None,
+            member: None,
         }
     }
 
@@ -302,6 +314,11 @@ impl SearchNode {
     }
 
     fn launch(&self) {
+        let child = self.spawn();
+        self.await_healthy(child);
+    }
+
+    fn spawn(&self) -> Child {
         let dir = self.dir.path();
         let (script, prefix, extra_settings): (_, _, &[&str]) = match self.engine {
             Engine::Elasticsearch if self.superuser.is_some() => (
@@ -324,17 +341,39 @@ impl SearchNode {
             .env(format!("{prefix}_JAVA_OPTS"), JAVA_OPTS)
             // Elasticsearch's launcher is a JVM of its own.
             .env("CLI_JAVA_OPTS", "-XX:TieredStopAtLevel=1 -XX:-UsePerfData");
-        let settings = [
-            "discovery.type=single-node".to_owned(),
+        let mut settings = vec![
             "network.host=127.0.0.1".to_owned(),
             format!("http.port={}", self.http_port),
             format!("transport.port={}", self.transport_port),
             format!("path.data={}", dir.join("data").display()),
             format!("path.logs={}", dir.join("logs").display()),
-            "cluster.name=mqtt2es-test".to_owned(),
             // A nearly full disk of a CI machine must not turn indices read-only mid-test.
             "cluster.routing.allocation.disk.threshold_enabled=false".to_owned(),
         ];
+        match &self.member {
+            None => settings.extend([
+                "discovery.type=single-node".to_owned(),
+                "cluster.name=mqtt2es-test".to_owned(),
+            ]),
+            Some(member) => {
+                let seeds: Vec<String> = member
+                    .peers
+                    .iter()
+                    .map(|(_, port)| format!("127.0.0.1:{port}"))
+                    .collect();
+                let names: Vec<&str> = member.peers.iter().map(|(n, _)| n.as_str()).collect();
+                let initial = match self.engine {
+                    Engine::Elasticsearch => "cluster.initial_master_nodes",
+                    Engine::OpenSearch => "cluster.initial_cluster_manager_nodes",
+                };
+                settings.extend([
+                    format!("cluster.name={}", member.cluster),
+                    format!("node.name={}", member.name),
+                    format!("discovery.seed_hosts={}", seeds.join(",")),
+                    format!("{initial}={}", names.join(",")),
+                ]);
+            }
+        }
         for setting in settings
             .iter()
             .map(String::as_str)
@@ -352,9 +391,13 @@ impl SearchNode {
             .stdout(out.try_clone().expect("clone the log handle"))
             .stderr(out);
 
+        process::spawn(command)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.home.display()))
+    }
+
+    /// Waits until the node (and, for a cluster's node, its cluster) answers healthy.
+    fn await_healthy(&self, mut child: Child) {
         let started = Instant::now();
-        let mut child = process::spawn(command)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.home.display()));
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 process::kill_group(&mut child);
@@ -385,6 +428,43 @@ impl SearchNode {
             started.elapsed().as_secs_f64()
         );
         *self.lock_child() = Some(child);
+    }
+}
+
+/// A real cluster of `SearchNode`s of the engine the tests use, on loopback, each with its own
+/// data dir and a small heap; killed on drop. For the tests of failover and cluster blocks.
+pub struct SearchCluster {
+    pub nodes: Vec<SearchNode>,
+}
+
+impl SearchCluster {
+    /// `size` nodes, all master-eligible, started together (a node alone is never healthy: it
+    /// waits for a quorum) and healthy when this returns.
+    pub fn start(size: usize) -> SearchCluster {
+        let cluster = format!("mqtt2es-{}", super::unique("cluster"));
+        let mut nodes: Vec<SearchNode> = (0..size).map(|_| SearchNode::prepare()).collect();
+        let peers: Vec<(String, u16)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (format!("node-{i}"), node.transport_port))
+            .collect();
+        for (node, (name, _)) in nodes.iter_mut().zip(&peers) {
+            node.member = Some(Member {
+                cluster: cluster.clone(),
+                name: name.clone(),
+                peers: peers.clone(),
+            });
+        }
+        let children: Vec<Child> = nodes.iter().map(SearchNode::spawn).collect();
+        for (node, child) in nodes.iter().zip(children) {
+            node.await_healthy(child);
+        }
+        SearchCluster { nodes }
+    }
+
+    /// Every node's URL, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(SearchNode::url).collect()
     }
 }
 
