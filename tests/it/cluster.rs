@@ -286,3 +286,80 @@ async fn block(node: &SearchNode, index: &str, on: bool) {
     )
     .await;
 }
+
+/// One, two and three mqtt2es instances in one `$share` group on Mosquitto, writing to the
+/// cluster: every reading stored once with three; docs/s of each as a figure for the note. The
+/// CI run sends 6,000 readings; `scripts/soak cluster` 60,000 (MQTT2ES_SOAK_READINGS).
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_in_one_shared_group_store_each_reading_once_and_their_rates_are_measured() {
+    let readings = soak_setting("MQTT2ES_SOAK_READINGS", 6_000) as usize / 10 * 10;
+    let cluster = SearchCluster::start(3);
+    let broker = crate::bridge_basics::broker();
+    let node = &cluster.nodes[0];
+    let hosts = cluster
+        .urls()
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut figures = Vec::new();
+    for instances in 1..=3 {
+        let group = crate::support::unique("group");
+        let mut bridges: Vec<Bridge> = (0..instances)
+            .map(|_| {
+                let mut spec = BridgeSpec::new(broker.port(), "http://localhost:9200")
+                    .pipeline("readings.yaml", readings_pipeline());
+                spec.upstream_extra = format!("  shared_group: {group}\n");
+                spec.env
+                    .push(("MQTT2ES_ELASTICSEARCH__HOSTS".into(), format!("[{hosts}]")));
+                Bridge::start(&spec)
+            })
+            .collect();
+        for bridge in &mut bridges {
+            bridge.wait_subscribed();
+        }
+        let pattern = bridges
+            .iter()
+            .map(|b| format!("{}readings", b.prefix()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let started = Instant::now();
+        let loads = crate::support::publish::devices_at("share", 10, readings / 10, readings / 10);
+        let port = broker.port();
+        let sent = tokio::task::spawn_blocking(move || {
+            crate::support::publish::publish_in_parallel(loads, port)
+        })
+        .await
+        .expect("publishers") as u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut stored = 0;
+        while stored < sent && Instant::now() < deadline {
+            stored = node.try_count(&pattern).await.unwrap_or(0);
+            if stored < sent {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(
+            stored, sent,
+            "{instances} instance(s): every reading stored"
+        );
+        let distinct = node
+            .search(
+                &pattern,
+                // `seq` is unique across the devices (devices_at's stride).
+                json!({"size": 0, "aggs": {"pairs": {"cardinality": {
+                    "field": "seq", "precision_threshold": 40000}}}}),
+            )
+            .await;
+        assert_eq!(
+            distinct["aggregations"]["pairs"]["value"], sent,
+            "{instances} instance(s): a reading stored twice: {distinct}"
+        );
+        figures.push(format!(
+            "{instances} instance(s): {sent} readings stored in {seconds:.1} s, {:.0} docs/s",
+            sent as f64 / seconds
+        ));
+    }
+    eprintln!("figure: {}", figures.join("; "));
+}
