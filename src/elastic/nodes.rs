@@ -259,7 +259,8 @@ pub fn discovered(answer: &serde_json::Value, scheme: &str) -> Vec<Url> {
 }
 
 /// Discovery: asks the cluster for its nodes now and every `every`, and sends to those. A
-/// failed or empty answer keeps the nodes as they are (logged once until it works again).
+/// failed or empty answer keeps the nodes as they are (logged once until it works again) and
+/// is asked again within 5 s.
 pub async fn sniff(client: elasticsearch::Elasticsearch, nodes: Nodes, every: Duration) {
     let scheme = nodes
         .urls()
@@ -290,7 +291,13 @@ pub async fn sniff(client: elasticsearch::Elasticsearch, nodes: Nodes, every: Du
             failing = false;
             nodes.replace(found);
         }
-        tokio::time::sleep(every).await;
+        // A failed attempt (the request may have gone to a node that is down) is repeated soon.
+        let wait = if failing {
+            every.min(Duration::from_secs(5))
+        } else {
+            every
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -363,3 +363,36 @@ async fn instances_in_one_shared_group_store_each_reading_once_and_their_rates_a
     }
     eprintln!("figure: {}", figures.join("; "));
 }
+
+/// Discovery against a real node: started with the node and an address nobody serves, the pool
+/// is replaced by what the node publishes (itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn sniffing_replaces_the_configured_nodes_by_those_the_cluster_publishes() {
+    use mqtt2es::elastic::{ElasticsearchSettings, build_cluster, nodes};
+    let node = SearchNode::shared();
+    let settings = ElasticsearchSettings {
+        url: "http://localhost:9200".into(),
+        hosts: vec![node.url(), "http://127.0.0.1:9".into()],
+        sniff: true,
+        ..ElasticsearchSettings::default()
+    };
+    let (client, pool) = build_cluster(&settings).expect("a client");
+    let sniffer = tokio::spawn(nodes::sniff(client, pool.clone(), Duration::from_secs(60)));
+    let expected = format!("{}/", node.url());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool
+        .urls()
+        .iter()
+        .map(|u| u.to_string())
+        .collect::<Vec<_>>()
+        != [expected.clone()]
+    {
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}, not [{expected}]",
+            pool.urls()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sniffer.abort();
+}
