@@ -77,7 +77,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         broker::auth::Auth::load(&config.broker.auth).context("broker.auth")?;
         let broker = &config.broker;
         return Ok(format!(
-            "configuration ok: {} pipeline(s) [{}] from {:?}; embedded broker listening on {}; anonymous clients {}; state in {:?}; writing to {}{}",
+            "configuration ok: {} pipeline(s) [{}] from {:?}; embedded broker listening on {}; {}; state in {:?}; writing to {}{}",
             pipelines.names().len(),
             pipelines.names().join(", "),
             config.pipelines.dir,
@@ -87,11 +87,7 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
                 .map(|l| format!("{} {}", l.transport, l.bind))
                 .collect::<Vec<_>>()
                 .join(", "),
-            if broker.auth.allow_anonymous {
-                "allowed"
-            } else {
-                "refused"
-            },
+            broker.auth.describe(),
             broker.state_dir,
             config.elasticsearch.target(),
             kibana,

@@ -27,6 +27,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Configuration: defaults, then the YAML file, then environment variables
 /// MQTT2ES_<SECTION>__<KEY> (for example MQTT2ES_ELASTICSEARCH__URL=http://es:9200).
+///
+/// Who may connect to the embedded broker: while no users are configured (no
+/// broker.auth.password_file or jwt), clients without a user name are let in from loopback
+/// (127.0.0.0/8, ::1) only and refused (CONNACK "not authorized") from anywhere else, as
+/// Mosquitto 2 does; once users are configured, they are refused everywhere.
+/// broker.auth.allow_anonymous says otherwise: true (from anywhere), false (never) or loopback.
+/// `mqtt2es check` says which applies.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -47,7 +54,8 @@ struct Cli {
 enum Command {
     /// Accept (or subscribe), transform and index until SIGTERM or Ctrl-C; then flush, ack what was stored, exit 0.
     Run,
-    /// Validate the configuration and every pipeline; print what is wrong and exit 2, or a summary.
+    /// Validate the configuration and every pipeline; print what is wrong and exit 2, or a summary
+    /// (which includes who may connect to the embedded broker).
     Check,
     /// Install templates, lifecycle and data streams in Elasticsearch, and import the dashboards
     /// into Kibana when `kibana:` is configured (idempotent; `run` does the Elasticsearch part

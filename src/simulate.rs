@@ -18,6 +18,7 @@
 //! publishes when it reconnects to a broker that has no session for it.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub enum FleetError {
     Qos(u8),
     #[error("--{flag} {value:?}: must be one MQTT topic segment (no '/', '+', '#', not empty)")]
     Segment { flag: &'static str, value: String },
+    #[error("--password-file {path:?}: {reason}")]
+    PasswordFile { path: PathBuf, reason: String },
 }
 
 /// Unchecked fleet parameters: the command line of `mqtt2es simulate`.
@@ -87,6 +90,10 @@ pub struct FleetArgs {
     pub username: Option<String>,
     #[arg(long, env = "MQTT2ES_SIMULATE_PASSWORD", hide_env_values = true)]
     pub password: Option<Secret>,
+    /// Read the password from this file (trailing newline ignored), e.g. a mounted secret;
+    /// docker-compose.yml's simulators use the device password its init service generated.
+    #[arg(long, conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
     /// The <site> topic segment; mqtt2es stores it in mqtt2es-telemetry-<site>.
     #[arg(long, default_value = "sim")]
     pub site: String,
@@ -139,12 +146,22 @@ impl Fleet {
                 });
             }
         }
+        let password = match &args.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| FleetError::PasswordFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
+            }
+            None => args.password,
+        };
         let seconds = |s: f64| (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s));
         Ok(Fleet {
             host: args.host,
             port: args.port,
             username: args.username,
-            password: args.password,
+            password,
             site: args.site,
             device_prefix: args.device_prefix,
             devices: args.devices,
@@ -658,6 +675,7 @@ mod tests {
             port: 1883,
             username: None,
             password: None,
+            password_file: None,
             site: "lab".into(),
             device_prefix: "pi-".into(),
             devices: 3,
@@ -712,6 +730,30 @@ mod tests {
             .expect_err("bad site");
             assert!(error.to_string().contains(&format!("{site:?}")), "{error}");
         }
+    }
+
+    #[test]
+    fn a_password_file_gives_the_password_without_its_newline_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("device-password");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let fleet = Fleet::new(FleetArgs {
+            username: Some("device".into()),
+            password_file: Some(path.clone()),
+            ..args()
+        })
+        .expect("valid");
+        assert_eq!(fleet.password.as_ref().map(Secret::expose), Some("s3cret"));
+        let missing = dir.path().join("missing");
+        let error = Fleet::new(FleetArgs {
+            password_file: Some(missing.clone()),
+            ..args()
+        })
+        .expect_err("no such file");
+        assert!(
+            error.to_string().contains(&format!("{missing:?}")),
+            "{error}"
+        );
     }
 
     #[test]

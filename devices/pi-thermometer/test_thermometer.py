@@ -150,6 +150,25 @@ def test_a_site_that_is_not_one_topic_segment_is_a_usage_error(site):
     assert exit.value.code == 2
 
 
+def test_a_password_file_gives_the_password_without_its_newline(tmp_path, monkeypatch):
+    monkeypatch.delenv("MQTT_PASSWORD", raising=False)
+    path = tmp_path / "device-password"
+    path.write_text("s3cret\n")
+    args = thermometer.parse_args(["--username", "device", "--password-file", str(path)])
+    assert args.password == "s3cret"
+
+
+def test_a_missing_password_file_or_a_second_password_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MQTT_PASSWORD", raising=False)
+    for argv in (
+        ["--password-file", str(tmp_path / "missing")],
+        ["--password", "x", "--password-file", str(tmp_path / "missing")],
+    ):
+        with pytest.raises(SystemExit) as exit:
+            thermometer.parse_args(argv)
+        assert exit.value.code == 2
+
+
 def test_timestamps_are_rfc3339_utc_with_milliseconds():
     from datetime import datetime, timezone
 

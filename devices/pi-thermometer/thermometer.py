@@ -356,8 +356,8 @@ then reboot; the sensors appear as /sys/bus/w1/devices/28-*/w1_slave and
 examples:
   thermometer.py --host mqtt2es.lan --site home --device livingroom
   thermometer.py --simulate --interval 2 --count 5      five fake readings, then exit
-environment: MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, THERMO_SITE, THERMO_DEVICE
-give defaults (the password is better there than on a command line, where ps shows it).
+environment: MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, MQTT_PASSWORD_FILE, THERMO_SITE,
+THERMO_DEVICE give defaults (the password is better there than on a command line, where ps shows it).
 exit status: 0 clean exit (SIGTERM/Ctrl-C or --count reached, every reading delivered),
 1 readings left undelivered at exit, 2 usage error.""",
     )
@@ -367,6 +367,9 @@ exit status: 0 clean exit (SIGTERM/Ctrl-C or --count reached, every reading deli
     mqtt.add_argument("--port", type=int, default=int(env("MQTT_PORT", "1883")), help="(default: %(default)s)")
     mqtt.add_argument("--username", default=env("MQTT_USERNAME"), help="MQTT user name")
     mqtt.add_argument("--password", default=env("MQTT_PASSWORD"), help="MQTT password (prefer MQTT_PASSWORD)")
+    mqtt.add_argument("--password-file", default=env("MQTT_PASSWORD_FILE"),
+                      help="read the MQTT password from this file, trailing newline ignored (a mounted secret, "
+                           "systemd's LoadCredential=; docker-compose.yml's device password)")
     mqtt.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
     mqtt.add_argument("--ca-file", help="connect with TLS, trusting this CA certificate (PEM)")
     mqtt.add_argument("--client-id", help="MQTT client id (default: thermometer-<site>-<device>)")
@@ -403,6 +406,14 @@ exit status: 0 clean exit (SIGTERM/Ctrl-C or --count reached, every reading deli
             parser.error(f"--{name} {value!r} cannot be an MQTT topic segment")
     if args.interval <= 0:
         parser.error(f"--interval {args.interval} must be positive")
+    if args.password_file:
+        if args.password:
+            parser.error("--password-file and --password (or MQTT_PASSWORD) are both given; choose one")
+        try:
+            with open(args.password_file, encoding="utf-8") as file:
+                args.password = file.read().rstrip("\r\n")
+        except OSError as e:
+            parser.error(f"--password-file {args.password_file}: {e.strerror}")
     return args
 
 

@@ -311,13 +311,29 @@ async fn open(
         &client_id,
         connect.username.as_deref(),
         connect.password.as_deref(),
+        peer.ip(),
     ) {
         Ok(identity) => identity,
+        Err(Refusal::AnonymousFromNetwork) => {
+            // Once per address: a device retrying every few seconds would flood the log.
+            if context.auth.first_refusal_from(peer.ip()) {
+                warn!(%peer, %client_id, reason = %Refusal::AnonymousFromNetwork,
+                    allow_with = "broker.auth.allow_anonymous: true, or give the client a user (broker.auth.password_file)",
+                    "connection refused (logged once per address)");
+            } else {
+                debug!(%peer, %client_id, reason = %Refusal::AnonymousFromNetwork, "connection refused");
+            }
+            out.reply(&connack(ConnectCode::NotAuthorized, false, None, limits));
+            let _ = out.flush().await;
+            return None;
+        }
         Err(refusal) => {
             info!(%peer, %client_id, reason = %refusal, "connection refused");
             let code = match refusal {
                 Refusal::BadCredentials => ConnectCode::BadCredentials,
-                Refusal::NotAuthorized => ConnectCode::NotAuthorized,
+                Refusal::NotAuthorized | Refusal::AnonymousFromNetwork => {
+                    ConnectCode::NotAuthorized
+                }
             };
             out.reply(&connack(code, false, None, limits));
             let _ = out.flush().await;

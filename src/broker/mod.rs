@@ -82,6 +82,8 @@ impl Broker {
     /// with its transport and address, port 0 resolved). Fails fast on any of them.
     pub async fn start(settings: &BrokerSettings) -> Result<Broker, BrokerError> {
         let auth = Auth::load(&settings.auth)?;
+        // Who gets in, once at start: the first thing to know when a device is refused.
+        info!(who = %settings.auth.describe(), "broker clients");
         let db = state::open(&settings.state_dir)?;
         let store = Store::open(&db, &settings.state_dir)?;
         let mut registry = Registry::restore(store.load()?, settings.offline_queue);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::auth::AuthSettings;
+use super::auth::{Anonymous, AuthSettings};
 use super::listener::ListenerSettings;
 use super::session::QueueLimits;
 use crate::config::ConfigError;
@@ -102,8 +102,8 @@ impl BrokerSettings {
     /// not at load, so that `setup` works with a config that has no broker section.
     pub fn refuses_everyone(&self) -> Option<&'static str> {
         let auth = &self.auth;
-        (!auth.allow_anonymous && auth.password_file.is_none() && auth.jwt.is_none()).then_some(
-            "broker.auth: no client could connect: set allow_anonymous: true, a password_file or jwt",
+        (auth.anonymous() == Anonymous::Refused && auth.password_file.is_none() && auth.jwt.is_none()).then_some(
+            "broker.auth: no client could connect: set allow_anonymous (true or loopback), a password_file or jwt",
         )
     }
 

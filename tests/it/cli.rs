@@ -58,7 +58,12 @@ fn check_of_the_shipped_config_describes_the_embedded_broker_it_would_run() {
         stdout.contains("embedded broker listening on tcp 0.0.0.0:1883"),
         "{stdout}"
     );
-    assert!(stdout.contains("anonymous clients allowed"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "anonymous clients from loopback only (broker.auth.allow_anonymous: loopback)"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -159,11 +164,53 @@ fn help_explains_the_commands_and_the_environment_overrides() {
 }
 
 #[test]
+fn check_says_anonymous_clients_get_in_from_loopback_only_until_users_are_configured() {
+    let dir = shipped_setup();
+    let cases = [
+        (
+            "broker: {}\n",
+            "anonymous clients from loopback only (the default while no password_file or jwt is set); \
+             no users are configured",
+        ),
+        (
+            "broker: {auth: {password_file: passwd}}\n",
+            "anonymous clients refused (the default once a password_file or jwt is set); \
+             others need a password",
+        ),
+        (
+            "broker: {auth: {password_file: passwd, allow_anonymous: true}}\n",
+            "anonymous clients allowed from anywhere (broker.auth.allow_anonymous: true); \
+             others need a password",
+        ),
+    ];
+    let made = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+        .args(["passwd", "-c", "-b"])
+        .arg(dir.path().join("passwd"))
+        .args(["pi", "raspberry"])
+        .output()
+        .expect("run mqtt2es passwd");
+    assert!(made.status.success(), "{made:?}");
+    for (broker, expected) in cases {
+        std::fs::write(
+            dir.path().join("mqtt2es.yaml"),
+            format!("elasticsearch: {{url: 'http://es.local:9200'}}\n{broker}"),
+        )
+        .expect("config");
+        let output = mqtt2es(dir.path(), &["check"]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{broker}: {output:?}");
+        assert!(stdout.contains(expected), "{broker}: {stdout}");
+    }
+}
+
+#[test]
 fn check_of_a_broker_nobody_could_log_in_to_says_so_and_exits_2() {
     let dir = shipped_setup();
+    // Anonymous clients refused even from loopback, and no users: nobody gets in. (Without
+    // `allow_anonymous: false`, loopback clients would: the default.)
     std::fs::write(
         dir.path().join("mqtt2es.yaml"),
-        "elasticsearch: {url: 'http://es.local:9200'}\n",
+        "elasticsearch: {url: 'http://es.local:9200'}\nbroker: {auth: {allow_anonymous: false}}\n",
     )
     .expect("config");
     let output = mqtt2es(dir.path(), &["check"]);

@@ -1,17 +1,23 @@
 //! The packaging: docker-compose.yml, the Dockerfiles and the configuration the containers use.
 //!
-//! No Docker engine runs here, so no image is built and no container started. What is checked
-//! instead: Debian's `docker-compose config -q` on the compose file (with and without the
-//! `upstream` profile); the resolved compose file read for dangling `depends_on`, conditions a
-//! dependency cannot meet, unpinned images and missing files; each mqtt2es container's
-//! configuration (file and environment) through `mqtt2es check`; both Dockerfiles through
-//! hadolint; and the Dockerfile's builder stage run here, step by step as written, for this
-//! machine's architecture (see `the_dockerfile_builder_steps_run_here_as_written`).
+//! No Docker engine can run here (these machines have none), so no image is built and no
+//! container started. What is checked instead: Debian's `docker-compose config -q` on the
+//! compose file (with and without the `upstream` profile, with no variable to set); the
+//! resolved compose file read for dangling `depends_on`, conditions a dependency cannot meet,
+//! unpinned images and missing files; the two init scripts that make `docker compose up` secure
+//! run here as written (`Volumes`: Elastic's certutil and the running Elasticsearch stood in
+//! for), and every certificate and secret any service names found in what they made, readable
+//! by that service's user; each mqtt2es container's configuration (file and environment)
+//! through `mqtt2es check` against those files; both Dockerfiles through hadolint; and the
+//! Dockerfile's builder stage run here, step by step as written, for this machine's
+//! architecture (see `the_dockerfile_builder_steps_run_here_as_written`).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mqtt2es::broker::auth::password::PasswordFile;
 use serde_json::Value;
 
 fn repo() -> &'static Path {
@@ -60,10 +66,12 @@ fn docker_compose_accepts_the_compose_file_with_and_without_the_upstream_profile
         &["--profile", "upstream", "config", "-q"],
     ] {
         let output = docker_compose(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "docker-compose {args:?}: {stderr}");
+        // Nothing to type: no variable the user would have to set (or put in a .env file).
         assert!(
-            output.status.success(),
-            "docker-compose {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+            !stderr.contains("variable is not set"),
+            "docker-compose {args:?}: {stderr}"
         );
     }
 }
@@ -143,7 +151,22 @@ fn compose_up_has_its_broker_port_health_checks_setup_and_files() {
     let check = mqtt2es["healthcheck"]["test"].to_string();
     assert!(check.contains(":9464/readyz"), "{check}");
     assert_eq!(services["setup"]["command"], serde_json::json!(["setup"]));
+    // Secure by default: Elasticsearch with security and TLS on, Kibana talking TLS to it,
+    // the broker waiting for its password file.
+    let es = &services["elasticsearch"]["environment"];
+    assert_eq!(es["xpack.security.enabled"], "true", "{es}");
+    assert_eq!(es["xpack.security.http.ssl.enabled"], "true", "{es}");
+    let kibana = &services["kibana"]["environment"];
+    assert_eq!(
+        kibana["ELASTICSEARCH_HOSTS"], r#"["https://elasticsearch:9200"]"#,
+        "{kibana}"
+    );
+    assert_eq!(
+        mqtt2es["depends_on"]["init-devices"]["condition"], "service_completed_successfully",
+        "{mqtt2es}"
+    );
     for name in [
+        "init",
         "elasticsearch",
         "kibana",
         "mqtt2es",
@@ -196,15 +219,21 @@ fn container_config(service: &Value) -> PathBuf {
 #[test]
 fn every_mqtt2es_container_configuration_passes_mqtt2es_check() {
     let config = resolved();
+    let volumes = Volumes::generate();
     let mut checked = 0;
     for (name, service) in services(&config) {
-        if service["image"] != "mqtt2es:local" {
+        if !reads_the_config(service) {
             continue;
         }
-        // The image's /etc/mqtt2es: the config beside the shipped pipelines.
+        // The image's /etc/mqtt2es: the config beside the shipped pipelines, its /secrets and
+        // /certs the files the init services made.
         let etc = tempfile::tempdir().expect("temp dir");
-        std::fs::copy(container_config(service), etc.path().join("mqtt2es.yaml"))
-            .expect("copy the container's config");
+        let text = std::fs::read_to_string(container_config(service)).expect("read the config");
+        std::fs::write(
+            etc.path().join("mqtt2es.yaml"),
+            volumes.as_mounted_in(service, &text),
+        )
+        .expect("write the container's config");
         copy_dir(&repo().join("pipelines"), &etc.path().join("pipelines"));
         // The Dockerfile copies dashboards/ or, in a tree without it, makes it empty.
         let dashboards = repo().join("dashboards");
@@ -219,7 +248,10 @@ fn every_mqtt2es_container_configuration_passes_mqtt2es_check() {
             .arg(etc.path().join("mqtt2es.yaml"))
             .env_remove("MQTT2ES_CONFIG");
         for (key, value) in service["environment"].as_object().into_iter().flatten() {
-            command.env(key, value.as_str().unwrap_or_default());
+            command.env(
+                key,
+                volumes.as_mounted_in(service, value.as_str().unwrap_or_default()),
+            );
         }
         let output = command.output().expect("run mqtt2es check");
         assert!(
@@ -227,9 +259,398 @@ fn every_mqtt2es_container_configuration_passes_mqtt2es_check() {
             "the {name} container's configuration fails `mqtt2es check`: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        if name == "mqtt2es" {
+            // Port 1883 is published on every interface of the host: no anonymous clients.
+            let summary = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                summary.contains("anonymous clients refused")
+                    && summary.contains("others need a password"),
+                "{summary}"
+            );
+        }
         checked += 1;
     }
-    assert!(checked >= 4, "only {checked} mqtt2es services found");
+    assert!(checked >= 3, "only {checked} mqtt2es services found");
+}
+
+/// An mqtt2es container that runs `run` or `setup` (`simulate` and the init script read no
+/// configuration file).
+fn reads_the_config(service: &Value) -> bool {
+    service["image"] == "mqtt2es:local"
+        && service["entrypoint"].is_null()
+        && matches!(
+            command_of(service).first().map(String::as_str),
+            Some("run" | "setup") | None
+        )
+}
+
+/// What the one-shot services `init` (docker/init-elastic.sh) and `init-devices`
+/// (docker/init-devices.sh) put in the named volumes `certs` and `secrets`: both scripts run
+/// here as written, into temp directories. Stood in for, because they are Elastic's and need a
+/// Docker network: `bin/elasticsearch-certutil` (openssl makes the CA and the node certificate
+/// and a zip holds them, as certutil's `--pem` output does) and `curl` (it answers as the
+/// running Elasticsearch would, and records what it was sent). `unzip` is Python's zipfile,
+/// which the test needs anyway. Everything else is real, `mqtt2es passwd` included; as root
+/// (as in the containers), so are the owners and modes.
+struct Volumes {
+    dir: tempfile::TempDir,
+    certs: PathBuf,
+    secrets: PathBuf,
+    /// What the stand-in curl was asked and sent on stdin.
+    curl_log: PathBuf,
+}
+
+const CERTUTIL_STAND_IN: &str = r#"#!/bin/sh
+set -eu
+mode=$1; shift
+out=; input=; ca_cert=; ca_key=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) out=$2; shift ;;
+        --in) input=$2; shift ;;
+        --ca-cert) ca_cert=$2; shift ;;
+        --ca-key) ca_key=$2; shift ;;
+    esac
+    shift
+done
+case $out in /*) ;; *) out=$PWD/$out ;; esac
+stage=$(mktemp -d)
+case $mode in
+    ca)
+        mkdir "$stage/ca"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=stand-in-ca \
+            -keyout "$stage/ca/ca.key" -out "$stage/ca/ca.crt" 2>/dev/null
+        entry=ca ;;
+    cert)
+        name=$(sed -n 's/^  - name: //p' "$input")
+        mkdir "$stage/$name"
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" \
+            -keyout "$stage/$name/$name.key" -out "$stage/request.csr" 2>/dev/null
+        openssl x509 -req -in "$stage/request.csr" -CA "$ca_cert" -CAkey "$ca_key" \
+            -CAcreateserial -CAserial "$stage/serial" -days 2 -out "$stage/$name/$name.crt" 2>/dev/null
+        entry=$name ;;
+esac
+cd "$stage" && "$PYTHON" -m zipfile -c "$out" "$entry"
+rm -rf "$stage"
+"#;
+
+const UNZIP_STAND_IN: &str = r#"#!/bin/sh
+set -eu
+[ "$1" = -o ] && shift
+"$PYTHON" -m zipfile -e "$1" "$3"
+"#;
+
+const CURL_STAND_IN: &str = r#"#!/bin/sh
+echo "curl $*" >>"$CURL_LOG"
+case "$*" in
+    *_password*) cat >>"$CURL_LOG"; echo '{}' ;;
+    *) echo '{"error":{"reason":"missing authentication credentials for REST request [/]"},"status":401}' ;;
+esac
+"#;
+
+impl Volumes {
+    /// Empty volumes, then both init scripts run on them (as `docker compose up` does).
+    fn generate() -> Volumes {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let volumes = Volumes {
+            // The Elasticsearch image's working directory holds config/certs.
+            certs: dir.path().join("elasticsearch/config/certs"),
+            secrets: dir.path().join("secrets"),
+            curl_log: dir.path().join("curl.log"),
+            dir,
+        };
+        for (path, text) in [
+            (
+                volumes.es_home().join("bin/elasticsearch-certutil"),
+                CERTUTIL_STAND_IN,
+            ),
+            (volumes.stand_ins().join("unzip"), UNZIP_STAND_IN),
+            (volumes.stand_ins().join("curl"), CURL_STAND_IN),
+        ] {
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+            std::fs::write(&path, text).expect("write a stand-in");
+            let mut permissions = std::fs::metadata(&path).expect("stat").permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+            std::fs::set_permissions(&path, permissions).expect("chmod");
+        }
+        std::fs::create_dir_all(&volumes.certs).expect("the certs volume");
+        std::fs::create_dir_all(&volumes.secrets).expect("the secrets volume");
+        volumes.run_init_scripts();
+        volumes
+    }
+
+    fn es_home(&self) -> PathBuf {
+        self.dir.path().join("elasticsearch")
+    }
+
+    fn stand_ins(&self) -> PathBuf {
+        self.dir.path().join("stand-ins")
+    }
+
+    /// docker/init-elastic.sh (bash, in the Elasticsearch image's working directory), then
+    /// docker/init-devices.sh (sh), with the stand-ins and the mqtt2es binary first on PATH.
+    fn run_init_scripts(&self) {
+        let binary_dir = Path::new(env!("CARGO_BIN_EXE_mqtt2es"))
+            .parent()
+            .expect("the binary's directory");
+        let path = format!(
+            "{}:{}:{}",
+            self.stand_ins().display(),
+            binary_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        for (shell, script) in [("bash", "init-elastic.sh"), ("sh", "init-devices.sh")] {
+            let output = Command::new(shell)
+                .arg(repo().join("docker").join(script))
+                .current_dir(self.es_home())
+                .env("PATH", &path)
+                .env("SECRETS_DIR", &self.secrets)
+                .env("PYTHON", crate::thermometer::python())
+                .env("CURL_LOG", &self.curl_log)
+                .output()
+                .expect("run the init script");
+            assert!(
+                output.status.success(),
+                "docker/{script}:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    /// Where a named volume is in the temp directory.
+    fn host_dir(&self, volume: &str) -> Option<&Path> {
+        match volume {
+            "certs" => Some(&self.certs),
+            "secrets" => Some(&self.secrets),
+            _ => None,
+        }
+    }
+
+    /// `service`'s mounts of the generated volumes: (target in the container, temp directory).
+    fn mounts<'a>(&'a self, service: &Value) -> Vec<(String, &'a Path)> {
+        service["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|volume| {
+                let text = volume.as_str()?;
+                let mut parts = text.split(':');
+                let (source, target) = (parts.next()?, parts.next()?);
+                Some((target.to_owned(), self.host_dir(source)?))
+            })
+            .collect()
+    }
+
+    /// `text` with `service`'s mount points of the volumes replaced by their temp directories.
+    fn as_mounted_in(&self, service: &Value, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (target, dir) in self.mounts(service) {
+            text = text.replace(&format!("{target}/"), &format!("{}/", dir.display()));
+        }
+        text
+    }
+
+    fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.secrets.join(relative))
+            .unwrap_or_else(|e| panic!("secrets/{relative}: {e}"))
+    }
+}
+
+/// The user a service's processes run as: its `user`, else its image's.
+fn user_of(name: &str, service: &Value) -> (u32, u32) {
+    if let Some(user) = service["user"].as_str() {
+        let mut ids = user
+            .split(':')
+            .map(|id| id.parse().expect("a numeric user"));
+        let uid = ids.next().expect("a uid");
+        return (uid, ids.next().unwrap_or(uid));
+    }
+    let image = service["image"].as_str().unwrap_or_default();
+    match image.split(':').next().unwrap_or_default() {
+        // Elastic's images: the elasticsearch/kibana user, group root.
+        "elasticsearch" | "kibana" => (1000, 0),
+        // USER in Dockerfile and devices/pi-thermometer/Dockerfile.
+        "mqtt2es" => (10001, 10001),
+        "mqtt2es-pi-thermometer" => (65534, 65534),
+        other => panic!("{name}: which user does image {other:?} run as?"),
+    }
+}
+
+/// Whether `uid:gid` may read `file` under `root` by the owners and modes on the way there.
+fn may_read(uid: u32, gid: u32, root: &Path, file: &Path) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let allowed = |path: &Path, bit: u32| {
+        let meta = std::fs::metadata(path).expect("stat");
+        let shift = if meta.uid() == uid {
+            6
+        } else if meta.gid() == gid {
+            3
+        } else {
+            0
+        };
+        meta.mode() >> shift & bit != 0
+    };
+    let relative = file.strip_prefix(root).expect("under the volume");
+    let mut dir = root.to_path_buf();
+    for part in relative.parent().into_iter().flat_map(Path::components) {
+        if !allowed(&dir, 0o1) {
+            return false;
+        }
+        dir.push(part);
+    }
+    allowed(&dir, 0o1) && allowed(file, 0o4)
+}
+
+/// Paths to certificates and secrets in a service's environment, command, entry point and
+/// health check, and in an mqtt2es container's configuration file.
+fn referenced_files(service: &Value) -> Vec<String> {
+    let mut texts = vec![
+        service["environment"].to_string(),
+        service["command"].to_string(),
+        service["entrypoint"].to_string(),
+        service["healthcheck"]["test"].to_string(),
+    ];
+    if reads_the_config(service) {
+        let config = std::fs::read_to_string(container_config(service)).expect("read the config");
+        // Without its comments, which name files for other containers.
+        texts.extend(
+            config
+                .lines()
+                .map(|line| line.split('#').next().unwrap_or_default().to_owned()),
+        );
+    }
+    let mut files: Vec<String> = texts
+        .iter()
+        .flat_map(|text| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || "_./-".contains(c)))
+                .filter(|word| word.contains("secrets/") || word.contains("certs/"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Where a relative path in a service may point: Elastic's images resolve their settings against
+/// their config directory and commands against their working directory.
+fn candidates(service: &Value, file: &str) -> Vec<String> {
+    if file.starts_with('/') {
+        return vec![file.to_owned()];
+    }
+    let image = service["image"].as_str().unwrap_or_default();
+    let home = match image.split(':').next().unwrap_or_default() {
+        "elasticsearch" => "/usr/share/elasticsearch",
+        "kibana" => "/usr/share/kibana",
+        _ => "/var/lib/mqtt2es",
+    };
+    vec![format!("{home}/{file}"), format!("{home}/config/{file}")]
+}
+
+#[test]
+fn every_certificate_and_secret_a_service_names_is_generated_and_readable_by_that_service() {
+    let config = resolved();
+    let volumes = Volumes::generate();
+    let as_root = is_root();
+    let mut checked = 0;
+    for (name, service) in services(&config) {
+        let files = referenced_files(service);
+        if files.is_empty() {
+            continue;
+        }
+        let (uid, gid) = user_of(name, service);
+        let mounts = volumes.mounts(service);
+        for file in files {
+            let found = candidates(service, &file).into_iter().find_map(|path| {
+                mounts.iter().find_map(|(target, dir)| {
+                    let relative = path.strip_prefix(&format!("{target}/"))?;
+                    let host = dir.join(relative);
+                    host.is_file().then(|| (dir.to_path_buf(), host))
+                })
+            });
+            let (root, host) = found.unwrap_or_else(|| {
+                panic!(
+                    "{name} names {file:?}, which no init service made in a volume it mounts \
+                     ({mounts:?})"
+                )
+            });
+            if as_root {
+                assert!(
+                    may_read(uid, gid, &root, &host),
+                    "{name} runs as {uid}:{gid} and cannot read {file:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} references found");
+
+    // Elasticsearch takes ELASTIC_PASSWORD_FILE only with mode 400 or 600.
+    let mode = std::fs::metadata(volumes.secrets.join("elastic-password"))
+        .expect("stat")
+        .mode();
+    assert!(matches!(mode & 0o777, 0o400 | 0o600), "{mode:o}");
+    // The device password is in the broker's password file; the kibana_system password was
+    // set in Elasticsearch as elastic, whose password went to curl on stdin, not its arguments.
+    let device = volumes.read("devices/device-password");
+    let passwords =
+        PasswordFile::load(&volumes.secrets.join("mqtt2es/passwd")).expect("a password file");
+    assert!(passwords.verify("device", Some(device.as_bytes())));
+    let elastic = volumes.read("elastic-password");
+    assert_eq!(volumes.read("mqtt2es/elastic-password"), elastic);
+    let curl = std::fs::read_to_string(&volumes.curl_log).expect("curl was called");
+    let kibana = volumes.read("kibana_system-password");
+    assert!(
+        curl.contains(&format!("{{\"password\":\"{kibana}\"}}")),
+        "{curl}"
+    );
+    assert!(
+        curl.contains(&format!("user = \"elastic:{elastic}\"")),
+        "{curl}"
+    );
+    let arguments: Vec<&str> = curl.lines().filter(|l| l.starts_with("curl ")).collect();
+    assert!(
+        arguments.iter().all(|line| !line.contains(&elastic)),
+        "{arguments:?}"
+    );
+    for password in [&device, &elastic, &kibana] {
+        assert!(
+            password.len() >= 24 && password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{password:?}"
+        );
+    }
+}
+
+#[test]
+fn a_second_compose_up_keeps_the_generated_passwords_and_certificates() {
+    let volumes = Volumes::generate();
+    let kept = [
+        "elastic-password",
+        "kibana_system-password",
+        "devices/device-password",
+    ];
+    let read_all = || -> Vec<String> { kept.iter().map(|file| volumes.read(file)).collect() };
+    let ca = || std::fs::read(volumes.certs.join("ca/ca.crt")).expect("the CA");
+    let (before, ca_before) = (read_all(), ca());
+    volumes.run_init_scripts();
+    assert_eq!(read_all(), before);
+    assert_eq!(ca(), ca_before);
+    let device = volumes.read("devices/device-password");
+    let passwords =
+        PasswordFile::load(&volumes.secrets.join("mqtt2es/passwd")).expect("a password file");
+    assert!(passwords.verify("device", Some(device.as_bytes())));
+}
+
+/// Whether this test runs as root, as the init services do (then owners and modes are theirs).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -543,9 +964,18 @@ fn command_of(service: &Value) -> Vec<String> {
 #[test]
 fn the_commands_in_the_compose_file_are_ones_the_programs_accept() {
     let config = resolved();
+    // The password files the commands name.
+    let volumes = Volumes::generate();
     let mut simulators = 0;
     for (name, service) in services(&config) {
-        let command = command_of(service);
+        if !service["entrypoint"].is_null() {
+            // A script, not the program (init-devices: run by `Volumes`).
+            continue;
+        }
+        let command: Vec<String> = command_of(service)
+            .iter()
+            .map(|arg| volumes.as_mounted_in(service, arg))
+            .collect();
         if service["image"] == "mqtt2es:local" {
             if command.first().map(String::as_str) == Some("simulate") {
                 // The same arguments against a port nothing listens on, for a moment: a usage

@@ -8,6 +8,14 @@
 //! checked against the password file only. One path per password means one answer per
 //! password: no fallback that could turn a failed token into a second guess.
 //!
+//! The other one: anonymous clients are judged by where they connect from. Unless configured
+//! otherwise, and while no password file or JWT is configured, they are let in from loopback
+//! only (Mosquitto 2 does the same by listening on loopback only). We refuse non-loopback
+//! anonymous clients at CONNECT rather than bind loopback only: the listeners then stay where
+//! the config puts them, so a device with credentials can connect from the network at once,
+//! `mosquitto_pub -h localhost` works with nothing configured, and a refused device learns why
+//! (CONNACK "not authorized", and one log line naming the setting) instead of timing out.
+//!
 //! - `password` — the `user:$7$…` file format, verifying and writing entries.
 //! - `jwt`      — HS256/RS256 token verification and the `mqtt2es` topic claim.
 //! - `acl`      — rules from YAML or a Mosquitto `acl_file`, with `%u`/`%c`.
@@ -16,8 +24,11 @@ pub mod acl;
 pub mod jwt;
 pub mod password;
 
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -27,12 +38,72 @@ use self::password::PasswordFile;
 use crate::config::ConfigError;
 use crate::topic::TopicFilter;
 
+/// Where clients without a user name are let in from: `broker.auth.allow_anonymous`, which
+/// takes `true` (anywhere), `false` (nowhere) or `loopback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AnonymousValue")]
+pub enum Anonymous {
+    Refused,
+    /// From 127.0.0.0/8 and ::1 (also as IPv4-mapped IPv6): processes on this machine.
+    Loopback,
+    Anywhere,
+}
+
+/// What YAML or the environment may say: a boolean or the word `loopback`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnonymousValue {
+    Flag(bool),
+    Word(String),
+}
+
+impl TryFrom<AnonymousValue> for Anonymous {
+    type Error = String;
+
+    fn try_from(value: AnonymousValue) -> Result<Self, Self::Error> {
+        match value {
+            AnonymousValue::Flag(true) => Ok(Anonymous::Anywhere),
+            AnonymousValue::Flag(false) => Ok(Anonymous::Refused),
+            AnonymousValue::Word(word) => match word.as_str() {
+                "loopback" => Ok(Anonymous::Loopback),
+                // The environment gives strings; a YAML `"true"` means the same.
+                "true" => Ok(Anonymous::Anywhere),
+                "false" => Ok(Anonymous::Refused),
+                _ => Err(format!("expected true, false or loopback, not {word:?}")),
+            },
+        }
+    }
+}
+
+impl Anonymous {
+    /// Whether an anonymous client connecting from `peer` is let in.
+    pub fn admits(self, peer: IpAddr) -> bool {
+        match self {
+            Anonymous::Refused => false,
+            // A dual-stack listener ([::]) sees IPv4 loopback as ::ffff:127.0.0.1.
+            Anonymous::Loopback => peer.to_canonical().is_loopback(),
+            Anonymous::Anywhere => true,
+        }
+    }
+}
+
+impl fmt::Display for Anonymous {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Anonymous::Refused => "refused",
+            Anonymous::Loopback => "from loopback only",
+            Anonymous::Anywhere => "allowed from anywhere",
+        })
+    }
+}
+
 /// `broker.auth`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// Clients without a user name. Off unless configured.
-    pub allow_anonymous: bool,
+    /// Clients without a user name: `true`, `false` or `loopback`. Unset: `loopback` while no
+    /// `password_file` or `jwt` is configured, `false` once one is (see `anonymous`).
+    pub allow_anonymous: Option<Anonymous>,
     /// A password file in Mosquitto's format (`mosquitto_passwd` or `mqtt2es passwd`).
     pub password_file: Option<PathBuf>,
     /// JWT as the password; absent means tokens are not accepted.
@@ -57,6 +128,40 @@ impl AuthSettings {
         }
     }
 
+    /// Where anonymous clients are let in from: `allow_anonymous`, or when it is unset, from
+    /// loopback while no user can log in any other way, and nowhere once one can. Configuring
+    /// users is the sign that anonymous access was a stopgap.
+    pub fn anonymous(&self) -> Anonymous {
+        self.allow_anonymous
+            .unwrap_or(if self.password_file.is_none() && self.jwt.is_none() {
+                Anonymous::Loopback
+            } else {
+                Anonymous::Refused
+            })
+    }
+
+    /// Who gets in, for `mqtt2es check`: "anonymous clients from loopback only (the default
+    /// ...); others need a password".
+    pub fn describe(&self) -> String {
+        let anonymous = self.anonymous();
+        let why = match self.allow_anonymous {
+            Some(Anonymous::Anywhere) => "broker.auth.allow_anonymous: true",
+            Some(Anonymous::Refused) => "broker.auth.allow_anonymous: false",
+            Some(Anonymous::Loopback) => "broker.auth.allow_anonymous: loopback",
+            None if anonymous == Anonymous::Loopback => {
+                "the default while no password_file or jwt is set"
+            }
+            None => "the default once a password_file or jwt is set",
+        };
+        let others = match (self.password_file.is_some(), self.jwt.is_some()) {
+            (true, true) => "others need a password or a token",
+            (true, false) => "others need a password",
+            (false, true) => "others need a token",
+            (false, false) => "no users are configured (broker.auth.password_file, jwt)",
+        };
+        format!("anonymous clients {anonymous} ({why}); {others}")
+    }
+
     /// What can be checked without reading files; `Auth::load` reads them.
     pub fn check(&self) -> Result<(), ConfigError> {
         if let Some(jwt) = &self.jwt {
@@ -79,6 +184,10 @@ pub enum Refusal {
     /// MQTT 5 0x87, 3.1.1 return code 5.
     #[error("not authorized")]
     NotAuthorized,
+    /// An anonymous client from beyond loopback where only loopback may be anonymous; answered
+    /// as `NotAuthorized`, logged with the setting that would let it in.
+    #[error("anonymous clients are let in from loopback only")]
+    AnonymousFromNetwork,
 }
 
 /// A file named in `broker.auth` could not be used. Messages name the key and file, never a
@@ -115,18 +224,24 @@ impl Identity {
 }
 
 pub struct Auth {
-    allow_anonymous: bool,
+    anonymous: Anonymous,
     passwords: Option<PasswordFile>,
     jwt: Option<Jwt>,
     /// `None`: no rules configured, everything allowed.
     acl: Option<Acl>,
+    /// Addresses whose anonymous clients were refused and logged: see `first_refusal_from`.
+    refused: Mutex<HashSet<IpAddr>>,
 }
+
+/// How many addresses `first_refusal_from` remembers; past that, refusals from new addresses
+/// are logged at debug only, so a scan of the internet cannot grow memory or the log.
+const REFUSED_ADDRESSES_LOGGED: usize = 1024;
 
 /// What is configured, never a hash or key: safe for `?auth` in a log line.
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("allow_anonymous", &self.allow_anonymous)
+            .field("anonymous", &self.anonymous)
             .field("password_users", &self.passwords.as_ref().map(|p| p.len()))
             .field("jwt", &self.jwt.as_ref().map(|j| j.accepted()))
             .field("acl_rules", &self.acl.as_ref().map(|a| a.len()))
@@ -153,18 +268,35 @@ impl Auth {
             Some(acl)
         };
         Ok(Auth {
-            allow_anonymous: settings.allow_anonymous,
+            anonymous: settings.anonymous(),
             passwords,
             jwt,
             acl,
+            refused: Mutex::new(HashSet::new()),
         })
     }
 
+    /// True the first time an anonymous client from `peer`'s address is refused for not being
+    /// on loopback (so the broker logs it once per address, at most
+    /// `REFUSED_ADDRESSES_LOGGED` addresses).
+    pub fn first_refusal_from(&self, peer: IpAddr) -> bool {
+        let Ok(mut refused) = self.refused.lock() else {
+            return false;
+        };
+        if refused.len() >= REFUSED_ADDRESSES_LOGGED {
+            return false;
+        }
+        refused.insert(peer)
+    }
+
+    /// `peer` is where the connection comes from: it decides whether an anonymous client may
+    /// connect (`Anonymous`); clients with a user name are judged by their credentials alone.
     pub fn authenticate(
         &self,
         client_id: &str,
         username: Option<&str>,
         password: Option<&[u8]>,
+        peer: IpAddr,
     ) -> Result<Identity, Refusal> {
         let token = self
             .jwt
@@ -185,11 +317,14 @@ impl Auth {
             };
         }
         let Some(username) = username else {
-            if self.allow_anonymous {
+            if self.anonymous.admits(peer) {
                 return Ok(Identity::new(None, client_id.to_owned()));
             }
-            tracing::debug!(client_id, "anonymous client refused");
-            return Err(Refusal::NotAuthorized);
+            tracing::debug!(client_id, %peer, "anonymous client refused");
+            return Err(match self.anonymous {
+                Anonymous::Loopback => Refusal::AnonymousFromNetwork,
+                _ => Refusal::NotAuthorized,
+            });
         };
         match &self.passwords {
             Some(file) if file.verify(username, password) => Ok(Identity::new(

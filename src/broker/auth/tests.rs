@@ -3,6 +3,7 @@
 //! the `openssl` command (RSA signatures), besides jsonwebtoken's own encoder.
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,6 +12,9 @@ use serde_json::json;
 
 use super::*;
 use crate::secret::Secret;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const NETWORK: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
 const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
 
@@ -103,25 +107,144 @@ fn secret_file(dir: &Path, secret: &str) -> PathBuf {
 }
 
 fn connect(auth: &Auth, username: Option<&str>, password: &str) -> Result<Identity, Refusal> {
-    auth.authenticate("client-1", username, Some(password.as_bytes()))
+    auth.authenticate("client-1", username, Some(password.as_bytes()), NETWORK)
 }
 
 // --- anonymous clients and missing configuration ---
 
+/// Loopback in every form a listener can see it, and addresses that are not loopback.
+const LOOPBACKS: [IpAddr; 4] = [
+    LOOPBACK,
+    IpAddr::V4(Ipv4Addr::new(127, 1, 2, 3)),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+    // What a dual-stack listener on [::] sees of 127.0.0.1.
+    IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+];
+const NETWORKS: [IpAddr; 4] = [
+    NETWORK,
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped()),
+];
+
 #[test]
-fn an_anonymous_client_is_not_authorized_by_default() {
+fn by_default_anonymous_clients_are_let_in_from_loopback_and_refused_from_the_network() {
     let auth = auth(&AuthSettings::default());
+    for peer in LOOPBACKS {
+        assert!(auth.authenticate("c", None, None, peer).is_ok(), "{peer}");
+    }
+    for peer in NETWORKS {
+        assert_eq!(
+            auth.authenticate("c", None, None, peer),
+            Err(Refusal::AnonymousFromNetwork),
+            "{peer}"
+        );
+    }
+}
+
+#[test]
+fn allow_anonymous_true_lets_anonymous_clients_in_from_anywhere() {
+    let auth = auth(&settings_with(|s| {
+        s.allow_anonymous = Some(Anonymous::Anywhere)
+    }));
+    for peer in LOOPBACKS.into_iter().chain(NETWORKS) {
+        assert!(auth.authenticate("c", None, None, peer).is_ok(), "{peer}");
+    }
+}
+
+#[test]
+fn allow_anonymous_false_refuses_anonymous_clients_even_from_loopback() {
+    let auth = auth(&settings_with(|s| {
+        s.allow_anonymous = Some(Anonymous::Refused)
+    }));
+    for peer in LOOPBACKS.into_iter().chain(NETWORKS) {
+        assert_eq!(
+            auth.authenticate("c", None, None, peer),
+            Err(Refusal::NotAuthorized),
+            "{peer}"
+        );
+    }
+}
+
+#[test]
+fn allow_anonymous_loopback_beside_a_password_file_keeps_loopback_open_and_users_get_in_from_anywhere()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = mosquitto_passwd_file(dir.path());
+    let auth = auth(&settings_with(|s| {
+        s.allow_anonymous = Some(Anonymous::Loopback);
+        s.password_file = Some(path);
+    }));
+    assert!(auth.authenticate("c", None, None, LOOPBACK).is_ok());
     assert_eq!(
-        auth.authenticate("c", None, None),
-        Err(Refusal::NotAuthorized)
+        auth.authenticate("c", None, None, NETWORK),
+        Err(Refusal::AnonymousFromNetwork)
     );
+    assert!(connect(&auth, Some("rajan"), "password123").is_ok());
+}
+
+#[test]
+fn a_refused_anonymous_address_is_reported_first_once_per_address() {
+    let auth = auth(&AuthSettings::default());
+    assert!(auth.first_refusal_from(NETWORK));
+    assert!(!auth.first_refusal_from(NETWORK));
+    let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    assert!(auth.first_refusal_from(other));
+}
+
+#[test]
+fn refused_addresses_remembered_for_the_log_are_bounded() {
+    let auth = auth(&AuthSettings::default());
+    let mut first = 0;
+    for n in 0..(REFUSED_ADDRESSES_LOGGED as u32 + 10) {
+        if auth.first_refusal_from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))) {
+            first += 1;
+        }
+    }
+    assert_eq!(first, REFUSED_ADDRESSES_LOGGED);
+}
+
+#[test]
+fn describe_says_who_gets_in_and_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = mosquitto_passwd_file(dir.path());
+    let cases: [(AuthSettings, &str); 4] = [
+        (
+            AuthSettings::default(),
+            "anonymous clients from loopback only (the default while no password_file or jwt is set); \
+             no users are configured (broker.auth.password_file, jwt)",
+        ),
+        (
+            settings_with(|s| s.password_file = Some(path.clone())),
+            "anonymous clients refused (the default once a password_file or jwt is set); others need a password",
+        ),
+        (
+            settings_with(|s| {
+                s.allow_anonymous = Some(Anonymous::Loopback);
+                s.password_file = Some(path.clone());
+            }),
+            "anonymous clients from loopback only (broker.auth.allow_anonymous: loopback); others need a password",
+        ),
+        (
+            settings_with(|s| {
+                s.allow_anonymous = Some(Anonymous::Anywhere);
+                s.jwt = Some(hs256_settings());
+            }),
+            "anonymous clients allowed from anywhere (broker.auth.allow_anonymous: true); others need a token",
+        ),
+    ];
+    for (settings, expected) in cases {
+        assert_eq!(settings.describe(), expected);
+    }
 }
 
 #[test]
 fn an_anonymous_client_connects_when_allowed_and_may_do_anything_without_rules() {
-    let auth = auth(&settings_with(|s| s.allow_anonymous = true));
+    let auth = auth(&settings_with(|s| {
+        s.allow_anonymous = Some(Anonymous::Anywhere)
+    }));
     let who = auth
-        .authenticate("c", None, None)
+        .authenticate("c", None, None, LOOPBACK)
         .expect("anonymous allowed");
     assert_eq!(who, Identity::new(None, "c".into()));
     assert!(auth.may_publish(&who, "greetings"));
@@ -130,7 +253,9 @@ fn an_anonymous_client_connects_when_allowed_and_may_do_anything_without_rules()
 
 #[test]
 fn a_user_name_without_a_password_file_or_jwt_is_bad_credentials() {
-    let auth = auth(&settings_with(|s| s.allow_anonymous = true));
+    let auth = auth(&settings_with(|s| {
+        s.allow_anonymous = Some(Anonymous::Anywhere)
+    }));
     assert_eq!(
         connect(&auth, Some("rajan"), "password123"),
         Err(Refusal::BadCredentials)
@@ -179,7 +304,7 @@ fn a_file_written_by_the_real_mosquitto_passwd_verifies_the_right_password_only(
         Err(Refusal::BadCredentials)
     );
     assert_eq!(
-        auth.authenticate("c", Some("rajan"), None),
+        auth.authenticate("c", Some("rajan"), None, NETWORK),
         Err(Refusal::BadCredentials)
     );
 }
@@ -218,7 +343,7 @@ fn a_password_file_does_not_let_anonymous_clients_in() {
     let path = mosquitto_passwd_file(dir.path());
     let auth = auth(&settings_with(|s| s.password_file = Some(path)));
     assert_eq!(
-        auth.authenticate("c", None, None),
+        auth.authenticate("c", None, None, LOOPBACK),
         Err(Refusal::NotAuthorized)
     );
 }
@@ -507,7 +632,7 @@ fn topic_claims_narrow_what_the_token_holder_may_do() {
     let token = independent_token("HS256", &key, claims);
     let auth = auth(&settings_with(|s| s.jwt = Some(hs256_settings())));
     let who = auth
-        .authenticate("client-1", Some("pi-01"), Some(token.as_bytes()))
+        .authenticate("client-1", Some("pi-01"), Some(token.as_bytes()), NETWORK)
         .expect("valid token");
     assert!(auth.may_publish(&who, "sensors/pi-01/lab/telemetry"));
     assert!(!auth.may_publish(&who, "sensors/pi-02/lab/telemetry"));
@@ -619,11 +744,13 @@ fn an_acl_file_without_yaml_rules_still_denies_by_default() {
     let acl_file = dir.path().join("acl");
     fs::write(&acl_file, "user rajan\ntopic readwrite greetings\n").expect("write");
     let auth = auth(&settings_with(|s| {
-        s.allow_anonymous = true;
+        s.allow_anonymous = Some(Anonymous::Anywhere);
         s.acl_file = Some(acl_file);
     }));
     let rajan = Identity::new(Some("rajan".into()), "c".into());
-    let anonymous = auth.authenticate("c", None, None).expect("anonymous");
+    let anonymous = auth
+        .authenticate("c", None, None, LOOPBACK)
+        .expect("anonymous");
     assert!(auth.may_publish(&rajan, "greetings"));
     assert!(auth.may_subscribe(&rajan, "greetings"));
     assert!(!auth.may_publish(&anonymous, "greetings"));
@@ -648,6 +775,49 @@ fn a_shared_subscription_is_judged_by_its_topic_filter() {
 // --- configuration ---
 
 #[test]
+fn allow_anonymous_reads_true_false_and_loopback_from_yaml_and_the_environment() {
+    let cases = [
+        ("true", Anonymous::Anywhere),
+        ("false", Anonymous::Refused),
+        ("loopback", Anonymous::Loopback),
+    ];
+    for (value, expected) in cases {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mqtt2es.yaml",
+                &format!("broker:\n  auth:\n    allow_anonymous: {value}\n"),
+            )?;
+            let (config, _) = crate::config::Config::load(&jail.directory().join("mqtt2es.yaml"))
+                .expect("a valid config");
+            assert_eq!(config.broker.auth.allow_anonymous, Some(expected));
+            jail.create_file("empty.yaml", "")?;
+            jail.set_env("MQTT2ES_BROKER__AUTH__ALLOW_ANONYMOUS", value);
+            let (config, _) = crate::config::Config::load(&jail.directory().join("empty.yaml"))
+                .expect("a valid config");
+            assert_eq!(config.broker.auth.allow_anonymous, Some(expected));
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn an_unknown_allow_anonymous_value_is_an_error_naming_the_key_and_the_choices() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "mqtt2es.yaml",
+            "broker:\n  auth:\n    allow_anonymous: everyone\n",
+        )?;
+        let error = crate::config::Config::load(&jail.directory().join("mqtt2es.yaml"))
+            .expect_err("not a valid value")
+            .to_string();
+        for part in ["allow_anonymous", "loopback", "\"everyone\""] {
+            assert!(error.contains(part), "{part}: {error}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn the_auth_section_reads_from_yaml_and_resolves_paths_against_the_config_file() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
@@ -660,7 +830,7 @@ fn the_auth_section_reads_from_yaml_and_resolves_paths_against_the_config_file()
         let (config, _) = crate::config::Config::load(&jail.directory().join("mqtt2es.yaml"))
             .expect("a valid config");
         let auth = &config.broker.auth;
-        assert!(auth.allow_anonymous);
+        assert_eq!(auth.allow_anonymous, Some(Anonymous::Anywhere));
         assert_eq!(auth.password_file, Some(jail.directory().join("passwd")));
         assert_eq!(auth.acl_file, Some(jail.directory().join("acl")));
         let jwt = auth.jwt.as_ref().expect("jwt section");

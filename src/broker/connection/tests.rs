@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::broker::auth::AuthSettings;
+use crate::broker::auth::{Anonymous, AuthSettings};
 use crate::broker::listener::Transport;
 
 /// A connection task on a loopback socket; the client end, and the pipeline's end.
@@ -23,7 +23,7 @@ async fn serve_one(max_inflight: u16) -> (TcpStream, mpsc::Receiver<Record>, Can
         registry: Arc::new(Registry::new()),
         auth: Arc::new(
             Auth::load(&AuthSettings {
-                allow_anonymous: true,
+                allow_anonymous: Some(Anonymous::Anywhere),
                 ..AuthSettings::default()
             })
             .expect("auth"),
