@@ -570,9 +570,11 @@ where
                         url,
                         %error,
                         "elasticsearch not ready for setup: readings are acknowledged into the \
-                         spool and shipped once it answers. No node yet? Start one with \
-                         `docker compose up elasticsearch`, or point elasticsearch.url \
-                         (MQTT2ES_ELASTICSEARCH__URL) at yours. Progress is logged once a minute"
+                         spool and shipped once it answers. No node yet? \
+                         `scripts/demo` (in the source tree) runs the demo with a local node, no \
+                         Docker needed; `docker compose up elasticsearch` starts one in Docker; \
+                         or point elasticsearch.url (MQTT2ES_ELASTICSEARCH__URL) at yours. \
+                         Progress is logged once a minute"
                     );
                     reported = Some(tokio::time::Instant::now());
                 }
@@ -581,9 +583,11 @@ where
                         url,
                         %error,
                         "elasticsearch not ready for setup: mqtt2es waits for it and acknowledges \
-                         no QoS 1/2 publish meanwhile. No node yet? Start one with \
-                         `docker compose up elasticsearch`, or point elasticsearch.url \
-                         (MQTT2ES_ELASTICSEARCH__URL) at yours. Progress is logged once a minute"
+                         no QoS 1/2 publish meanwhile. No node yet? \
+                         `scripts/demo` (in the source tree) runs the demo with a local node, no \
+                         Docker needed; `docker compose up elasticsearch` starts one in Docker; \
+                         or point elasticsearch.url (MQTT2ES_ELASTICSEARCH__URL) at yours. \
+                         Progress is logged once a minute"
                     );
                     reported = Some(tokio::time::Instant::now());
                 }

@@ -1586,7 +1586,9 @@ async fn an_unreachable_search_node_is_reported_once_with_its_url_and_what_to_do
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains(&node.url()), "names the URL: {line}");
     assert!(
-        line.contains("docker compose up elasticsearch") && line.contains("elasticsearch.url"),
+        line.contains("scripts/demo")
+            && line.contains("docker compose up elasticsearch")
+            && line.contains("elasticsearch.url"),
         "says what to do: {line}"
     );
     assert!(

@@ -13,6 +13,7 @@ mod cluster;
 mod conformance;
 mod dashboards;
 mod dead_letters;
+mod demo;
 mod faults;
 mod harness;
 mod metrics;
