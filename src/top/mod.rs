@@ -156,39 +156,65 @@ pub fn once(args: &TopArgs, url: &str) -> Result<String, TopError> {
 /// here on return, and by ratatui's panic hook on a panic.
 pub fn watch(args: &TopArgs, url: &str) -> Result<(), TopError> {
     let interval = interval(args)?;
-    let scrapes = scrape_every(url.to_owned(), interval)?;
+    let scraper = Scraper::start(url.to_owned(), interval)?;
     let mut terminal = ratatui::try_init()?;
-    let result = screen(&mut terminal, &scrapes, url, interval);
+    let result = screen(&mut terminal, &scraper.scrapes, url, interval);
     ratatui::restore();
+    // Stopped and joined before the process exits: a thread still allocating while the
+    // allocator tears itself down at exit can crash the process on its way out.
+    scraper.stop();
     result
 }
 
-/// Scrapes `url` every `interval` on a thread of its own, until the receiver is dropped.
-fn scrape_every(
-    url: String,
-    interval: Duration,
-) -> std::io::Result<mpsc::Receiver<Result<Scrape, String>>> {
-    let runtime = runtime()?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("top-scrape".to_owned())
-        .spawn(move || {
-            runtime.block_on(async {
-                let client = client();
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let outcome = scrape::scrape(&client, &url, scrape_timeout(interval))
-                        .await
-                        .map_err(|e| e.to_string());
-                    if tx.send(outcome).is_err() {
-                        break;
+/// Scrapes a URL every interval on a thread of its own, until stopped.
+struct Scraper {
+    scrapes: mpsc::Receiver<Result<Scrape, String>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Scraper {
+    fn start(url: String, interval: Duration) -> std::io::Result<Scraper> {
+        let runtime = runtime()?;
+        let (tx, scrapes) = mpsc::channel();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("top-scrape".to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let client = client();
+                    let mut tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        let scraped = async {
+                            tick.tick().await;
+                            scrape::scrape(&client, &url, scrape_timeout(interval))
+                                .await
+                                .map_err(|e| e.to_string())
+                        };
+                        let outcome = tokio::select! {
+                            _ = &mut stopped => break,
+                            outcome = scraped => outcome,
+                        };
+                        if tx.send(outcome).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-        })?;
-    Ok(rx)
+                });
+            })?;
+        Ok(Scraper {
+            scrapes,
+            stop,
+            thread,
+        })
+    }
+
+    /// Ends the scrapes (one in progress is abandoned) and waits for the thread.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        drop(self.scrapes);
+        let _ = self.thread.join();
+    }
 }
 
 fn screen(
