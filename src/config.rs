@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::broker::BrokerSettings;
 
@@ -20,6 +19,7 @@ use crate::elastic::{ElasticsearchSettings, KibanaSettings, RetentionDays};
 use crate::metrics::MetricsSettings;
 use crate::pipeline::{DecodeLimits, IndexPolicy};
 use crate::secret::Secret;
+use crate::settings::{SettingsError, key_error};
 use crate::sink::{BatchSettings, DeadLetterSettings, RetrySettings};
 use crate::spool::DeliverySettings;
 use crate::upstream::UpstreamSettings;
@@ -127,29 +127,6 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("config file {path:?} not found")]
-    Missing { path: PathBuf },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{key}: {message}")]
-    Key { key: &'static str, message: String },
-    #[error("{key}: cannot read {path:?}: {source}")]
-    File {
-        key: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn key_error(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key {
-        key,
-        message: message.into(),
-    }
-}
-
 /// Secrets read from files at load time, kept apart from the settings so `Debug` of the
 /// settings never needs to reason about them.
 #[derive(Debug, Clone, Default)]
@@ -158,21 +135,10 @@ pub struct Secrets {
 }
 
 impl Config {
-    /// The broker to subscribe to, for callers that need one; without it, `run` starts the
-    /// embedded broker instead.
-    pub fn upstream(&self) -> Result<&UpstreamSettings, ConfigError> {
-        self.upstream.as_ref().ok_or_else(|| {
-            key_error(
-                "upstream",
-                "no upstream broker configured (mqtt2es is the broker itself then): set upstream.host to subscribe to one",
-            )
-        })
-    }
-
     /// Loads `path` (which must exist) merged with defaults and the environment.
-    pub fn load(path: &Path) -> Result<(Config, Secrets), ConfigError> {
+    pub fn load(path: &Path) -> Result<(Config, Secrets), SettingsError> {
         if !path.exists() {
-            return Err(ConfigError::Missing {
+            return Err(SettingsError::Missing {
                 path: path.to_path_buf(),
             });
         }
@@ -181,18 +147,18 @@ impl Config {
     }
 
     /// Loads from a YAML string (tests, `mqtt2es check` on stdin) merged with the environment.
-    pub fn from_yaml(yaml: &str, base: &Path) -> Result<(Config, Secrets), ConfigError> {
+    pub fn from_yaml(yaml: &str, base: &Path) -> Result<(Config, Secrets), SettingsError> {
         Self::extract(Figment::new().merge(Yaml::string(yaml)), base)
     }
 
-    fn extract(figment: Figment, base: &Path) -> Result<(Config, Secrets), ConfigError> {
+    fn extract(figment: Figment, base: &Path) -> Result<(Config, Secrets), SettingsError> {
         let env = Env::prefixed("MQTT2ES_")
             .filter(|key| key.as_str().contains("__"))
             .split("__");
         let mut config: Config = figment
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+            .map_err(|e| SettingsError::Invalid(describe(e)))?;
         config.resolve_paths(base);
         let secrets = config.check()?;
         Ok((config, secrets))
@@ -236,19 +202,17 @@ impl Config {
     }
 
     /// Cross-field rules serde cannot express; also reads secret files.
-    fn check(&self) -> Result<Secrets, ConfigError> {
+    fn check(&self) -> Result<Secrets, SettingsError> {
         if self.shutdown.grace_ms == 0 {
             return Err(key_error(
                 "shutdown.grace_ms",
                 "must be above 0 to flush what was received",
             ));
         }
-        self.metrics
-            .check()
-            .map_err(|(key, message)| key_error(key, message))?;
+        self.metrics.check()?;
         self.delivery.check()?;
         let upstream_password = match &self.upstream {
-            Some(upstream) => self.check_upstream(upstream)?,
+            Some(upstream) => upstream.check(self.pipelines.max_payload_bytes)?,
             None => {
                 self.broker.check(self.pipelines.max_payload_bytes)?;
                 None
@@ -256,78 +220,6 @@ impl Config {
         };
         Ok(Secrets { upstream_password })
     }
-
-    /// The upstream section's rules; returns its password, read from its file if need be.
-    fn check_upstream(&self, upstream: &UpstreamSettings) -> Result<Option<Secret>, ConfigError> {
-        if upstream.qos > 2 {
-            return Err(key_error(
-                "upstream.qos",
-                format!("must be 0, 1 or 2, not {}", upstream.qos),
-            ));
-        }
-        if upstream.connections == 0 {
-            return Err(key_error("upstream.connections", "must be at least 1"));
-        }
-        if upstream.connections > 1 && upstream.shared_group.is_none() {
-            return Err(key_error(
-                "upstream.connections",
-                format!(
-                    "{} connections need upstream.shared_group, otherwise each one receives every message",
-                    upstream.connections
-                ),
-            ));
-        }
-        if let Some(group) = &upstream.shared_group
-            && (group.is_empty() || group.contains(['/', '+', '#']))
-        {
-            return Err(key_error(
-                "upstream.shared_group",
-                format!("{group:?} must be non-empty and contain no '/', '+' or '#'"),
-            ));
-        }
-        if upstream.client_id.is_empty() {
-            return Err(key_error(
-                "upstream.client_id",
-                "must not be empty: a persistent session needs a stable client id",
-            ));
-        }
-        if upstream.max_packet_bytes < self.pipelines.max_payload_bytes {
-            return Err(key_error(
-                "upstream.max_packet_bytes",
-                format!(
-                    "{} is below pipelines.max_payload_bytes ({}); oversized payloads could then not even be dead-lettered",
-                    upstream.max_packet_bytes, self.pipelines.max_payload_bytes
-                ),
-            ));
-        }
-        if upstream.password.is_some() && upstream.password_file.is_some() {
-            return Err(key_error(
-                "upstream.password_file",
-                "give either password or password_file, not both",
-            ));
-        }
-        let password = match &upstream.password_file {
-            Some(path) => Some(read_secret("upstream.password_file", path)?),
-            None => upstream.password.clone(),
-        };
-        if password.is_some() && upstream.username.is_none() {
-            return Err(key_error(
-                "upstream.username",
-                "a password is configured but no username",
-            ));
-        }
-        Ok(password)
-    }
-}
-
-/// Reads a secret from a file, trimming the trailing newline editors and `echo` add.
-pub fn read_secret(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-        key,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
 }
 
 /// Figment's errors name the key path and the offending value; keep each on its own line.
@@ -359,7 +251,7 @@ mod tests {
     use super::*;
     use figment::Jail;
 
-    fn load(jail: &Jail, yaml: &str) -> Result<(Config, Secrets), ConfigError> {
+    fn load(jail: &Jail, yaml: &str) -> Result<(Config, Secrets), SettingsError> {
         jail.create_file("mqtt2es.yaml", yaml)
             .expect("write config");
         Config::load(&jail.directory().join("mqtt2es.yaml"))
@@ -375,7 +267,7 @@ mod tests {
     fn a_minimal_file_takes_defaults_for_everything_else() {
         Jail::expect_with(|jail| {
             let (config, _) = load(jail, "upstream: {host: broker}\n").expect("valid");
-            let upstream = config.upstream().expect("upstream");
+            let upstream = config.upstream.as_ref().expect("upstream");
             assert_eq!(upstream.host, "broker");
             assert_eq!(upstream.port, 1883);
             assert!(!upstream.clean_session, "persistent sessions by default");
@@ -412,7 +304,7 @@ mod tests {
             jail.set_env("MQTT2ES_UPSTREAM__HOST", "from-env");
             jail.set_env("MQTT2ES_BATCH__MAX_DOCS", "7");
             let (config, _) = load(jail, "upstream: {host: from-file}\n").expect("valid");
-            assert_eq!(config.upstream().expect("upstream").host, "from-env");
+            assert_eq!(config.upstream.as_ref().expect("upstream").host, "from-env");
             assert_eq!(config.batch.max_docs.get(), 7);
             Ok(())
         });
@@ -448,11 +340,10 @@ mod tests {
     }
 
     #[test]
-    fn run_needs_an_upstream_broker() {
+    fn without_an_upstream_section_mqtt2es_is_the_broker() {
         Jail::expect_with(|jail| {
             let (config, _) = load(jail, "log: {level: debug}\n").expect("valid for check/try");
-            let error = config.upstream().expect_err("no upstream").to_string();
-            assert!(error.contains("upstream.host"), "{error}");
+            assert!(config.upstream.is_none());
             Ok(())
         });
     }

@@ -9,7 +9,10 @@
 //! # Layout
 //! - `main.rs`   — CLI: parse, init logs, load config, run, map errors to exit codes.
 //! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
-//! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load.
+//! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load:
+//!   it gathers the sections each module owns and checks.
+//! - `settings`  — `SettingsError`, what every section reports with (so modules never import
+//!   `config`).
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
 //! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
 //! - `state`   — the state directory's embedded database (fjall), shared by `kept` and the broker.
@@ -42,6 +45,7 @@ pub mod pipeline;
 pub mod reading;
 pub mod record;
 pub mod secret;
+pub mod settings;
 pub mod simulate;
 pub mod sink;
 pub mod spool;

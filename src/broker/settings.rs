@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::auth::{Anonymous, AuthSettings};
 use super::listener::ListenerSettings;
 use super::session::QueueLimits;
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,15 +62,15 @@ impl BrokerSettings {
     }
 
     /// Cross-field rules serde cannot express.
-    pub fn check(&self, max_payload_bytes: usize) -> Result<(), ConfigError> {
+    pub fn check(&self, max_payload_bytes: usize) -> Result<(), SettingsError> {
         if self.listeners.is_empty() {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "broker.listeners",
                 message: "at least one listener is needed".into(),
             });
         }
         if self.max_packet_bytes < max_payload_bytes {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "broker.max_packet_bytes",
                 message: format!(
                     "{} is below pipelines.max_payload_bytes ({max_payload_bytes}); oversized payloads could then not even be dead-lettered",
@@ -79,13 +79,13 @@ impl BrokerSettings {
             });
         }
         if self.max_inflight == 0 {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "broker.max_inflight",
                 message: "must be at least 1".into(),
             });
         }
         if self.max_keepalive_s == Some(0) {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "broker.max_keepalive_s",
                 message: "must be at least 1 (leave it out for no limit)".into(),
             });

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::settings::{SettingsError, key_error};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -33,17 +34,17 @@ impl Default for MetricsSettings {
 
 impl MetricsSettings {
     /// Rules serde cannot express: `(key, message)` for the config error.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         if self.elasticsearch_answer_max_age_s == 0 {
-            return Err((
+            return Err(key_error(
                 "metrics.elasticsearch_answer_max_age_s",
-                "must be at least 1: with 0, /readyz could never say ready".to_owned(),
+                "must be at least 1: with 0, /readyz could never say ready",
             ));
         }
         if let Some(instance) = &self.instance
             && instance.trim().is_empty()
         {
-            return Err((
+            return Err(key_error(
                 "metrics.instance",
                 format!("{instance:?} is blank; leave it out to use the host name"),
             ));
@@ -88,14 +89,18 @@ mod tests {
     fn a_zero_answer_age_is_refused_naming_the_key() {
         let s: MetricsSettings =
             serde_json::from_str(r#"{"elasticsearch_answer_max_age_s": 0}"#).expect("parses");
-        let (key, _) = s.check().expect_err("zero age");
+        let Err(SettingsError::Key { key, .. }) = s.check() else {
+            panic!("a zero age is refused");
+        };
         assert_eq!(key, "metrics.elasticsearch_answer_max_age_s");
     }
 
     #[test]
     fn a_blank_instance_name_is_refused_quoting_it() {
         let s: MetricsSettings = serde_json::from_str(r#"{"instance": " "}"#).expect("parses");
-        let (key, message) = s.check().expect_err("blank instance");
+        let Err(SettingsError::Key { key, message }) = s.check() else {
+            panic!("a blank instance is refused");
+        };
         assert_eq!(key, "metrics.instance");
         assert!(message.contains("\" \""), "{message}");
     }

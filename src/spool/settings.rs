@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 
 /// When a QoS 1/2 reading is acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -57,7 +57,7 @@ impl DeliverySettings {
         resolve(&mut self.spool.dir);
     }
 
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         match self.mode {
             Delivery::Direct => Ok(()),
             Delivery::Spool => self.spool.check(),
@@ -94,9 +94,9 @@ impl Default for SpoolSettings {
 }
 
 impl SpoolSettings {
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         if self.max_bytes < MIN_BYTES {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "delivery.spool.max_bytes",
                 message: format!(
                     "{} is below the least a spool needs, {MIN_BYTES} (1 MiB)",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::secret::Secret;
+use crate::settings::{SettingsError, key_error, read_secret};
 
 /// MQTT protocol version spoken to the upstream broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,6 +91,68 @@ impl Default for UpstreamSettings {
 }
 
 impl UpstreamSettings {
+    /// The section's rules; returns its password, read from its file if need be.
+    pub fn check(&self, max_payload_bytes: usize) -> Result<Option<Secret>, SettingsError> {
+        if self.qos > 2 {
+            return Err(key_error(
+                "upstream.qos",
+                format!("must be 0, 1 or 2, not {}", self.qos),
+            ));
+        }
+        if self.connections == 0 {
+            return Err(key_error("upstream.connections", "must be at least 1"));
+        }
+        if self.connections > 1 && self.shared_group.is_none() {
+            return Err(key_error(
+                "upstream.connections",
+                format!(
+                    "{} connections need upstream.shared_group, otherwise each one receives every message",
+                    self.connections
+                ),
+            ));
+        }
+        if let Some(group) = &self.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            return Err(key_error(
+                "upstream.shared_group",
+                format!("{group:?} must be non-empty and contain no '/', '+' or '#'"),
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(key_error(
+                "upstream.client_id",
+                "must not be empty: a persistent session needs a stable client id",
+            ));
+        }
+        if self.max_packet_bytes < max_payload_bytes {
+            return Err(key_error(
+                "upstream.max_packet_bytes",
+                format!(
+                    "{} is below pipelines.max_payload_bytes ({}); oversized payloads could then not even be dead-lettered",
+                    self.max_packet_bytes, max_payload_bytes
+                ),
+            ));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(key_error(
+                "upstream.password_file",
+                "give either password or password_file, not both",
+            ));
+        }
+        let password = match &self.password_file {
+            Some(path) => Some(read_secret("upstream.password_file", path)?),
+            None => self.password.clone(),
+        };
+        if password.is_some() && self.username.is_none() {
+            return Err(key_error(
+                "upstream.username",
+                "a password is configured but no username",
+            ));
+        }
+        Ok(password)
+    }
+
     pub fn client_id_for(&self, connection: usize) -> String {
         if self.connections <= 1 {
             self.client_id.clone()

@@ -21,8 +21,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::acl::Template;
-use crate::config::ConfigError;
 use crate::secret::Secret;
+use crate::settings::SettingsError;
 
 /// `broker.auth.jwt`: present means tokens are accepted as passwords.
 #[derive(Debug, Clone, Deserialize)]
@@ -77,8 +77,8 @@ impl JwtSettings {
         }
     }
 
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let key = |message: &str| ConfigError::Key {
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let key = |message: &str| SettingsError::Key {
             key: "broker.auth.jwt",
             message: message.to_owned(),
         };
@@ -94,7 +94,7 @@ impl JwtSettings {
             ));
         }
         if self.leeway_secs > MAX_LEEWAY_SECS {
-            return Err(ConfigError::Key {
+            return Err(SettingsError::Key {
                 key: "broker.auth.jwt.leeway_secs",
                 message: format!(
                     "{} is more than {MAX_LEEWAY_SECS}: leeway is for clock skew; issue tokens that live longer instead",
@@ -103,7 +103,7 @@ impl JwtSettings {
             });
         }
         if let Some(secret) = &self.hs256_secret {
-            check_secret_length(secret.expose().len()).map_err(|m| ConfigError::Key {
+            check_secret_length(secret.expose().len()).map_err(|m| SettingsError::Key {
                 key: "broker.auth.jwt.hs256_secret",
                 message: m,
             })?;

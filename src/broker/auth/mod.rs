@@ -35,7 +35,7 @@ use serde::Deserialize;
 use self::acl::{Acl, AclRule};
 use self::jwt::{Jwt, JwtSettings, TokenGrants};
 use self::password::PasswordFile;
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 use crate::topic::TopicFilter;
 
 /// Where clients without a user name are let in from: `broker.auth.allow_anonymous`, which
@@ -163,11 +163,11 @@ impl AuthSettings {
     }
 
     /// What can be checked without reading files; `Auth::load` reads them.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         if let Some(jwt) = &self.jwt {
             jwt.check()?;
         }
-        Acl::from_rules(&self.acl).map_err(|e| ConfigError::Key {
+        Acl::from_rules(&self.acl).map_err(|e| SettingsError::Key {
             key: "broker.auth.acl",
             message: e.to_string(),
         })?;

@@ -34,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -120,8 +120,8 @@ impl ListenerSettings {
     /// Checks what serde cannot, and loads the TLS files once to prove they parse (so `check`
     /// fails on a bad certificate, not the first client). Messages name the listener by
     /// transport and address, since the key cannot carry its index.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let error = |key: &'static str, message: String| ConfigError::Key {
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let error = |key: &'static str, message: String| SettingsError::Key {
             key,
             message: format!("listener {} on {:?}: {message}", self.transport, self.bind),
         };

@@ -752,7 +752,7 @@ async fn a_silent_client_is_disconnected_at_the_handshake_timeout() {
 
 fn check_error(settings: &ListenerSettings) -> (&'static str, String) {
     match settings.check() {
-        Err(ConfigError::Key { key, message }) => (key, message),
+        Err(SettingsError::Key { key, message }) => (key, message),
         other => panic!("expected a key error, got {other:?}"),
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::{Delivery, Session};
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 
 /// The `broker.offline_queue` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -43,7 +43,7 @@ impl Default for QueueLimits {
 }
 
 impl QueueLimits {
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         for (key, value) in [
             (
                 "broker.offline_queue.max_messages_per_session",
@@ -57,7 +57,7 @@ impl QueueLimits {
             ("broker.offline_queue.max_bytes", self.max_bytes),
         ] {
             if value == 0 {
-                return Err(ConfigError::Key {
+                return Err(SettingsError::Key {
                     key,
                     message: "must be at least 1".into(),
                 });
