@@ -428,7 +428,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         },
     )
     .committing(kept)
-    .reporting_to(nodes);
+    .reporting_to(nodes)
+    .observed_by(Arc::new(metrics::SinkObserver));
     // A weak probe: a strong sender kept here would keep the pipeline open after intake stops.
     if let Some(records) = records_probe.upgrade() {
         metrics::watch(writer.stats(), &records, &routed_tx);

@@ -200,6 +200,28 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|at| at.with_timezone(&Utc))
 }
 
+/// The metrics' ear on the sink: what it reports goes into the figures.
+#[derive(Debug)]
+pub struct SinkObserver;
+
+impl crate::sink::Observer for SinkObserver {
+    fn bulk_request(&self, elapsed: Duration, status: Option<u16>) {
+        bulk_request(elapsed, status);
+    }
+
+    fn document_stored(&self, data_stream: &str, timestamp: Option<&str>, now: DateTime<Utc>) {
+        document_stored(data_stream, timestamp, now);
+    }
+
+    fn write_blocked(&self, reason: &str) -> bool {
+        write_blocked(reason)
+    }
+
+    fn writes_accepted(&self) -> Option<Duration> {
+        writes_accepted()
+    }
+}
+
 /// Every figure now.
 pub fn snapshot() -> Snapshot {
     FIGURES.snapshot()

@@ -33,12 +33,14 @@ use crate::{
 pub mod batcher;
 pub mod bulk;
 pub mod dead_letter;
+pub mod observer;
 #[cfg(test)]
 pub(crate) mod stand_in;
 pub mod writer;
 
 pub use batcher::{Batch, Batcher};
 pub use dead_letter::DeadLetterSettings;
+pub use observer::{Observer, Unobserved};
 pub use writer::{SinkError, Writer, run};
 
 /// What the sink consumes: a message, what the pipelines made of it, and its ack.

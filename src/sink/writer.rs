@@ -42,12 +42,12 @@ use super::{
     },
     bump,
     dead_letter::{self, DeadLetterFile},
+    observer::{Observer, Unobserved},
 };
 use crate::{
     document::{Rejection, payload_digest},
     elastic::nodes::{Nodes, failed_url},
     kept::{self, Kept},
-    metrics,
     record::Settlement,
     sink::RetrySettings,
 };
@@ -60,6 +60,7 @@ pub struct Writer {
     stats: Arc<SinkStats>,
     kept: Option<Kept>,
     nodes: Option<Nodes>,
+    observer: Arc<dyn Observer>,
 }
 
 impl Writer {
@@ -72,7 +73,14 @@ impl Writer {
             stats: Arc::default(),
             kept: None,
             nodes: None,
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Tells `observer` about requests, stored documents and cluster blocks (the metrics).
+    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Tells `nodes` (the client's pool) how each request went, so that a node that gives no
@@ -132,6 +140,7 @@ pub async fn run(
         stats,
         kept,
         nodes,
+        observer,
     } = writer;
     let commit = || {
         if let Some(kept) = &kept {
@@ -141,6 +150,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         client,
         nodes,
+        observer,
         retry: settings.retry,
         dead_letter_index: settings.dead_letter.index,
         file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
@@ -293,6 +303,7 @@ fn closed(stats: &SinkStats, batch: Option<Batch<Item>>) -> Option<Batch<Item>> 
 struct Shared {
     client: Elasticsearch,
     nodes: Option<Nodes>,
+    observer: Arc<dyn Observer>,
     retry: RetrySettings,
     dead_letter_index: String,
     file: Arc<DeadLetterFile>,
@@ -356,7 +367,7 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                     shared.check(checks, &mut round).await;
                 }
                 if round.unblocked > 0 {
-                    writes_accepted();
+                    writes_accepted(shared.observer.as_ref());
                 }
                 if round.retry.is_empty() {
                     backoff.reset();
@@ -364,7 +375,7 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                     let (attempt, delay) = backoff.next();
                     let delay = match &round.blocked {
                         Some(reason) => {
-                            write_blocked(reason, round.retry.len());
+                            write_blocked(shared.observer.as_ref(), reason, round.retry.len());
                             delay.max(BLOCKED_BACKOFF)
                         }
                         None => delay,
@@ -433,7 +444,7 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                         for item in &mut retry {
                             item.blocked = true;
                         }
-                        write_blocked(&reason, retry.len());
+                        write_blocked(shared.observer.as_ref(), &reason, retry.len());
                         delay.max(BLOCKED_BACKOFF)
                     } else {
                         delay
@@ -550,7 +561,7 @@ impl Shared {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
-                metrics::bulk_request(started.elapsed(), None);
+                self.observer.bulk_request(started.elapsed(), None);
                 let plan = Plan::RetryAll {
                     reason: format!("bulk request failed: {}", chain(&e)),
                     loud: false,
@@ -561,7 +572,7 @@ impl Shared {
         };
         let status = response.status_code().as_u16();
         let body = response.bytes().await;
-        metrics::bulk_request(started.elapsed(), Some(status));
+        self.observer.bulk_request(started.elapsed(), Some(status));
         let plan = match body {
             Ok(body) => bulk::classify(status, &body, &conflicts),
             Err(e) => Plan::RetryAll {
@@ -805,7 +816,8 @@ impl Shared {
                 let counter = if already_there {
                     &self.stats.already_stored
                 } else {
-                    metrics::document_stored(item.index(), item.timestamp(), Utc::now());
+                    self.observer
+                        .document_stored(item.index(), item.timestamp(), Utc::now());
                     &self.stats.stored
                 };
                 bump(counter, 1);
@@ -863,8 +875,8 @@ impl Shared {
 const BLOCKED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A block seen: an alarm when it starts (then the metrics and `/readyz` say it until it ends).
-fn write_blocked(reason: &str, items: usize) {
-    if metrics::write_blocked(reason) {
+fn write_blocked(observer: &dyn Observer, reason: &str, items: usize) {
+    if observer.write_blocked(reason) {
         tracing::error!(
             reason,
             items,
@@ -879,8 +891,8 @@ fn write_blocked(reason: &str, items: usize) {
 }
 
 /// Documents a block had refused were taken: the end of the block, if it was still on.
-fn writes_accepted() {
-    if let Some(lasted) = metrics::writes_accepted() {
+fn writes_accepted(observer: &dyn Observer) {
+    if let Some(lasted) = observer.writes_accepted() {
         tracing::info!(
             blocked_s = lasted.as_secs(),
             "elasticsearch accepts writes again: the cluster block is lifted"
