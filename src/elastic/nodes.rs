@@ -83,7 +83,8 @@ impl Nodes {
     }
 
     /// Nodes alive now, and in all.
-    pub fn alive(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn alive(&self) -> (usize, usize) {
         let now = Instant::now();
         let nodes = self.nodes();
         let alive = nodes

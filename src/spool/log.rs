@@ -86,8 +86,6 @@ pub struct Log {
     segments: VecDeque<Segment>,
     /// The last segment, open for appending, once something was appended in this run.
     append: Option<File>,
-    /// Start a new segment at the next append (the last one was dropped to make room).
-    roll: bool,
     next_seq: u64,
     /// The last record shipped with everything before it (the cursor).
     shipped_through: u64,
@@ -144,7 +142,6 @@ impl Log {
             segment_bytes,
             segments,
             append: None,
-            roll: false,
             next_seq: last_seen + 1,
             shipped_through,
         };
@@ -190,31 +187,29 @@ impl Log {
     pub fn appender(&mut self, first_seq: u64) -> io::Result<(File, u64)> {
         let full = match self.segments.back() {
             None => true,
-            Some(last) => self.roll || last.bytes >= self.segment_bytes,
+            Some(last) => last.bytes >= self.segment_bytes,
         };
-        if full || self.append.is_none() {
-            if full {
-                let path = segment_path(&self.dir, first_seq);
-                let file = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(&path)?;
-                // The new name must survive a power loss as much as what is written in it.
-                File::open(&self.dir)?.sync_all()?;
-                self.segments.push_back(Segment {
-                    first_seq,
-                    last_seq: first_seq - 1,
-                    bytes: 0,
-                });
-                self.append = Some(file);
-                self.roll = false;
-            } else {
-                let last = self.segments.back().expect("checked above");
-                let path = segment_path(&self.dir, last.first_seq);
-                self.append = Some(OpenOptions::new().read(true).write(true).open(path)?);
-            }
+        if full {
+            let path = segment_path(&self.dir, first_seq);
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            // The new name must survive a power loss as much as what is written in it.
+            File::open(&self.dir)?.sync_all()?;
+            self.segments.push_back(Segment {
+                first_seq,
+                last_seq: first_seq - 1,
+                bytes: 0,
+            });
+            self.append = Some(file);
+        } else if self.append.is_none() {
+            // The last segment of an earlier run, appended to again.
+            let last = self.segments.back().expect("not full, so there is one");
+            let path = segment_path(&self.dir, last.first_seq);
+            self.append = Some(OpenOptions::new().read(true).write(true).open(path)?);
         }
         let file = self.append.as_ref().expect("opened above").try_clone()?;
         let at = self.segments.back().expect("one segment at least").bytes;

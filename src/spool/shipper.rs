@@ -148,7 +148,6 @@ impl Progress {
             .timestamp_nanos_opt()
             .unwrap_or_default();
         self.in_flight.insert(seq, nanos);
-        metrics::spool_oldest(self.in_flight.values().next().copied());
     }
 
     fn caught_up(&mut self, read_through: u64) {

@@ -22,6 +22,20 @@ stages:
     .to_string()
 }
 
+/// The readings pipeline without its `id` stage: a document's id is then its reading id, so a
+/// reading stored twice (shipped again, retried on another node) shows as two documents
+/// instead of being folded by a payload id.
+pub fn readings_pipeline_by_reading_id() -> String {
+    r#"
+topics: ["sensors/+/+/telemetry"]
+payload: json
+stages:
+  - topic: {pattern: "sensors/{site}/{device}/telemetry"}
+  - route: {index: "readings"}
+"#
+    .to_string()
+}
+
 /// A bridge on `broker` and `node` with the readings pipeline, subscribed; and the data stream
 /// its readings land in.
 pub fn start_readings_bridge(broker: &Mosquitto, node: &SearchNode) -> (Bridge, String) {

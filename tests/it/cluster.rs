@@ -8,40 +8,33 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
+use crate::bridge_basics::readings_pipeline_by_reading_id;
 use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
 use crate::stored_once::soak_setting;
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::{SearchCluster, SearchNode, wait_for_count};
 
-/// Readings without an `id` stage: a document's id is its reading id, so a reading stored
-/// twice (a bulk retried on another node after the first stored part of it) shows as two.
-fn readings_pipeline() -> String {
-    r#"
-topics: ["sensors/+/+/telemetry"]
-payload: json
-stages:
-  - topic: {pattern: "sensors/{site}/{device}/telemetry"}
-  - route: {index: "readings"}
-"#
-    .to_string()
-}
-
 /// An embedded-broker bridge writing to `hosts`.
 fn bridge_on(hosts: &[String]) -> Bridge {
+    let spec = on_hosts(BridgeSpec::embedded("http://localhost:9200"), hosts);
+    let mut bridge = Bridge::start(&spec);
+    bridge.wait_ready();
+    bridge
+}
+
+/// `spec` writing to the cluster's `hosts` with the readings pipeline. `url` is the one-node
+/// shorthand; the cluster is given as `hosts` through the environment, so the spec's `url` must
+/// be left at its default (`http://localhost:9200`): the two together are a config error.
+fn on_hosts(spec: BridgeSpec, hosts: &[String]) -> BridgeSpec {
     let list = hosts
         .iter()
         .map(|h| format!("\"{h}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    // `url` is the one-node shorthand; the cluster is given as `hosts` through the environment
-    // (the harness writes `url` into the file, so it is cleared back to its default here).
-    let mut spec = BridgeSpec::embedded("http://localhost:9200")
-        .pipeline("readings.yaml", readings_pipeline());
+    let mut spec = spec.pipeline("readings.yaml", readings_pipeline_by_reading_id());
     spec.env
         .push(("MQTT2ES_ELASTICSEARCH__HOSTS".into(), format!("[{list}]")));
-    let mut bridge = Bridge::start(&spec);
-    bridge.wait_ready();
-    bridge
+    spec
 }
 
 /// When each PUBACK came, for every device together.
@@ -208,7 +201,8 @@ async fn a_flood_stage_block_for_thirty_seconds_dead_letters_nothing_loses_nothi
  {
     let node = SearchNode::shared();
     let mut bridge = Bridge::start(
-        &BridgeSpec::embedded(&node.url()).pipeline("readings.yaml", readings_pipeline()),
+        &BridgeSpec::embedded(&node.url())
+            .pipeline("readings.yaml", readings_pipeline_by_reading_id()),
     );
     bridge.wait_ready();
     let port = bridge.broker_port();
@@ -296,22 +290,16 @@ async fn instances_in_one_shared_group_store_each_reading_once_and_their_rates_a
     let cluster = SearchCluster::start(3);
     let broker = crate::bridge_basics::broker();
     let node = &cluster.nodes[0];
-    let hosts = cluster
-        .urls()
-        .iter()
-        .map(|h| format!("\"{h}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut figures = Vec::new();
     for instances in 1..=3 {
         let group = crate::support::unique("group");
         let mut bridges: Vec<Bridge> = (0..instances)
             .map(|_| {
-                let mut spec = BridgeSpec::new(broker.port(), "http://localhost:9200")
-                    .pipeline("readings.yaml", readings_pipeline());
+                let mut spec = on_hosts(
+                    BridgeSpec::new(broker.port(), "http://localhost:9200"),
+                    &cluster.urls(),
+                );
                 spec.upstream_extra = format!("  shared_group: {group}\n");
-                spec.env
-                    .push(("MQTT2ES_ELASTICSEARCH__HOSTS".into(), format!("[{hosts}]")));
                 Bridge::start(&spec)
             })
             .collect();

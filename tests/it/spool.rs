@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::bridge_basics::readings_pipeline_by_reading_id;
 use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
 use crate::stored_once::{PahoDevice, soak_setting, tail, telemetry_index, with_shipped_pipelines};
 use crate::support::bridge::{Bridge, BridgeSpec};
@@ -17,21 +18,8 @@ use crate::support::ports::free_port;
 use crate::support::publish::{devices_at, publish_in_parallel, publish_lines_qos1, readings};
 use crate::support::{SearchNode, wait_for_count};
 
-/// The readings without an `id` stage: each document's id is then its reading id, so a record
-/// shipped twice would be caught as a duplicate instead of being folded by a payload id.
-fn readings_pipeline() -> String {
-    r#"
-topics: ["sensors/+/+/telemetry"]
-payload: json
-stages:
-  - topic: {pattern: "sensors/{site}/{device}/telemetry"}
-  - route: {index: "readings"}
-"#
-    .to_string()
-}
-
 fn spooling(spec: BridgeSpec, spool_lines: &str) -> BridgeSpec {
-    let mut spec = spec.pipeline("readings.yaml", readings_pipeline());
+    let mut spec = spec.pipeline("readings.yaml", readings_pipeline_by_reading_id());
     spec.extra
         .push_str(&format!("delivery:\n  mode: spool\n{spool_lines}"));
     spec
@@ -55,6 +43,12 @@ fn publish_lines_qos0(port: u16, topic: &str, lines: &[String]) {
     drop(stdin);
     let output = child.wait_with_output().expect("mosquitto_pub");
     assert!(output.status.success(), "{output:?}");
+}
+
+/// Waits until the spool holds nothing not shipped (anything shipped twice is in the index by
+/// then).
+async fn spool_drained(metrics: std::net::SocketAddr, timeout: Duration) {
+    wait_for_samples(metrics, &[("mqtt2es_spool_records", 0.0)], timeout).await;
 }
 
 /// Longer than any publishing round here takes; a round still running then means the acks
@@ -131,12 +125,7 @@ async fn spooled_readings_are_acknowledged_while_the_search_node_is_down_and_a_s
     let stored = wait_for_count(&node, &index, expected, Duration::from_secs(120)).await;
     // A moment more for anything shipped twice to show up as a second document.
     let metrics = bridge.metrics_address();
-    wait_for_samples(
-        metrics,
-        &[("mqtt2es_spool_records", 0.0)],
-        Duration::from_secs(60),
-    )
-    .await;
+    spool_drained(metrics, Duration::from_secs(60)).await;
     assert_eq!(
         node.count(&index).await,
         expected,
@@ -479,12 +468,7 @@ async fn subscribed_to_mosquitto_a_spooling_bridge_stores_every_reading_once() {
     let stored = wait_for_count(node, &index, acked as u64, Duration::from_secs(60)).await;
     assert_eq!(stored, acked as u64, "{}", bridge.logs());
     let metrics = bridge.metrics_address();
-    wait_for_samples(
-        metrics,
-        &[("mqtt2es_spool_records", 0.0)],
-        Duration::from_secs(30),
-    )
-    .await;
+    spool_drained(metrics, Duration::from_secs(30)).await;
     assert_eq!(
         node.count(&index).await,
         acked as u64,
@@ -536,12 +520,7 @@ async fn a_full_spool_that_blocks_stops_the_acks_until_shipping_frees_room_and_t
     });
     bridge.wait_for_log("spool: writing again", 1, Duration::from_secs(10));
     let stored = wait_for_count(node, &index, acked as u64, Duration::from_secs(120)).await;
-    wait_for_samples(
-        metrics,
-        &[("mqtt2es_spool_records", 0.0)],
-        Duration::from_secs(60),
-    )
-    .await;
+    spool_drained(metrics, Duration::from_secs(60)).await;
     assert_eq!(
         node.count(&index).await,
         acked as u64,
