@@ -528,3 +528,53 @@ async fn a_full_spool_that_blocks_stops_the_acks_until_shipping_frees_room_and_t
         bridge.logs()
     );
 }
+
+/// A stranger's worst case for the spool: 500 byte-identical readings without a time of their
+/// own, on a time-series stream (one document per series and time), the first of them stored
+/// by the node whose answers are lost on the way back; mqtt2es SIGKILLed; on restart the spool ships them all
+/// again. Each must be found already stored under its own reading: 500 documents, neither
+/// merged into fewer (same series, no device time) nor stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_each_stored_once() {
+    let node = SearchNode::shared();
+    let target = node.url().trim_start_matches("http://").to_owned();
+    let proxy = crate::support::proxy::Proxy::start(target).await;
+    let mut spec = with_shipped_pipelines(BridgeSpec::embedded(&proxy.url));
+    spec.extra.push_str("delivery:\n  mode: spool\n");
+    spec.env.push((
+        "MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS".into(),
+        "2000".into(),
+    ));
+    let mut bridge = Bridge::start(&spec);
+    bridge.wait_ready();
+    let port = bridge.broker_port();
+    let index = telemetry_index(&bridge);
+
+    proxy.swallow_answers(true);
+    const READINGS: usize = 500;
+    let lines = vec![r#"{"temp_c":21.5}"#.to_owned(); READINGS];
+    let acked = within(PUBLISH_WAIT, move || {
+        publish_lines_qos1(port, "sensors/lab/pi-same/telemetry", &lines)
+    });
+    // What the requests in flight carried is stored by the node, never confirmed to mqtt2es
+    // (the rest waits behind them): all of it still in the spool, unshipped.
+    let stored = wait_for_count(node, &index, 1, Duration::from_secs(60)).await;
+    assert!(stored > 0, "{}", tail(&bridge));
+    bridge.kill();
+    proxy.swallow_answers(false);
+    bridge.restart();
+    bridge.wait_for_log("metrics listening address=", 2, Duration::from_secs(30));
+    let metrics = bridge.metrics_address();
+    spool_drained(metrics, Duration::from_secs(120)).await;
+    assert_eq!(
+        node.count(&index).await,
+        acked as u64,
+        "each reading once, none merged:\n{}",
+        tail(&bridge)
+    );
+    let (_, text) = get(metrics, "/metrics").await;
+    assert!(
+        sample(&text, "mqtt2es_documents_already_stored_total").unwrap_or(0.0) > 0.0,
+        "the restart shipped nothing again, so this proved nothing:\n{text}"
+    );
+}
