@@ -2,7 +2,7 @@
 //! or a rejection that becomes a dead letter. Shared by the pipeline (producer) and the sink
 //! (consumer) so neither depends on the other.
 
-use serde_json::{Map, Value};
+pub use crate::object::Object;
 
 /// A document ready for a `_bulk` `create` op.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,7 +13,7 @@ pub struct Document {
     pub index: String,
     /// Deterministic `_id` when the pipeline has an `id` stage; redelivery then is a 409, not a duplicate.
     pub id: Option<String>,
-    pub source: Map<String, Value>,
+    pub source: Object,
 }
 
 /// Why a message could not become a document. Becomes a dead letter carrying these fields.

@@ -20,6 +20,7 @@
 //! - `spool`     — store and forward (`delivery.mode: spool`): segment files, writer, shipper.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.
+//! - `object`    — a document's top level as pipelines build it: members in arrival order.
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
 //! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
 //! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
@@ -41,6 +42,7 @@ pub mod document;
 pub mod elastic;
 pub mod kept;
 pub mod metrics;
+pub mod object;
 pub mod pipeline;
 pub mod reading;
 pub mod record;

@@ -6,10 +6,11 @@
 //! exactly the messages it was written to let through.
 
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::ConfigError;
 use super::path::FieldPath;
+use crate::object::Object;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -146,7 +147,7 @@ impl Condition {
         Ok(condition)
     }
 
-    pub fn matches(&self, doc: &Map<String, Value>) -> bool {
+    pub fn matches(&self, doc: &Object) -> bool {
         match self {
             Condition::Equals(field, value) => field.get(doc).is_some_and(|v| same(v, value)),
             Condition::NotEquals(field, value) => !field.get(doc).is_some_and(|v| same(v, value)),
@@ -208,7 +209,7 @@ mod tests {
     }
 
     fn matches(config: Value, doc: Value) -> bool {
-        condition(config).matches(doc.as_object().expect("an object"))
+        condition(config).matches(&Object::from(doc.as_object().expect("an object").clone()))
     }
 
     #[test]

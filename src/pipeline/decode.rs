@@ -13,9 +13,10 @@
 //! problem into Elasticsearch.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::{ConfigError, LoadError, StageError};
+use crate::object::Object;
 
 /// Limits on decoding, part of the application config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -110,11 +111,7 @@ impl Payload {
         }
     }
 
-    pub fn decode(
-        self,
-        bytes: &[u8],
-        limits: &DecodeLimits,
-    ) -> Result<Map<String, Value>, StageError> {
+    pub fn decode(self, bytes: &[u8], limits: &DecodeLimits) -> Result<Object, StageError> {
         let text = std::str::from_utf8(bytes).map_err(|e| StageError::InvalidUtf8 {
             valid_up_to: e.valid_up_to(),
         })?;
@@ -122,11 +119,18 @@ impl Payload {
             Payload::Text => Ok(message(text)),
             Payload::Json { non_object } => {
                 check_depth(text, limits.max_depth)?;
-                let value: Value = serde_json::from_str(text)
-                    .map_err(|e| StageError::InvalidJson(e.to_string()))?;
+                let invalid = |e: serde_json::Error| StageError::InvalidJson(e.to_string());
+                // Straight into an object when it looks like one: the common case, without a
+                // `Value` built first and taken apart again.
+                if text.trim_start().starts_with('{') {
+                    return serde_json::from_str(text).map_err(invalid);
+                }
+                let value: Value = serde_json::from_str(text).map_err(invalid)?;
                 match (value, non_object) {
-                    (Value::Object(map), _) => Ok(map),
-                    (other, NonObject::Wrap) => Ok(Map::from_iter([("value".to_owned(), other)])),
+                    (Value::Object(map), _) => Ok(Object::from(map)),
+                    (other, NonObject::Wrap) => {
+                        Ok(Object::from_iter([("value".to_owned(), other)]))
+                    }
                     (other, NonObject::Reject) => {
                         Err(StageError::NotAnObject { kind: kind(&other) })
                     }
@@ -136,17 +140,17 @@ impl Payload {
                 if text.trim_start().starts_with(['{', '[']) {
                     check_depth(text, limits.max_depth)?;
                 }
-                match serde_json::from_str(text) {
-                    Ok(Value::Object(map)) => Ok(map),
-                    _ => Ok(message(text)),
+                match serde_json::from_str::<Object>(text) {
+                    Ok(object) => Ok(object),
+                    Err(_) => Ok(message(text)),
                 }
             }
         }
     }
 }
 
-fn message(text: &str) -> Map<String, Value> {
-    Map::from_iter([("message".to_owned(), Value::String(text.to_owned()))])
+fn message(text: &str) -> Object {
+    Object::from_iter([("message".to_owned(), Value::String(text.to_owned()))])
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -200,7 +204,7 @@ mod tests {
     fn decode(payload: Payload, bytes: &[u8]) -> Result<Value, StageError> {
         payload
             .decode(bytes, &DecodeLimits::default())
-            .map(Value::Object)
+            .map(Value::from)
     }
 
     fn nested(depth: usize) -> String {

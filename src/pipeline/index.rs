@@ -8,10 +8,10 @@
 //! choosing where its data lands is exactly what the prefix is there to prevent.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use super::error::{ConfigError, LoadError, StageError, clip};
 use super::template::{Part, Template, field_text};
+use crate::object::Object;
 
 /// Elasticsearch's limit on index and data stream names.
 const MAX_NAME_BYTES: usize = 255;
@@ -90,13 +90,13 @@ impl IndexTemplate {
             .any(|p| matches!(p, Part::Field(_)));
         if !has_fields {
             index
-                .render(&Map::new())
+                .render(&Object::new())
                 .map_err(|err| ConfigError::invalid("index", err.to_string()))?;
         }
         Ok(index)
     }
 
-    pub fn render(&self, doc: &Map<String, Value>) -> Result<String, StageError> {
+    pub fn render(&self, doc: &Object) -> Result<String, StageError> {
         let mut name = String::new();
         let mut first_problem = None;
         for part in self.template.parts() {
@@ -185,7 +185,7 @@ mod tests {
 
     fn render(raw: &str, site: &str) -> Result<String, StageError> {
         let doc = json!({ "site": site });
-        route(raw).render(doc.as_object().expect("an object"))
+        route(raw).render(&Object::from(doc.as_object().expect("an object").clone()))
     }
 
     #[test]
@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn a_missing_route_field_is_a_missing_field_rejection() {
         let err = route("x-{{site}}")
-            .render(&Map::new())
+            .render(&Object::new())
             .expect_err("missing");
         assert_eq!(err.reason(), "missing_field");
     }

@@ -10,6 +10,8 @@ use std::fmt;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::object::Object;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PathError {
     #[error("empty field path")]
@@ -54,56 +56,63 @@ impl FieldPath {
         &self.raw
     }
 
-    pub fn get<'m>(&self, map: &'m Map<String, Value>) -> Option<&'m Value> {
-        let (last, parents) = self.split();
-        let mut current = map;
+    pub fn get<'m>(&self, doc: &'m Object) -> Option<&'m Value> {
+        let Some((first, parents)) = self.parents.split_first() else {
+            return doc.get(&self.last);
+        };
+        let mut current = doc.get(first)?.as_object()?;
         for segment in parents {
             current = current.get(segment)?.as_object()?;
         }
-        current.get(last)
+        current.get(&self.last)
     }
 
-    pub fn get_mut<'m>(&self, map: &'m mut Map<String, Value>) -> Option<&'m mut Value> {
-        let (last, parents) = self.split();
-        let mut current = map;
+    pub fn get_mut<'m>(&self, doc: &'m mut Object) -> Option<&'m mut Value> {
+        let Some((first, parents)) = self.parents.split_first() else {
+            return doc.get_mut(&self.last);
+        };
+        let mut current = doc.get_mut(first)?.as_object_mut()?;
         for segment in parents {
             current = current.get_mut(segment)?.as_object_mut()?;
         }
-        current.get_mut(last)
+        current.get_mut(&self.last)
     }
 
-    pub fn remove(&self, map: &mut Map<String, Value>) -> Option<Value> {
-        let (last, parents) = self.split();
-        let mut current = map;
+    pub fn remove(&self, doc: &mut Object) -> Option<Value> {
+        let Some((first, parents)) = self.parents.split_first() else {
+            return doc.remove(&self.last);
+        };
+        let mut current = doc.get_mut(first)?.as_object_mut()?;
         for segment in parents {
             current = current.get_mut(segment)?.as_object_mut()?;
         }
-        current.remove(last)
+        current.remove(&self.last)
     }
 
     /// Sets the value, creating missing intermediate objects. Replaces an existing value.
-    pub fn insert(&self, map: &mut Map<String, Value>, value: Value) -> Result<(), Conflict> {
-        let (last, parents) = self.split();
-        let mut current = map;
+    pub fn insert(&self, doc: &mut Object, value: Value) -> Result<(), Conflict> {
+        let Some((first, parents)) = self.parents.split_first() else {
+            doc.insert(self.last.clone(), value);
+            return Ok(());
+        };
+        let conflict = |depth: usize| Conflict {
+            parent: self.parents[..=depth].join("."),
+        };
+        let mut current = match doc.get_or_insert_with(first, || Value::Object(Map::new())) {
+            Value::Object(object) => object,
+            _ => return Err(conflict(0)),
+        };
         for (depth, segment) in parents.iter().enumerate() {
             let next = current
                 .entry(segment.clone())
                 .or_insert_with(|| Value::Object(Map::new()));
             match next {
                 Value::Object(object) => current = object,
-                _ => {
-                    return Err(Conflict {
-                        parent: self.parents[..=depth].join("."),
-                    });
-                }
+                _ => return Err(conflict(depth + 1)),
             }
         }
-        current.insert(last.clone(), value);
+        current.insert(self.last.clone(), value);
         Ok(())
-    }
-
-    fn split(&self) -> (&String, &[String]) {
-        (&self.last, &self.parents)
     }
 }
 
@@ -123,9 +132,9 @@ mod tests {
         FieldPath::parse(s).expect("a valid path")
     }
 
-    fn object(value: Value) -> Map<String, Value> {
+    fn object(value: Value) -> Object {
         match value {
-            Value::Object(map) => map,
+            Value::Object(map) => Object::from(map),
             _ => panic!("not an object"),
         }
     }
@@ -152,12 +161,12 @@ mod tests {
 
     #[test]
     fn insert_creates_missing_intermediate_objects() {
-        let mut doc = Map::new();
+        let mut doc = Object::new();
         path("device.location.site")
             .insert(&mut doc, json!("home"))
             .expect("no conflict");
         assert_eq!(
-            Value::Object(doc),
+            Value::Object(doc.into_map()),
             json!({"device": {"location": {"site": "home"}}})
         );
     }
@@ -179,6 +188,6 @@ mod tests {
         let mut doc = object(json!({"a": {"b": 1, "c": 2}}));
         assert_eq!(path("a.b").remove(&mut doc), Some(json!(1)));
         assert_eq!(path("a.b").remove(&mut doc), None);
-        assert_eq!(Value::Object(doc), json!({"a": {"c": 2}}));
+        assert_eq!(Value::Object(doc.into_map()), json!({"a": {"c": 2}}));
     }
 }

@@ -13,6 +13,7 @@ use super::decode::{DecodeLimits, Payload};
 use super::error::StageError;
 use super::stages::{Draft, Flow, Stage};
 use crate::document::{Document, Processed, Rejection, payload_digest};
+use crate::object::Object;
 use crate::reading;
 use crate::record::Message;
 use crate::topic::TopicFilter;
@@ -88,7 +89,7 @@ impl Pipeline {
 /// `@timestamp` (receive time, RFC 3339 UTC with milliseconds) and `mqtt.{topic, qos, retain,
 /// user_properties}`. User properties are a list of `{key, value}` objects: MQTT allows a key
 /// to repeat, and keys chosen by devices must not become Elasticsearch field names.
-fn add_metadata(source: &mut Map<String, Value>, message: &Message) {
+fn add_metadata(source: &mut Object, message: &Message) {
     let mut mqtt = Map::new();
     mqtt.insert("topic".to_owned(), Value::from(message.topic.as_str()));
     mqtt.insert("qos".to_owned(), Value::from(message.qos.level()));
@@ -109,10 +110,8 @@ fn add_metadata(source: &mut Map<String, Value>, message: &Message) {
 /// `mqtt2es.reading_id`, after the stages so that none can change or remove it: a 409 from
 /// Elasticsearch is "already stored" only when the stored document carries the same one, or,
 /// for an id a pipeline made from fields, the same `mqtt2es.payload_digest`.
-fn add_reading_id(source: &mut Map<String, Value>, message: &Message, field_id: bool) {
-    let own = source
-        .entry("mqtt2es")
-        .or_insert_with(|| Value::Object(Map::new()));
+fn add_reading_id(source: &mut Object, message: &Message, field_id: bool) {
+    let own = source.get_or_insert_with("mqtt2es", || Value::Object(Map::new()));
     if !own.is_object() {
         *own = Value::Object(Map::new());
     }

@@ -7,11 +7,12 @@
 //! rendered `"null"` or `"[object]"`, because a document named after a missing value is a
 //! silent routing bug.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 use super::error::StageError;
 use super::path::{FieldPath, PathError};
+use crate::object::Object;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TemplateError {
@@ -66,7 +67,7 @@ impl Template {
         &self.parts
     }
 
-    pub fn render(&self, doc: &Map<String, Value>) -> Result<String, StageError> {
+    pub fn render(&self, doc: &Object) -> Result<String, StageError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -79,7 +80,7 @@ impl Template {
 }
 
 /// The text of a referenced scalar field.
-pub fn field_text(path: &FieldPath, doc: &Map<String, Value>) -> Result<String, StageError> {
+pub fn field_text(path: &FieldPath, doc: &Object) -> Result<String, StageError> {
     match path.get(doc) {
         None => Err(StageError::MissingField(path.to_string())),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -99,9 +100,9 @@ mod tests {
 
     use super::*;
 
-    fn doc(value: Value) -> Map<String, Value> {
+    fn doc(value: Value) -> Object {
         match value {
-            Value::Object(map) => map,
+            Value::Object(map) => Object::from(map),
             _ => panic!("not an object"),
         }
     }
@@ -116,13 +117,13 @@ mod tests {
     #[test]
     fn a_template_without_references_renders_as_itself() {
         let t = Template::parse("plain {text}").expect("valid");
-        assert_eq!(t.render(&Map::new()), Ok("plain {text}".to_owned()));
+        assert_eq!(t.render(&Object::new()), Ok("plain {text}".to_owned()));
     }
 
     #[test]
     fn a_missing_referenced_field_is_a_missing_field_error() {
         let t = Template::parse("{{site}}").expect("valid");
-        let err = t.render(&Map::new()).expect_err("missing");
+        let err = t.render(&Object::new()).expect_err("missing");
         assert_eq!(err, StageError::MissingField("site".to_owned()));
     }
 

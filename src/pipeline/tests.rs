@@ -40,7 +40,7 @@ fn load(files: &[(&str, &str)]) -> Result<Pipelines, LoadError> {
 
 fn source(processed: Processed) -> Value {
     match processed {
-        Processed::Document(doc) => Value::Object(doc.source),
+        Processed::Document(doc) => Value::from(doc.source),
         other => panic!("expected a document, got {other:?}"),
     }
 }

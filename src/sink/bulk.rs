@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 use super::{Routed, dead_letter};
 use crate::{
     document::{Processed, Rejection},
+    object::Object,
     record::{Ack, Message},
 };
 
@@ -295,12 +296,7 @@ struct Encoded {
 /// the document's own `event` already holds `ingested` or is not an object (the pipeline set it,
 /// or the name means something else there). With `time_first`, `@timestamp` follows it, at a
 /// known place, so a time-series reading can move to a later time without encoding it again.
-fn encode_document(
-    index: &str,
-    id: Option<&str>,
-    source: &Map<String, Value>,
-    time_first: bool,
-) -> Encoded {
+fn encode_document(index: &str, id: Option<&str>, source: &Object, time_first: bool) -> Encoded {
     let mut out = Vec::with_capacity(512);
     action_line(&mut out, index, id);
     let source_at = out.len();
@@ -330,10 +326,10 @@ fn encode_document(
     if let Some(time) = time {
         let out = fields.name("@timestamp");
         timestamp_at = Some(out.len() + 1); // after the opening quote
-        write_json(out, time);
+        write_json(out, time.as_str());
     }
-    for (key, value) in source {
-        let out = match key.as_str() {
+    for (key, value) in source.iter() {
+        let out = match key {
             "@timestamp" if time.is_some() => continue,
             "@timestamp" => {
                 let out = fields.name(key);
@@ -537,7 +533,52 @@ struct ItemResult {
     id: Option<String>,
 }
 
+/// The head of a bulk response: whether any item failed, and how many items there are.
+#[derive(Deserialize)]
+struct BulkSummary {
+    #[serde(default)]
+    errors: bool,
+    #[serde(default)]
+    items: ItemCount,
+}
+
+/// The length of the `items` array, its members skipped rather than built.
+#[derive(Default)]
+struct ItemCount(usize);
+
+impl<'de> Deserialize<'de> for ItemCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = ItemCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ItemCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(ItemCount(n))
+            }
+        }
+        deserializer.deserialize_seq(Counter)
+    }
+}
+
 fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
+    // The common answer, "errors": false with one item per document, means every item was
+    // stored (Elasticsearch sets `errors` when any item failed, a 409 included): settled
+    // without building a map per item. Anything else is read item by item below.
+    if let Ok(summary) = serde_json::from_slice::<BulkSummary>(body)
+        && !summary.errors
+        && (summary.items.0 == conflicts.len() || summary.items.0 == 0)
+    {
+        return Plan::Items(vec![Outcome::Stored; conflicts.len()]);
+    }
     let response: BulkResponse = match serde_json::from_slice(body) {
         Ok(response) => response,
         Err(e) => {
@@ -726,7 +767,7 @@ mod tests {
             pipeline: "thermometers".to_owned(),
             index: "mqtt2es-temp".to_owned(),
             id: id.map(str::to_owned),
-            source: source.as_object().expect("an object").clone(),
+            source: source.as_object().expect("an object").clone().into(),
         })
     }
 
@@ -747,7 +788,7 @@ mod tests {
             pipeline: "telemetry".to_owned(),
             index: index.to_owned(),
             id: id.map(str::to_owned),
-            source: source.as_object().expect("an object").clone(),
+            source: source.as_object().expect("an object").clone().into(),
         })
     }
 
@@ -1243,6 +1284,17 @@ mod tests {
     #[test]
     fn items_missing_from_the_response_are_retried_loudly_not_assumed_stored() {
         let body = r#"{"errors":true,"items":[{"create":{"status":201}}]}"#;
+        let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[OURS, OURS]) else {
+            panic!("expected per-item outcomes");
+        };
+        assert_eq!(outcomes[0], Outcome::Stored);
+        assert!(matches!(outcomes[1], Outcome::Retry { loud: true, .. }));
+    }
+
+    #[test]
+    fn a_response_without_errors_but_with_too_few_items_is_read_item_by_item() {
+        // "errors": false settles a request at once only when it answers every item.
+        let body = r#"{"errors":false,"items":[{"create":{"status":201}}]}"#;
         let Plan::Items(outcomes) = classify(200, body.as_bytes(), &[OURS, OURS]) else {
             panic!("expected per-item outcomes");
         };

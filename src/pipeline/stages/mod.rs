@@ -17,7 +17,7 @@ mod timestamp;
 mod topic;
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use self::convert::Convert;
 pub use self::drop::Drop;
@@ -32,12 +32,13 @@ pub use self::topic::Topic;
 use super::error::{ConfigError, StageError};
 use super::index::IndexPolicy;
 use super::path::FieldPath;
+use crate::object::Object;
 use crate::record::Message;
 
 /// The document as stages see it, with the routing decisions made so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draft {
-    pub source: Map<String, Value>,
+    pub source: Object,
     /// Set by `route`; `None` means the policy's default index.
     pub index: Option<String>,
     /// Set by `id`; `None` lets Elasticsearch choose.
@@ -184,7 +185,7 @@ pub(crate) mod test_support {
     pub fn draft(source: Value) -> Draft {
         match source {
             Value::Object(source) => Draft {
-                source,
+                source: Object::from(source),
                 index: None,
                 id: None,
             },
@@ -196,6 +197,6 @@ pub(crate) mod test_support {
     pub fn run(stage: &Stage, source: Value) -> Result<Value, StageError> {
         let mut d = draft(source);
         stage.apply(&mut d, &message("sensors/home/pi1/telemetry"))?;
-        Ok(Value::Object(d.source))
+        Ok(Value::from(d.source))
     }
 }

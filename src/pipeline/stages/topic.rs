@@ -92,7 +92,7 @@ mod tests {
         s.apply(&mut d, &message("sensors/home/pi1/telemetry"))
             .expect("matches");
         assert_eq!(
-            serde_json::Value::Object(d.source),
+            serde_json::Value::from(d.source),
             json!({"temp_c": 1, "site": "home", "device": "pi1"})
         );
     }
@@ -107,7 +107,7 @@ mod tests {
         s.apply(&mut d, &message("sensors/home/pi1/a/b"))
             .expect("matches");
         assert_eq!(
-            serde_json::Value::Object(d.source),
+            serde_json::Value::from(d.source),
             json!({"device": {"site": "home", "id": "pi1"}})
         );
     }

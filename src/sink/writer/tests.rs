@@ -146,7 +146,8 @@ fn doc(n: usize) -> Processed {
         source: json!({"@timestamp": "2025-03-01T12:00:00Z", "n": n})
             .as_object()
             .expect("an object")
-            .clone(),
+            .clone()
+            .into(),
     })
 }
 
@@ -528,7 +529,8 @@ async fn a_time_series_reading_whose_time_another_reading_holds_moves_to_a_later
         source: json!({"@timestamp": "2025-03-01T12:00:00.000000250Z", "site": "lab"})
             .as_object()
             .expect("an object")
-            .clone(),
+            .clone()
+            .into(),
     });
     let writer = setup.writer_with_time_series(&es.url, &["mqtt2es-telemetry-"]);
     let (report, settled, _) = run_all(writer, vec![reading]).await;
@@ -717,7 +719,8 @@ async fn a_document_larger_than_max_bytes_is_never_sent() {
         source: json!({"blob": "x".repeat(5000)})
             .as_object()
             .expect("an object")
-            .clone(),
+            .clone()
+            .into(),
     });
     let (report, settled, _) = run_all(setup.writer(&es.url), vec![big]).await;
 

@@ -1,0 +1,76 @@
+//! The CPU of mqtt2es's own per-reading work, without sockets or threads: the shipped pipelines
+//! (decode, stages) and the bulk encoding of the result, timed over many telemetry readings.
+//! Run on demand: `cargo run --release --example bench-pipeline [readings]`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqtt2es::pipeline::{DecodeLimits, IndexPolicy, Pipelines};
+use mqtt2es::reading::Assigned;
+use mqtt2es::record::{Ack, Message, QoS};
+use mqtt2es::sink::{Routed, bulk};
+
+fn main() {
+    let readings: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse().expect("a number of readings"))
+        .unwrap_or(1_000_000);
+    let pipelines = Pipelines::load_dir(
+        std::path::Path::new("pipelines"),
+        &IndexPolicy::default(),
+        &DecodeLimits::default(),
+    )
+    .expect("the shipped pipelines load");
+    let messages: Vec<Message> = (0..1000)
+        .map(|i| {
+            let assigned = Assigned::now();
+            Message {
+                topic: format!("sensors/bench/pub{}/telemetry", i % 4),
+                payload: Arc::from(
+                    format!(
+                        r#"{{"temp_c":21.{i},"humidity":48.2,"battery":0.93,"ts":"{}","seq":{i},"status":"ok"}}"#,
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )
+                    .into_bytes(),
+                ),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                reading: assigned.reading,
+                received_at: assigned.received_at,
+                user_properties: Vec::new(),
+            }
+        })
+        .collect();
+    let prefixes = vec!["mqtt2es-telemetry-".to_owned()];
+    let (mut process_ns, mut encode_ns, mut bytes) = (0u128, 0u128, 0usize);
+    for n in 0..readings {
+        let message = messages[n % messages.len()].clone();
+        let start = Instant::now();
+        let processed = pipelines.process(&message);
+        let mid = Instant::now();
+        let prepared = bulk::prepare(
+            Routed {
+                message,
+                processed,
+                ack: Ack::none(),
+            },
+            "mqtt2es-dead-letter",
+            10 << 20,
+            &prefixes,
+        );
+        let end = Instant::now();
+        if let bulk::Prepared::Send(item) = &prepared {
+            bytes += item.bytes();
+        }
+        drop(prepared);
+        process_ns += (mid - start).as_nanos();
+        encode_ns += (end - mid).as_nanos();
+    }
+    let per = |ns: u128| ns as f64 / readings as f64 / 1000.0;
+    println!(
+        "{readings} readings: pipeline {:.2} µs, encode {:.2} µs, {} bytes of NDJSON each",
+        per(process_ns),
+        per(encode_ns),
+        bytes / readings
+    );
+}
