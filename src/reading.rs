@@ -154,13 +154,44 @@ pub fn receive_time() -> DateTime<Utc> {
 /// RFC 3339 in UTC as documents carry it: milliseconds, or nanoseconds when the time has
 /// digits below the millisecond (assigned receive times do; a time-series data stream maps
 /// `@timestamp` as `date_nanos` so that they tell readings apart).
+///
+/// Written digit by digit: every reading gets one or two of these, and chrono's general
+/// formatter took 3.5 % of the CPU per reading. Times chrono would write otherwise (years
+/// outside 0–9999, a leap second) go through chrono.
 pub fn rfc3339(time: DateTime<Utc>) -> String {
-    let digits = if time.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
-        SecondsFormat::Millis
-    } else {
-        SecondsFormat::Nanos
+    use chrono::{Datelike, Timelike};
+    let nanos = time.nanosecond();
+    let millis_only = nanos.is_multiple_of(1_000_000);
+    let year = time.year();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        let digits = match millis_only {
+            true => SecondsFormat::Millis,
+            false => SecondsFormat::Nanos,
+        };
+        return time.to_rfc3339_opts(digits, true);
+    }
+    let mut out = [0u8; 30];
+    let mut at = 0;
+    let mut put = |value: u32, width: usize, after: u8| {
+        let mut rest = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out[at + width] = after;
+        at += width + 1;
     };
-    time.to_rfc3339_opts(digits, true)
+    put(year as u32, 4, b'-');
+    put(time.month(), 2, b'-');
+    put(time.day(), 2, b'T');
+    put(time.hour(), 2, b':');
+    put(time.minute(), 2, b':');
+    put(time.second(), 2, b'.');
+    match millis_only {
+        true => put(nanos / 1_000_000, 3, b'Z'),
+        false => put(nanos, 9, b'Z'),
+    }
+    String::from_utf8_lossy(&out[..at]).into_owned()
 }
 
 #[cfg(test)]
@@ -168,6 +199,30 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn rfc3339_writes_what_chrono_writes_for_milliseconds_and_nanoseconds() {
+        let chrono_of = |time: DateTime<Utc>| match time.timestamp_subsec_nanos() % 1_000_000 {
+            0 => time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            _ => time.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        };
+        // Years 0 to ~7100 in uneven steps, each time also cut to its millisecond.
+        let mut time: DateTime<Utc> = "0000-01-01T00:00:00Z".parse().expect("a time");
+        let step = chrono::Duration::nanoseconds(13 * 86_399_123_000_007);
+        for _ in 0..100_000 {
+            let millis =
+                chrono::Duration::nanoseconds(i64::from(time.timestamp_subsec_nanos() % 1_000_000));
+            for shown in [time, time - millis] {
+                assert_eq!(rfc3339(shown), chrono_of(shown));
+            }
+            time += step;
+        }
+        let past_9999 = "9999-12-31T23:59:59Z"
+            .parse::<DateTime<Utc>>()
+            .expect("a time")
+            + chrono::Duration::days(400);
+        assert_eq!(rfc3339(past_9999), chrono_of(past_9999));
+    }
 
     #[test]
     fn reading_ids_never_repeat_and_read_back_from_their_text() {

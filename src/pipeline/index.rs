@@ -97,19 +97,21 @@ impl IndexTemplate {
     }
 
     pub fn render(&self, doc: &Object) -> Result<String, StageError> {
-        let mut name = String::new();
+        let mut name = String::with_capacity(self.prefix.len() + 32);
         let mut first_problem = None;
         for part in self.template.parts() {
             match part {
                 Part::Literal(literal) => name.push_str(literal),
                 Part::Field(path) => {
-                    let value = field_text(path, doc)?.to_ascii_lowercase();
+                    let start = name.len();
+                    name.push_str(&field_text(path, doc)?);
+                    let value = &mut name[start..];
+                    value.make_ascii_lowercase();
                     if first_problem.is_none() {
-                        first_problem = check_segment(&value).err().map(|why| {
-                            format!("field \"{path}\" gives \"{}\": {why}", clip(&value))
+                        first_problem = check_segment(value).err().map(|why| {
+                            format!("field \"{path}\" gives \"{}\": {why}", clip(value))
                         });
                     }
-                    name.push_str(&value);
                 }
             }
         }

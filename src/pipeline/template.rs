@@ -7,6 +7,8 @@
 //! rendered `"null"` or `"[object]"`, because a document named after a missing value is a
 //! silent routing bug.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use thiserror::Error;
 
@@ -80,12 +82,12 @@ impl Template {
 }
 
 /// The text of a referenced scalar field.
-pub fn field_text(path: &FieldPath, doc: &Object) -> Result<String, StageError> {
+pub fn field_text<'d>(path: &FieldPath, doc: &'d Object) -> Result<Cow<'d, str>, StageError> {
     match path.get(doc) {
         None => Err(StageError::MissingField(path.to_string())),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(Value::Bool(b)) => Ok(b.to_string()),
+        Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
+        Some(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Cow::Borrowed(if *b { "true" } else { "false" })),
         Some(other) => Err(StageError::wrong_type(
             path.as_str(),
             other,
