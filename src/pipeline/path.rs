@@ -10,7 +10,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::object::Object;
+use crate::object::{Key, Object};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PathError {
@@ -32,7 +32,8 @@ pub struct FieldPath {
     raw: String,
     /// Held apart from `last` so that a path without segments cannot be represented.
     parents: Vec<String>,
-    last: String,
+    /// A `Key`: a top-level member set under it takes a copy without an allocation.
+    last: Key,
 }
 
 impl FieldPath {
@@ -44,7 +45,7 @@ impl FieldPath {
         if parents.iter().any(String::is_empty) {
             return Err(PathError::EmptySegment(raw.to_owned()));
         }
-        let last = parents.pop().unwrap_or_default();
+        let last = Key::from(parents.pop().unwrap_or_default());
         Ok(FieldPath {
             raw: raw.to_owned(),
             parents,
@@ -64,7 +65,7 @@ impl FieldPath {
         for segment in parents {
             current = current.get(segment)?.as_object()?;
         }
-        current.get(&self.last)
+        current.get(self.last.as_str())
     }
 
     pub fn get_mut<'m>(&self, doc: &'m mut Object) -> Option<&'m mut Value> {
@@ -75,7 +76,7 @@ impl FieldPath {
         for segment in parents {
             current = current.get_mut(segment)?.as_object_mut()?;
         }
-        current.get_mut(&self.last)
+        current.get_mut(self.last.as_str())
     }
 
     pub fn remove(&self, doc: &mut Object) -> Option<Value> {
@@ -86,7 +87,7 @@ impl FieldPath {
         for segment in parents {
             current = current.get_mut(segment)?.as_object_mut()?;
         }
-        current.remove(&self.last)
+        current.remove(self.last.as_str())
     }
 
     /// Sets the value, creating missing intermediate objects. Replaces an existing value.
@@ -111,7 +112,7 @@ impl FieldPath {
                 _ => return Err(conflict(depth + 1)),
             }
         }
-        current.insert(self.last.clone(), value);
+        current.insert(self.last.to_string(), value);
         Ok(())
     }
 }

@@ -103,8 +103,8 @@ fn add_metadata(source: &mut Object, message: &Message) {
         mqtt.insert("user_properties".to_owned(), Value::Array(properties));
     }
     let received = reading::rfc3339(message.received_at);
-    source.insert("@timestamp".to_owned(), Value::String(received));
-    source.insert("mqtt".to_owned(), Value::Object(mqtt));
+    source.insert("@timestamp", Value::String(received));
+    source.insert("mqtt", Value::Object(mqtt));
 }
 
 /// `mqtt2es.reading_id`, after the stages so that none can change or remove it: a 409 from
