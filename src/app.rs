@@ -127,11 +127,7 @@ pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
     let message = Message {
         topic: sample.topic,
         payload: Arc::from(sample.payload),
-        qos: match sample.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            _ => QoS::ExactlyOnce,
-        },
+        qos: QoS::saturating(sample.qos),
         retain: sample.retain,
         reading: crate::reading::ReadingId::next(),
         received_at: crate::reading::receive_time(),

@@ -26,6 +26,22 @@ impl QoS {
     pub fn level(self) -> u8 {
         self as u8
     }
+
+    /// The QoS of an MQTT level; `None` for anything but 0, 1 and 2.
+    pub fn from_level(level: u8) -> Option<QoS> {
+        match level {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+
+    /// The QoS of a level checked before (by the codec, the settings or a store that wrote it):
+    /// anything above 2 reads as 2.
+    pub fn saturating(level: u8) -> QoS {
+        QoS::from_level(level).unwrap_or(QoS::ExactlyOnce)
+    }
 }
 
 /// An MQTT application message as it arrived, before any pipeline touched it.

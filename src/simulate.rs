@@ -131,12 +131,7 @@ impl Fleet {
         if args.devices == 0 {
             return Err(FleetError::NoDevices);
         }
-        let qos = match args.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            2 => QoS::ExactlyOnce,
-            other => return Err(FleetError::Qos(other)),
-        };
+        let qos = rumqttc::qos(args.qos).map_err(|_| FleetError::Qos(args.qos))?;
         for (flag, value) in [("site", &args.site), ("device-prefix", &args.device_prefix)] {
             let empty_ok = flag == "device-prefix";
             if (value.is_empty() && !empty_ok) || value.contains(['/', '+', '#']) {

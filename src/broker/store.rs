@@ -135,14 +135,6 @@ impl Changes {
     }
 }
 
-pub fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// The broker's keyspaces in the state directory's database.
 pub struct Store {
     db: fjall::Database,
@@ -463,7 +455,7 @@ fn decode_message(value: &[u8]) -> Option<SavedMessage> {
     Some(SavedMessage {
         topic: header.topic,
         payload,
-        qos: qos(header.qos),
+        qos: QoS::saturating(header.qos),
         retain: header.retain,
         properties,
         expires_at: header
@@ -523,7 +515,7 @@ impl LegacyMessage {
         Some(SavedMessage {
             topic: self.topic,
             payload: Bytes::from(payload),
-            qos: qos(self.qos),
+            qos: QoS::saturating(self.qos),
             retain: true,
             properties: (!properties.is_empty()).then_some(properties),
             expires_at: self

@@ -44,12 +44,8 @@ impl Input {
                 case.display()
             ),
         };
-        let qos = match self.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            2 => QoS::ExactlyOnce,
-            other => panic!("{}: qos {other}", case.display()),
-        };
+        let qos = QoS::from_level(self.qos)
+            .unwrap_or_else(|| panic!("{}: qos {}", case.display(), self.qos));
         Message {
             topic: self.topic,
             payload: payload.into(),

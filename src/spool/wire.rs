@@ -55,12 +55,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let qos = match input.u8()? {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        other => return Err(DecodeError::QoS(other)),
-    };
+    let level = input.u8()?;
+    let qos = QoS::from_level(level).ok_or(DecodeError::QoS(level))?;
     let retain = input.u8()? != 0;
     let reading = ReadingId::from_u128(u128::from_le_bytes(input.array()?));
     let received_at = DateTime::from_timestamp_nanos(i64::from_le_bytes(input.array()?));

@@ -75,11 +75,7 @@ impl Driver {
             connection,
             client,
             filters,
-            qos: match qos {
-                0 => QoS::AtMostOnce,
-                1 => QoS::AtLeastOnce,
-                _ => QoS::ExactlyOnce,
-            },
+            qos: QoS::saturating(qos),
             records: Some(records),
             settle_to: None,
             queue: AckQueue::default(),

@@ -485,7 +485,7 @@ fn inbound_publish(
     retain: bool,
     user_properties: Vec<(String, String)>,
 ) -> Inbound {
-    let qos = qos_from_level(qos_level);
+    let qos = QoS::saturating(qos_level);
     // A new reading as far as this connection knows; the driver, which remembers what it has
     // not acknowledged yet, gives a redelivery its first identity back.
     let assigned = Assigned::now();
@@ -513,14 +513,6 @@ fn subscribed(filters: usize, refused: usize) -> Inbound {
 
 fn ack_key(qos: QoS, pkid: u16) -> Option<AckKey> {
     (qos != QoS::AtMostOnce).then_some(AckKey { qos, pkid })
-}
-
-fn qos_from_level(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
 }
 
 fn v4_qos(qos: QoS) -> rumqttc::QoS {

@@ -369,14 +369,6 @@ fn whole_packet(buf: &[u8]) -> Option<usize> {
     None
 }
 
-fn qos_of(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError> {
     let packet = match v4::Packet::read(buf, max) {
         Ok(packet) => packet,
@@ -407,7 +399,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 will: connect.last_will.map(|will| Will {
                     topic: will.topic,
                     payload: will.message,
-                    qos: qos_of(will.qos as u8),
+                    qos: QoS::saturating(will.qos as u8),
                     retain: will.retain,
                     delay_s: 0,
                     properties: MessageProperties::default(),
@@ -420,7 +412,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
         v4::Packet::Publish(publish) => Packet::Publish(Publish {
             topic: publish.topic,
             payload: publish.payload,
-            qos: qos_of(publish.qos as u8),
+            qos: QoS::saturating(publish.qos as u8),
             retain: publish.retain,
             dup: publish.dup,
             pkid: publish.pkid,
@@ -438,7 +430,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 .into_iter()
                 .map(|f| Filter {
                     filter: f.path,
-                    qos: qos_of(f.qos as u8),
+                    qos: QoS::saturating(f.qos as u8),
                     no_local: false,
                     retain_as_published: false,
                     retain_handling: RetainHandling::Send,
@@ -514,7 +506,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                     Some(Will {
                         topic,
                         payload: will.message,
-                        qos: qos_of(will.qos as u8),
+                        qos: QoS::saturating(will.qos as u8),
                         retain: will.retain,
                         delay_s,
                         properties,
@@ -558,7 +550,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
             Packet::Publish(Publish {
                 topic,
                 payload: publish.payload,
-                qos: qos_of(publish.qos as u8),
+                qos: QoS::saturating(publish.qos as u8),
                 retain: publish.retain,
                 dup: publish.dup,
                 pkid: publish.pkid,
@@ -577,7 +569,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
                 .into_iter()
                 .map(|f| Filter {
                     filter: f.path,
-                    qos: qos_of(f.qos as u8),
+                    qos: QoS::saturating(f.qos as u8),
                     no_local: f.nolocal,
                     retain_as_published: f.preserve_retain,
                     retain_handling: match f.retain_forward_rule {

@@ -24,9 +24,10 @@ use tracing::{error, info};
 
 use super::queue::{Change, Queue, QueueLimits};
 use super::{Delivery, Registry, Session, Subscription, join};
-use crate::broker::store::{self, Changes, SavedMessage, SavedSession, SavedSubscription, State};
+use crate::broker::store::{Changes, SavedMessage, SavedSession, SavedSubscription, State};
 use crate::broker::store::{Store, StoreError};
 use crate::reading::Assignments;
+use crate::record::QoS;
 use crate::topic::TopicFilter;
 
 /// How long the writer task lets changes gather before writing them.
@@ -243,7 +244,7 @@ fn logged(result: Result<(), StoreError>) {
 fn subscription(saved: &SavedSubscription) -> Option<Subscription> {
     Some(Subscription {
         filter: TopicFilter::parse(&saved.filter).ok()?,
-        qos: store::qos(saved.qos),
+        qos: QoS::saturating(saved.qos),
         no_local: saved.no_local,
         retain_as_published: saved.retain_as_published,
         id: saved.id,
