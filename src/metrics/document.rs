@@ -1,6 +1,6 @@
 //! One `{prefix}metrics` document: the difference between two snapshots of cumulative counters,
-//! plus the gauges at the end of the interval (field names in /work/schema.md's contract, also
-//! listed in README's "Operations").
+//! plus the gauges at the end of the interval (the fields are listed in README's "Operations"
+//! and read by the dashboards in `dashboards/`).
 //!
 //! Diffing cumulative counters is what makes shipping safe to fail: when a document cannot be
 //! written, the shipper keeps the older snapshot and the next document covers both intervals,

@@ -188,16 +188,10 @@ pub fn bulk_request(elapsed: Duration, status: Option<u16>) {
 /// future (a device clock ahead) counts as 0.
 pub fn document_stored(data_stream: &str, timestamp: Option<&str>, now: DateTime<Utc>) {
     FIGURES.stored_in(data_stream);
-    if let Some(at) = timestamp.and_then(parse_time) {
+    if let Some(at) = timestamp.and_then(crate::reading::parse_rfc3339) {
         let latency = (now - at).to_std().unwrap_or(Duration::ZERO);
         FIGURES.latency.observe(latency);
     }
-}
-
-fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|at| at.with_timezone(&Utc))
 }
 
 /// The metrics' ear on the sink: what it reports goes into the figures.
@@ -347,10 +341,10 @@ mod tests {
 
     #[test]
     fn a_timestamp_is_read_as_rfc3339_in_any_offset_and_nothing_else() {
-        let at = parse_time("2026-11-22T10:00:00.5+01:00").expect("a timestamp");
+        let at = crate::reading::parse_rfc3339("2026-11-22T10:00:00.5+01:00").expect("a timestamp");
         assert_eq!(at.to_rfc3339(), "2026-11-22T09:00:00.500+00:00");
-        assert_eq!(parse_time("1763805600000"), None);
-        assert_eq!(parse_time("not a time"), None);
+        assert_eq!(crate::reading::parse_rfc3339("1763805600000"), None);
+        assert_eq!(crate::reading::parse_rfc3339("not a time"), None);
     }
 
     #[test]

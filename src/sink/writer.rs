@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use bytes::Bytes;
 use elasticsearch::{
@@ -605,11 +605,13 @@ impl Shared {
         let mut refused = 0;
         let mut first_refusal = None;
         let mut failed = Vec::new();
+        // One clock reading for the round: the latency of every document it stored.
+        let now = Utc::now();
         for (item, outcome) in chunk.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Stored | Outcome::AlreadyStored => {
                     round.unblocked += usize::from(item.blocked);
-                    self.settle(item, matches!(outcome, Outcome::AlreadyStored));
+                    self.settle(item, matches!(outcome, Outcome::AlreadyStored), now);
                 }
                 Outcome::Check { index, id } => round.check.push((item, index, id)),
                 Outcome::Retry {
@@ -682,7 +684,7 @@ impl Shared {
                 continue;
             };
             if holder.is(&item.message, time_series) {
-                self.settle(item, true);
+                self.settle(item, true, Utc::now());
                 continue;
             }
             let holder = holder
@@ -810,14 +812,14 @@ impl Shared {
     }
 
     /// Elasticsearch confirmed the item.
-    fn settle(&self, item: Item, already_there: bool) {
+    fn settle(&self, item: Item, already_there: bool, now: DateTime<Utc>) {
         let how = match &item.kind {
             Kind::Document { .. } => {
                 let counter = if already_there {
                     &self.stats.already_stored
                 } else {
                     self.observer
-                        .document_stored(item.index(), item.timestamp(), Utc::now());
+                        .document_stored(item.index(), item.timestamp(), now);
                     &self.stats.stored
                 };
                 bump(counter, 1);
