@@ -2,13 +2,16 @@
 //! or a rejection that becomes a dead letter. Shared by the pipeline (producer) and the sink
 //! (consumer) so neither depends on the other.
 
+use std::sync::Arc;
+
 pub use crate::object::Object;
 
 /// A document ready for a `_bulk` `create` op.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
-    /// The pipeline that produced it (for dead letters and metrics).
-    pub pipeline: String,
+    /// The pipeline that produced it (for dead letters and metrics); shared, not copied per
+    /// document.
+    pub pipeline: Arc<str>,
     /// Target data stream, already confined to the configured prefix and valid for Elasticsearch.
     pub index: String,
     /// Deterministic `_id` when the pipeline has an `id` stage; redelivery then is a 409, not a duplicate.

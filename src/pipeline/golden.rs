@@ -66,7 +66,7 @@ impl Input {
 pub fn to_json(processed: &Processed) -> Value {
     match processed {
         Processed::Document(doc) => json!({"document": {
-            "pipeline": doc.pipeline, "index": doc.index, "id": doc.id, "source": doc.source,
+            "pipeline": &*doc.pipeline, "index": doc.index, "id": doc.id, "source": doc.source,
         }}),
         Processed::Dropped { pipeline, stage } => {
             json!({"dropped": {"pipeline": pipeline, "stage": stage}})
@@ -180,7 +180,7 @@ fn shipped_pipelines_route_status_and_telemetry_before_the_catch_all() {
             user_properties: Vec::new(),
         };
         match pipelines.process(&message) {
-            Processed::Document(doc) => (doc.pipeline, doc.index),
+            Processed::Document(doc) => (doc.pipeline.to_string(), doc.index),
             other => panic!("{topic}: expected a document, got {}", to_json(&other)),
         }
     };

@@ -84,7 +84,7 @@ pub fn pipeline(
         .map(|(index, config)| stage(file, index, config, policy))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Pipeline {
-        name,
+        name: name.into(),
         file: file.to_owned(),
         topics,
         payload,
@@ -154,9 +154,9 @@ mod tests {
     #[test]
     fn the_name_defaults_to_the_file_stem() {
         let p = load("topics: ['#']").expect("valid");
-        assert_eq!(p.name, "t");
+        assert_eq!(&*p.name, "t");
         let p = load("name: other\ntopics: ['#']").expect("valid");
-        assert_eq!(p.name, "other");
+        assert_eq!(&*p.name, "other");
     }
 
     #[test]

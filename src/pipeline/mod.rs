@@ -130,7 +130,7 @@ impl Pipelines {
             if let Some(first) = pipelines[..i].iter().find(|q| q.name == p.name) {
                 return Err(LoadError::DuplicateName {
                     file: p.file.clone(),
-                    name: p.name.clone(),
+                    name: p.name.to_string(),
                     other: first.file.clone(),
                 });
             }
@@ -181,7 +181,7 @@ impl Pipelines {
     }
 
     pub fn get(&self, name: &str) -> Option<&Pipeline> {
-        self.pipelines.iter().find(|p| p.name == name)
+        self.pipelines.iter().find(|p| &*p.name == name)
     }
 
     /// Pipeline names in match order.

@@ -7,6 +7,8 @@
 //! document in a data stream must have a well-typed `@timestamp`. Devices send their own time
 //! under another key (`ts`) and a `timestamp` stage moves it, as the shipped pipelines do.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use super::decode::{DecodeLimits, Payload};
@@ -20,7 +22,7 @@ use crate::topic::TopicFilter;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
-    pub(super) name: String,
+    pub(super) name: Arc<str>,
     /// Where it was loaded from, for errors about it.
     pub(super) file: String,
     pub(super) topics: Vec<TopicFilter>,
@@ -60,7 +62,7 @@ impl Pipeline {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Drop) => {
                     return Processed::Dropped {
-                        pipeline: self.name.clone(),
+                        pipeline: self.name.to_string(),
                         stage: stage.key().to_owned(),
                     };
                 }
@@ -69,7 +71,7 @@ impl Pipeline {
         }
         add_reading_id(&mut draft.source, message, draft.id.is_some());
         Processed::Document(Document {
-            pipeline: self.name.clone(),
+            pipeline: Arc::clone(&self.name),
             index: draft.index.unwrap_or_else(|| self.default_index.clone()),
             id: draft.id,
             source: draft.source,
@@ -78,7 +80,7 @@ impl Pipeline {
 
     fn reject(&self, stage: &str, err: &StageError) -> Processed {
         Processed::Rejected(Rejection {
-            pipeline: Some(self.name.clone()),
+            pipeline: Some(self.name.to_string()),
             stage: Some(stage.to_owned()),
             reason: err.reason().to_owned(),
             detail: err.to_string(),

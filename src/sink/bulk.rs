@@ -63,7 +63,7 @@ const STAMP_PLACEHOLDER: &str = "1970-01-01T00:00:00.000Z";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Document {
-        pipeline: String,
+        pipeline: std::sync::Arc<str>,
         conflict: Conflict,
     },
     DeadLetter {
@@ -225,7 +225,7 @@ pub fn prepare(
             } = encode_document(&doc.index, id, &doc.source, time_series);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
-                    pipeline: Some(doc.pipeline),
+                    pipeline: Some(doc.pipeline.to_string()),
                     stage: Some("bulk".to_owned()),
                     reason: DOCUMENT_TOO_LARGE.to_owned(),
                     detail: format!(
@@ -764,7 +764,7 @@ mod tests {
     fn document(id: Option<&str>) -> Processed {
         let source = json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 21.5});
         Processed::Document(Document {
-            pipeline: "thermometers".to_owned(),
+            pipeline: "thermometers".into(),
             index: "mqtt2es-temp".to_owned(),
             id: id.map(str::to_owned),
             source: source.as_object().expect("an object").clone().into(),
@@ -785,7 +785,7 @@ mod tests {
 
     fn document_with(index: &str, id: Option<&str>, source: Value) -> Processed {
         Processed::Document(Document {
-            pipeline: "telemetry".to_owned(),
+            pipeline: "telemetry".into(),
             index: index.to_owned(),
             id: id.map(str::to_owned),
             source: source.as_object().expect("an object").clone().into(),
@@ -1098,7 +1098,7 @@ mod tests {
     fn a_dropped_record_is_settled_without_encoding() {
         let prepared = prepare(
             routed(Processed::Dropped {
-                pipeline: "p".to_owned(),
+                pipeline: "p".into(),
                 stage: "drop".to_owned(),
             }),
             "dl",

@@ -793,7 +793,7 @@ impl Shared {
     /// message. A refused dead letter goes to the file: it would be refused again.
     fn reject(&self, item: Item, reason: &str, detail: String, round: &mut Round) {
         let pipeline = match &item.kind {
-            Kind::Document { pipeline, .. } => pipeline.clone(),
+            Kind::Document { pipeline, .. } => pipeline.to_string(),
             Kind::DeadLetter { .. } => return round.to_file.push(item),
         };
         let rejection = Rejection {

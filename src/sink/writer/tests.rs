@@ -140,7 +140,7 @@ fn reading_doc(n: usize) -> Processed {
 
 fn doc(n: usize) -> Processed {
     Processed::Document(Document {
-        pipeline: "thermometers".to_owned(),
+        pipeline: "thermometers".into(),
         index: "mqtt2es-temp".to_owned(),
         id: Some(format!("id-{n}")),
         source: json!({"@timestamp": "2025-03-01T12:00:00Z", "n": n})
@@ -523,7 +523,7 @@ async fn a_time_series_reading_whose_time_another_reading_holds_moves_to_a_later
     .await;
     let setup = Setup::new();
     let reading = Processed::Document(Document {
-        pipeline: "telemetry".to_owned(),
+        pipeline: "telemetry".into(),
         index: "mqtt2es-telemetry-lab".to_owned(),
         id: None,
         source: json!({"@timestamp": "2025-03-01T12:00:00.000000250Z", "site": "lab"})
@@ -713,7 +713,7 @@ async fn a_document_larger_than_max_bytes_is_never_sent() {
     let mut setup = Setup::new();
     setup.max_bytes = 2000;
     let big = Processed::Document(Document {
-        pipeline: "thermometers".to_owned(),
+        pipeline: "thermometers".into(),
         index: "mqtt2es-temp".to_owned(),
         id: None,
         source: json!({"blob": "x".repeat(5000)})
@@ -752,7 +752,7 @@ async fn a_dropped_record_settles_as_dropped_without_a_request() {
     let es = StandIn::start(|_, r| all_created(r)).await;
     let setup = Setup::new();
     let dropped = Processed::Dropped {
-        pipeline: "thermometers".to_owned(),
+        pipeline: "thermometers".into(),
         stage: "drop".to_owned(),
     };
     let (report, settled, _) = run_all(setup.writer(&es.url), vec![dropped]).await;
