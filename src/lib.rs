@@ -33,6 +33,7 @@
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
 //! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
 //! - `top`       — `mqtt2es top`: a live terminal view of a running mqtt2es, from its `/metrics`.
+//! - `stand_in`  — tests only: a fault-injection HTTP stand-in for Elasticsearch and Kibana.
 
 pub mod acks;
 pub mod app;
@@ -51,6 +52,8 @@ pub mod settings;
 pub mod simulate;
 pub mod sink;
 pub mod spool;
+#[cfg(test)]
+pub(crate) mod stand_in;
 pub mod state;
 pub mod top;
 pub mod topic;

@@ -409,7 +409,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sink::stand_in::{Reply, StandIn};
+    use crate::stand_in::{Reply, StandIn};
 
     const DATA_VIEW: &str = r#"{"type":"index-pattern","id":"mqtt2es-telemetry","attributes":{"title":"mqtt2es-telemetry-*","timeFieldName":"@timestamp"},"references":[]}"#;
     const DASHBOARD: &str = r#"{"type":"dashboard","id":"mqtt2es-fleet","attributes":{"title":"mqtt2es — sensor fleet"},"references":[{"type":"index-pattern","id":"mqtt2es-telemetry","name":"x"}]}"#;
@@ -508,7 +508,7 @@ mod tests {
     /// Checks what Kibana checks (path, method, kbn-xsrf, multipart file field with an
     /// .ndjson name) and answers like Kibana: 400 for a bad request, otherwise 200 with
     /// `success`, `successCount`, and `errors[]` for objects whose references are missing.
-    fn kibana_like(request: &crate::sink::stand_in::Request, known: &[&str]) -> Reply {
+    fn kibana_like(request: &crate::stand_in::Request, known: &[&str]) -> Reply {
         if request.method != "POST" || !request.path.starts_with("/api/saved_objects/_import") {
             return Reply::Json(
                 404,

@@ -462,7 +462,7 @@ mod tests {
 
     use crate::{
         elastic::{ElasticsearchSettings, build_client, templates::RetentionDays},
-        sink::stand_in::{Reply, StandIn},
+        stand_in::{Reply, StandIn},
     };
 
     fn client(url: &str) -> Elasticsearch {

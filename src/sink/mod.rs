@@ -34,8 +34,6 @@ pub mod batcher;
 pub mod bulk;
 pub mod dead_letter;
 pub mod observer;
-#[cfg(test)]
-pub(crate) mod stand_in;
 pub mod writer;
 
 pub use batcher::{Batch, Batcher};

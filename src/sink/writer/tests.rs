@@ -1,4 +1,4 @@
-//! Writer tests against the fault-injection stand-in for Elasticsearch (`sink::stand_in`):
+//! Writer tests against the fault-injection stand-in for Elasticsearch (`crate::stand_in`):
 //! a real node cannot be made to answer 429, 413, 503, hang, or drop a connection on cue.
 //! End-to-end behaviour against a real node is tested elsewhere.
 //!
@@ -18,10 +18,9 @@ use crate::{
     reading::ReadingId,
     record::{Ack, Settled, Settlement},
     sink::{
-        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
-        dead_letter::tests::message,
-        stand_in::{Gate, Reply, Request, StandIn},
+        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings, dead_letter::tests::message,
     },
+    stand_in::{Gate, Reply, Request, StandIn},
 };
 
 /// A bulk response with these item statuses, shaped as `filter_path` leaves it.

@@ -1,5 +1,6 @@
-//! A fault-injection stand-in for Elasticsearch, for tests only; also the stand-in for Kibana,
-//! which cannot run here (the tests of `elastic::kibana` say so).
+//! A fault-injection stand-in for Elasticsearch, for tests only (the sink's and setup's); also the
+//! stand-in for Kibana, which cannot run here (the tests of `elastic::kibana` say so). At the
+//! crate's top because both `sink` and `elastic` use it and neither owns it.
 //!
 //! Used on purpose where a real node cannot produce the fault on cue: 429, 413, 503, a hung
 //! request, a dropped connection, a refused credential, a version too old. It is a tokio `TcpListener` on
