@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod codec;
 pub mod connection;
+pub mod delivery;
 pub mod listener;
 pub mod retained;
 pub mod router;
@@ -31,6 +32,7 @@ pub mod session;
 pub mod settings;
 pub mod share;
 pub mod store;
+pub mod subscription;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::session::Delivery;
+use super::delivery::Delivery;
 use crate::topic::TopicFilter;
 
 #[derive(Debug, Default)]

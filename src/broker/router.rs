@@ -7,7 +7,7 @@
 //! Shared subscriptions (`$share/…`) are not counted here: their group gives a message to one
 //! member (`share`), whatever that member's other subscriptions got.
 
-use super::session::Subscription;
+use super::subscription::Subscription;
 use crate::record::QoS;
 
 /// How a message reaches a session whose subscriptions match it.

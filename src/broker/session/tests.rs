@@ -1,4 +1,7 @@
+use bytes::Bytes;
+
 use super::*;
+use crate::broker::codec::MessageProperties;
 use crate::broker::store::{self, State};
 
 fn attached(connection: u64) -> Attached {
