@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     document::Processed,
@@ -68,7 +68,7 @@ pub struct SinkSettings {
 }
 
 /// `sink.batch:`. Zero is refused at load time for every count and size.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
     /// Documents per bulk request.
@@ -96,7 +96,7 @@ impl Default for BatchSettings {
 }
 
 /// `sink.retry:`: capped exponential backoff with jitter between attempts.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Delay before the first retry; each further retry doubles it.

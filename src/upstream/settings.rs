@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 use crate::settings::{SettingsError, key_error, read_secret};
 
 /// MQTT protocol version spoken to the upstream broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Protocol {
     #[serde(rename = "3.1.1")]
     V311,
@@ -16,7 +16,7 @@ pub enum Protocol {
     V5,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSettings {
     pub host: String,
@@ -54,7 +54,7 @@ pub struct UpstreamSettings {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM file with the CA certificate(s) that signed the broker's certificate.
