@@ -30,7 +30,7 @@ use crate::{document::Rejection, record::Message};
 /// How many times a dead letter is tried against Elasticsearch before it goes to the file.
 pub const ELASTICSEARCH_ATTEMPTS: u32 = 3;
 
-/// `sink.dead_letter:` in the config file.
+/// `dead_letter:` in the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeadLetterSettings {

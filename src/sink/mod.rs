@@ -51,7 +51,8 @@ pub struct Routed {
     pub ack: Ack,
 }
 
-/// `sink:` in the config file.
+/// What the writer is given: the config file's `batch`, `retry` and `dead_letter` sections (at
+/// its top level; there is no `sink:` key) and what setup found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkSettings {
@@ -67,7 +68,7 @@ pub struct SinkSettings {
     pub gzip: bool,
 }
 
-/// `sink.batch:`. Zero is refused at load time for every count and size.
+/// `batch:` in the config file. Zero is refused at load time for every count and size.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
@@ -95,7 +96,7 @@ impl Default for BatchSettings {
     }
 }
 
-/// `sink.retry:`: capped exponential backoff with jitter between attempts.
+/// `retry:` in the config file: capped exponential backoff with jitter between attempts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {

@@ -43,7 +43,7 @@ pub struct UpstreamSettings {
     /// latency; several connections multiply that window without weakening the guarantee.
     pub connections: usize,
     /// Largest MQTT packet accepted from the broker. Larger packets cannot be read at all, so keep
-    /// this above `pipeline.max_payload_bytes`: payloads between the two become dead letters.
+    /// this above `pipelines.max_payload_bytes`: payloads between the two become dead letters.
     pub max_packet_bytes: usize,
     /// MQTT 5 receive maximum advertised to the broker (QoS 1/2 messages in flight to us).
     pub receive_maximum: u16,
