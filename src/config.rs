@@ -6,12 +6,15 @@
 //! to the command line. Unknown keys are errors everywhere, so a typo never silently becomes a
 //! default. Relative paths are resolved against the config file's directory, which is what makes
 //! `mqtt2es run --config /etc/mqtt2es/mqtt2es.yaml` find `pipelines/` beside it from any cwd.
+//!
+//! README.md's "Configuration reference" lists every key with its default and meaning;
+//! `reference_tests` fails when it and these types disagree, so a new key is documented with it.
 
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerSettings;
 
@@ -24,7 +27,7 @@ use crate::sink::{BatchSettings, DeadLetterSettings, RetrySettings};
 use crate::spool::DeliverySettings;
 use crate::upstream::UpstreamSettings;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The broker to subscribe to. Without one, mqtt2es is the broker (see `broker`).
@@ -48,7 +51,7 @@ pub struct Config {
     pub metrics: MetricsSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSettings {
     /// Directory holding one pipeline per `*.yaml` file.
@@ -69,7 +72,7 @@ impl Default for PipelineSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SetupSettings {
     /// Install the templates when `run` starts (idempotent). Dashboards are imported by
@@ -88,7 +91,7 @@ impl Default for SetupSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSettings {
     /// After SIGTERM: how long to keep flushing and retrying before giving up on what is not
@@ -102,7 +105,7 @@ impl Default for ShutdownSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -110,7 +113,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -243,6 +246,9 @@ fn describe(error: figment::Error) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod reference_tests;
 
 #[cfg(test)]
 // figment::Jail fixes its closures' error type to figment's own, which clippy finds large.

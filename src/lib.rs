@@ -10,7 +10,8 @@
 //! - `main.rs`   — CLI: parse, init logs, load config, run, map errors to exit codes.
 //! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load:
-//!   it gathers the sections each module owns and checks.
+//!   it gathers the sections each module owns and checks; its tests keep README's
+//!   "Configuration reference" in step with them.
 //! - `settings`  — `SettingsError`, what every section reports with (so modules never import
 //!   `config`).
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.

@@ -4,11 +4,12 @@
 //! `Display` both print `[redacted]`, so `tracing::debug!(?config)` or an `anyhow` chain that
 //! formats a settings struct cannot leak it. Reading the value takes an explicit
 //! [`Secret::expose`], which is easy to grep for. It deserializes from a plain string so config
-//! files and `MQTT2ES_` variables need no special syntax.
+//! files and `MQTT2ES_` variables need no special syntax; it serializes as `[redacted]`, so a
+//! settings struct written out (the configuration reference's test) cannot leak it either.
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A secret string; see the module docs.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -38,6 +39,12 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
     }
 }
 
@@ -72,6 +79,12 @@ mod tests {
             }
         );
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_serialized_secret_is_redacted() {
+        let written = serde_json::to_string(&Secret::new("hunter2")).expect("a json string");
+        assert_eq!(written, "\"[redacted]\"");
     }
 
     #[test]

@@ -2,14 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::{Anonymous, AuthSettings};
 use super::listener::ListenerSettings;
 use super::session::QueueLimits;
 use crate::settings::SettingsError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
     /// Where devices connect. Default: plain MQTT on 0.0.0.0:1883.

@@ -21,13 +21,13 @@ use elasticsearch::{
         transport::{CloudId, TransportBuilder},
     },
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::nodes::Nodes;
 use crate::secret::Secret;
 
 /// `elasticsearch:` in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElasticsearchSettings {
     /// Base URL of one node or of a load balancer in front of the cluster; the shorthand for

@@ -17,7 +17,7 @@ use elasticsearch::http::{
     Method,
     headers::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::client::{ClientError, ElasticsearchSettings, build_client};
@@ -27,7 +27,7 @@ use crate::secret::Secret;
 pub const IMPORT_PATH: &str = "/api/saved_objects/_import";
 
 /// `kibana:` in the config file. Without the section, setup imports no dashboards.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KibanaSettings {
     pub url: String,

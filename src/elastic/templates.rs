@@ -24,7 +24,7 @@
 //! one ([`time_series_prefixes`]); a redelivered reading still meets a 409, because the
 //! derived id is as deterministic as ours.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::engine::Features;
@@ -42,7 +42,7 @@ pub const LOOK_BACK_TIME: &str = "7d";
 
 /// `setup.retention_days:` days each kind of stream keeps its documents; 0 keeps them forever.
 /// Applied with the data stream lifecycle, which also manages rollover.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionDays {
     pub telemetry: u32,

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 
 use crate::settings::{SettingsError, key_error};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// Where `/metrics`, `/healthz` and `/readyz` listen; `null` turns the endpoint off. Port 0

@@ -12,14 +12,14 @@
 //! that starts like JSON (`{` or `[`): storing a hostile nest as text would only move the
 //! problem into Elasticsearch.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ConfigError, LoadError, StageError};
 use crate::object::Object;
 
 /// Limits on decoding, part of the application config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecodeLimits {
     /// Deepest nesting of objects and arrays accepted in a JSON payload.

@@ -7,7 +7,7 @@
 //! `..` or `_x` would make a legal but surprising name (`mqtt2es-telemetry-..`), and a device
 //! choosing where its data lands is exactly what the prefix is there to prevent.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ConfigError, LoadError, StageError, clip};
 use super::template::{Part, Template, field_text};
@@ -17,7 +17,7 @@ use crate::object::Object;
 const MAX_NAME_BYTES: usize = 255;
 
 /// Where documents may go. Part of the application config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexPolicy {
     /// Every index name starts with this; a route that renders without it gets it prepended.

@@ -22,7 +22,7 @@ use std::{
 };
 
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::{document::Rejection, record::Message};
@@ -30,8 +30,8 @@ use crate::{document::Rejection, record::Message};
 /// How many times a dead letter is tried against Elasticsearch before it goes to the file.
 pub const ELASTICSEARCH_ATTEMPTS: u32 = 3;
 
-/// `sink.dead_letter:` in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `dead_letter:` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeadLetterSettings {
     /// The dead-letter data stream; `elastic::setup` installs a template for exactly this name.

@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     document::Processed,
@@ -49,7 +49,8 @@ pub struct Routed {
     pub ack: Ack,
 }
 
-/// `sink:` in the config file.
+/// What the writer is given: the config file's `batch`, `retry` and `dead_letter` sections (at
+/// its top level; there is no `sink:` key) and what setup found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkSettings {
@@ -65,8 +66,8 @@ pub struct SinkSettings {
     pub gzip: bool,
 }
 
-/// `sink.batch:`. Zero is refused at load time for every count and size.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `batch:` in the config file. Zero is refused at load time for every count and size.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
     /// Documents per bulk request.
@@ -93,8 +94,8 @@ impl Default for BatchSettings {
     }
 }
 
-/// `sink.retry:`: capped exponential backoff with jitter between attempts.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `retry:` in the config file: capped exponential backoff with jitter between attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Delay before the first retry; each further retry doubles it.

@@ -8,12 +8,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::settings::SettingsError;
 
 /// When a QoS 1/2 reading is acknowledged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// Once Elasticsearch stored it (or it was dead-lettered): nothing on local disk, and
@@ -25,7 +25,7 @@ pub enum Delivery {
 }
 
 /// What a full spool does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Stop acknowledging: devices hold their readings, as in direct delivery.
@@ -44,7 +44,7 @@ impl OnFull {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySettings {
     pub mode: Delivery,
@@ -70,7 +70,7 @@ impl DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSettings {
     /// The spool's directory; relative paths are relative to the config file.

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 use crate::settings::{SettingsError, key_error, read_secret};
 
 /// MQTT protocol version spoken to the upstream broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Protocol {
     #[serde(rename = "3.1.1")]
     V311,
@@ -16,7 +16,7 @@ pub enum Protocol {
     V5,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSettings {
     pub host: String,
@@ -43,7 +43,7 @@ pub struct UpstreamSettings {
     /// latency; several connections multiply that window without weakening the guarantee.
     pub connections: usize,
     /// Largest MQTT packet accepted from the broker. Larger packets cannot be read at all, so keep
-    /// this above `pipeline.max_payload_bytes`: payloads between the two become dead letters.
+    /// this above `pipelines.max_payload_bytes`: payloads between the two become dead letters.
     pub max_packet_bytes: usize,
     /// MQTT 5 receive maximum advertised to the broker (QoS 1/2 messages in flight to us).
     pub receive_maximum: u16,
@@ -54,7 +54,7 @@ pub struct UpstreamSettings {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM file with the CA certificate(s) that signed the broker's certificate.

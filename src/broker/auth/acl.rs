@@ -21,13 +21,13 @@ use std::borrow::Cow;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Identity;
 use crate::topic::TopicFilter;
 
 /// One entry of `broker.auth.acl`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
     /// The user name this rule is for; `"*"` for every client, anonymous ones included.

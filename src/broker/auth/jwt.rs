@@ -18,14 +18,14 @@ use std::fs;
 use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::acl::Template;
 use crate::secret::Secret;
 use crate::settings::SettingsError;
 
 /// `broker.auth.jwt`: present means tokens are accepted as passwords.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtSettings {
     /// Shared secret for HS256 tokens, inline (or from `MQTT2ES_BROKER__AUTH__JWT__HS256_SECRET`).

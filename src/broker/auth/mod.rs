@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use self::acl::{Acl, AclRule};
 use self::jwt::{Jwt, JwtSettings, TokenGrants};
@@ -40,8 +40,8 @@ use crate::topic::TopicFilter;
 
 /// Where clients without a user name are let in from: `broker.auth.allow_anonymous`, which
 /// takes `true` (anywhere), `false` (nowhere) or `loopback`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "AnonymousValue")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "AnonymousValue", into = "AnonymousValue")]
 pub enum Anonymous {
     Refused,
     /// From 127.0.0.0/8 and ::1 (also as IPv4-mapped IPv6): processes on this machine.
@@ -50,7 +50,7 @@ pub enum Anonymous {
 }
 
 /// What YAML or the environment may say: a boolean or the word `loopback`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(untagged)]
 enum AnonymousValue {
     Flag(bool),
@@ -71,6 +71,17 @@ impl TryFrom<AnonymousValue> for Anonymous {
                 "false" => Ok(Anonymous::Refused),
                 _ => Err(format!("expected true, false or loopback, not {word:?}")),
             },
+        }
+    }
+}
+
+/// Written back the way a config file would say it (the configuration reference's test).
+impl From<Anonymous> for AnonymousValue {
+    fn from(anonymous: Anonymous) -> Self {
+        match anonymous {
+            Anonymous::Refused => AnonymousValue::Flag(false),
+            Anonymous::Loopback => AnonymousValue::Word("loopback".to_owned()),
+            Anonymous::Anywhere => AnonymousValue::Flag(true),
         }
     }
 }
@@ -98,7 +109,7 @@ impl fmt::Display for Anonymous {
 }
 
 /// `broker.auth`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Clients without a user name: `true`, `false` or `loopback`. Unset: `loopback` while no

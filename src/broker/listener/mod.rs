@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use crate::settings::SettingsError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     #[default]
@@ -70,7 +70,7 @@ impl fmt::Display for Transport {
 /// The path MQTT.js, paho's JavaScript client and most dashboards dial by default.
 pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerSettings {
     pub transport: Transport,

@@ -11,14 +11,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{Delivery, Session};
 use crate::settings::SettingsError;
 
 /// The `broker.offline_queue` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueLimits {
     /// Messages one session's queue holds (as Mosquitto's `max_queued_messages`).
