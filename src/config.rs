@@ -284,6 +284,18 @@ mod tests {
     }
 
     #[test]
+    fn an_auth_section_with_every_key_commented_out_takes_the_defaults() {
+        Jail::expect_with(|jail| {
+            let yaml = "broker:\n  auth:\n    # password_file: passwd\n";
+            let (config, _) = load(jail, yaml).expect("valid");
+            let auth = &config.broker.auth;
+            assert!(auth.allow_anonymous.is_none() && auth.password_file.is_none());
+            assert!(auth.jwt.is_none() && auth.acl.is_empty() && auth.acl_file.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_that_names_it() {
         Jail::expect_with(|jail| {
             let text = error_text(jail, "upstream: {host: broker, hots: typo}\n");

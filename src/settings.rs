@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::secret::Secret;
@@ -41,4 +42,15 @@ pub fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SettingsErr
         source,
     })?;
     Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+/// For a section whose keys are all optional: written with nothing under it (every key
+/// commented out, as the shipped `mqtt2es.yaml` does), YAML reads it as null; that means the
+/// defaults, not an error.
+pub fn null_is_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }

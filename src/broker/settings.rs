@@ -14,6 +14,7 @@ use crate::settings::SettingsError;
 pub struct BrokerSettings {
     /// Where devices connect. Default: plain MQTT on 0.0.0.0:1883.
     pub listeners: Vec<ListenerSettings>,
+    #[serde(deserialize_with = "crate::settings::null_is_default")]
     pub auth: AuthSettings,
     /// Persistent-session state (client ids, subscriptions, expiry, QoS 2 ids in flight, the
     /// messages queued while they are offline) and retained messages, kept so that a restart

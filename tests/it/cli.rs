@@ -60,7 +60,7 @@ fn check_of_the_shipped_config_describes_the_embedded_broker_it_would_run() {
     );
     assert!(
         stdout.contains(
-            "anonymous clients from loopback only (broker.auth.allow_anonymous: loopback)"
+            "anonymous clients from loopback only (the default while no password_file or jwt is set)"
         ),
         "{stdout}"
     );
