@@ -13,8 +13,16 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::path::PathError;
-use super::template::TemplateError;
 use crate::topic::TopicError;
+
+/// Why a template (`set` values, `route` index names) cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TemplateError {
+    #[error("template \"{0}\" has `{{{{` without a closing `}}}}`")]
+    Unclosed(String),
+    #[error("template \"{template}\": {source}")]
+    Path { template: String, source: PathError },
+}
 
 /// Why a pipeline file (or the policy it is loaded with) is unusable.
 #[derive(Debug, Error)]

@@ -10,19 +10,10 @@
 use std::borrow::Cow;
 
 use serde_json::Value;
-use thiserror::Error;
 
-use super::error::StageError;
-use super::path::{FieldPath, PathError};
+use super::error::{StageError, TemplateError};
+use super::path::FieldPath;
 use crate::object::Object;
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum TemplateError {
-    #[error("template \"{0}\" has `{{{{` without a closing `}}}}`")]
-    Unclosed(String),
-    #[error("template \"{template}\": {source}")]
-    Path { template: String, source: PathError },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {

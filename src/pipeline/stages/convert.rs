@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::{Draft, options, path};
+use super::draft::{Draft, options, path};
 use crate::pipeline::error::{ConfigError, StageError};
 use crate::pipeline::path::FieldPath;
 

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Draft, options};
+use super::draft::{Draft, Flow, options};
 use crate::pipeline::condition::Condition;
 use crate::pipeline::error::ConfigError;
 
@@ -31,10 +31,10 @@ impl Drop {
     }
 
     /// Whether to drop: the stage cannot fail.
-    pub fn apply(&self, draft: &Draft) -> super::Flow {
+    pub fn apply(&self, draft: &Draft) -> Flow {
         match self.condition.matches(&draft.source) {
-            true => super::Flow::Drop,
-            false => super::Flow::Continue,
+            true => Flow::Drop,
+            false => Flow::Continue,
         }
     }
 }
@@ -43,8 +43,8 @@ impl Drop {
 mod tests {
     use serde_json::json;
 
-    use super::super::Flow;
     use super::super::test_support::{config_error, draft, message, stage};
+    use super::Flow;
 
     #[test]
     fn drop_discards_messages_that_match_and_keeps_the_rest() {

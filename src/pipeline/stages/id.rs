@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Draft, options, path};
+use super::draft::{Draft, options, path};
 use crate::pipeline::error::{ConfigError, StageError};
 use crate::pipeline::path::FieldPath;
 use crate::record::Message;

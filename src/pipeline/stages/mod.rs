@@ -6,6 +6,7 @@
 //! Stages are pure: they see the draft document and the message, never the clock or the network.
 
 mod convert;
+mod draft;
 mod drop;
 mod id;
 mod remove;
@@ -16,10 +17,10 @@ mod set;
 mod timestamp;
 mod topic;
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use self::convert::Convert;
+pub use self::draft::{Draft, Flow};
 pub use self::drop::Drop;
 pub use self::id::Id;
 pub use self::remove::Remove;
@@ -31,26 +32,7 @@ pub use self::timestamp::Timestamp;
 pub use self::topic::Topic;
 use super::error::{ConfigError, StageError};
 use super::index::IndexPolicy;
-use super::path::FieldPath;
-use crate::object::Object;
 use crate::record::Message;
-
-/// The document as stages see it, with the routing decisions made so far.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Draft {
-    pub source: Object,
-    /// Set by `route`; `None` means the policy's default index.
-    pub index: Option<String>,
-    /// Set by `id`; `None` lets Elasticsearch choose.
-    pub id: Option<String>,
-}
-
-/// What the pipeline does after a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Drop,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
@@ -126,34 +108,13 @@ impl Stage {
     }
 }
 
-/// Deserializes a stage's options; serde's messages already name and quote the bad key.
-fn options<T: DeserializeOwned>(config: Value) -> Result<T, ConfigError> {
-    serde_json::from_value(config).map_err(|e| ConfigError::Shape(e.to_string()))
-}
-
-fn path(key: &str, raw: &str) -> Result<FieldPath, ConfigError> {
-    FieldPath::parse(raw).map_err(|source| ConfigError::Path {
-        key: key.to_owned(),
-        source,
-    })
-}
-
-/// Sets a field, turning a non-object parent into a rejection.
-fn put(draft: &mut Draft, field: &FieldPath, value: Value) -> Result<(), StageError> {
-    field
-        .insert(&mut draft.source, value)
-        .map_err(|conflict| StageError::PathConflict {
-            path: field.to_string(),
-            parent: conflict.parent,
-        })
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use chrono::{DateTime, Utc};
     use serde_json::Value;
 
     use super::*;
+    use crate::object::Object;
     use crate::record::QoS;
 
     pub fn stage(key: &str, config: Value) -> Stage {

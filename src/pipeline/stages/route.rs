@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Draft, options};
+use super::draft::{Draft, options};
 use crate::pipeline::error::{ConfigError, StageError};
 use crate::pipeline::index::{IndexPolicy, IndexTemplate};
 

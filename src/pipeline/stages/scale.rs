@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::{Draft, options, path, put};
+use super::draft::{Draft, options, path, put};
 use crate::pipeline::error::{ConfigError, StageError};
 use crate::pipeline::path::FieldPath;
 

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::{Draft, options, path, put};
+use super::draft::{Draft, options, path, put};
 use crate::pipeline::error::{ConfigError, StageError};
 use crate::pipeline::path::FieldPath;
 use crate::pipeline::template::Template;

@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Draft, options, path, put};
+use super::draft::{Draft, options, path, put};
 use crate::pipeline::error::{ConfigError, StageError, show};
 use crate::pipeline::path::FieldPath;
 use crate::reading;
