@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::acl::Template;
+use super::template::Template;
 use crate::secret::Secret;
 use crate::settings::SettingsError;
 

@@ -21,8 +21,10 @@
 //! - `acl`      — rules from YAML or a Mosquitto `acl_file`, with `%u`/`%c`.
 
 pub mod acl;
+mod identity;
 pub mod jwt;
 pub mod password;
+pub mod template;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -33,7 +35,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use self::acl::{Acl, AclRule};
-use self::jwt::{Jwt, JwtSettings, TokenGrants};
+pub use self::identity::Identity;
+use self::jwt::{Jwt, JwtSettings};
 use self::password::PasswordFile;
 use crate::settings::SettingsError;
 use crate::topic::TopicFilter;
@@ -213,27 +216,6 @@ pub enum AuthError {
     Acl(#[from] acl::AclError),
 }
 
-/// An authenticated client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user name, or for a token the `sub` claim; `None` for anonymous clients.
-    pub username: Option<String>,
-    pub client_id: String,
-    /// Topic restrictions carried by the token the client connected with.
-    grants: Option<Arc<TokenGrants>>,
-}
-
-impl Identity {
-    /// An identity without token restrictions (anonymous, password, or restored state).
-    pub fn new(username: Option<String>, client_id: String) -> Identity {
-        Identity {
-            username,
-            client_id,
-            grants: None,
-        }
-    }
-}
-
 pub struct Auth {
     anonymous: Anonymous,
     passwords: Option<PasswordFile>,
@@ -363,9 +345,10 @@ impl Auth {
             .as_ref()
             .is_none_or(|acl| acl.may_publish(who, topic));
         let by_token = match who.grants.as_ref().and_then(|g| g.publish.as_ref()) {
-            Some(filters) => filters
-                .iter()
-                .any(|t| t.resolve(who).grants(|f| f.matches(topic))),
+            Some(filters) => filters.iter().any(|t| {
+                t.resolve(who.username.as_deref(), &who.client_id)
+                    .grants(|f| f.matches(topic))
+            }),
             None => true,
         };
         by_acl && by_token
@@ -380,9 +363,10 @@ impl Auth {
     pub fn subscription(&self, who: &Identity, filter: &str) -> Option<Vec<TopicFilter>> {
         let filter = topic_part(filter)?;
         let by_token = match who.grants.as_ref().and_then(|g| g.subscribe.as_ref()) {
-            Some(filters) => filters
-                .iter()
-                .any(|t| t.resolve(who).grants(|f| f.covers(&filter))),
+            Some(filters) => filters.iter().any(|t| {
+                t.resolve(who.username.as_deref(), &who.client_id)
+                    .grants(|f| f.covers(&filter))
+            }),
             None => true,
         };
         if !by_token {
