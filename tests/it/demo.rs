@@ -5,8 +5,8 @@
 //! The clone is of this checkout's commit, so what is tested is the committed script. Two
 //! shortcuts, both for CI time: the distribution comes from the cache `scripts/test` filled (the
 //! demo shares it, so nothing is downloaded), and the demo is given the `mqtt2es` cargo built
-//! for this test (MQTT2ES_BIN) instead of building a release one in the clone, which costs 10
-//! to 15 minutes on two cores. The full path, build included, is `scripts/demo` in a fresh
+//! for this test (MQTT2ES_BIN) instead of building its own in the clone (`--profile demo`,
+//! about 2 minutes on two cores). The full path, build included, is `scripts/demo` in a fresh
 //! clone, run by hand.
 
 use std::collections::BTreeMap;
