@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::BatchSettings;
+use super::settings::BatchSettings;
 
 /// A closed batch: the items in arrival order and their encoded size.
 #[derive(Debug)]

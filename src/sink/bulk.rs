@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Routed, dead_letter};
+use super::{dead_letter, routed::Routed};
 use crate::{
     document::{Processed, Rejection},
     object::Object,

@@ -34,22 +34,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Routed, SinkReport, SinkSettings, SinkStats,
     batcher::{Batch, Batcher},
     bulk::{
         self, Conflict, DOCUMENT_TOO_LARGE, ID_TAKEN, Item, Kind, MAX_PROBES, Outcome, Plan,
         Prepared, SERIES_TIME_TAKEN,
     },
-    bump,
     dead_letter::{self, DeadLetterFile},
     observer::{Observer, Unobserved},
+    routed::Routed,
+    settings::{RetrySettings, SinkSettings},
+    stats::{SinkReport, SinkStats, bump},
 };
 use crate::{
     document::{Rejection, payload_digest},
     elastic::nodes::{Nodes, failed_url},
     kept::{self, Kept},
     record::Settlement,
-    sink::RetrySettings,
 };
 
 /// Everything the writer task needs; built once at startup.

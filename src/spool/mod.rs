@@ -20,54 +20,25 @@
 
 mod log;
 mod settings;
+mod shared;
 mod shipper;
 mod wire;
 mod writer;
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use settings::{Delivery, DeliverySettings, OnFull, SpoolSettings};
+use shared::Shared;
 
 use crate::kept::Kept;
 use crate::metrics;
 use crate::record::Record;
-
-/// What writer and shipper share.
-struct Shared {
-    log: Mutex<log::Log>,
-    /// The last record written and synced (writer → shipper).
-    written: watch::Sender<u64>,
-    /// Room was freed (shipper → a writer waiting for room).
-    freed: Notify,
-    /// The last record the shipper read: records after it in a dropped segment were lost.
-    read_through: AtomicU64,
-}
-
-impl Shared {
-    fn log(&self) -> MutexGuard<'_, log::Log> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn read_through(&self) -> u64 {
-        self.read_through.load(Ordering::Relaxed)
-    }
-
-    fn set_read_through(&self, seq: u64) {
-        self.read_through.store(seq, Ordering::Relaxed);
-    }
-
-    /// Publishes the spool's size to the metrics.
-    fn report(&self) {
-        let log = self.log();
-        metrics::spool_size(log.bytes(), log.records());
-    }
-}
 
 /// An open spool; clones share it.
 #[derive(Clone)]

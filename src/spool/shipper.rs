@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::log::{Position, SegmentReader, Step, write_cursor};
-use super::{Shared, wire};
+use super::shared::Shared;
+use super::wire;
 use crate::metrics;
 use crate::record::{Ack, Message, Record, Settled};
 

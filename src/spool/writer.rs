@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::settings::{OnFull, SpoolSettings};
-use super::{Shared, log, wire};
+use super::shared::Shared;
+use super::{log, wire};
 use crate::kept::Kept;
 use crate::metrics;
 use crate::record::{Record, Settlement};
