@@ -64,10 +64,6 @@ impl Object {
         self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_some()
-    }
-
     /// Sets `key`, in its place when it is there already (returning the old value), else last.
     pub fn insert(&mut self, key: impl Into<Key> + AsRef<str>, value: Value) -> Option<Value> {
         match self.get_mut(key.as_ref()) {

@@ -58,36 +58,24 @@ impl FieldPath {
     }
 
     pub fn get<'m>(&self, doc: &'m Object) -> Option<&'m Value> {
-        let Some((first, parents)) = self.parents.split_first() else {
-            return doc.get(&self.last);
-        };
-        let mut current = doc.get(first)?.as_object()?;
-        for segment in parents {
-            current = current.get(segment)?.as_object()?;
+        match self.parents.split_first() {
+            None => doc.get(&self.last),
+            Some((first, rest)) => parent(first, rest, doc)?.get(self.last.as_str()),
         }
-        current.get(self.last.as_str())
     }
 
     pub fn get_mut<'m>(&self, doc: &'m mut Object) -> Option<&'m mut Value> {
-        let Some((first, parents)) = self.parents.split_first() else {
-            return doc.get_mut(&self.last);
-        };
-        let mut current = doc.get_mut(first)?.as_object_mut()?;
-        for segment in parents {
-            current = current.get_mut(segment)?.as_object_mut()?;
+        match self.parents.split_first() {
+            None => doc.get_mut(&self.last),
+            Some((first, rest)) => parent_mut(first, rest, doc)?.get_mut(self.last.as_str()),
         }
-        current.get_mut(self.last.as_str())
     }
 
     pub fn remove(&self, doc: &mut Object) -> Option<Value> {
-        let Some((first, parents)) = self.parents.split_first() else {
-            return doc.remove(&self.last);
-        };
-        let mut current = doc.get_mut(first)?.as_object_mut()?;
-        for segment in parents {
-            current = current.get_mut(segment)?.as_object_mut()?;
+        match self.parents.split_first() {
+            None => doc.remove(&self.last),
+            Some((first, rest)) => parent_mut(first, rest, doc)?.remove(self.last.as_str()),
         }
-        current.remove(self.last.as_str())
     }
 
     /// Sets the value, creating missing intermediate objects. Replaces an existing value.
@@ -115,6 +103,25 @@ impl FieldPath {
         current.insert(self.last.to_string(), value);
         Ok(())
     }
+}
+
+/// The nested object that holds a path's last segment: `first`, then `rest`, from the top.
+fn parent<'m>(first: &str, rest: &[String], doc: &'m Object) -> Option<&'m Map<String, Value>> {
+    rest.iter()
+        .try_fold(doc.get(first)?.as_object()?, |map, segment| {
+            map.get(segment)?.as_object()
+        })
+}
+
+fn parent_mut<'m>(
+    first: &str,
+    rest: &[String],
+    doc: &'m mut Object,
+) -> Option<&'m mut Map<String, Value>> {
+    rest.iter()
+        .try_fold(doc.get_mut(first)?.as_object_mut()?, |map, segment| {
+            map.get_mut(segment)?.as_object_mut()
+        })
 }
 
 impl fmt::Display for FieldPath {

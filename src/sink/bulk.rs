@@ -533,40 +533,14 @@ struct ItemResult {
     id: Option<String>,
 }
 
-/// The head of a bulk response: whether any item failed, and how many items there are.
+/// The head of a bulk response: whether any item failed, and its items skipped, not built
+/// (`IgnoredAny` has no size, so the vector only counts them).
 #[derive(Deserialize)]
 struct BulkSummary {
     #[serde(default)]
     errors: bool,
     #[serde(default)]
-    items: ItemCount,
-}
-
-/// The length of the `items` array, its members skipped rather than built.
-#[derive(Default)]
-struct ItemCount(usize);
-
-impl<'de> Deserialize<'de> for ItemCount {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Counter;
-        impl<'de> serde::de::Visitor<'de> for Counter {
-            type Value = ItemCount;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of items")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<ItemCount, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(ItemCount(n))
-            }
-        }
-        deserializer.deserialize_seq(Counter)
-    }
+    items: Vec<serde::de::IgnoredAny>,
 }
 
 fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
@@ -575,7 +549,7 @@ fn classify_items(body: &[u8], conflicts: &[Conflict]) -> Plan {
     // without building a map per item. Anything else is read item by item below.
     if let Ok(summary) = serde_json::from_slice::<BulkSummary>(body)
         && !summary.errors
-        && (summary.items.0 == conflicts.len() || summary.items.0 == 0)
+        && (summary.items.len() == conflicts.len() || summary.items.is_empty())
     {
         return Plan::Items(vec![Outcome::Stored; conflicts.len()]);
     }
