@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::exposition;
+use super::figures::FIGURES;
 
 /// A client that sends nothing for this long is dropped: it would otherwise hold a task.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +78,7 @@ fn answer<B>(
     }
     match request.uri().path() {
         "/metrics" => {
-            let body = exposition::render(&super::snapshot());
+            let body = exposition::render(&FIGURES.snapshot());
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

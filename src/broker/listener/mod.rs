@@ -10,22 +10,21 @@
 //! connections go straight to the channel from the accept loop: a full channel (a saturated
 //! core) then slows accepting, which is the backpressure we want.
 //!
+//! - `settings` — a listener's settings and defaults (checked here, beside the TLS loading).
 //! - `tls` — certificate, key and client-CA files into a rustls server config; the client CN.
 //! - `ws`  — the WebSocket upgrade (path, subprotocol `mqtt`) and a WebSocket as a byte stream.
 
+mod settings;
 mod tls;
 mod ws;
 
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -34,89 +33,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use settings::{DEFAULT_WEBSOCKET_PATH, ListenerSettings, Transport};
+
 use crate::settings::SettingsError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    #[default]
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-}
-
-impl Transport {
-    fn uses_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
-    }
-
-    fn uses_websocket(self) -> bool {
-        matches!(self, Transport::Ws | Transport::Wss)
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        })
-    }
-}
-
-/// The path MQTT.js, paho's JavaScript client and most dashboards dial by default.
-pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenerSettings {
-    pub transport: Transport,
-    /// `host:port`; port 0 picks a free port (logged, for tests).
-    pub bind: String,
-    /// For `tls` and `wss`: server certificate chain and key (PEM).
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// For `tls` and `wss`: CA certificates (PEM) that client certificates are verified against.
-    /// With it, clients are asked for a certificate; one that fails verification is refused.
-    pub client_ca_file: Option<PathBuf>,
-    /// With `client_ca_file`: refuse clients that send no certificate at all. Off by default, as
-    /// Mosquitto's `require_certificate` is, so a password can stand in for a certificate.
-    pub require_client_certificate: bool,
-    /// For `ws` and `wss`: the HTTP path of the upgrade request (default `/mqtt`).
-    pub path: Option<String>,
-}
-
-impl Default for ListenerSettings {
-    fn default() -> Self {
-        ListenerSettings {
-            transport: Transport::Tcp,
-            bind: "0.0.0.0:1883".into(),
-            cert_file: None,
-            key_file: None,
-            client_ca_file: None,
-            require_client_certificate: false,
-            path: None,
-        }
-    }
-}
-
 impl ListenerSettings {
-    pub fn resolve_paths(&mut self, resolve: &dyn Fn(&mut PathBuf)) {
-        for file in [
-            &mut self.cert_file,
-            &mut self.key_file,
-            &mut self.client_ca_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            resolve(file);
-        }
-    }
-
     /// Checks what serde cannot, and loads the TLS files once to prove they parse (so `check`
     /// fails on a bad certificate, not the first client). Messages name the listener by
     /// transport and address, since the key cannot carry its index.
@@ -172,13 +93,6 @@ impl ListenerSettings {
         }
         Ok(())
     }
-
-    fn websocket_path(&self) -> Arc<str> {
-        self.path
-            .as_deref()
-            .unwrap_or(DEFAULT_WEBSOCKET_PATH)
-            .into()
-    }
 }
 
 fn check_bind(bind: &str) -> Result<(), String> {
@@ -221,6 +135,15 @@ pub enum ListenerError {
     /// setting (`broker.listeners.cert_file`, ...).
     #[error("{key}: {message}")]
     Tls { key: &'static str, message: String },
+}
+
+impl From<tls::Failure> for ListenerError {
+    fn from(failure: tls::Failure) -> Self {
+        ListenerError::Tls {
+            key: failure.key,
+            message: failure.to_string(),
+        }
+    }
 }
 
 /// Bound sockets, ready to accept.

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
 
-use super::{ListenerError, ListenerSettings};
+use super::settings::ListenerSettings;
 
 const CERT_FILE: &str = "broker.listeners.cert_file";
 const KEY_FILE: &str = "broker.listeners.key_file";
@@ -28,15 +28,6 @@ pub(super) struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
-    }
-}
-
-impl From<Failure> for ListenerError {
-    fn from(failure: Failure) -> Self {
-        ListenerError::Tls {
-            key: failure.key,
-            message: failure.message,
-        }
     }
 }
 
