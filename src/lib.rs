@@ -43,6 +43,8 @@ pub mod config;
 pub mod document;
 pub mod elastic;
 pub mod kept;
+#[cfg(test)]
+mod layout_tests;
 pub mod metrics;
 pub mod object;
 pub mod pipeline;

@@ -9,9 +9,8 @@
 //! operator sees them while the backpressure holds intake.
 //!
 //! Requests are sent with `filter_path=errors,items.*.status,items.*.error,items.*._id` to keep
-//! responses
-//! small. Filtering keeps the `items` array in request order, so results are matched to items
-//! by position, which is also what Elasticsearch documents for `_bulk`.
+//! responses small. Filtering keeps the `items` array in request order, so results are matched
+//! to items by position, which is also what Elasticsearch documents for `_bulk`.
 //!
 //! `event.ingested` (when mqtt2es sent the document) is stamped into each document's encoded
 //! line by [`body`], with one timestamp per request: documents are encoded once, with a
