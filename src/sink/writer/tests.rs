@@ -6,6 +6,7 @@
 //! backoffs are set to a millisecond so retries cost nothing.
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::mpsc};
@@ -18,7 +19,8 @@ use crate::{
     reading::ReadingId,
     record::{Ack, Settled, Settlement},
     sink::{
-        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings, dead_letter::tests::message,
+        BatchSettings, DeadLetterSettings, RetrySettings, SinkSettings,
+        dead_letter::{self, tests::message},
     },
     stand_in::{Gate, Reply, Request, StandIn},
 };

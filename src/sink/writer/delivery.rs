@@ -1,343 +1,59 @@
-//! The writer task: takes routed records from a channel, batches them, keeps up to
-//! `concurrent_requests` bulk requests in flight, and settles each record the moment it is
-//! durable.
+//! One batch's delivery: a task that owns the batch until every item in it is stored or
+//! dead-lettered. Retryable items loop here with backoff (probing for the node's return during
+//! an outage), refused documents become dead letters sent at once, 413 halves the request, a
+//! 409 that might be another reading's is checked (`identity`), and cluster blocks raise an
+//! alarm of their own.
 //!
-//! Settlement order is deliberately not this task's concern: the producer acknowledges MQTT
-//! messages in arrival order itself (it holds back a settled record until those before it
-//! settle), so the writer settles as soon as it can and never waits on a slower request.
-//!
-//! Each closed batch is delivered by its own task, which owns the batch until every item is
-//! stored or dead-lettered: retryable items loop there with backoff, refused documents become
-//! dead letters sent right away, 413 splits the batch in halves. Because such a task may loop
-//! for as long as Elasticsearch is down, only the abandon signal can end it; aborting it drops
-//! its unsettled acks, which is the "not durable, redeliver later" outcome.
+//! The decision a reader would question: nothing but the abandon signal ends a delivery, so it
+//! may loop for as long as Elasticsearch is down; that is what keeps an acknowledged reading
+//! from being dropped, and the backpressure it causes is what holds intake.
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
-
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use elasticsearch::{
-    Elasticsearch, MgetParts,
+    Elasticsearch,
     http::{
         Method,
         headers::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue},
     },
 };
 use serde_json::{Value, json};
-use tokio::{
-    sync::mpsc,
-    task::{JoinError, JoinSet},
-    time::Instant,
-};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tokio::time::Instant;
 
-use super::{
-    batcher::{Batch, Batcher},
-    bulk::{
-        self, Conflict, DOCUMENT_TOO_LARGE, ID_TAKEN, Item, Kind, MAX_PROBES, Outcome, Plan,
-        Prepared, SERIES_TIME_TAKEN,
-    },
-    dead_letter::{self, DeadLetterFile},
-    observer::{Observer, Unobserved},
-    routed::Routed,
-    settings::{RetrySettings, SinkSettings},
-    stats::{SinkReport, SinkStats, bump},
-};
+use super::backoff::Backoff;
+use super::chain::chain;
+use super::identity::fetch_identities;
 use crate::{
-    document::{Rejection, payload_digest},
+    document::Rejection,
     elastic::nodes::{Nodes, failed_url},
-    kept::{self, Kept},
     record::Settlement,
+    sink::{
+        bulk::{
+            self, Conflict, DOCUMENT_TOO_LARGE, ID_TAKEN, Item, Kind, MAX_PROBES, Outcome, Plan,
+            SERIES_TIME_TAKEN,
+        },
+        dead_letter::{self, DeadLetterFile},
+        observer::Observer,
+        settings::RetrySettings,
+        stats::{SinkStats, bump},
+    },
 };
-
-/// Everything the writer task needs; built once at startup.
-#[derive(Debug)]
-pub struct Writer {
-    client: Elasticsearch,
-    settings: SinkSettings,
-    stats: Arc<SinkStats>,
-    kept: Option<Kept>,
-    nodes: Option<Nodes>,
-    observer: Arc<dyn Observer>,
-}
-
-impl Writer {
-    /// `client` should come from `elastic::build_client`, which sets the request timeout and
-    /// gzip.
-    pub fn new(client: Elasticsearch, settings: SinkSettings) -> Self {
-        Writer {
-            client,
-            settings,
-            stats: Arc::default(),
-            kept: None,
-            nodes: None,
-            observer: Arc::new(Unobserved),
-        }
-    }
-
-    /// Tells `observer` about requests, stored documents and cluster blocks (the metrics).
-    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = observer;
-        self
-    }
-
-    /// Tells `nodes` (the client's pool) how each request went, so that a node that gives no
-    /// answer is skipped and its requests retried on the others.
-    pub fn reporting_to(mut self, nodes: Nodes) -> Self {
-        self.nodes = Some(nodes);
-        self
-    }
-
-    /// Commits `kept` before each bulk request: what the source staged for the readings in it
-    /// (their assignments) is on disk before any of them can be stored (see `kept`).
-    pub fn committing(mut self, kept: Kept) -> Self {
-        self.kept = Some(kept);
-        self
-    }
-
-    /// Live counters, for periodic logging or metrics while the writer runs.
-    pub fn stats(&self) -> Arc<SinkStats> {
-        Arc::clone(&self.stats)
-    }
-}
-
-/// What ends the writer with an error. Failures of records never do (they are retried or
-/// dead-lettered); only a bug does.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("a bulk delivery task panicked: {0}")]
-    Panicked(#[source] JoinError),
-}
-
-impl SinkError {
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
-
-/// Runs the writer until its input is drained or it is told to abandon.
-///
-/// Closing semantics:
-/// - `rx` is closed by its sender (the pipeline stage) when intake has stopped. The writer
-///   then flushes the open batch at once, waits for every in-flight delivery (which may keep
-///   retrying), and returns the final report.
-/// - `abandon` is fired by the app when the shutdown grace period runs out. The writer then
-///   aborts in-flight deliveries and retries, drops every unsettled ack (open batch and in
-///   flight alike; MQTT redelivers those messages later and deterministic ids make that
-///   harmless) and returns promptly. The report's `pending` counts what was left. Dropping
-///   `rx` on return makes further sends fail, which the sender takes as "sink gone".
-#[tracing::instrument(name = "sink", skip_all)]
-pub async fn run(
-    mut rx: mpsc::Receiver<Routed>,
-    writer: Writer,
-    abandon: CancellationToken,
-) -> Result<SinkReport, SinkError> {
-    let Writer {
-        client,
-        settings,
-        stats,
-        kept,
-        nodes,
-        observer,
-    } = writer;
-    let commit = || {
-        if let Some(kept) = &kept {
-            kept::logged(kept.commit());
-        }
-    };
-    let shared = Arc::new(Shared {
-        client,
-        nodes,
-        observer,
-        retry: settings.retry,
-        dead_letter_index: settings.dead_letter.index,
-        file: Arc::new(DeadLetterFile::new(settings.dead_letter.file)),
-        max_bytes: settings.batch.max_bytes.get(),
-        time_series_prefixes: settings.time_series_prefixes,
-        gzip: settings.gzip,
-        stats: Arc::clone(&stats),
-    });
-    let concurrency = settings.batch.concurrent_requests.get();
-    let max_docs = settings.batch.max_docs.get();
-    let mut batcher = Batcher::new(&settings.batch);
-    let mut deliveries = JoinSet::new();
-    // A closed batch waiting for a free delivery slot. While it waits, intake pauses: that is
-    // the backpressure that reaches MQTT.
-    let mut ready: Option<Batch<Item>> = None;
-    // Records taken from the channel in one wake-up and not yet batched, the next one last:
-    // many per wake-up under load, so the channel hop costs little per record.
-    let mut inbox: Vec<Routed> = Vec::new();
-    let mut intake_open = true;
-
-    loop {
-        // One clock reading per wake-up: a batch's age counts from when its first record was
-        // taken in, and records taken in together arrived together.
-        let now = Instant::now();
-        while ready.is_none()
-            && let Some(routed) = inbox.pop()
-        {
-            ready = closed(
-                &stats,
-                take_in(routed, now, &shared, &mut batcher, &mut deliveries, &commit),
-            );
-        }
-        // Load forms the batches, not a timer: a request goes out as soon as a slot is free and
-        // records wait, and while every slot is busy the next batch grows. A lone QoS 1
-        // reading is therefore acknowledged one bulk round trip after it arrived.
-        if ready.is_none() && inbox.is_empty() && (!intake_open || deliveries.len() < concurrency) {
-            ready = closed(&stats, batcher.take());
-        }
-        if deliveries.len() < concurrency
-            && let Some(batch) = ready.take()
-        {
-            let span = tracing::debug_span!("bulk", docs = batch.items.len(), bytes = batch.bytes);
-            commit();
-            deliveries.spawn(deliver(Arc::clone(&shared), batch.items).instrument(span));
-        }
-        if !intake_open && ready.is_none() && inbox.is_empty() && deliveries.is_empty() {
-            break;
-        }
-        // Only while every slot is busy can a batch stay open; then it closes at the latest
-        // `flush_interval_ms` after its first record and goes out with the next free slot.
-        let deadline = batcher.deadline();
-        tokio::select! {
-            biased;
-            () = abandon.cancelled() => {
-                deliveries.abort_all();
-                while deliveries.join_next().await.is_some() {}
-                let report = stats.snapshot();
-                tracing::warn!(
-                    unsettled = report.pending,
-                    "shutdown grace period over: abandoning records that are not durable yet; \
-                     they stay unacknowledged and MQTT will redeliver them"
-                );
-                return Ok(report);
-            }
-            Some(joined) = deliveries.join_next(), if !deliveries.is_empty() => {
-                if let Err(e) = joined
-                    && e.is_panic()
-                {
-                    deliveries.abort_all();
-                    return Err(SinkError::Panicked(e));
-                }
-            }
-            n = rx.recv_many(&mut inbox, max_docs), if intake_open && ready.is_none() && inbox.is_empty() => {
-                if n == 0 {
-                    intake_open = false;
-                }
-                inbox.reverse();
-            }
-            () = sleep_until(deadline), if deadline.is_some() && ready.is_none() => {
-                ready = closed(&stats, batcher.expired(Instant::now()));
-            }
-        }
-    }
-    let report = stats.snapshot();
-    tracing::info!(
-        stored = report.stored,
-        already_stored = report.already_stored,
-        moved_in_series = report.moved_in_series,
-        dropped = report.dropped,
-        dead_lettered = ?report.dead_lettered,
-        requests = report.requests,
-        "sink drained"
-    );
-    Ok(report)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Prepares one record: settles a drop at once, sends a dead letter bound for the local file on
-/// its way, and puts a document into the open batch; returns the batch this closed, if any.
-fn take_in(
-    routed: Routed,
-    now: Instant,
-    shared: &Arc<Shared>,
-    batcher: &mut Batcher<Item>,
-    deliveries: &mut JoinSet<()>,
-    commit: &impl Fn(),
-) -> Option<Batch<Item>> {
-    let stats = &shared.stats;
-    match bulk::prepare(
-        routed,
-        &shared.dead_letter_index,
-        shared.max_bytes,
-        &shared.time_series_prefixes,
-    ) {
-        Prepared::Drop(ack) => {
-            bump(&stats.dropped, 1);
-            ack.settle(Settlement::Dropped);
-            None
-        }
-        Prepared::Send(item) => {
-            bump(&stats.pending, 1);
-            let bytes = item.bytes();
-            batcher.push(item, bytes, now)
-        }
-        Prepared::ToFile(item) => {
-            bump(&stats.pending, 1);
-            let shared = Arc::clone(shared);
-            commit();
-            deliveries.spawn(async move { shared.to_file(vec![item]).await });
-            None
-        }
-    }
-}
-
-fn closed(stats: &SinkStats, batch: Option<Batch<Item>>) -> Option<Batch<Item>> {
-    if batch.is_some() {
-        bump(&stats.batches, 1);
-    }
-    batch
-}
 
 /// What every delivery task shares.
 #[derive(Debug)]
-struct Shared {
-    client: Elasticsearch,
-    nodes: Option<Nodes>,
-    observer: Arc<dyn Observer>,
-    retry: RetrySettings,
-    dead_letter_index: String,
-    file: Arc<DeadLetterFile>,
-    max_bytes: usize,
-    time_series_prefixes: Vec<String>,
-    gzip: bool,
-    stats: Arc<SinkStats>,
-}
-
-/// The capped, jittered delays of one delivery; restarts after a round without retries.
-struct Backoff<'a> {
-    settings: &'a RetrySettings,
-    delays: Box<dyn Iterator<Item = Duration> + Send + 'a>,
-    attempt: u32,
-}
-
-impl<'a> Backoff<'a> {
-    fn new(settings: &'a RetrySettings) -> Self {
-        Backoff {
-            settings,
-            delays: Box::new(settings.backoff()),
-            attempt: 0,
-        }
-    }
-
-    fn next(&mut self) -> (u32, Duration) {
-        self.attempt += 1;
-        let max = Duration::from_millis(self.settings.max_backoff_ms);
-        (self.attempt, self.delays.next().unwrap_or(max))
-    }
-
-    fn reset(&mut self) {
-        *self = Backoff::new(self.settings);
-    }
+pub(super) struct Shared {
+    pub(super) client: Elasticsearch,
+    pub(super) nodes: Option<Nodes>,
+    pub(super) observer: Arc<dyn Observer>,
+    pub(super) retry: RetrySettings,
+    pub(super) dead_letter_index: String,
+    pub(super) file: Arc<DeadLetterFile>,
+    pub(super) max_bytes: usize,
+    pub(super) time_series_prefixes: Vec<String>,
+    pub(super) gzip: bool,
+    pub(super) stats: Arc<SinkStats>,
 }
 
 /// While a delivery waits out a backoff because no node answered, how often it asks whether
@@ -346,7 +62,7 @@ impl<'a> Backoff<'a> {
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Sends one batch until every item in it has settled.
-async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
+pub(super) async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
     let mut backoff = Backoff::new(&shared.retry);
     // Chunks still to send, the last one next, each with the delay to wait before sending it.
     let mut queue = vec![(items, Duration::ZERO)];
@@ -458,26 +174,6 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) {
                 }
             }
         }
-    }
-}
-
-/// What identifies a stored document that holds the `_id` of a 409.
-struct Holder {
-    reading_id: Option<String>,
-    payload_digest: Option<String>,
-}
-
-impl Holder {
-    /// Whether it is `message`'s reading: the same reading id, or, for an id a pipeline made
-    /// from fields, the same topic and payload. On a time-series stream only the reading id
-    /// counts: byte-identical readings at one time are still two readings.
-    fn is(&self, message: &crate::record::Message, time_series: bool) -> bool {
-        if self.reading_id.as_deref() == Some(message.reading.to_string().as_str()) {
-            return true;
-        }
-        !time_series
-            && self.payload_digest.as_deref()
-                == Some(payload_digest(&message.topic, &message.payload).as_str())
     }
 }
 
@@ -663,7 +359,7 @@ impl Shared {
             .iter()
             .map(|(_, index, id)| json!({ "_index": index, "_id": id }))
             .collect();
-        let stored = match self.fetch_identities(docs).await {
+        let stored = match fetch_identities(&self.client, docs, |sent| self.report(sent)).await {
             Ok(stored) if stored.len() == checks.len() => stored,
             Ok(stored) => {
                 let reason = format!(
@@ -726,51 +422,6 @@ impl Shared {
         let (retry, to_file) = self.fail(items);
         round.retry.extend(retry);
         round.to_file.extend(to_file);
-    }
-
-    /// For each `{_index, _id}`: `None` if no such document, else what identifies it.
-    async fn fetch_identities(&self, docs: Vec<Value>) -> Result<Vec<Option<Holder>>, String> {
-        let response = self
-            .client
-            .mget(MgetParts::None)
-            ._source_includes(&["mqtt2es.reading_id", "mqtt2es.payload_digest"])
-            .filter_path(&["docs.found", "docs._source", "docs.error"])
-            .body(json!({ "docs": docs }))
-            .send()
-            .await;
-        self.report(&response);
-        let response = response.map_err(|e| format!("checking 409s failed: {}", chain(&e)))?;
-        let status = response.status_code().as_u16();
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| format!("checking 409s: unreadable answer: {}", chain(&e)))?;
-        if !(200..300).contains(&status) {
-            return Err(format!("checking 409s: http {status}: {body}"));
-        }
-        let docs = body
-            .get("docs")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("checking 409s: no docs in {body}"))?;
-        docs.iter()
-            .map(|doc| {
-                if let Some(error) = doc.get("error") {
-                    return Err(format!("checking 409s: {error}"));
-                }
-                let text = |pointer| {
-                    doc.pointer(pointer)
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                };
-                Ok(match doc.get("found").and_then(Value::as_bool) {
-                    Some(true) => Some(Holder {
-                        reading_id: text("/_source/mqtt2es/reading_id"),
-                        payload_digest: text("/_source/mqtt2es/payload_digest"),
-                    }),
-                    _ => None,
-                })
-            })
-            .collect()
     }
 
     /// Counts a retryable failure on each item; dead letters out of attempts go to the file.
@@ -836,7 +487,7 @@ impl Shared {
 
     /// Appends dead letters to the local file and settles them once fsynced. Retries for as
     /// long as the file cannot be written: settling without it would lose the records.
-    async fn to_file(&self, items: Vec<Item>) {
+    pub(super) async fn to_file(&self, items: Vec<Item>) {
         let lines: Vec<Vec<u8>> = items.iter().map(|item| item.source().to_vec()).collect();
         let mut backoff = Backoff::new(&self.retry);
         loop {
@@ -922,22 +573,3 @@ fn log_retry(attempt: u32, delay: Duration, items: usize, reason: &str, loud: bo
         );
     }
 }
-
-/// An error and its sources, `a: b: c`: the elasticsearch client's own message alone rarely
-/// says whether the connection was refused or timed out.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests;
