@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - `main.rs`   — CLI: parse, init logs, load config, run, map errors to exit codes.
-//! - `app`       — wires source → pipelines → sink together; owns startup and shutdown order.
+//! - `app`       — wires source → processor → sink together; owns startup and shutdown order;
+//!   the `check`, `try` and `setup` commands; signals.
 //! - `config`    — typed configuration (defaults → YAML → `MQTT2ES_` env), fully checked at load:
 //!   it gathers the sections each module owns and checks; its tests keep README's
 //!   "Configuration reference" in step with them.
@@ -25,6 +26,7 @@
 //! - `secret`    — `Secret`: a string whose Debug/Display print `[redacted]`.
 //! - `topic`     — MQTT topic filters (`+`, `#`, `$share`) and topic patterns (`{site}`).
 //! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
+//! - `processor` — the task that runs records through the pipelines between the channels.
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
 //! - `elastic`   — the Elasticsearch client; setup: engine detection, templates, lifecycle,
 //!   data streams, and the Kibana dashboard import.
@@ -48,6 +50,7 @@ mod layout_tests;
 pub mod metrics;
 pub mod object;
 pub mod pipeline;
+pub mod processor;
 pub mod reading;
 pub mod record;
 pub mod secret;

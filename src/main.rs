@@ -179,8 +179,38 @@ struct PasswdCli {
     password: Option<String>,
 }
 
+/// Why a command did not succeed, and so its exit status: the one place errors become codes.
+enum Failure {
+    /// Exit 2: a configuration or command line the user must fix.
+    Usage(String),
+    /// Exit 1: the command ran and failed.
+    Failed(String),
+}
+
+impl Failure {
+    /// A failed `run` or `setup`: in the log (JSON logs go to collectors) and on stderr.
+    fn of_run(error: anyhow::Error) -> Failure {
+        tracing::error!("{error:#}");
+        Failure::Failed(format!("mqtt2es: {error:#}"))
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<(), Failure> {
     // `passwd` mirrors mosquitto_passwd, whose `-c` (create) would clash with our global
     // `-c/--config`, so it is parsed on its own before the main command line.
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -188,31 +218,26 @@ fn main() -> ExitCode {
         return passwd(PasswdCli::parse_from(&args[1..]));
     }
     let cli = Cli::parse();
-    if let Command::Passwd { .. } = cli.command {
-        return misplaced_passwd();
-    }
-    if let Command::Simulate(args) = cli.command {
-        // A load generator for any broker: no configuration file needed.
-        init_logs(&LogSettings::default());
-        return simulate(args);
-    }
-    if let Command::Top(args) = cli.command {
-        // A viewer of another process: it needs at most the metrics address from the file.
-        return top(&args, &cli.config);
-    }
-    let (config, secrets) = match Config::load(&cli.config) {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!(
-                "mqtt2es: invalid configuration in {:?}:\n{error}",
-                cli.config
-            );
-            return ExitCode::from(2);
+    let command = match cli.command {
+        Command::Passwd { .. } => return Err(misplaced_passwd()),
+        Command::Simulate(args) => {
+            // A load generator for any broker: no configuration file needed.
+            init_logs(&LogSettings::default());
+            return simulate(args);
         }
+        // A viewer of another process: it needs at most the metrics address from the file.
+        Command::Top(args) => return top(&args, &cli.config),
+        command => command,
     };
+    let (config, secrets) = Config::load(&cli.config).map_err(|error| {
+        Failure::Usage(format!(
+            "mqtt2es: invalid configuration in {:?}:\n{error}",
+            cli.config
+        ))
+    })?;
     init_logs(&config.log);
-    let result = match cli.command {
-        Command::Check => return report(app::check(&config)),
+    match command {
+        Command::Check => print(app::check(&config)),
         Command::Try {
             topic,
             payload,
@@ -224,10 +249,11 @@ fn main() -> ExitCode {
                 Some(text) => text.into_bytes(),
                 None => {
                     let mut bytes = Vec::new();
-                    if let Err(error) = std::io::stdin().read_to_end(&mut bytes) {
-                        eprintln!("mqtt2es: cannot read the payload from standard input: {error}");
-                        return ExitCode::from(2);
-                    }
+                    std::io::stdin().read_to_end(&mut bytes).map_err(|error| {
+                        Failure::Usage(format!(
+                            "mqtt2es: cannot read the payload from standard input: {error}"
+                        ))
+                    })?;
                     bytes
                 }
             };
@@ -238,71 +264,49 @@ fn main() -> ExitCode {
                 qos,
                 retain,
             };
-            return report(app::try_sample(&config, sample));
+            print(app::try_sample(&config, sample))
         }
-        Command::Setup => runtime().and_then(|rt| rt.block_on(app::setup(&config))),
-        Command::Run => runtime().and_then(|rt| rt.block_on(app::run(config, secrets))),
-        Command::Passwd { .. } => return misplaced_passwd(),
-        Command::Simulate(_) | Command::Top(_) => {
+        Command::Setup => runtime()?
+            .block_on(app::setup(&config))
+            .map_err(Failure::of_run),
+        Command::Run => runtime()?
+            .block_on(app::run(config, secrets))
+            .map_err(Failure::of_run),
+        Command::Passwd { .. } | Command::Simulate(_) | Command::Top(_) => {
             unreachable!("handled before the configuration is loaded")
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("mqtt2es: {error:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
-fn passwd(cli: PasswdCli) -> ExitCode {
-    let result = if cli.upgrade {
-        password::edit(&cli.file, Edit::Upgrade)
-    } else {
-        let username = cli.username.as_deref().unwrap_or_default();
-        if cli.delete {
-            password::edit(&cli.file, Edit::Delete { username })
-        } else {
-            let password = match cli.password {
-                Some(password) => password,
-                None => match prompt_password() {
-                    Ok(password) => password,
-                    Err(message) => {
-                        eprintln!("mqtt2es passwd: {message}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-            };
-            password::edit(
-                &cli.file,
-                Edit::Set {
-                    username,
-                    password: password.as_bytes(),
-                    create: cli.create,
-                },
-            )
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mqtt2es passwd: {error}");
-            ExitCode::FAILURE
-        }
+fn passwd(cli: PasswdCli) -> Result<(), Failure> {
+    let failed = |message: String| Failure::Failed(format!("mqtt2es passwd: {message}"));
+    if cli.upgrade {
+        return password::edit(&cli.file, Edit::Upgrade).map_err(|e| failed(e.to_string()));
     }
+    let username = cli.username.as_deref().unwrap_or_default();
+    if cli.delete {
+        return password::edit(&cli.file, Edit::Delete { username })
+            .map_err(|e| failed(e.to_string()));
+    }
+    let password = match cli.password {
+        Some(password) => password,
+        None => prompt_password().map_err(failed)?,
+    };
+    let edit = Edit::Set {
+        username,
+        password: password.as_bytes(),
+        create: cli.create,
+    };
+    password::edit(&cli.file, edit).map_err(|e| failed(e.to_string()))
 }
 
-/// `passwd` after other arguments: `-c` there would have been read as `--config`.
-fn misplaced_passwd() -> ExitCode {
-    eprintln!(
+fn misplaced_passwd() -> Failure {
+    Failure::Usage(
         "mqtt2es: `passwd` must come first: mqtt2es passwd [-c] [-b] <file> <user> [<password>]"
-    );
-    ExitCode::from(2)
+            .to_owned(),
+    )
 }
 
-/// Asks twice on the terminal without echo, as mosquitto_passwd does.
 fn prompt_password() -> Result<String, String> {
     let ask = |prompt| {
         rpassword::prompt_password(prompt).map_err(|e| {
@@ -316,45 +320,32 @@ fn prompt_password() -> Result<String, String> {
     Ok(first)
 }
 
-fn simulate(args: simulate::FleetArgs) -> ExitCode {
-    let fleet = match simulate::Fleet::new(args) {
-        Ok(fleet) => fleet,
-        Err(error) => {
-            eprintln!("mqtt2es: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let summary = match runtime() {
-        Ok(rt) => rt.block_on(async {
-            let stop = CancellationToken::new();
-            tokio::spawn(stop_on_signal(stop.clone()));
-            simulate::run(fleet, stop).await
-        }),
-        Err(error) => {
-            eprintln!("mqtt2es: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn simulate(args: simulate::FleetArgs) -> Result<(), Failure> {
+    let fleet =
+        simulate::Fleet::new(args).map_err(|error| Failure::Usage(format!("mqtt2es: {error}")))?;
+    let summary = runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            app::signalled().await;
+            tracing::info!("stopping: delivering queued readings, then offline");
+            on_signal.cancel();
+        });
+        simulate::run(fleet, stop).await
+    });
     println!("{summary}");
-    if summary.unacknowledged() > 0 {
-        eprintln!(
-            "mqtt2es: {} reading(s) were never acknowledged by the broker",
-            summary.unacknowledged()
-        );
-        return ExitCode::FAILURE;
+    match summary.unacknowledged() {
+        0 => Ok(()),
+        left => Err(Failure::Failed(format!(
+            "mqtt2es: {left} reading(s) were never acknowledged by the broker"
+        ))),
     }
-    ExitCode::SUCCESS
 }
 
-/// `mqtt2es top`: exit 2 for a wrong command line or configuration, 1 when the endpoint
-/// cannot be read (`--once`) or the terminal cannot be driven.
-fn top(args: &top::TopArgs, config: &std::path::Path) -> ExitCode {
+fn top(args: &top::TopArgs, config: &std::path::Path) -> Result<(), Failure> {
     let url = match &args.url {
         Some(url) => top::endpoint(url),
-        None => match metrics_bind(config) {
-            Ok(bind) => top::url_of_bind(bind),
-            Err(code) => return code,
-        },
+        None => top::url_of_bind(metrics_bind(config)?),
     };
     let result = url.and_then(|url| {
         if args.once {
@@ -363,70 +354,45 @@ fn top(args: &top::TopArgs, config: &std::path::Path) -> ExitCode {
             top::watch(args, &url)
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mqtt2es top: {error}");
-            if error.is_usage() {
-                return ExitCode::from(2);
-            }
-            if matches!(error, top::TopError::Scrape(_)) {
-                eprintln!(
-                    "mqtt2es top: is mqtt2es running, with its metrics endpoint on that address? \
-                     (metrics.bind; or give --url)"
-                );
-            }
-            ExitCode::FAILURE
+    result.map_err(|error| {
+        let message = format!("mqtt2es top: {error}");
+        if error.is_usage() {
+            return Failure::Usage(message);
         }
-    }
+        if matches!(error, top::TopError::Scrape(_)) {
+            return Failure::Failed(format!(
+                "{message}\nmqtt2es top: is mqtt2es running, with its metrics endpoint on that \
+                 address? (metrics.bind; or give --url)"
+            ));
+        }
+        Failure::Failed(message)
+    })
 }
 
-/// `metrics.bind` of the configuration file, or the built-in default when there is no file.
-fn metrics_bind(config: &std::path::Path) -> Result<Option<std::net::SocketAddr>, ExitCode> {
+fn metrics_bind(config: &std::path::Path) -> Result<Option<std::net::SocketAddr>, Failure> {
     if !config.exists() {
         return Ok(MetricsSettings::default().bind);
     }
     match Config::load(config) {
         Ok((config, _)) => Ok(config.metrics.bind),
-        Err(error) => {
-            eprintln!("mqtt2es top: invalid configuration in {config:?} (or give --url):\n{error}");
-            Err(ExitCode::from(2))
-        }
+        Err(error) => Err(Failure::Usage(format!(
+            "mqtt2es top: invalid configuration in {config:?} (or give --url):\n{error}"
+        ))),
     }
 }
 
-/// SIGTERM (docker stop) and SIGINT (Ctrl-C) both end a simulation cleanly.
-async fn stop_on_signal(stop: CancellationToken) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("stopping: delivering queued readings, then offline");
-    stop.cancel();
+/// A command whose result is text: on stdout, or its error as a usage failure (exit 2).
+fn print(result: anyhow::Result<String>) -> Result<(), Failure> {
+    let text = result.map_err(|error| Failure::Usage(format!("mqtt2es: {error:#}")))?;
+    println!("{text}");
+    Ok(())
 }
 
-/// Offline commands print their result on stdout and their complaint on stderr, exit 2 on failure.
-fn report(result: anyhow::Result<String>) -> ExitCode {
-    match result {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("mqtt2es: {error:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?)
+        .build()
+        .map_err(|error| Failure::of_run(error.into()))
 }
 
 fn init_logs(settings: &LogSettings) {

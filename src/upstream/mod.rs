@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 pub use settings::{Protocol, TlsSettings, UpstreamSettings};
 
-use crate::kept::Kept;
+use crate::kept::{Kept, KeptError};
 use crate::record::Record;
 use crate::secret::Secret;
 use session::SessionError;
@@ -28,11 +28,60 @@ use session::SessionError;
 /// the real buffers, and a full channel is how a slow pipeline slows the socket.
 const INBOUND_CAPACITY: usize = 256;
 
+/// The subscriber, started: its settings, filters and what each unacknowledged message was
+/// assigned (opened from `state_dir`), ready to `run`; the same start-then-run shape as the
+/// embedded broker's.
+pub struct Upstream {
+    settings: UpstreamSettings,
+    password: Option<Secret>,
+    filters: Vec<String>,
+    kept: Kept,
+}
+
+impl Upstream {
+    /// Opens `state_dir` (held exclusively while this runs); connects to nothing yet.
+    pub fn start(
+        settings: UpstreamSettings,
+        password: Option<Secret>,
+        filters: Vec<String>,
+    ) -> Result<Upstream, KeptError> {
+        let kept = Kept::open(&settings.state_dir)?;
+        Ok(Upstream {
+            settings,
+            password,
+            filters,
+            kept,
+        })
+    }
+
+    /// What each unacknowledged message was assigned, for the sink to commit before a request.
+    pub fn kept(&self) -> Kept {
+        self.kept.clone()
+    }
+
+    /// Runs every configured connection; see [`run`].
+    pub async fn run(
+        self,
+        records: mpsc::Sender<Record>,
+        intake: CancellationToken,
+    ) -> Result<(), SessionError> {
+        run(
+            self.settings,
+            self.password,
+            self.filters,
+            records,
+            self.kept,
+            intake,
+        )
+        .await
+    }
+}
+
 /// Runs every configured connection until `intake` is cancelled and each connection has acked
 /// what settled and disconnected (or, if the broker is unreachable then, until the caller gives
 /// up waiting). Records go to `records`; each connection drops its clone when intake stops,
 /// which is how the pipeline downstream learns that no more records will come.
-pub async fn run(
+async fn run(
     settings: UpstreamSettings,
     password: Option<Secret>,
     filters: Vec<String>,
