@@ -1,4 +1,9 @@
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+
 use super::*;
+use crate::record::QoS;
 
 fn v4_connect_bytes(client_id: &str) -> BytesMut {
     let mut buf = BytesMut::new();

@@ -14,7 +14,6 @@
 //! Only sessions that outlive their connection are stored: a clean session's connect and
 //! disconnect write nothing at all.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -22,10 +21,14 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::entry::Session;
 use super::queue::{Change, Queue, QueueLimits};
-use super::{Delivery, Registry, Session, Subscription, join};
+use super::registry::Registry;
+use super::sharing::join;
+use crate::broker::delivery::Delivery;
 use crate::broker::store::{Changes, SavedMessage, SavedSession, SavedSubscription, State};
 use crate::broker::store::{Store, StoreError};
+use crate::broker::subscription::Subscription;
 use crate::reading::Assignments;
 use crate::record::QoS;
 use crate::topic::TopicFilter;
@@ -35,19 +38,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How often expired sessions are looked for.
 const PURGE_EVERY: Duration = Duration::from_secs(30);
-
-/// Keys changed since the last write.
-#[derive(Debug, Default)]
-pub(super) struct Dirty {
-    pub sessions: HashSet<String>,
-    pub retained: HashSet<String>,
-}
-
-impl Dirty {
-    fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.retained.is_empty()
-    }
-}
 
 impl Registry {
     /// Sessions, their queues and retained messages as persisted by an earlier run. Sessions

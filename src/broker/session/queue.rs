@@ -7,6 +7,9 @@
 //! of all is the smallest number at the front of some queue (`fronts`), and each message is
 //! stored under its session and number: a queue is written a message at a time, added when
 //! queued and deleted when handed over or dropped, never rewritten whole.
+//!
+//! It knows a session only as what holds a queue (`AsMut<Queue>`), so that it imports nothing
+//! of the registry.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::SystemTime;
@@ -14,7 +17,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{Delivery, Session};
+use crate::broker::delivery::Delivery;
 use crate::settings::SettingsError;
 
 /// The `broker.offline_queue` section.
@@ -197,7 +200,7 @@ impl Queues {
     }
 
     /// Drops the oldest message of any session while the queues together are over a bound.
-    pub fn trim(&mut self, sessions: &mut HashMap<String, Session>) {
+    pub fn trim<S: AsMut<Queue>>(&mut self, sessions: &mut HashMap<String, S>) {
         loop {
             let bound = if self.messages > self.limits.max_messages {
                 Bound::Messages
@@ -212,7 +215,7 @@ impl Queues {
             let client_id = client_id.clone();
             match sessions.get_mut(&client_id) {
                 Some(session) => {
-                    self.pop_front(&client_id, &mut session.queued);
+                    self.pop_front(&client_id, session.as_mut());
                     self.count_drop(&client_id, bound);
                 }
                 // Cannot happen: a session's queue is emptied (`take_all`) before it goes.

@@ -4,6 +4,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::broker::session::Session;
 use crate::record::QoS;
 
 /// A message on `topic` whose topic and payload take `bytes` bytes.

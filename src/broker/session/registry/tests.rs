@@ -1,8 +1,12 @@
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::*;
 use crate::broker::codec::MessageProperties;
 use crate::broker::store::{self, State};
+use crate::topic::TopicFilter;
 
 fn attached(connection: u64) -> Attached {
     Attached {
