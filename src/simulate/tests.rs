@@ -1,3 +1,6 @@
+//! `mqtt2es simulate`'s arguments checked into a `Fleet`: refused rates, QoS, counts and sites,
+//! the password file, progress.
+
 use std::time::Duration;
 
 use super::*;

@@ -1,3 +1,6 @@
+//! Reading and writing packets through the codec: the decoder chosen by CONNECT's protocol
+//! level, the size bounds, the zero-length MQTT 5 DISCONNECT, and what a v5 reply carries.
+
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;

@@ -1,3 +1,6 @@
+//! The store on a real fjall database: what comes back after reopening, that a change writes only
+//! what changed, unreadable entries, and the import of a legacy `broker-state.json`.
+
 use super::*;
 
 fn open(dir: &Path) -> Store {

@@ -1,3 +1,6 @@
+//! The dashboard import: the bundle and its multipart body, then the request against the
+//! stand-in playing Kibana (`crate::stand_in`), which cannot run here, and its refusals.
+
 use std::fs;
 
 use serde_json::json;

@@ -1,3 +1,7 @@
+//! Setup against the stand-in for Elasticsearch (`crate::stand_in`): the order of the PUTs, the
+//! rollover of a time-series stream kept to the millisecond, and refusals (credentials,
+//! privileges, an old engine, no node) that say what to do.
+
 use super::*;
 
 #[test]

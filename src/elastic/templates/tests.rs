@@ -1,3 +1,7 @@
+//! The template plan checked as data: priorities and patterns that cannot clash, time-series
+//! telemetry where the engine has it, retention per kind of stream, and mappings that cover the
+//! data contract and dead letters.
+
 use super::*;
 
 const ELASTICSEARCH: Features = Features::ELASTICSEARCH;

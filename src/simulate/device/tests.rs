@@ -1,3 +1,6 @@
+//! One virtual device without a broker: its readings against the data contract, what counts as
+//! an acknowledged reading, and what a lost session forgets.
+
 use super::*;
 
 #[test]

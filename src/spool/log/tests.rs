@@ -1,3 +1,6 @@
+//! The spool's files in a temporary directory: order across segments and reopens, the cursor,
+//! torn tails and damaged records, and dropping the oldest segment.
+
 use std::fs;
 
 use super::*;

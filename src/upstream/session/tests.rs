@@ -1,3 +1,6 @@
+//! How a connection's end is judged: the reconnect backoff (growing, or starting over after a
+//! stable connection) and refused, unreachable or lost.
+
 use super::*;
 
 fn settings_with_backoff(initial_ms: u64, max_ms: u64) -> UpstreamSettings {

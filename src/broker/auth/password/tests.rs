@@ -1,3 +1,6 @@
+//! The password file and its hashes: `$7$` and `$6$` vectors from Python's hashlib, load errors
+//! that name file and line but never a hash, and the edits `mqtt2es passwd` makes.
+
 use super::*;
 
 fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {

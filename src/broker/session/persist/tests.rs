@@ -1,3 +1,7 @@
+//! The registry written to a real store and rebuilt from it: what a restart brings back
+//! (persistent sessions, retained and queued messages) and what it must not (ended, expired,
+//! handed-over), and that clean sessions write nothing.
+
 use std::path::Path;
 
 use bytes::Bytes;

@@ -1,3 +1,6 @@
+//! The offline queues' bounds (per session and in total, by messages and bytes), their numbering,
+//! and which queued messages reach the store.
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,3 +1,6 @@
+//! The registry without a store: sessions attaching, detaching, expiring and taken over, offline
+//! queues, QoS 2 bookkeeping, and shared subscriptions taking turns.
+
 use std::sync::Arc;
 use std::time::Duration;
 
