@@ -28,8 +28,8 @@
 //! - `pipeline`  — pipelines loaded from `pipelines/*.yaml`, routing, field paths, stages.
 //! - `processor` — the task that runs records through the pipelines between the channels.
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
-//! - `elastic`   — the Elasticsearch client; setup: engine detection, templates, lifecycle,
-//!   data streams, and the Kibana dashboard import.
+//! - `elastic`   — the Elasticsearch client and its node pool; setup: engine detection,
+//!   templates, lifecycle, data streams, and the Kibana dashboard import.
 //! - `upstream`  — the rumqttc subscriber with ordered manual acks.
 //! - `broker`    — the embedded mini-broker (the default source): codec, connections, sessions,
 //!   fan-out, retained messages, persisted state, listeners, auth; acks only once durable.
@@ -37,6 +37,7 @@
 //! - `simulate`  — `mqtt2es simulate`: a fleet of virtual Pi thermometers (one connection each).
 //! - `top`       — `mqtt2es top`: a live terminal view of a running mqtt2es, from its `/metrics`.
 //! - `stand_in`  — tests only: a fault-injection HTTP stand-in for Elasticsearch and Kibana.
+//! - `layout_tests` — tests only: no import circles in `src/`, no unexplained file over 600 lines.
 
 pub mod acks;
 pub mod app;
