@@ -9,6 +9,7 @@
 //! - `readiness`   — the rules of `/readyz`; pure.
 //! - `http`        — the endpoint (hyper).
 //! - `ship`        — the shipper and the Elasticsearch probe.
+//! - `settings`    — the `metrics:` section.
 //!
 //! The decision a reader might question: the figures are a global registry, recorded through
 //! free functions ([`message_in`], [`client_connected`], ...). Threading a handle through every

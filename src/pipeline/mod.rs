@@ -35,6 +35,12 @@
 //! id, also its document's `_id` unless an `id` stage names fields.
 //!
 //! Processing is pure: no I/O, and "now" is the message's receive time.
+//!
+//! - `load`      — YAML files into checked pipelines; `error` — load and stage errors.
+//! - `run`       — one pipeline applied to a message; `decode` — its `payload:` policy.
+//! - `stages`    — one file per stage; `condition` — `drop`'s conditions.
+//! - `path`, `template`, `index` — field paths, `{{field}}` templates, confined index names.
+//! - `golden`    — tests only: the shipped pipelines against their fixtures.
 
 mod condition;
 mod decode;

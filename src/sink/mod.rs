@@ -8,6 +8,7 @@
 //! - `routed`, `settings`, `stats` — what the sink takes in, is configured with, and counts
 //!   (apart from this file so that the parts above import them, never this file).
 //! - `writer`      — the task: channel in, concurrent bulk requests, retries, settlement.
+//! - `observer`    — what the sink tells the metrics, without knowing them.
 //!
 //! The decision a reader might question: retryable failures are retried *indefinitely*.
 //! Nothing upstream is acknowledged until it is durable, so a long outage fills the channels

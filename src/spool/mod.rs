@@ -17,6 +17,12 @@
 //! segment and counts the records it held. A disk that is full, or any write or sync that
 //! fails, is treated like `block`: the partial write is cut off, nothing is acknowledged, and
 //! the writer tries again every second until it succeeds.
+//!
+//! - `log`      — segment files, frames and the cursor.
+//! - `wire`     — a message as the spool stores it.
+//! - `writer`   — append, fsync, then acknowledge (one thread, group commit).
+//! - `shipper`  — the log read back in order into the pipelines; the cursor moved as they settle.
+//! - `shared`   — what writer and shipper share; `settings` — the `delivery:` section.
 
 mod log;
 mod settings;

@@ -5,6 +5,12 @@
 //! driver that turns publishes into records and releases acks in arrival order (see `acks`).
 //! Several connections may share one `$share` group: the broker's in-flight window applies per
 //! connection, so N connections give N windows while every ack still means "durable".
+//! What each unacknowledged message was assigned is kept in `state_dir` (`crate::kept`), so a
+//! redelivery after a crash is the same reading.
+//!
+//! - `session`  — one connection, 3.1.1 or 5, and its pump.
+//! - `driver`   — publishes into records, acks in arrival order, the kept assignments.
+//! - `settings` — the `upstream:` section.
 
 mod driver;
 pub mod session;

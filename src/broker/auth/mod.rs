@@ -19,6 +19,8 @@
 //! - `password` — the `user:$7$…` file format, verifying and writing entries.
 //! - `jwt`      — HS256/RS256 token verification and the `mqtt2es` topic claim.
 //! - `acl`      — rules from YAML or a Mosquitto `acl_file`, with `%u`/`%c`.
+//! - `template` — filters holding `%u`/`%c`, shared by `acl` and `jwt`.
+//! - `identity` — who a connected client is, as authentication decided.
 
 pub mod acl;
 mod identity;
