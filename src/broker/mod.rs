@@ -3,8 +3,8 @@
 //! every failure between its socket and Elasticsearch.
 //!
 //! Why our own and not a broker crate: no general-purpose broker lets the acknowledgement wait
-//! on the sink. Packets are read and written by rumqttc's codec (`mqttbytes` v4 and v5); there
-//! is no hand-written packet parsing here.
+//! on the sink. Packets are read and written by rumqttc's codec (`mqttbytes` v4 and v5); the
+//! only bytes we read by hand are `codec`'s three narrow CONNECT and DISCONNECT checks.
 //!
 //! - `settings`   — the `broker:` config section (limits, state directory) and its sub-sections.
 //! - `listener`   — TCP, TLS and WebSocket listeners; handshakes happen off the accept loop.
@@ -13,6 +13,8 @@
 //! - `connection` — one client: CONNECT, publishes into records, acks once durable, deliveries.
 //! - `session`    — the registry of sessions (subscriptions, expiry, QoS 2 state, takeover).
 //! - `router`     — which subscription a message matches, at which QoS.
+//! - `subscription`, `delivery` — a subscription, and a message on its way to subscribers (apart
+//!   so that the router, the registry and the retained store need not import each other).
 //! - `share`      — shared subscriptions: which member of a group gets the next message.
 //! - `retained`   — the retained message store.
 //! - `store`      — sessions, offline queues and retained messages on disk, per change.
