@@ -2,7 +2,8 @@
 //! key (`- rename: {from: a, to: b}` is [`Rename`]).
 //!
 //! A closed enum rather than a trait-object registry: the set of stages is ours, a `match`
-//! shows every one of them, and adding a stage is a file, a variant and two match arms.
+//! shows every one of them, and adding a stage is a file, a variant and three match arms
+//! (parse, name, apply). What the stages share (the draft document, option helpers) is `draft`.
 //! Stages are pure: they see the draft document and the message, never the clock or the network.
 
 mod convert;
