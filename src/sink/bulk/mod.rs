@@ -1,8 +1,8 @@
 //! The `_bulk` protocol without the I/O: turning routed records into NDJSON `create` ops, and
 //! turning Elasticsearch's answer into one decision per item.
 //!
-//! Classification is a pure function of (HTTP status, response body, which items carry a
-//! deterministic id), so every row of the table is tested against canned responses. The one
+//! Classification is a pure function of (HTTP status, response body, what a 409 on each item
+//! means), so every row of the table is tested against canned responses. The one
 //! decision a reader might question: anything we cannot positively classify as stored or as
 //! the document's own fault is *retried*, never dropped, because an acknowledged MQTT message
 //! must be durable. Unknown and security failures are retried with an error-level log, so an
@@ -20,7 +20,7 @@
 //! - `item`     — one `create` op: its encoded lines and what it needs to settle later.
 //! - `encode`   — routed records into items, in one pass; the request body and its gzip.
 //! - `classify` — a bulk response into one outcome per item.
-//! - `reasons`  — the dead-letter reasons bulk gives.
+//! - `reasons`  — the dead-letter reasons of the bulk path (also the writer's, after a 409).
 
 mod classify;
 mod encode;

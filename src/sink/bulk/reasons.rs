@@ -1,6 +1,7 @@
-//! Why bulk dead-letters a document: the `reason` of its dead letter, one constant per row of
-//! the outcome table (`classify`) and for a document too large to send (`encode`). Operators
-//! search dead letters by these strings, so they are part of the interface, not wording.
+//! Why bulk dead-letters a document: the `reason` of its dead letter, one constant per refusing
+//! row of the outcome table (`classify`), for a document too large to send (`encode`), and for
+//! the writer's verdicts after a 409 (`id_taken`, `series_time_taken`). Operators search dead
+//! letters by these strings, so they are part of the interface, not wording.
 
 /// Dead-letter reason: the encoded document is larger than a bulk request may be.
 pub const DOCUMENT_TOO_LARGE: &str = "document_too_large";

@@ -64,8 +64,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `client` should come from `elastic::build_client`, which sets the request timeout and
-    /// gzip.
+    /// `client` should come from `elastic::build_cluster` (or `build_client`), which sets the
+    /// request timeout; bodies are gzipped here, per `settings.gzip`.
     pub fn new(client: Elasticsearch, settings: SinkSettings) -> Self {
         Writer {
             client,
