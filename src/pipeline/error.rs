@@ -1,5 +1,6 @@
-//! The pipeline's error types: `LoadError` for configuration (names the file, the stage and
-//! the key), `StageError` for one message that a stage could not process.
+//! The pipeline's error types: `LoadError` for configuration (the file and the stage, around a
+//! `ConfigError` that names the key and the value), `StageError` for one message that a stage
+//! could not process.
 //!
 //! A `StageError` is data, not a failure of the program: it becomes a `Rejection` whose
 //! `reason` is the stable code from [`StageError::reason`] and whose `detail` is the message.
