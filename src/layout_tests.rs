@@ -1,7 +1,8 @@
 //! The shape of `src/` itself, checked (STYLE.md, "A layout that shows the architecture"):
 //! no files that import each other in a circle, directly or through others, and no file over 600
-//! lines unless its header says why. Test-only files (`tests.rs`, `*_tests.rs`, `stand_in.rs`)
-//! are exempt from both, the way a table of tests is.
+//! lines unless its header says why (says "600 lines"). Test-only files (`tests.rs`,
+//! `*_tests.rs`, `stand_in.rs`, anything under a `tests/` directory) are exempt from both, the
+//! way a table of tests is; a module declared under `#[cfg(test)]` (`golden`) from circles only.
 //!
 //! Imports are read from the text, not from the compiler: a path that starts with `crate::`,
 //! `super::` or `self::` (a `{…}` group counts each member), and a bare path through a child
