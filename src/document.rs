@@ -1,6 +1,7 @@
 //! What a pipeline makes of a message: a document bound for a data stream, a deliberate drop,
-//! or a rejection that becomes a dead letter. Shared by the pipeline (producer) and the sink
-//! (consumer) so neither depends on the other.
+//! or a rejection that becomes a dead letter; and the payload digest the pipeline writes and
+//! the sink checks a 409 against. Shared by the pipeline (producer) and the sink (consumer) so
+//! neither depends on the other.
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ pub struct Document {
     pub pipeline: Arc<str>,
     /// Target data stream, already confined to the configured prefix and valid for Elasticsearch.
     pub index: String,
-    /// Deterministic `_id` when the pipeline has an `id` stage; redelivery then is a 409, not a duplicate.
+    /// The `_id` an `id` stage made from fields; `None` leaves it to the sink (the reading id, or
+    /// none on a time-series stream).
     pub id: Option<String>,
     pub source: Object,
 }
