@@ -3,7 +3,7 @@
 //! shipped again after a restart is the same reading (see `reading`).
 //!
 //! A fixed little layout of our own, versioned by its first byte: lengths are u32 little-endian,
-//! times nanoseconds since the epoch. Twelve lines of code did not warrant a serialisation crate,
+//! times nanoseconds since the epoch. A few dozen lines of code did not warrant a serialisation crate,
 //! and the frame around it (`log`) checks it with a CRC before it is decoded.
 
 use std::sync::Arc;
