@@ -1,4 +1,5 @@
-//! The driver of one upstream connection: owns the ack queue and the client handle.
+//! The driver of one upstream connection: owns the ack queue, the client handle and what each
+//! unacknowledged message was assigned (staged in `kept`, forgotten before its ack goes out).
 //!
 //! It forwards publishes into the pipeline (awaiting channel capacity, which is the
 //! backpressure), and releases PUBACK/PUBREC in arrival order as records settle. On shutdown it
