@@ -64,7 +64,7 @@ pub struct Message {
 /// How a record ended up durable. Every variant means "the producer may acknowledge it".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
-    /// Elasticsearch confirmed the document (or already held it under the same deterministic id).
+    /// Elasticsearch confirmed the document (or already held this reading: a 409 on its id).
     Stored,
     /// The record went to the dead-letter store (Elasticsearch stream or local file) with a reason.
     DeadLettered,
