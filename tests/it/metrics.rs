@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::bridge_basics::{broker, readings_pipeline, start_readings_bridge_with};
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_lines_qos1, readings};
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::publish::{publish, publish_lines_qos1};
+use crate::support::readings::readings;
+use crate::support::readings::{readings_pipeline, start_readings_bridge_with};
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -81,7 +82,7 @@ pub(crate) async fn wait_for_readyz(address: SocketAddr, status: u16, timeout: D
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_published_readings_stored_documents_and_a_dead_letter_by_reason() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (mut bridge, index) =
         start_readings_bridge_with(BridgeSpec::new(broker.port(), &node.url()));
     let address = bridge.metrics_address();
@@ -159,10 +160,11 @@ async fn metrics_sum(node: &SearchNode, index: &str, field: &str) -> u64 {
 async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after() {
     let mut node = SearchNode::start_private();
     node.stop();
-    let broker = broker();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
-    spec.metrics_extra = "  elasticsearch_answer_max_age_s: 3\n  ship_interval_s: 1\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("readings.yaml", readings_pipeline())
+        .metrics("elasticsearch_answer_max_age_s", 3)
+        .metrics("ship_interval_s", 1);
     let mut bridge = Bridge::start(&spec);
     let address = bridge.metrics_address();
 
@@ -197,9 +199,8 @@ async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_documents_that_cannot_be_shipped_are_logged_once_and_folded_into_the_next() {
     let mut node = SearchNode::start_private();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.metrics_extra = "  ship_interval_s: 1\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url()).metrics("ship_interval_s", 1);
     let (mut bridge, index) = start_readings_bridge_with(spec);
     let metrics_index = format!("{}metrics", bridge.prefix());
 
@@ -247,9 +248,10 @@ async fn metrics_documents_that_cannot_be_shipped_are_logged_once_and_folded_int
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_metrics_documents_carry_the_schema_fields_and_add_up_to_the_stored_readings() {
     let node = SearchNode::shared();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.metrics_extra = "  ship_interval_s: 1\n  instance: it-gateway\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .metrics("ship_interval_s", 1)
+        .metrics("instance", "it-gateway");
     let (bridge, index) = start_readings_bridge_with(spec);
     let metrics_index = format!("{}metrics", bridge.prefix());
 

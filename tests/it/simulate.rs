@@ -163,7 +163,9 @@ fn total(by_device: &BTreeMap<String, BTreeSet<String>>) -> usize {
 fn a_simulated_fleet_publishes_every_reading_and_its_status_to_a_real_broker() {
     let broker = Mosquitto::start();
     let site = unique("sim");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
 
     let mut simulation = Simulation::start(
         &broker,
@@ -210,7 +212,9 @@ fn a_simulated_fleet_publishes_every_reading_and_its_status_to_a_real_broker() {
 fn ctrl_c_stops_a_running_fleet_after_delivering_and_publishing_offline() {
     let broker = Mosquitto::start();
     let site = unique("sim");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
     let mut simulation = Simulation::start(
         &broker,
         &site,
@@ -255,11 +259,10 @@ fn a_simulated_fleet_delivers_every_reading_across_a_broker_restart() {
     let mut broker = Mosquitto::start();
     let site = unique("sim");
     let sub_id = unique("sub");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-c", "-i", &sub_id],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .persistent(&sub_id)
+        .start();
     let mut simulation = Simulation::start(
         &broker,
         &site,
@@ -348,11 +351,10 @@ fn simulated_devices_log_in_with_the_password_from_the_environment() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
     let site = unique("sim");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-u", "pi", "-P", "s3cret"],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .credentials("pi", "s3cret")
+        .start();
     let mut simulation = Simulation::start_with_env(
         &broker,
         &site,

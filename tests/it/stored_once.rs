@@ -396,7 +396,7 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
     let mut node = SearchNode::start_private();
     // paho's own window is 20 publishes in flight: the broker's limit is reached while the
     // node is down, and a device that keeps to it must still be served.
-    let spec = BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 20\n");
+    let spec = BridgeSpec::embedded(&node.url()).broker("max_inflight", 20);
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -484,7 +484,10 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
 /// A bulk request slot for each reading of a window of 20: while the node's answers are
 /// swallowed every slot stays busy, and a reading that found none would wait in mqtt2es,
 /// neither stored nor acknowledged. With a slot each, the whole window is stored unacknowledged.
-const SLOT_PER_READING: &str = "batch:\n  flush_interval_ms: 200\n  concurrent_requests: 20\n";
+fn slot_per_reading(spec: BridgeSpec) -> BridgeSpec {
+    spec.set("batch", "flush_interval_ms", 200)
+        .set("batch", "concurrent_requests", 20)
+}
 
 /// A proxy in front of the shared node, passing its answers on for now.
 async fn proxy(node: &SearchNode) -> Proxy {
@@ -503,8 +506,7 @@ async fn readings_resent_by_paho_after_mqtt2es_was_sigkilled_are_stored_once() {
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let port = crate::support::free_port();
-    let mut spec = BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}"));
-    spec.extra = SLOT_PER_READING.into();
+    let spec = slot_per_reading(BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}")));
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_ready();
     let index = telemetry_index(&bridge);
@@ -538,8 +540,7 @@ async fn readings_mosquitto_redelivers_after_mqtt2es_was_sigkilled_are_stored_on
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let broker = Mosquitto::start();
-    let mut spec = BridgeSpec::new(broker.port(), &proxy.url);
-    spec.extra = SLOT_PER_READING.into();
+    let spec = slot_per_reading(BridgeSpec::new(broker.port(), &proxy.url));
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_subscribed();
     let index = telemetry_index(&bridge);

@@ -218,7 +218,9 @@ fn readings_from_a_fake_ds18b20_and_dht22_reach_a_real_subscriber_as_schema_json
     sysfs.ds18b20(GOOD_W1).dht22(24_500, 48_200);
     let battery = sysfs.path().join("capacity");
     fs::write(&battery, "87\n").expect("battery file");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
 
     let mut thermometer = Thermometer::start(
@@ -271,7 +273,9 @@ fn a_crc_failure_or_the_power_on_value_is_skipped_not_published_as_a_temperature
     let site = unique("thermo");
     let sysfs = FakeSysfs::new();
     sysfs.ds18b20(BAD_CRC_W1);
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/+/telemetry"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .start();
 
     let mut thermometer = Thermometer::start(
         &broker,
@@ -306,7 +310,7 @@ fn the_last_will_says_offline_when_the_thermometer_is_killed() {
     let broker = Mosquitto::start();
     let site = unique("thermo");
     let status_topic = format!("sensors/{site}/pi-1/status");
-    let sub = Subscriber::start(&broker, &status_topic, &[]);
+    let sub = Subscriber::on(&broker, &status_topic).qos(1).start();
     let mut thermometer = Thermometer::start(&broker, &site, &["--simulate", "--interval", "0.2"]);
     sub.wait_until("online", Duration::from_secs(20), |m| {
         states_of(m, &site) == ["online"]
@@ -357,11 +361,10 @@ fn readings_taken_while_the_broker_is_down_are_delivered_after_it_returns() {
     let site = unique("thermo");
     // A persistent session, so the subscriber misses nothing while both reconnect.
     let sub_id = unique("sub");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-c", "-i", &sub_id],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .persistent(&sub_id)
+        .start();
     let mut thermometer = Thermometer::start(
         &broker,
         &site,
@@ -468,11 +471,10 @@ fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (broker, tls_port) = broker_with_tls_and_a_password(&certs, dir.path());
     let site = unique("thermo");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-u", "pi", "-P", "s3cret"],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .credentials("pi", "s3cret")
+        .start();
     let ca = certs.ca();
     let mut thermometer = Thermometer::start_with_env(
         &broker,

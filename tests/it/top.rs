@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bridge_basics::readings_pipeline;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_lines_qos1, readings};
+use crate::support::publish::{publish, publish_lines_qos1};
+use crate::support::readings::readings;
+use crate::support::readings::readings_pipeline;
 use crate::support::{SearchNode, free_port, unique, wait_for_count};
 
 /// Readings published and stored before `top` looks.

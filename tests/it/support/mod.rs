@@ -9,7 +9,9 @@ pub mod certs;
 pub mod mosquitto;
 pub mod ports;
 pub mod process;
+pub mod program;
 pub mod proxy;
+pub mod readings;
 pub mod search;
 pub mod subscriber;
 

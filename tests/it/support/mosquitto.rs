@@ -68,6 +68,12 @@ impl Mosquitto {
         broker
     }
 
+    /// A broker with no cap on messages queued for a disconnected persistent session (its
+    /// default of 1000 drops the rest, which would be the broker losing data, not the bridge).
+    pub fn start_unbounded() -> Mosquitto {
+        Mosquitto::start_with(&["max_queued_messages 0"])
+    }
+
     pub fn host(&self) -> &'static str {
         HOST
     }
