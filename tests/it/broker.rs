@@ -13,23 +13,16 @@ use crate::support::readings::readings_pipeline;
 use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, unique, wait_for_count};
 
-/// The shipped catch-all pipeline: JSON as fields, text in `message`.
-const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/zz-default.yaml");
-
 /// mqtt2es as the broker with the shipped default pipeline and the test readings pipeline.
 fn start(spec: BridgeSpec) -> (Bridge, u16) {
     let mut bridge = Bridge::start(
         &spec
             .pipeline("readings.yaml", readings_pipeline())
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
     (bridge, port)
-}
-
-fn messages_index(bridge: &Bridge) -> String {
-    format!("{}mqtt2es-messages", bridge.prefix())
 }
 
 fn readings_index(bridge: &Bridge) -> String {
@@ -87,7 +80,7 @@ async fn hello_world_from_mosquitto_pub_is_stored_with_its_text_in_message() {
     assert!(debug.contains("received CONNACK (0)"), "{debug}");
     assert!(debug.contains("sending PUBLISH"), "{debug}");
 
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1,
@@ -362,7 +355,7 @@ async fn a_last_will_reaches_a_subscriber_and_the_index_when_a_device_drops_off(
         "{}",
         bridge.logs()
     );
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1
@@ -841,7 +834,7 @@ async fn mqtt5_publishers_get_reason_codes_after_durability_and_their_user_prope
             PubAckReason::TopicNameInvalid
         ]
     );
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         node.count(&index).await,
         1,
@@ -919,7 +912,7 @@ async fn a_qos2_exchange_interrupted_by_sigkill_completes_after_restart_without_
     let (mut bridge, _) =
         start(BridgeSpec::embedded(&node.url()).bind(format!("127.0.0.1:{port}")));
     let client_id = unique("it-pi-q2-crash");
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
 
     let (mut stream, present) = connect_persistent(port, &client_id).await;
     assert!(!present);

@@ -390,10 +390,7 @@ fn with_the_shipped_config_an_anonymous_client_is_refused_from_the_network_and_l
         &BridgeSpec::embedded(&node.url())
             .bind("0.0.0.0:0")
             .broker_auth(auth)
-            .pipeline(
-                "zz-default.yaml",
-                include_str!("../../pipelines/zz-default.yaml"),
-            ),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -462,10 +459,7 @@ fn allow_anonymous_true_lets_an_anonymous_client_in_from_the_network() {
         &BridgeSpec::embedded(&node.url())
             .bind(format!("{}:0", netns.host))
             .broker_auth("{allow_anonymous: true}")
-            .pipeline(
-                "zz-default.yaml",
-                include_str!("../../pipelines/zz-default.yaml"),
-            ),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();

@@ -17,15 +17,10 @@ use crate::support::publish::Publisher;
 use crate::support::subscriber::Subscriber;
 use crate::support::{Mosquitto, SearchNode, process, unique};
 
-/// The shipped catch-all pipeline, so that every publish of a scenario has somewhere to go.
-const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/zz-default.yaml");
-
 /// mqtt2es as the broker; returns it and its MQTT port.
 fn mqtt2es() -> (Bridge, u16) {
     let node = SearchNode::shared();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::embedded(&node.url()).pipeline("zz-default.yaml", DEFAULT_PIPELINE),
-    );
+    let mut bridge = Bridge::start(&BridgeSpec::embedded(&node.url()).default_pipeline());
     let port = bridge.broker_port();
     bridge.wait_ready();
     (bridge, port)
@@ -578,7 +573,7 @@ async fn qos2_publishes_awaiting_pubrel_count_against_the_receive_maximum() {
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
             .broker("max_inflight", 3)
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -644,7 +639,7 @@ async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_fo
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
             .broker("max_keepalive_s", 60)
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -729,7 +724,7 @@ async fn a_denied_topic_is_carved_out_of_a_broad_subscription_and_refused_on_its
                 "{{allow_anonymous: true, acl: [{{user: \"*\", publish: [\"{prefix}/#\"], \
                  subscribe: [\"{prefix}/#\"], deny: [\"{prefix}/secret\"]}}]}}"
             ))
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();

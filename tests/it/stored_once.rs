@@ -18,8 +18,6 @@ use crate::support::publish::publish_lines_qos1;
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 const SHIPPED_TELEMETRY: &str = include_str!("../../pipelines/telemetry.yaml");
-const SHIPPED_DEFAULT: &str = include_str!("../../pipelines/zz-default.yaml");
-
 const TOPIC: &str = "sensors/lab/pi-01/telemetry";
 
 /// The shipped pipelines, telemetry routed into the bridge's own prefix: `setup` makes
@@ -29,7 +27,7 @@ pub(crate) fn with_shipped_pipelines(spec: BridgeSpec) -> BridgeSpec {
         "telemetry.yaml",
         SHIPPED_TELEMETRY.replace("mqtt2es-telemetry-{{site}}", "telemetry-{{site}}"),
     )
-    .pipeline("zz-default.yaml", SHIPPED_DEFAULT)
+    .default_pipeline()
 }
 
 /// mqtt2es as the broker with the shipped pipelines; and its port.
@@ -198,7 +196,7 @@ async fn a_hundred_byte_identical_payloads_are_a_hundred_documents_on_telemetry_
     let messages = publish_lines(port, "lab/door", &same);
 
     stored(node, &telemetry_index(&bridge), telemetry, 100, &bridge).await;
-    let index = format!("{}mqtt2es-messages", bridge.prefix());
+    let index = bridge.messages_index();
     stored(node, &index, messages, 100, &bridge).await;
 }
 
