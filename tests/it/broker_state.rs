@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::metrics::wait_for_samples;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::wait_for_samples;
 use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, free_port, unique};
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
-use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
-use crate::stored_once::soak_setting;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
 use crate::support::readings::readings_pipeline_by_reading_id;
+use crate::support::soak_setting;
 use crate::support::{Mosquitto, SearchCluster, SearchNode, wait_for_count};
 
 /// An embedded-broker bridge writing to `hosts`.

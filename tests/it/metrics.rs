@@ -1,83 +1,16 @@
 //! The operations surface of the real binary: `/metrics`, `/healthz`, `/readyz` over HTTP, and
 //! the `{prefix}metrics` documents it ships into the search node.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
 use crate::support::publish::{publish, publish_lines_qos1};
 use crate::support::readings::readings;
 use crate::support::readings::{readings_pipeline, start_readings_bridge_with};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client")
-}
-
-/// Status and body of `GET http://{address}{path}`.
-pub(crate) async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let response = http()
-        .get(format!("http://{address}{path}"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"));
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("a text body"))
-}
-
-/// The value of the sample line `name` (name and labels exactly as exposed), if present.
-pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
-}
-
-/// Polls `/metrics` until every `(sample, value)` reads as expected; panics with the last text.
-pub(crate) async fn wait_for_samples(
-    address: SocketAddr,
-    expected: &[(&str, f64)],
-    timeout: Duration,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, text) = get(address, "/metrics").await;
-        assert_eq!(status, 200, "{text}");
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|(name, value)| sample(&text, name) != Some(*value))
-            .collect();
-        if missing.is_empty() {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {missing:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `/readyz` until it answers `status`; returns the body.
-pub(crate) async fn wait_for_readyz(address: SocketAddr, status: u16, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (got, body) = get(address, "/readyz").await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {got} ({body:?}) after {timeout:?}, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_published_readings_stored_documents_and_a_dead_letter_by_reason() {

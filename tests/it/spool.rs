@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
-use crate::stored_once::{PahoDevice, soak_setting, tail, telemetry_index, with_shipped_pipelines};
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
+use crate::support::paho::PahoDevice;
 use crate::support::ports::free_port;
 use crate::support::publish::{Publisher, publish_in_parallel, publish_lines_qos1};
 use crate::support::readings::readings_pipeline_by_reading_id;
 use crate::support::readings::{devices_at, readings};
+use crate::support::soak_setting;
+use crate::support::telemetry::{telemetry_index, with_shipped_pipelines};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 fn spooling(spec: BridgeSpec) -> BridgeSpec {
@@ -252,7 +254,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         .map(|n| PahoDevice::start_at_qos(port, &format!("q0-{n}"), 0, count, 30, timeout_s))
         .collect();
     let before = wait_for_count(&node, &index, devices as u64, Duration::from_secs(60)).await;
-    assert!(before >= devices as u64, "{}", tail(&bridge));
+    assert!(before >= devices as u64, "{}", bridge.log_tail());
 
     node.stop();
     // The outage is the scenario, not a wait for anything: readings keep coming meanwhile.
@@ -270,7 +272,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
     assert!(
         backlog >= sent_since_restart / 2.0,
         "only {backlog} records spooled during the outage:\n{}",
-        tail(&bridge)
+        bridge.log_tail()
     );
 
     node.start();
@@ -292,7 +294,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         assert!(
             now < deadline,
             "{left} records still spooled:\n{}",
-            tail(&bridge)
+            bridge.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -308,7 +310,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         (resumed - returned).as_secs_f64(),
         drain_per_s / ingest_per_s
     );
-    assert!(drain_per_s > 2.0 * ingest_per_s, "{}", tail(&bridge));
+    assert!(drain_per_s > 2.0 * ingest_per_s, "{}", bridge.log_tail());
 
     for device in fleet {
         let printed = device.finish();
@@ -533,7 +535,7 @@ async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_eac
     // What the requests in flight carried is stored by the node, never confirmed to mqtt2es
     // (the rest waits behind them): all of it still in the spool, unshipped.
     let stored = wait_for_count(node, &index, 1, Duration::from_secs(60)).await;
-    assert!(stored > 0, "{}", tail(&bridge));
+    assert!(stored > 0, "{}", bridge.log_tail());
     bridge.kill();
     proxy.swallow_answers(false);
     bridge.restart();
@@ -544,7 +546,7 @@ async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_eac
         node.count(&index).await,
         acked as u64,
         "each reading once, none merged:\n{}",
-        tail(&bridge)
+        bridge.log_tail()
     );
     let (_, text) = get(metrics, "/metrics").await;
     assert!(

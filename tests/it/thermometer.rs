@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::simulate::shipped_telemetry_bridge;
 use crate::support::certs::Certs;
+use crate::support::paho::python;
 use crate::support::subscriber::{self, Subscriber};
-use crate::support::{Mosquitto, SearchNode, free_port, unique, wait_for_count};
+use crate::support::telemetry::shipped_telemetry_bridge;
+use crate::support::{Mosquitto, SearchNode, unique, wait_for_count};
 
 const GOOD_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=e1 YES\n5b 01 4b 46 7f ff 05 10 e1 t=21437\n";
@@ -23,18 +24,6 @@ const BAD_CRC_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=00 NO\n5b 01 4b 46 7f ff 05 10 e1 t=85000\n";
 const POWER_ON_W1: &str =
     "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n";
-
-/// The Python that runs the thermometer, from `MQTT2ES_TEST_PYTHON`.
-pub(crate) fn python() -> PathBuf {
-    let python = std::env::var_os("MQTT2ES_TEST_PYTHON").unwrap_or_else(|| {
-        panic!(
-            "MQTT2ES_TEST_PYTHON is not set: it must name a python3 that has paho-mqtt 2.x and \
-             pytest, e.g. `python3 -m venv /tmp/venv && /tmp/venv/bin/pip install 'paho-mqtt>=2,<3' \
-             pytest` then MQTT2ES_TEST_PYTHON=/tmp/venv/bin/python (scripts/test sets it)"
-        )
-    });
-    PathBuf::from(python)
-}
 
 fn program_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("devices/pi-thermometer")
@@ -443,33 +432,11 @@ fn help_explains_the_sensors_the_broker_options_and_simulation() {
     }
 }
 
-/// A broker that wants a user name and password, with a TLS listener beside the plain one.
-pub(crate) fn broker_with_tls_and_a_password(certs: &Certs, dir: &Path) -> (Mosquitto, u16) {
-    let passwords = dir.join("passwords");
-    let status = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&passwords)
-        .args(["pi", "s3cret"])
-        .status()
-        .expect("run mosquitto_passwd");
-    assert!(status.success(), "mosquitto_passwd failed");
-    let tls_port = free_port();
-    let broker = Mosquitto::start_with(&[
-        "allow_anonymous false",
-        &format!("password_file {}", passwords.display()),
-        &format!("listener {tls_port} 127.0.0.1"),
-        &format!("cafile {}", certs.ca().display()),
-        &format!("certfile {}", certs.server_cert().display()),
-        &format!("keyfile {}", certs.server_key().display()),
-    ]);
-    (broker, tls_port)
-}
-
 #[test]
 fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
     let certs = Certs::generate();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, tls_port) = broker_with_tls_and_a_password(&certs, dir.path());
+    let (broker, tls_port) = Mosquitto::start_with_tls_and_a_password(&certs, dir.path());
     let site = unique("thermo");
     let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
         .qos(1)
@@ -501,7 +468,7 @@ fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
 fn a_wrong_password_is_logged_as_refused_and_retried() {
     let certs = Certs::generate();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
+    let (broker, _) = Mosquitto::start_with_tls_and_a_password(&certs, dir.path());
     let site = unique("thermo");
     let mut thermometer = Thermometer::start_with_env(
         &broker,

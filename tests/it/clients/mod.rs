@@ -21,7 +21,7 @@ mod mosquitto;
 mod node;
 mod python;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use crate::support::SearchNode;
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::certs::Certs;
+use crate::support::paho;
 use crate::support::program::WAIT;
 
 fn env_dir(var: &str, what: &str) -> PathBuf {
@@ -47,9 +48,7 @@ fn go_client(name: &str) -> PathBuf {
 
 /// Python with paho-mqtt, and the seed's publish script.
 fn python_publish() -> (PathBuf, PathBuf) {
-    let python = env_dir("MQTT2ES_TEST_PYTHON", "a python with paho-mqtt");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/mqtt_publish.py");
-    (python, script)
+    (paho::python(), paho::publish_script())
 }
 
 /// mqtt2es with the shipped default pipeline: what the clients publish lands in

@@ -397,6 +397,13 @@ impl Bridge {
         text
     }
 
+    /// The last 40 lines of the log, for failure messages of tests whose log is long.
+    pub fn log_tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
     /// Waits until the log contains `needle` `count` times; panics with the log on timeout.
     pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -6,14 +6,18 @@
 //! them. Nothing it starts outlives the test binary, even one that aborts: see `process`.
 
 pub mod certs;
+pub mod metrics;
 pub mod mosquitto;
+pub mod paho;
 pub mod ports;
 pub mod process;
 pub mod program;
 pub mod proxy;
+pub mod raw_v4;
 pub mod readings;
 pub mod search;
 pub mod subscriber;
+pub mod telemetry;
 
 pub use mosquitto::Mosquitto;
 pub use ports::free_port;
@@ -62,4 +66,13 @@ pub async fn wait_for_count(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A soak knob (`MQTT2ES_SOAK_*`) from the environment, `default` when unset: CI runs the short
+/// variant, `scripts/soak` the long one.
+pub fn soak_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
