@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
 use crate::support::publish::{publish, publish_lines_qos1};
-use crate::support::readings::readings;
-use crate::support::readings::{readings_pipeline, start_readings_bridge_with};
+use crate::support::readings::{readings, readings_pipeline, start_readings_bridge_with};
+use crate::support::subscriber::Subscriber;
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,19 +281,7 @@ async fn in_broker_mode_readyz_says_ready_and_metrics_count_connected_devices_an
     assert!(body.contains("ready"), "{body}");
 
     // A subscriber that stays connected is one connected client.
-    let mut subscriber = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "sensors/#",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
+    let subscriber = Subscriber::to(port, "sensors/#").spawn();
     wait_for_samples(
         address,
         &[(r#"mqtt2es_connected_clients{source="broker"}"#, 1.0)],
@@ -322,8 +310,7 @@ async fn in_broker_mode_readyz_says_ready_and_metrics_count_connected_devices_an
     )
     .await;
 
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    drop(subscriber);
     wait_for_samples(
         address,
         &[(r#"mqtt2es_connected_clients{source="broker"}"#, 0.0)],
