@@ -341,8 +341,7 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
 /// swallowed every slot stays busy, and a reading that found none would wait in mqtt2es,
 /// neither stored nor acknowledged. With a slot each, the whole window is stored unacknowledged.
 fn slot_per_reading(spec: BridgeSpec) -> BridgeSpec {
-    spec.set("batch", "flush_interval_ms", 200)
-        .set("batch", "concurrent_requests", 20)
+    spec.flush_interval_ms(200).concurrent_requests(20)
 }
 
 /// A proxy in front of the shared node, passing its answers on for now.

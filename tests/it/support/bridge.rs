@@ -81,8 +81,9 @@ impl BridgeSpec {
     }
 
     /// `key: value` in the config's `section`, replacing the default if there is one. The
-    /// value is YAML: a scalar or a flow mapping (`{dir: /tmp/spool}`). For sections without
-    /// a method of their own (`batch`, `delivery`, `setup`, ...).
+    /// value is YAML: a scalar or a flow mapping (`{dir: /tmp/spool}`). The escape hatch for a
+    /// setting no method here names (a nested mapping such as `delivery.spool`); prefer a
+    /// method, which says what the test changes.
     pub fn set(mut self, section: &'static str, key: &str, value: impl Display) -> Self {
         self.settings
             .push((section, key.to_owned(), value.to_string()));
@@ -134,6 +135,16 @@ impl BridgeSpec {
     /// The largest payload a pipeline takes; larger ones are dead letters.
     pub fn max_payload_bytes(self, bytes: usize) -> Self {
         self.set("pipelines", "max_payload_bytes", bytes)
+    }
+
+    /// How long the batcher waits before it sends a partial batch (the harness's default: 200).
+    pub fn flush_interval_ms(self, ms: u64) -> Self {
+        self.set("batch", "flush_interval_ms", ms)
+    }
+
+    /// How many bulk requests may be in flight at once.
+    pub fn concurrent_requests(self, requests: usize) -> Self {
+        self.set("batch", "concurrent_requests", requests)
     }
 
     /// Delivery through the on-disk spool instead of acknowledging on store.
