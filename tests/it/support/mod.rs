@@ -4,7 +4,17 @@
 //!
 //! `scripts/test` installs the programs and exports where they are; the harness only starts
 //! them. Nothing it starts outlives the test binary, even one that aborts: see `process`.
+//!
+//! Every test module gets its parts here, one of each:
+//! - `bridge`: the mqtt2es binary, configured through `BridgeSpec`'s methods;
+//! - `subscriber` and `publish`: Mosquitto's `mosquitto_sub` and `mosquitto_pub`;
+//! - `mosquitto`, `search`, `proxy`: the broker, the search node(s), a proxy that loses answers;
+//! - `readings`, `telemetry`: the test readings and the shipped telemetry pipeline in a bridge;
+//! - `program`: any other client program with its output collected; `paho`: Python and paho;
+//! - `raw_v4`: MQTT 3.1.1 packets by hand; `metrics`: the bridge's HTTP endpoint;
+//! - `certs`, `ports`, `process`: certificates, free ports, and processes that cannot leak.
 
+pub mod bridge;
 pub mod certs;
 pub mod metrics;
 pub mod mosquitto;
@@ -13,6 +23,7 @@ pub mod ports;
 pub mod process;
 pub mod program;
 pub mod proxy;
+pub mod publish;
 pub mod raw_v4;
 pub mod readings;
 pub mod search;
@@ -24,6 +35,7 @@ pub use ports::free_port;
 pub use search::{SearchCluster, SearchNode};
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A name no other test of this run uses: tests sharing the search node isolate themselves by
 /// it. Lowercase, so it makes a valid index, data stream, topic or client id:
@@ -43,11 +55,6 @@ fn tail(path: &std::path::Path, max_lines: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
-
-pub mod bridge;
-pub mod publish;
-
-use std::time::{Duration, Instant};
 
 /// Polls `try_count` (which refreshes the index itself) until it returns `expected` or `timeout`
 /// passes; returns the last count. Ingest is asynchronous, so this is a readiness wait with an
