@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::process;
+
 /// What a test wants its bridge to be: where its broker and search node are, its pipelines,
 /// and the settings it changes, each through a method that names it. The rest of the config is
 /// the harness's defaults (fast flushes and retries, metrics on a free port; see `sections`).
@@ -311,7 +313,9 @@ impl Bridge {
             .append(true)
             .open(self.log_path())
             .expect("bridge log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+        // Through `process`, so a bridge does not outlive a test binary that aborts.
+        let mut command = process::command(env!("CARGO_BIN_EXE_mqtt2es"), None);
+        command
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("mqtt2es.yaml"))
@@ -320,9 +324,8 @@ impl Bridge {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start mqtt2es");
+            .stderr(log);
+        let child = process::spawn(command).expect("start mqtt2es");
         self.child = Some(child);
         self.starts += 1;
         self.log_at_start = self.logs().len();
