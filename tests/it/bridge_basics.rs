@@ -4,62 +4,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{DeviceLoad, publish, publish_in_parallel, readings};
+use crate::support::publish::{publish, publish_in_parallel};
+use crate::support::readings::{DeviceLoad, readings, start_readings_bridge};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
-
-/// A pipeline for test readings: site and device from the topic, a deterministic id per reading.
-pub fn readings_pipeline() -> String {
-    r#"
-topics: ["sensors/+/+/telemetry"]
-payload: json
-stages:
-  - topic: {pattern: "sensors/{site}/{device}/telemetry"}
-  - rename: {from: temp_c, to: temperature_c}
-  - route: {index: "readings"}
-  - id: {fields: [device, seq]}
-"#
-    .to_string()
-}
-
-/// The readings pipeline without its `id` stage: a document's id is then its reading id, so a
-/// reading stored twice (shipped again, retried on another node) shows as two documents
-/// instead of being folded by a payload id.
-pub fn readings_pipeline_by_reading_id() -> String {
-    r#"
-topics: ["sensors/+/+/telemetry"]
-payload: json
-stages:
-  - topic: {pattern: "sensors/{site}/{device}/telemetry"}
-  - route: {index: "readings"}
-"#
-    .to_string()
-}
-
-/// A bridge on `broker` and `node` with the readings pipeline, subscribed; and the data stream
-/// its readings land in.
-pub fn start_readings_bridge(broker: &Mosquitto, node: &SearchNode) -> (Bridge, String) {
-    start_readings_bridge_with(BridgeSpec::new(broker.port(), &node.url()))
-}
-
-/// Like `start_readings_bridge`, from a spec a test adjusted (environment, extra sections).
-pub fn start_readings_bridge_with(spec: BridgeSpec) -> (Bridge, String) {
-    let mut bridge = Bridge::start(&spec.pipeline("readings.yaml", readings_pipeline()));
-    bridge.wait_subscribed();
-    let index = format!("{}readings", bridge.prefix());
-    (bridge, index)
-}
-
-/// Mosquitto with no cap on messages queued for a disconnected persistent session (its default
-/// of 1000 drops the rest, which would be the broker losing data, not the bridge).
-pub fn broker() -> Mosquitto {
-    Mosquitto::start_with(&["max_queued_messages 0"])
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pipeline_fields() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (_bridge, index) = start_readings_bridge(&broker, node);
 
     publish(
@@ -86,7 +38,7 @@ async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pi
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_qos1_messages_across_fifty_topics_land_as_exactly_as_many_documents() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let port = broker.port();

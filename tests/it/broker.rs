@@ -1,128 +1,33 @@
 //! The embedded broker end to end: real clients (`mosquitto_pub`, `mosquitto_sub`, rumqttc
 //! v4 and v5) connect straight to mqtt2es, and what they publish lands in the search node.
 
-use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5;
 use serde_json::json;
 
-use crate::bridge_basics::readings_pipeline;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::publish_lines_qos1;
+use crate::support::publish::{Publisher, publish_lines_qos1};
+use crate::support::raw_v4::{connect_persistent, receive_v4, send_v4};
+use crate::support::readings::readings_pipeline;
 use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, unique, wait_for_count};
-
-/// The shipped catch-all pipeline: JSON as fields, text in `message`.
-const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/zz-default.yaml");
 
 /// mqtt2es as the broker with the shipped default pipeline and the test readings pipeline.
 fn start(spec: BridgeSpec) -> (Bridge, u16) {
     let mut bridge = Bridge::start(
         &spec
             .pipeline("readings.yaml", readings_pipeline())
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
     (bridge, port)
 }
 
-fn messages_index(bridge: &Bridge) -> String {
-    format!("{}mqtt2es-messages", bridge.prefix())
-}
-
 fn readings_index(bridge: &Bridge) -> String {
     format!("{}readings", bridge.prefix())
-}
-
-/// Runs `mosquitto_pub -h 127.0.0.1 -p <port> <args>` to completion.
-fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
-    let output = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("start mosquitto_pub (Debian package mosquitto-clients)");
-    assert!(
-        output.status.success(),
-        "mosquitto_pub {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// A running `mosquitto_sub -d` and what it printed so far.
-struct Sub {
-    child: Child,
-    output: Lines<BufReader<ChildStdout>>,
-    seen: Vec<String>,
-}
-
-impl Sub {
-    /// Starts `mosquitto_sub` against mqtt2es and returns once its SUBACK arrived.
-    fn start(port: u16, args: &[&str]) -> Sub {
-        let mut sub = Sub::spawn(port, args);
-        while !sub.seen.iter().any(|l| l.contains("received SUBACK")) {
-            match sub.output.next() {
-                Some(line) => sub.seen.push(line.expect("read mosquitto_sub output")),
-                None => panic!("mosquitto_sub ended before its SUBACK: {:?}", sub.seen),
-            }
-        }
-        sub
-    }
-
-    /// Starts `mosquitto_sub` without waiting for anything (a resumed session may deliver
-    /// before the SUBACK, and `-C 1` may then end it before one).
-    fn spawn(port: u16, args: &[&str]) -> Sub {
-        // stdbuf: mosquitto_sub buffers stdout in a pipe; each line is needed as it comes.
-        let mut child = Command::new("stdbuf")
-            .args([
-                "-oL",
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .args(["-d", "-W", "30"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto_sub (Debian package mosquitto-clients)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Sub {
-            child,
-            output: BufReader::new(stdout).lines(),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for it to end (`-C n` or `-W`) and returns every line it printed.
-    fn finish(mut self) -> Vec<String> {
-        for line in self.output.by_ref() {
-            self.seen.push(line.expect("read mosquitto_sub output"));
-        }
-        let _ = self.child.wait();
-        std::mem::take(&mut self.seen)
-    }
-
-    /// The message lines (not `-d` debug lines).
-    fn messages(lines: &[String]) -> Vec<String> {
-        lines
-            .iter()
-            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A rumqttc 3.1.1 client; its event loop is driven by the caller.
@@ -152,6 +57,11 @@ fn v5_client(
     v5::AsyncClient::new(options, 1000)
 }
 
+/// What `mosquitto_sub -v` would have printed for `received`.
+fn verbose(received: &[Received]) -> Vec<String> {
+    received.iter().map(Received::verbose).collect()
+}
+
 fn reading(device: &str, seq: usize) -> String {
     format!(
         r#"{{"seq":{seq},"temp_c":{:.1},"device_id":"{device}"}}"#,
@@ -165,12 +75,13 @@ async fn hello_world_from_mosquitto_pub_is_stored_with_its_text_in_message() {
     let (mut bridge, port) = start(BridgeSpec::embedded(&node.url()));
 
     // The seed's command line, but for the host and port.
-    let output = mosquitto_pub(port, &["-t", "greetings", "-m", "Hello world MQTT", "-d"]);
-    let debug = String::from_utf8_lossy(&output.stdout);
+    let debug = Publisher::to(port)
+        .send("greetings", "Hello world MQTT")
+        .log;
     assert!(debug.contains("received CONNACK (0)"), "{debug}");
     assert!(debug.contains("sending PUBLISH"), "{debug}");
 
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1,
@@ -192,24 +103,7 @@ async fn qos1_publishes_from_mosquitto_pub_are_acknowledged_and_stored_once_each
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
 
     let lines: Vec<String> = (0..200).map(|seq| reading("pi-1", seq)).collect();
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-q", "1", "-d", "-l", "-t", "sensors/lab/pi-1/telemetry"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start mosquitto_pub");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        for line in &lines {
-            writeln!(stdin, "{line}").expect("write a line");
-        }
-    }
-    let output = child.wait_with_output().expect("mosquitto_pub");
-    let acked = String::from_utf8_lossy(&output.stdout)
-        .matches("received PUBACK")
-        .count();
+    let acked = publish_lines_qos1(port, "sensors/lab/pi-1/telemetry", &lines);
     assert!(acked >= 150, "only {acked} PUBACKs of 200");
 
     let index = readings_index(&bridge);
@@ -252,8 +146,7 @@ async fn a_qos1_publish_is_not_acknowledged_while_the_search_node_is_down_and_is
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut node = SearchNode::start_private();
     // Two unacknowledged publishes at most: the rest wait unread in the socket.
-    let (bridge, port) =
-        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 2\n"));
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()).broker("max_inflight", 2));
     let index = readings_index(&bridge);
     let mut options = rumqttc::MqttOptions::new(unique("it-pi-down"), "127.0.0.1", port);
     options
@@ -357,30 +250,18 @@ async fn a_retained_message_reaches_a_later_mosquitto_sub_and_an_empty_retained_
     let node = SearchNode::shared();
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
 
-    mosquitto_pub(
-        port,
-        &["-t", "test/retained", "-m", "kept", "-r", "-q", "1", "-d"],
-    );
-    let lines = Sub::start(port, &["-t", "test/#", "-v", "-C", "1"]).finish();
-    assert_eq!(Sub::messages(&lines), ["test/retained kept"], "{lines:?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("received PUBLISH") && l.contains("r1")),
-        "delivered with the retain flag: {lines:?}"
-    );
+    let retained = Publisher::to(port).qos(1).retain();
+    retained.send("test/retained", "kept");
+    let got = Subscriber::to(port, "test/#").count(1).start().finish();
+    assert_eq!(verbose(&got), ["test/retained kept"], "{got:?}");
+    assert!(got[0].retained, "delivered with the retain flag: {got:?}");
 
     // Cleared; a later retained message on another topic is then the first one delivered
     // (the store hands them out in topic order, so "test/retained" would come first).
-    mosquitto_pub(port, &["-t", "test/retained", "-r", "-n", "-q", "1"]);
-    mosquitto_pub(port, &["-t", "test/zz", "-m", "other", "-r", "-q", "1"]);
-    let lines = Sub::start(port, &["-t", "test/#", "-v", "-C", "1"]).finish();
-    assert_eq!(
-        Sub::messages(&lines),
-        ["test/zz other"],
-        "{lines:?}\n{}",
-        bridge.logs()
-    );
+    retained.send("test/retained", "");
+    retained.send("test/zz", "other");
+    let got = Subscriber::to(port, "test/#").count(1).start().finish();
+    assert_eq!(verbose(&got), ["test/zz other"], "{}", bridge.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -388,20 +269,21 @@ async fn mosquitto_sub_sees_live_traffic_published_to_mqtt2es() {
     let node = SearchNode::shared();
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
 
-    let sub = Sub::start(port, &["-t", "test/#", "-v", "-C", "3"]);
-    mosquitto_pub(port, &["-t", "test/terminal", "-m", "test message"]);
-    mosquitto_pub(port, &["-t", "test/terminal", "-q", "1", "-m", "second"]);
-    mosquitto_pub(port, &["-t", "elsewhere", "-m", "not for this subscriber"]);
-    mosquitto_pub(port, &["-t", "test/a/b", "-q", "2", "-m", "third"]);
-    let lines = sub.finish();
+    let sub = Subscriber::to(port, "test/#").count(3).start();
+    let publisher = Publisher::to(port);
+    publisher.send("test/terminal", "test message");
+    publisher.clone().qos(1).send("test/terminal", "second");
+    publisher.send("elsewhere", "not for this subscriber");
+    publisher.clone().qos(2).send("test/a/b", "third");
+    let got = sub.finish();
     assert_eq!(
-        Sub::messages(&lines),
+        verbose(&got),
         [
             "test/terminal test message",
             "test/terminal second",
             "test/a/b third"
         ],
-        "{lines:?}\n{}",
+        "{}",
         bridge.logs()
     );
 }
@@ -452,7 +334,7 @@ async fn qos2_publishes_from_an_mqtt5_client_complete_the_handshake_and_are_stor
 async fn a_last_will_reaches_a_subscriber_and_the_index_when_a_device_drops_off() {
     let node = SearchNode::shared();
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
-    let sub = Sub::start(port, &["-t", "devices/+/status", "-v", "-C", "1"]);
+    let sub = Subscriber::to(port, "devices/+/status").count(1).start();
 
     let mut options = rumqttc::MqttOptions::new(unique("it-pi-will"), "127.0.0.1", port);
     options.set_last_will(rumqttc::LastWill::new(
@@ -467,14 +349,14 @@ async fn a_last_will_reaches_a_subscriber_and_the_index_when_a_device_drops_off(
     drop(eventloop);
     drop(client);
 
-    let lines = sub.finish();
+    let got = sub.finish();
     assert_eq!(
-        Sub::messages(&lines),
+        verbose(&got),
         ["devices/pi-w/status offline"],
-        "{lines:?}\n{}",
+        "{}",
         bridge.logs()
     );
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1
@@ -490,7 +372,7 @@ async fn a_client_that_falls_silent_is_dropped_after_one_and_a_half_keep_alives_
 {
     let node = SearchNode::shared();
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
-    let sub = Sub::start(port, &["-t", "devices/+/status", "-v", "-C", "1"]);
+    let sub = Subscriber::to(port, "devices/+/status").count(1).start();
 
     let mut options = rumqttc::MqttOptions::new(unique("it-pi-silent"), "127.0.0.1", port);
     options
@@ -505,11 +387,11 @@ async fn a_client_that_falls_silent_is_dropped_after_one_and_a_half_keep_alives_
     assert!(drive_v4(&mut eventloop, Duration::from_secs(10), is_v4_connack).await);
     let silent_since = Instant::now();
     // The event loop is no longer polled: no PINGREQ goes out, but the socket stays open.
-    let lines = sub.finish();
+    let got = sub.finish();
     assert_eq!(
-        Sub::messages(&lines),
+        verbose(&got),
         ["devices/pi-s/status gone silent"],
-        "{lines:?}\n{}",
+        "{}",
         bridge.logs()
     );
     let waited = silent_since.elapsed();
@@ -662,7 +544,7 @@ async fn sigkill_mid_stream_then_restart_loses_and_duplicates_no_reading_of_pers
         BridgeSpec::embedded(&node.url())
             .bind(format!("127.0.0.1:{port}"))
             // Small in-flight windows, so that much is unacknowledged when the kill comes.
-            .broker_lines("  max_inflight: 10\n"),
+            .broker("max_inflight", 10),
     );
     let index = readings_index(&bridge);
     const READINGS: usize = 1500;
@@ -740,7 +622,7 @@ async fn garbage_a_five_byte_remaining_length_and_a_stalled_connect_close_only_t
     use tokio::io::AsyncWriteExt;
     let node = SearchNode::shared();
     let (bridge, port) =
-        start(BridgeSpec::embedded(&node.url()).broker_lines("  connect_timeout_ms: 1000\n"));
+        start(BridgeSpec::embedded(&node.url()).broker("connect_timeout_ms", 1000));
     // A well-behaved device, connected throughout.
     let (client, mut eventloop) = v4_client(port, &unique("it-pi-good"), true);
     assert!(drive_v4(&mut eventloop, Duration::from_secs(10), is_v4_connack).await);
@@ -816,7 +698,7 @@ async fn a_thousand_devices_publishing_a_hundred_readings_each_give_exactly_a_hu
     let node = SearchNode::shared();
     let (bridge, port) = start(
         BridgeSpec::embedded(&node.url())
-            .broker_lines("  max_connections: 2000\n")
+            .broker("max_connections", 2000)
             .pipeline(
                 "fleet.yaml",
                 r#"
@@ -953,7 +835,7 @@ async fn mqtt5_publishers_get_reason_codes_after_durability_and_their_user_prope
             PubAckReason::TopicNameInvalid
         ]
     );
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
     assert_eq!(
         node.count(&index).await,
         1,
@@ -969,59 +851,6 @@ async fn mqtt5_publishers_get_reason_codes_after_durability_and_their_user_prope
     assert_eq!(node.count(&bridge.dead_letter_index()).await, 1);
 }
 
-/// Writes one 3.1.1 packet made with rumqttc's encoder.
-pub(crate) async fn send_v4(
-    stream: &mut tokio::net::TcpStream,
-    packet: rumqttc::mqttbytes::v4::Packet,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut buf = bytes::BytesMut::new();
-    packet.write(&mut buf, 1 << 20).expect("encode");
-    stream.write_all(&buf).await.expect("send");
-}
-
-/// Reads the next 3.1.1 packet, decoded with rumqttc's decoder.
-pub(crate) async fn receive_v4(
-    stream: &mut tokio::net::TcpStream,
-    buf: &mut bytes::BytesMut,
-) -> rumqttc::mqttbytes::v4::Packet {
-    use tokio::io::AsyncReadExt;
-    loop {
-        match rumqttc::mqttbytes::v4::Packet::read(buf, 1 << 20) {
-            Ok(packet) => return packet,
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(error) => panic!("undecodable reply: {error}"),
-        }
-        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(buf))
-            .await
-            .expect("a reply within 30 s")
-            .expect("read");
-        assert!(read > 0, "connection closed while waiting for a reply");
-    }
-}
-
-/// Connects as `client_id` with a persistent session; returns the stream and session_present.
-pub(crate) async fn connect_persistent(
-    port: u16,
-    client_id: &str,
-) -> (tokio::net::TcpStream, bool) {
-    use rumqttc::mqttbytes::v4::{Connect, Packet};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let mut connect = Connect::new(client_id);
-    connect.clean_session = false;
-    send_v4(&mut stream, Packet::Connect(connect)).await;
-    let mut buf = bytes::BytesMut::new();
-    match receive_v4(&mut stream, &mut buf).await {
-        Packet::ConnAck(ack) => {
-            assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
-            (stream, ack.session_present)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_qos2_exchange_interrupted_by_sigkill_completes_after_restart_without_a_second_document()
 {
@@ -1031,7 +860,7 @@ async fn a_qos2_exchange_interrupted_by_sigkill_completes_after_restart_without_
     let (mut bridge, _) =
         start(BridgeSpec::embedded(&node.url()).bind(format!("127.0.0.1:{port}")));
     let client_id = unique("it-pi-q2-crash");
-    let index = messages_index(&bridge);
+    let index = bridge.messages_index();
 
     let (mut stream, present) = connect_persistent(port, &client_id).await;
     assert!(!present);
@@ -1132,28 +961,18 @@ async fn a_persistent_subscriber_gets_what_was_published_while_it_was_offline() 
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
     let client_id = unique("it-sub-offline");
     // A persistent QoS 1 subscription (-c), then offline (-E: exit once subscribed).
-    let lines = Sub::start(
-        port,
-        &["-t", "cmd/#", "-q", "1", "-c", "-i", &client_id, "-E"],
-    )
-    .finish();
-    assert!(Sub::messages(&lines).is_empty(), "{lines:?}");
+    let subscription = Subscriber::to(port, "cmd/#").qos(1).persistent(&client_id);
+    subscription.clone().leave();
 
-    mosquitto_pub(
-        port,
-        &["-t", "cmd/pi-1", "-q", "1", "-m", "queued while offline"],
-    );
-    let lines = Sub::spawn(
-        port,
-        &[
-            "-t", "cmd/#", "-q", "1", "-c", "-i", &client_id, "-C", "1", "-v",
-        ],
-    )
-    .finish();
+    Publisher::to(port)
+        .qos(1)
+        .send("cmd/pi-1", "queued while offline");
+    // Resumes the session: the queued message may come before the SUBACK.
+    let got = subscription.count(1).spawn().finish();
     assert_eq!(
-        Sub::messages(&lines),
+        verbose(&got),
         ["cmd/pi-1 queued while offline"],
-        "{lines:?}\n{}",
+        "{}",
         bridge.logs()
     );
 }
@@ -1163,8 +982,7 @@ async fn an_mqtt5_client_exceeding_our_receive_maximum_is_disconnected_with_0x93
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use v5::mqttbytes::v5::{Connect, ConnectProperties, DisconnectReasonCode, Packet, Publish};
     let node = SearchNode::shared();
-    let (bridge, port) =
-        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 5\n"));
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()).broker("max_inflight", 5));
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -1222,8 +1040,7 @@ async fn an_mqtt5_client_exceeding_our_receive_maximum_is_disconnected_with_0x93
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_beyond_max_connections_is_refused_at_connect() {
     let node = SearchNode::shared();
-    let (bridge, port) =
-        start(BridgeSpec::embedded(&node.url()).broker_lines("  max_connections: 2\n"));
+    let (bridge, port) = start(BridgeSpec::embedded(&node.url()).broker("max_connections", 2));
     let mut held = Vec::new();
     for n in 0..2 {
         let (client, mut eventloop) = v4_client(port, &unique(&format!("it-pi-cap{n}")), true);
@@ -1352,8 +1169,9 @@ async fn an_mqtt5_topic_alias_names_the_topic_of_later_publishes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_packet_over_max_packet_bytes_closes_that_connection_with_0x95() {
     let node = SearchNode::shared();
-    let mut spec = BridgeSpec::embedded(&node.url()).broker_lines("  max_packet_bytes: 2048\n");
-    spec.extra = "pipelines:\n  max_payload_bytes: 1024\n".into();
+    let spec = BridgeSpec::embedded(&node.url())
+        .max_packet_bytes(2048)
+        .max_payload_bytes(1024);
     let (bridge, port) = start(spec);
     let replies = raw_v5_session(
         port,
@@ -1453,7 +1271,7 @@ async fn sigterm_while_the_search_node_is_down_acknowledges_nothing_and_the_rese
 async fn an_mqtt5_will_delay_holds_the_will_back_while_the_device_reconnects_in_time() {
     let node = SearchNode::shared();
     let (mut bridge, port) = start(BridgeSpec::embedded(&node.url()));
-    let sub = Sub::start(port, &["-t", "devices/+/status", "-v", "-C", "1"]);
+    let sub = Subscriber::to(port, "devices/+/status").count(1).start();
     let client_id = unique("it-pi-delay");
     let will = |payload: &str, delay_s: u32| {
         v5::mqttbytes::v5::LastWill::new(
@@ -1505,11 +1323,11 @@ async fn an_mqtt5_will_delay_holds_the_will_back_while_the_device_reconnects_in_
     drop(second_loop);
     drop(second);
 
-    let lines = sub.finish();
+    let got = sub.finish();
     assert_eq!(
-        Sub::messages(&lines),
+        verbose(&got),
         ["devices/pi-d/status offline for good"],
-        "{lines:?}\n{}",
+        "{}",
         bridge.logs()
     );
 }
@@ -1525,36 +1343,24 @@ async fn devices_connect_while_the_search_node_is_still_down_at_start_and_are_st
     );
     let port = bridge.broker_port();
     let index = readings_index(&bridge);
-    let mut sub = Sub::start(port, &["-t", "sensors/#", "-v"]);
+    let sub = Subscriber::to(port, "sensors/#").start();
     let publisher = std::thread::spawn(move || {
-        mosquitto_pub(
-            port,
-            &[
-                "-q",
-                "1",
-                "-t",
-                "sensors/lab/pi-9/telemetry",
-                "-m",
-                &reading("pi-9", 1),
-            ],
-        )
+        Publisher::to(port)
+            .qos(1)
+            .send("sensors/lab/pi-9/telemetry", reading("pi-9", 1))
     });
     // Subscribers see live traffic while nothing can be stored yet.
-    // (mosquitto_sub's own -W 30 bounds this read.)
-    let live = sub
-        .output
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.starts_with("sensors/lab/pi-9/telemetry "));
-    assert!(live.is_some(), "no live message:\n{}", bridge.logs());
+    sub.wait_until("the live message", Duration::from_secs(30), |got| {
+        got.iter().any(|m| m.topic == "sensors/lab/pi-9/telemetry")
+    });
     assert!(
         !publisher.is_finished(),
         "the PUBACK came before the document could be stored:\n{}",
         bridge.logs()
     );
     node.start();
-    let output = publisher.join().expect("mosquitto_pub thread");
-    assert!(output.status.success());
+    let published = publisher.join().expect("mosquitto_pub thread");
+    assert!(published.status.success());
     assert_eq!(
         wait_for_count(&node, &index, 1, Duration::from_secs(60)).await,
         1,
@@ -1625,7 +1431,7 @@ async fn sigterm_before_elasticsearch_was_ever_ready_exits_zero_having_acknowled
 
 /// `mosquitto_sub -V mqttv5` subscribed to the shared subscription `filter` at QoS 1.
 fn v5_share_member(port: u16, filter: &str) -> Subscriber {
-    Subscriber::start_at("127.0.0.1", port, filter, &["-V", "mqttv5"])
+    Subscriber::to(port, filter).qos(1).v5().start()
 }
 
 /// Polls until `subscribers` got `count` messages between them or `timeout` passes; what each
@@ -1682,7 +1488,7 @@ async fn a_shared_member_that_drops_out_without_acknowledging_leaves_its_qos1_sh
     let node = SearchNode::shared();
     let (bridge, port) = start(BridgeSpec::embedded(&node.url()));
     // A 3.1.1 member: mosquitto_sub's default protocol.
-    let steady = Subscriber::start_at("127.0.0.1", port, "$share/g/test/#", &[]);
+    let steady = Subscriber::to(port, "$share/g/test/#").qos(1).start();
     // The member that drops out acknowledges nothing and takes at most five at a time, so of
     // its share five are in flight when it goes and the rest still wait in mqtt2es.
     let mut options = v5::MqttOptions::new(unique("it-share-dropout"), "127.0.0.1", port);

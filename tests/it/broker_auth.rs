@@ -15,6 +15,7 @@ use mqtt2es::broker::auth::password::PasswordFile;
 use crate::support::Mosquitto;
 use crate::support::SearchNode;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::publish::{Published, Publisher};
 
 fn mqtt2es_passwd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
@@ -30,14 +31,12 @@ fn path_arg(path: &Path) -> &str {
 }
 
 /// `mosquitto_pub` with the seed's arguments; the QoS 1 PUBACK proves the broker let it in.
-fn seed_publish(broker: &Mosquitto, user: &[&str]) -> Output {
-    Command::new("mosquitto_pub")
-        .args(["-h", broker.host(), "-p", &broker.port().to_string()])
-        .args(["-t", "greetings", "-m", "Hello World MQTT", "-q", "1", "-d"])
+fn seed_publish(broker: &Mosquitto, user: &[&str]) -> Published {
+    Publisher::to(broker.port())
+        .host(broker.host())
+        .qos(1)
         .args(user)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mosquitto_pub")
+        .try_send("greetings", "Hello World MQTT")
 }
 
 fn broker_with_password_file(path: &Path) -> Mosquitto {
@@ -59,10 +58,7 @@ fn a_password_file_written_by_mqtt2es_passwd_lets_the_seed_publisher_into_real_m
     let broker = broker_with_password_file(&path);
     let ok = seed_publish(&broker, &["-u", "rajan", "-P", "password123"]);
     assert!(ok.status.success(), "{ok:?}\n{}", broker.log());
-    assert!(
-        String::from_utf8_lossy(&ok.stdout).contains("PUBACK"),
-        "{ok:?}"
-    );
+    assert!(ok.log.contains("PUBACK"), "{ok:?}");
     let pi = seed_publish(&broker, &["-u", "pi", "-P", "raspberry"]);
     assert!(pi.status.success(), "{pi:?}\n{}", broker.log());
     for refused in [
@@ -393,11 +389,8 @@ fn with_the_shipped_config_an_anonymous_client_is_refused_from_the_network_and_l
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
             .bind("0.0.0.0:0")
-            .auth(auth)
-            .pipeline(
-                "zz-default.yaml",
-                include_str!("../../pipelines/zz-default.yaml"),
-            ),
+            .broker_auth(auth)
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -439,16 +432,14 @@ fn with_the_shipped_config_an_anonymous_client_is_refused_from_the_network_and_l
     }
 
     // From 127.0.0.1: let in, and the QoS 1 publish acknowledged (stored).
-    let args = anonymous_publish_args("127.0.0.1", port, "mqttv311");
-    let local = Command::new("mosquitto_pub")
-        .args(&args)
-        .output()
-        .expect("run mosquitto_pub");
-    let shown = String::from_utf8_lossy(&local.stdout);
+    let local = Publisher::to(port)
+        .version("mqttv311")
+        .qos(1)
+        .try_send("greetings", "Hello world MQTT");
     assert!(local.status.success(), "{local:?}\n{}", bridge.logs());
     assert!(
-        shown.contains("CONNACK (0)") && shown.contains("PUBACK"),
-        "{shown}"
+        local.log.contains("CONNACK (0)") && local.log.contains("PUBACK"),
+        "{local:?}"
     );
     let status = bridge.terminate(Duration::from_secs(30));
     assert!(status.success(), "{}", bridge.logs());
@@ -467,11 +458,8 @@ fn allow_anonymous_true_lets_an_anonymous_client_in_from_the_network() {
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
             .bind(format!("{}:0", netns.host))
-            .auth("{allow_anonymous: true}")
-            .pipeline(
-                "zz-default.yaml",
-                include_str!("../../pipelines/zz-default.yaml"),
-            ),
+            .broker_auth("{allow_anonymous: true}")
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();

@@ -8,13 +8,12 @@
 //! `MQTT2ES_SOAK_RETAINED_MB` sets the retained set of the churn test (20 MB by default; the
 //! issue's figure, 100, through `scripts/soak retained`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::metrics::wait_for_samples;
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::wait_for_samples;
 use crate::support::subscriber::{Received, Subscriber};
 use crate::support::{SearchNode, free_port, unique};
 
@@ -37,19 +36,17 @@ fn filler(bytes: usize) -> Vec<u8> {
 
 /// mqtt2es as the broker on a port it keeps across restarts, with the filler pipeline.
 fn start() -> (Bridge, u16) {
-    start_with("")
+    start_with(|spec| spec)
 }
 
-/// Like `start`, with extra lines in the `broker:` section.
-fn start_with(broker_lines: &str) -> (Bridge, u16) {
+/// Like `start`, with the `broker:` settings `configure` adds.
+fn start_with(configure: impl FnOnce(BridgeSpec) -> BridgeSpec) -> (Bridge, u16) {
     let node = SearchNode::shared();
     let port = free_port();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::embedded(&node.url())
-            .bind(format!("127.0.0.1:{port}"))
-            .broker_lines(broker_lines)
-            .pipeline("filler.yaml", FILLER_PIPELINE),
-    );
+    let spec = BridgeSpec::embedded(&node.url())
+        .bind(format!("127.0.0.1:{port}"))
+        .pipeline("filler.yaml", FILLER_PIPELINE);
+    let mut bridge = Bridge::start(&configure(spec));
     bridge.wait_ready();
     (bridge, port)
 }
@@ -347,19 +344,12 @@ async fn a_broker_state_json_of_an_earlier_version_is_imported_on_the_first_star
     assert_eq!(&retained.payload[..], b"old news");
 }
 
-/// Subscribes `client_id` to `filter` at QoS 1 with a persistent session, then leaves
-/// (`mosquitto_sub -c -E`: it exits with a DISCONNECT once subscribed).
+/// Subscribes `client_id` to `filter` at QoS 1 with a persistent session, then leaves.
 fn subscribe_and_leave(port: u16, client_id: &str, filter: &str) {
-    let output = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", "-i", client_id, "-q", "1", "-t", filter, "-E"])
-        .output()
-        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
-    assert!(
-        output.status.success(),
-        "mosquitto_sub -E failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    Subscriber::to(port, filter)
+        .qos(1)
+        .persistent(client_id)
+        .leave();
 }
 
 /// `count` filler messages on `topic`, numbered from `first` in their `n` field.
@@ -408,7 +398,10 @@ async fn a_persistent_subscriber_gets_all_500_messages_queued_while_it_was_offli
     bridge.restart();
     bridge.broker_port();
 
-    let subscriber = Subscriber::start_at("127.0.0.1", port, &topic, &["-c", "-i", &client_id]);
+    let subscriber = Subscriber::to(port, &topic)
+        .qos(1)
+        .persistent(&client_id)
+        .start();
     let got = until_end_marker(port, &topic, &subscriber).await;
     let expected: Vec<_> = (0..500).map(Some).collect();
     assert_eq!(got, expected, "all 500, once each, in order");
@@ -423,7 +416,8 @@ async fn a_persistent_subscriber_gets_all_500_messages_queued_while_it_was_offli
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_offline_queue_over_its_bound_keeps_the_newest_and_counts_and_logs_what_it_dropped() {
-    let (mut bridge, port) = start_with("  offline_queue: {max_messages_per_session: 10}\n");
+    let (mut bridge, port) =
+        start_with(|spec| spec.broker("offline_queue", "{max_messages_per_session: 10}"));
     let client_id = unique("it-bounded");
     let topic = format!("filler/queue/{client_id}");
     subscribe_and_leave(port, &client_id, &topic);
@@ -451,7 +445,10 @@ async fn an_offline_queue_over_its_bound_keeps_the_newest_and_counts_and_logs_wh
     )
     .await;
 
-    let subscriber = Subscriber::start_at("127.0.0.1", port, &topic, &["-c", "-i", &client_id]);
+    let subscriber = Subscriber::to(port, &topic)
+        .qos(1)
+        .persistent(&client_id)
+        .start();
     let got = until_end_marker(port, &topic, &subscriber).await;
     let expected: Vec<_> = (15..25).map(Some).collect();
     assert_eq!(got, expected, "the newest 10");

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
-use crate::bridge_basics::readings_pipeline_by_reading_id;
-use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
-use crate::stored_once::soak_setting;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::{SearchCluster, SearchNode, wait_for_count};
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
+use crate::support::readings::readings_pipeline_by_reading_id;
+use crate::support::soak_setting;
+use crate::support::{Mosquitto, SearchCluster, SearchNode, wait_for_count};
 
 /// An embedded-broker bridge writing to `hosts`.
 fn bridge_on(hosts: &[String]) -> Bridge {
@@ -31,10 +31,8 @@ fn on_hosts(spec: BridgeSpec, hosts: &[String]) -> BridgeSpec {
         .map(|h| format!("\"{h}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut spec = spec.pipeline("readings.yaml", readings_pipeline_by_reading_id());
-    spec.env
-        .push(("MQTT2ES_ELASTICSEARCH__HOSTS".into(), format!("[{list}]")));
-    spec
+    spec.pipeline("readings.yaml", readings_pipeline_by_reading_id())
+        .env("MQTT2ES_ELASTICSEARCH__HOSTS", format!("[{list}]"))
 }
 
 /// When each PUBACK came, for every device together.
@@ -288,18 +286,18 @@ async fn block(node: &SearchNode, index: &str, on: bool) {
 async fn instances_in_one_shared_group_store_each_reading_once_and_their_rates_are_measured() {
     let readings = soak_setting("MQTT2ES_SOAK_READINGS", 6_000) as usize / 10 * 10;
     let cluster = SearchCluster::start(3);
-    let broker = crate::bridge_basics::broker();
+    let broker = Mosquitto::start_unbounded();
     let node = &cluster.nodes[0];
     let mut figures = Vec::new();
     for instances in 1..=3 {
         let group = crate::support::unique("group");
         let mut bridges: Vec<Bridge> = (0..instances)
             .map(|_| {
-                let mut spec = on_hosts(
+                let spec = on_hosts(
                     BridgeSpec::new(broker.port(), "http://localhost:9200"),
                     &cluster.urls(),
-                );
-                spec.upstream_extra = format!("  shared_group: {group}\n");
+                )
+                .upstream("shared_group", &group);
                 Bridge::start(&spec)
             })
             .collect();
@@ -312,7 +310,7 @@ async fn instances_in_one_shared_group_store_each_reading_once_and_their_rates_a
             .collect::<Vec<_>>()
             .join(",");
         let started = Instant::now();
-        let loads = crate::support::publish::devices_at("share", 10, readings / 10, readings / 10);
+        let loads = crate::support::readings::devices_at("share", 10, readings / 10, readings / 10);
         let port = broker.port();
         let sent = tokio::task::spawn_blocking(move || {
             crate::support::publish::publish_in_parallel(loads, port)

@@ -13,17 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::publish::Publisher;
+use crate::support::subscriber::Subscriber;
 use crate::support::{Mosquitto, SearchNode, process, unique};
-
-/// The shipped catch-all pipeline, so that every publish of a scenario has somewhere to go.
-const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/zz-default.yaml");
 
 /// mqtt2es as the broker; returns it and its MQTT port.
 fn mqtt2es() -> (Bridge, u16) {
     let node = SearchNode::shared();
-    let mut bridge = Bridge::start(
-        &BridgeSpec::embedded(&node.url()).pipeline("zz-default.yaml", DEFAULT_PIPELINE),
-    );
+    let mut bridge = Bridge::start(&BridgeSpec::embedded(&node.url()).default_pipeline());
     let port = bridge.broker_port();
     bridge.wait_ready();
     (bridge, port)
@@ -504,13 +501,8 @@ impl RawClient {
 }
 
 /// Publishes `payload` on `topic` at `qos` with `mosquitto_pub`, acknowledged.
-fn mosquitto_pub(port: u16, topic: &str, qos: &str, payload: &str) {
-    let output = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", qos])
-        .args(["-t", topic, "-m", payload])
-        .output()
-        .expect("run mosquitto_pub");
-    assert!(output.status.success(), "{output:?}");
+fn mosquitto_pub(port: u16, topic: &str, qos: u8, payload: &str) {
+    Publisher::to(port).qos(qos).send(topic, payload);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -527,8 +519,8 @@ async fn what_a_subscriber_left_unacknowledged_is_sent_again_under_its_packet_id
         subscribe.pkid = 1;
         sub.send(Packet::Subscribe(subscribe)).await;
         assert!(matches!(sub.next().await, Packet::SubAck(_)), "{broker}");
-        mosquitto_pub(port, &topic, "1", "one");
-        mosquitto_pub(port, &topic, "2", "two");
+        mosquitto_pub(port, &topic, 1, "one");
+        mosquitto_pub(port, &topic, 2, "two");
         let Packet::Publish(one) = sub.next().await else {
             panic!("{broker}: expected the QoS 1 PUBLISH");
         };
@@ -580,8 +572,8 @@ async fn qos2_publishes_awaiting_pubrel_count_against_the_receive_maximum() {
     let node = SearchNode::shared();
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
-            .broker_lines("  max_inflight: 3\n")
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .broker("max_inflight", 3)
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -646,8 +638,8 @@ async fn a_keep_alive_over_the_brokers_maximum_is_replaced_for_mqtt5_and_kept_fo
     let node = SearchNode::shared();
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
-            .broker_lines("  max_keepalive_s: 60\n")
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .broker("max_keepalive_s", 60)
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -716,7 +708,6 @@ async fn send_raw_until(port: u16, bytes: &[u8], packets: usize) -> Vec<u8> {
 /// SUBSCRIBE outright (what the suite expects) and withholds the messages from `#` alike.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denied_topic_is_carved_out_of_a_broad_subscription_and_refused_on_its_own() {
-    use crate::support::subscriber::Subscriber;
     let prefix = unique("it-carve");
     let dir = tempfile::tempdir().expect("temp dir");
     let acl_file = dir.path().join("acl");
@@ -729,18 +720,18 @@ async fn a_denied_topic_is_carved_out_of_a_broad_subscription_and_refused_on_its
     let node = SearchNode::shared();
     let mut bridge = Bridge::start(
         &BridgeSpec::embedded(&node.url())
-            .auth(format!(
+            .broker_auth(format!(
                 "{{allow_anonymous: true, acl: [{{user: \"*\", publish: [\"{prefix}/#\"], \
                  subscribe: [\"{prefix}/#\"], deny: [\"{prefix}/secret\"]}}]}}"
             ))
-            .pipeline("zz-default.yaml", DEFAULT_PIPELINE),
+            .default_pipeline(),
     );
     let port = bridge.broker_port();
     bridge.wait_ready();
     for (broker, port) in [("Mosquitto", mosquitto.port()), ("mqtt2es", port)] {
-        let everything = Subscriber::start_at("127.0.0.1", port, &format!("{prefix}/#"), &[]);
+        let everything = Subscriber::to(port, &format!("{prefix}/#")).qos(1).start();
         for topic in ["open", "secret", "last"] {
-            mosquitto_pub(port, &format!("{prefix}/{topic}"), "1", topic);
+            mosquitto_pub(port, &format!("{prefix}/{topic}"), 1, topic);
         }
         let got = everything.wait_until(
             &format!("{broker}: the last message"),

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bridge_basics::{broker, start_readings_bridge};
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::publish::publish;
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::readings::start_readings_bridge;
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 /// Reasons of every dead letter in `index`, sorted, with the stage that gave each.
 async fn dead_letter_reasons(node: &SearchNode, index: &str) -> Vec<(String, String)> {
@@ -33,7 +33,7 @@ async fn dead_letter_reasons(node: &SearchNode, index: &str) -> Vec<(String, Str
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_while_good_readings_flow() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let pipeline = r#"
 topics: ["sensors/+/+/telemetry"]
 payload: json
@@ -42,8 +42,9 @@ stages:
   - route: {index: "readings-{{site}}"}
   - id: {fields: [device, seq]}
 "#;
-    let mut spec = BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", pipeline);
-    spec.extra = "pipelines:\n  max_payload_bytes: 4096\n".into();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("readings.yaml", pipeline)
+        .max_payload_bytes(4096);
     let mut bridge = Bridge::start(&spec);
     bridge.wait_subscribed();
 
@@ -115,7 +116,7 @@ stages:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mapping_conflict_dead_letters_only_the_offending_document() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (bridge, readings) = start_readings_bridge(&broker, node);
 
     let topic = "sensors/lab/pi-02/telemetry";
@@ -156,11 +157,11 @@ async fn a_mapping_conflict_dead_letters_only_the_offending_document() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_packet_over_the_read_limit_is_dead_lettered_once_and_the_stream_goes_on() {
     let node = SearchNode::shared();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.extra = "pipelines:\n  max_payload_bytes: 4096\n".into();
-    spec.upstream_extra = "  max_packet_bytes: 8192\n".into();
-    let (bridge, readings) = crate::bridge_basics::start_readings_bridge_with(spec);
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .max_payload_bytes(4096)
+        .max_packet_bytes(8192);
+    let (bridge, readings) = crate::support::readings::start_readings_bridge_with(spec);
 
     // MQTT 3.1.1 cannot tell the broker our packet limit: the broker sends the 20 kB message
     // anyway, and it must neither block the reading behind it nor loop as duplicates.

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use crate::bridge_basics::{broker, start_readings_bridge, start_readings_bridge_with};
 use crate::support::bridge::BridgeSpec;
-use crate::support::publish::{devices_at, publish_in_parallel, publish_lines_qos1, readings};
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::publish::{publish_in_parallel, publish_lines_qos1};
+use crate::support::readings::{devices_at, readings};
+use crate::support::readings::{start_readings_bridge, start_readings_bridge_with};
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 const TOPIC: &str = "sensors/lab/pi-07/telemetry";
 
@@ -16,7 +17,7 @@ const OUTAGE: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread")]
 async fn the_search_node_down_for_twenty_seconds_mid_stream_loses_and_duplicates_nothing() {
     let mut node = SearchNode::start_private();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (bridge, index) = start_readings_bridge(&broker, &node);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 1000));
@@ -44,7 +45,7 @@ async fn the_search_node_down_for_twenty_seconds_mid_stream_loses_and_duplicates
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_mosquitto_mid_stream_loses_and_duplicates_nothing() {
     let node = SearchNode::shared();
-    let mut broker = broker();
+    let mut broker = Mosquitto::start_unbounded();
     let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 3000));
@@ -64,7 +65,7 @@ async fn restarting_mosquitto_mid_stream_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_stream_flushes_exits_zero_and_a_restart_delivers_the_rest() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (mut bridge, index) = start_readings_bridge(&broker, node);
 
     let sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-07", 0, 5000));
@@ -88,10 +89,9 @@ async fn sigterm_mid_stream_flushes_exits_zero_and_a_restart_delivers_the_rest()
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_the_search_node_is_down_acks_nothing_and_a_restart_delivers_everything() {
     let mut node = SearchNode::start_private();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.env
-        .push(("MQTT2ES_SHUTDOWN__GRACE_MS".into(), "2000".into()));
+    let broker = Mosquitto::start_unbounded();
+    let spec =
+        BridgeSpec::new(broker.port(), &node.url()).env("MQTT2ES_SHUTDOWN__GRACE_MS", "2000");
     let (mut bridge, index) = start_readings_bridge_with(spec);
 
     node.stop();

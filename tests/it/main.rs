@@ -3,7 +3,7 @@
 //!
 //! Run through `scripts/test`, which installs Mosquitto and the search engines first.
 
-pub mod bridge_basics;
+mod bridge_basics;
 mod broker;
 mod broker_auth;
 mod broker_state;

@@ -1,87 +1,21 @@
 //! The operations surface of the real binary: `/metrics`, `/healthz`, `/readyz` over HTTP, and
 //! the `{prefix}metrics` documents it ships into the search node.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::bridge_basics::{broker, readings_pipeline, start_readings_bridge_with};
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_lines_qos1, readings};
-use crate::support::{SearchNode, wait_for_count};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client")
-}
-
-/// Status and body of `GET http://{address}{path}`.
-pub(crate) async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let response = http()
-        .get(format!("http://{address}{path}"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"));
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("a text body"))
-}
-
-/// The value of the sample line `name` (name and labels exactly as exposed), if present.
-pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
-}
-
-/// Polls `/metrics` until every `(sample, value)` reads as expected; panics with the last text.
-pub(crate) async fn wait_for_samples(
-    address: SocketAddr,
-    expected: &[(&str, f64)],
-    timeout: Duration,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, text) = get(address, "/metrics").await;
-        assert_eq!(status, 200, "{text}");
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|(name, value)| sample(&text, name) != Some(*value))
-            .collect();
-        if missing.is_empty() {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {missing:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `/readyz` until it answers `status`; returns the body.
-pub(crate) async fn wait_for_readyz(address: SocketAddr, status: u16, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (got, body) = get(address, "/readyz").await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {got} ({body:?}) after {timeout:?}, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
+use crate::support::publish::{publish, publish_lines_qos1};
+use crate::support::readings::{readings, readings_pipeline, start_readings_bridge_with};
+use crate::support::subscriber::Subscriber;
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_published_readings_stored_documents_and_a_dead_letter_by_reason() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let (mut bridge, index) =
         start_readings_bridge_with(BridgeSpec::new(broker.port(), &node.url()));
     let address = bridge.metrics_address();
@@ -159,10 +93,11 @@ async fn metrics_sum(node: &SearchNode, index: &str, field: &str) -> u64 {
 async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after() {
     let mut node = SearchNode::start_private();
     node.stop();
-    let broker = broker();
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
-    spec.metrics_extra = "  elasticsearch_answer_max_age_s: 3\n  ship_interval_s: 1\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("readings.yaml", readings_pipeline())
+        .metrics("elasticsearch_answer_max_age_s", 3)
+        .metrics("ship_interval_s", 1);
     let mut bridge = Bridge::start(&spec);
     let address = bridge.metrics_address();
 
@@ -197,9 +132,8 @@ async fn readyz_says_503_with_a_reason_until_elasticsearch_answers_and_200_after
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_documents_that_cannot_be_shipped_are_logged_once_and_folded_into_the_next() {
     let mut node = SearchNode::start_private();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.metrics_extra = "  ship_interval_s: 1\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url()).metrics("ship_interval_s", 1);
     let (mut bridge, index) = start_readings_bridge_with(spec);
     let metrics_index = format!("{}metrics", bridge.prefix());
 
@@ -247,9 +181,10 @@ async fn metrics_documents_that_cannot_be_shipped_are_logged_once_and_folded_int
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_metrics_documents_carry_the_schema_fields_and_add_up_to_the_stored_readings() {
     let node = SearchNode::shared();
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.metrics_extra = "  ship_interval_s: 1\n  instance: it-gateway\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .metrics("ship_interval_s", 1)
+        .metrics("instance", "it-gateway");
     let (bridge, index) = start_readings_bridge_with(spec);
     let metrics_index = format!("{}metrics", bridge.prefix());
 
@@ -346,19 +281,7 @@ async fn in_broker_mode_readyz_says_ready_and_metrics_count_connected_devices_an
     assert!(body.contains("ready"), "{body}");
 
     // A subscriber that stays connected is one connected client.
-    let mut subscriber = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "sensors/#",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start mosquitto_sub (Debian package mosquitto-clients)");
+    let subscriber = Subscriber::to(port, "sensors/#").spawn();
     wait_for_samples(
         address,
         &[(r#"mqtt2es_connected_clients{source="broker"}"#, 1.0)],
@@ -387,8 +310,7 @@ async fn in_broker_mode_readyz_says_ready_and_metrics_count_connected_devices_an
     )
     .await;
 
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    drop(subscriber);
     wait_for_samples(
         address,
         &[(r#"mqtt2es_connected_clients{source="broker"}"#, 0.0)],

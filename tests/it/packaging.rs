@@ -405,7 +405,7 @@ impl Volumes {
                 .current_dir(self.es_home())
                 .env("PATH", &path)
                 .env("SECRETS_DIR", &self.secrets)
-                .env("PYTHON", crate::thermometer::python())
+                .env("PYTHON", crate::support::paho::python())
                 .env("CURL_LOG", &self.curl_log)
                 .output()
                 .expect("run the init script");
@@ -1013,7 +1013,7 @@ fn the_commands_in_the_compose_file_are_ones_the_programs_accept() {
                 "import sys; sys.path.insert(0, {:?}); import thermometer; thermometer.parse_args(sys.argv[1:])",
                 program.display()
             );
-            let output = Command::new(crate::thermometer::python())
+            let output = Command::new(crate::support::paho::python())
                 .args(["-c", &check])
                 .args(&command)
                 .output()

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bridge_basics::broker;
 use crate::support::bridge::{Bridge, BridgeSpec, unique_prefix};
 use crate::support::publish::publish;
 use crate::support::search::Engine;
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 /// Runs `mqtt2es setup` with `config` written to a temp dir (kept alive by the caller).
 fn setup_with(dir: &Path, config: &str) -> Output {
@@ -132,7 +131,7 @@ async fn setup_twice_installs_every_template_once_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reading_lands_in_a_time_series_stream_on_elasticsearch_and_a_plain_one_on_opensearch() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let spec = BridgeSpec::new(broker.port(), &node.url())
         .pipeline("status.yaml", shipped_pipeline("status.yaml"))
         .pipeline("telemetry.yaml", shipped_pipeline("telemetry.yaml"));
@@ -224,13 +223,14 @@ async fn a_reading_lands_in_a_time_series_stream_on_elasticsearch_and_a_plain_on
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reading_older_than_the_time_series_window_is_dead_lettered_with_its_reason_or_stored() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let engine = Engine::from_env();
     // A pipeline that believes readings up to 90 days old, so an old one reaches the engine.
     let pipeline =
         shipped_pipeline("telemetry.yaml").replace("max_past_s: 604800", "max_past_s: 7776000");
-    let mut spec = BridgeSpec::new(broker.port(), &node.url()).pipeline("telemetry.yaml", pipeline);
-    spec.extra = "setup:\n  on_start: false\n".into();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("telemetry.yaml", pipeline)
+        .setup_on_start(false);
     // The bridge picks its prefix when it starts: start it to learn it, stop it before it
     // writes anything, set up by hand, then start it again.
     let mut bridge = Bridge::start(&spec);
@@ -531,17 +531,12 @@ async fn with_security_on_setup_and_run_work_with_the_documented_privileges_and_
     }
 
     // The bridge as a writer that may not install templates, with setup left to the above.
-    let broker = broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url())
-        .pipeline("telemetry.yaml", shipped_pipeline("telemetry.yaml"));
-    spec.extra = "setup:\n  on_start: false\n".into();
-    spec.env = vec![
-        ("MQTT2ES_ELASTICSEARCH__USERNAME".into(), "writer".into()),
-        (
-            "MQTT2ES_ELASTICSEARCH__PASSWORD".into(),
-            "pass-for-test".into(),
-        ),
-    ];
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("telemetry.yaml", shipped_pipeline("telemetry.yaml"))
+        .setup_on_start(false)
+        .env("MQTT2ES_ELASTICSEARCH__USERNAME", "writer")
+        .env("MQTT2ES_ELASTICSEARCH__PASSWORD", "pass-for-test");
     // The bridge's prefix differs from the one set up above: set up its own first.
     let mut bridge = Bridge::start(&spec);
     let bridge_prefix = bridge.prefix().to_owned();

@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bridge_basics::broker;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{devices_at, publish_in_parallel};
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::publish::publish_in_parallel;
+use crate::support::readings::devices_at;
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_in_one_shared_group_store_every_message_exactly_once() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let group = crate::support::unique("group");
     // No `id` stage on purpose: a message delivered to two instances would be two documents.
     let pipeline = |instance: usize| {
@@ -27,9 +27,9 @@ stages:
     };
     let mut bridges: Vec<Bridge> = (0..3)
         .map(|instance| {
-            let mut spec = BridgeSpec::new(broker.port(), &node.url())
-                .pipeline("readings.yaml", pipeline(instance));
-            spec.upstream_extra = format!("  shared_group: {group}\n");
+            let spec = BridgeSpec::new(broker.port(), &node.url())
+                .pipeline("readings.yaml", pipeline(instance))
+                .upstream("shared_group", &group);
             Bridge::start(&spec)
         })
         .collect();

@@ -6,14 +6,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::certs::Certs;
 use crate::support::subscriber::{Received, Subscriber};
+use crate::support::telemetry::{assert_readings_follow_the_contract, shipped_telemetry_bridge};
 use crate::support::{Mosquitto, SearchNode, unique, wait_for_count};
-use crate::thermometer::broker_with_tls_and_a_password;
 
 /// `mqtt2es simulate` as a child process; stdout (the summary) and stderr (the log) to files.
 struct Simulation {
@@ -163,7 +161,9 @@ fn total(by_device: &BTreeMap<String, BTreeSet<String>>) -> usize {
 fn a_simulated_fleet_publishes_every_reading_and_its_status_to_a_real_broker() {
     let broker = Mosquitto::start();
     let site = unique("sim");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
 
     let mut simulation = Simulation::start(
         &broker,
@@ -210,7 +210,9 @@ fn a_simulated_fleet_publishes_every_reading_and_its_status_to_a_real_broker() {
 fn ctrl_c_stops_a_running_fleet_after_delivering_and_publishing_offline() {
     let broker = Mosquitto::start();
     let site = unique("sim");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
     let mut simulation = Simulation::start(
         &broker,
         &site,
@@ -255,11 +257,10 @@ fn a_simulated_fleet_delivers_every_reading_across_a_broker_restart() {
     let mut broker = Mosquitto::start();
     let site = unique("sim");
     let sub_id = unique("sub");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-c", "-i", &sub_id],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .persistent(&sub_id)
+        .start();
     let mut simulation = Simulation::start(
         &broker,
         &site,
@@ -346,13 +347,12 @@ fn simulate_refuses_a_zero_rate_with_the_reason_and_exit_2() {
 fn simulated_devices_log_in_with_the_password_from_the_environment() {
     let certs = Certs::generate();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
+    let (broker, _) = Mosquitto::start_with_tls_and_a_password(&certs, dir.path());
     let site = unique("sim");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-u", "pi", "-P", "s3cret"],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .credentials("pi", "s3cret")
+        .start();
     let mut simulation = Simulation::start_with_env(
         &broker,
         &site,
@@ -374,57 +374,6 @@ fn simulated_devices_log_in_with_the_password_from_the_environment() {
         total(&readings_by_device(m)) == 10
     });
     assert!(!simulation.log().contains("s3cret"), "{}", simulation.log());
-}
-
-/// The shipped telemetry pipeline, as a user gets it.
-const SHIPPED_TELEMETRY: &str = include_str!("../../pipelines/telemetry.yaml");
-
-/// A bridge on `broker` with the shipped telemetry pipeline, subscribed; and the data stream
-/// the readings of `site` land in.
-pub(crate) fn shipped_telemetry_bridge(
-    broker: &Mosquitto,
-    node: &SearchNode,
-    site: &str,
-) -> (Bridge, String) {
-    let mut bridge = Bridge::start(
-        &BridgeSpec::new(broker.port(), &node.url()).pipeline("telemetry.yaml", SHIPPED_TELEMETRY),
-    );
-    bridge.wait_subscribed();
-    let index = format!("{}mqtt2es-telemetry-{site}", bridge.prefix());
-    (bridge, index)
-}
-
-/// Every stored reading of `index`: the data contract's fields, the device's own time.
-pub(crate) async fn assert_readings_follow_the_contract(
-    node: &SearchNode,
-    index: &str,
-    site: &str,
-) -> Vec<Value> {
-    let hits = node
-        .search(
-            index,
-            serde_json::json!({"size": 1000, "query": {"match_all": {}}}),
-        )
-        .await;
-    let documents: Vec<Value> = hits["hits"]["hits"]
-        .as_array()
-        .expect("hits")
-        .iter()
-        .map(|hit| hit["_source"].clone())
-        .collect();
-    for document in &documents {
-        assert_eq!(document["site"], site, "{document}");
-        for field in ["temperature_c", "humidity", "battery"] {
-            assert!(document[field].is_f64(), "{field} in {document}");
-        }
-        assert!(document["device"].is_string(), "{document}");
-        assert!(
-            document["mqtt2es"]["timestamp_fallback"].is_null(),
-            "the device's ts was not taken as @timestamp: {document}"
-        );
-        assert!(document["@timestamp"].is_string(), "{document}");
-    }
-    documents
 }
 
 #[tokio::test(flavor = "multi_thread")]

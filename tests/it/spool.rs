@@ -3,46 +3,33 @@
 //! mqtt2es in the middle of the outage loses nothing acknowledged; a full disk stops the acks
 //! without damaging the spool, and they resume by themselves once space is freed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bridge_basics::readings_pipeline_by_reading_id;
-use crate::metrics::{get, sample, wait_for_readyz, wait_for_samples};
-use crate::stored_once::{PahoDevice, soak_setting, tail, telemetry_index, with_shipped_pipelines};
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::metrics::{get, sample, wait_for_readyz, wait_for_samples};
+use crate::support::paho::PahoDevice;
 use crate::support::ports::free_port;
-use crate::support::publish::{devices_at, publish_in_parallel, publish_lines_qos1, readings};
-use crate::support::{SearchNode, wait_for_count};
+use crate::support::publish::{Publisher, publish_in_parallel, publish_lines_qos1};
+use crate::support::readings::readings_pipeline_by_reading_id;
+use crate::support::readings::{devices_at, readings};
+use crate::support::soak_setting;
+use crate::support::telemetry::{telemetry_index, with_shipped_pipelines};
+use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
-fn spooling(spec: BridgeSpec, spool_lines: &str) -> BridgeSpec {
-    let mut spec = spec.pipeline("readings.yaml", readings_pipeline_by_reading_id());
-    spec.extra
-        .push_str(&format!("delivery:\n  mode: spool\n{spool_lines}"));
-    spec
+fn spooling(spec: BridgeSpec) -> BridgeSpec {
+    spec.pipeline("readings.yaml", readings_pipeline_by_reading_id())
+        .spool()
 }
 
 /// Publishes each line at QoS 0 with `mosquitto_pub -l`, which disconnects cleanly after the
 /// last one: all of them reached the broker.
 fn publish_lines_qos0(port: u16, topic: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "0", "-l"])
-        .args(["-t", topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mosquitto_pub");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in lines {
-        writeln!(stdin, "{line}").expect("write a line");
-    }
-    drop(stdin);
-    let output = child.wait_with_output().expect("mosquitto_pub");
-    assert!(output.status.success(), "{output:?}");
+    let published = Publisher::to(port).send_lines(topic, lines);
+    assert!(published.status.success(), "{published:?}");
 }
 
 /// Waits until the spool holds nothing not shipped (anything shipped twice is in the index by
@@ -73,10 +60,7 @@ async fn spooled_readings_are_acknowledged_while_the_search_node_is_down_and_a_s
  {
     let mut node = SearchNode::start_private();
     let address = format!("127.0.0.1:{}", free_port());
-    let mut bridge = Bridge::start(&spooling(
-        BridgeSpec::embedded(&node.url()).bind(&address),
-        "",
-    ));
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&node.url()).bind(&address)));
     bridge.wait_ready();
     let port = bridge.broker_port();
     let index = format!("{}readings", bridge.prefix());
@@ -175,9 +159,10 @@ async fn a_full_disk_stops_the_acks_without_damaging_the_spool_and_they_resume_b
     // Nothing listens on the search URL: no record leaves the spool, so it only grows.
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let spool_dir = disk.dir.join("spool");
-    let mut bridge = Bridge::start(&spooling(
-        BridgeSpec::embedded(&nowhere),
-        &format!("  spool: {{dir: {}}}\n", spool_dir.display()),
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&nowhere)).set(
+        "delivery",
+        "spool",
+        format!("{{dir: {}}}", spool_dir.display()),
     ));
     let port = bridge.broker_port();
     let metrics = bridge.metrics_address();
@@ -256,9 +241,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
     let count = ((outage_s + 20) * 4) as usize;
     let mut node = SearchNode::start_private();
     let address = format!("127.0.0.1:{}", free_port());
-    let spec = with_shipped_pipelines(BridgeSpec::embedded(&node.url()).bind(&address));
-    let mut spec = spec;
-    spec.extra.push_str("delivery:\n  mode: spool\n");
+    let spec = with_shipped_pipelines(BridgeSpec::embedded(&node.url()).bind(&address)).spool();
     let mut bridge = Bridge::start(&spec);
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -271,7 +254,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         .map(|n| PahoDevice::start_at_qos(port, &format!("q0-{n}"), 0, count, 30, timeout_s))
         .collect();
     let before = wait_for_count(&node, &index, devices as u64, Duration::from_secs(60)).await;
-    assert!(before >= devices as u64, "{}", tail(&bridge));
+    assert!(before >= devices as u64, "{}", bridge.log_tail());
 
     node.stop();
     // The outage is the scenario, not a wait for anything: readings keep coming meanwhile.
@@ -289,7 +272,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
     assert!(
         backlog >= sent_since_restart / 2.0,
         "only {backlog} records spooled during the outage:\n{}",
-        tail(&bridge)
+        bridge.log_tail()
     );
 
     node.start();
@@ -311,7 +294,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         assert!(
             now < deadline,
             "{left} records still spooled:\n{}",
-            tail(&bridge)
+            bridge.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -327,7 +310,7 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
         (resumed - returned).as_secs_f64(),
         drain_per_s / ingest_per_s
     );
-    assert!(drain_per_s > 2.0 * ingest_per_s, "{}", tail(&bridge));
+    assert!(drain_per_s > 2.0 * ingest_per_s, "{}", bridge.log_tail());
 
     for device in fleet {
         let printed = device.finish();
@@ -391,9 +374,10 @@ async fn spooling_devices_are_acknowledged_through_an_outage_and_a_sigkill_and_t
 async fn a_full_spool_that_drops_the_oldest_keeps_acknowledging_and_counts_what_it_dropped() {
     // Nothing listens on the search URL: the spool only grows, past its 1 MiB.
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let mut bridge = Bridge::start(&spooling(
-        BridgeSpec::embedded(&nowhere),
-        "  spool: {max_bytes: 1048576, on_full: drop_oldest}\n",
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&nowhere)).set(
+        "delivery",
+        "spool",
+        "{max_bytes: 1048576, on_full: drop_oldest}",
     ));
     let port = bridge.broker_port();
     let metrics = bridge.metrics_address();
@@ -432,7 +416,7 @@ async fn a_full_spool_that_drops_the_oldest_keeps_acknowledging_and_counts_what_
 async fn sigterm_while_the_search_node_is_away_exits_zero_and_the_spool_still_holds_every_acknowledged_reading()
  {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&nowhere), ""));
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::embedded(&nowhere)));
     let port = bridge.broker_port();
     let lines = readings("pi-1", 0, 300);
     let acked = within(PUBLISH_WAIT, move || {
@@ -456,8 +440,8 @@ async fn sigterm_while_the_search_node_is_away_exits_zero_and_the_spool_still_ho
 #[tokio::test(flavor = "multi_thread")]
 async fn subscribed_to_mosquitto_a_spooling_bridge_stores_every_reading_once() {
     let node = SearchNode::shared();
-    let broker = crate::bridge_basics::broker();
-    let mut bridge = Bridge::start(&spooling(BridgeSpec::new(broker.port(), &node.url()), ""));
+    let broker = Mosquitto::start_unbounded();
+    let mut bridge = Bridge::start(&spooling(BridgeSpec::new(broker.port(), &node.url())));
     bridge.wait_subscribed();
     let index = format!("{}readings", bridge.prefix());
     let lines = readings("pi-1", 0, 500);
@@ -486,14 +470,9 @@ async fn a_full_spool_that_blocks_stops_the_acks_until_shipping_frees_room_and_t
     let node = SearchNode::shared();
     let target = node.url().trim_start_matches("http://").to_owned();
     let proxy = crate::support::proxy::Proxy::start(target).await;
-    let mut spec = spooling(
-        BridgeSpec::embedded(&proxy.url),
-        "  spool: {max_bytes: 1048576, on_full: block}\n",
-    );
-    spec.env.push((
-        "MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS".into(),
-        "2000".into(),
-    ));
+    let spec = spooling(BridgeSpec::embedded(&proxy.url))
+        .set("delivery", "spool", "{max_bytes: 1048576, on_full: block}")
+        .env("MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS", "2000");
     let mut bridge = Bridge::start(&spec);
     bridge.wait_ready();
     let port = bridge.broker_port();
@@ -539,12 +518,9 @@ async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_eac
     let node = SearchNode::shared();
     let target = node.url().trim_start_matches("http://").to_owned();
     let proxy = crate::support::proxy::Proxy::start(target).await;
-    let mut spec = with_shipped_pipelines(BridgeSpec::embedded(&proxy.url));
-    spec.extra.push_str("delivery:\n  mode: spool\n");
-    spec.env.push((
-        "MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS".into(),
-        "2000".into(),
-    ));
+    let spec = with_shipped_pipelines(BridgeSpec::embedded(&proxy.url))
+        .spool()
+        .env("MQTT2ES_ELASTICSEARCH__REQUEST_TIMEOUT_MS", "2000");
     let mut bridge = Bridge::start(&spec);
     bridge.wait_ready();
     let port = bridge.broker_port();
@@ -559,7 +535,7 @@ async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_eac
     // What the requests in flight carried is stored by the node, never confirmed to mqtt2es
     // (the rest waits behind them): all of it still in the spool, unshipped.
     let stored = wait_for_count(node, &index, 1, Duration::from_secs(60)).await;
-    assert!(stored > 0, "{}", tail(&bridge));
+    assert!(stored > 0, "{}", bridge.log_tail());
     bridge.kill();
     proxy.swallow_answers(false);
     bridge.restart();
@@ -570,7 +546,7 @@ async fn identical_readings_without_a_time_shipped_again_after_a_sigkill_are_eac
         node.count(&index).await,
         acked as u64,
         "each reading once, none merged:\n{}",
-        tail(&bridge)
+        bridge.log_tail()
     );
     let (_, text) = get(metrics, "/metrics").await;
     assert!(

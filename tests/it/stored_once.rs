@@ -6,31 +6,20 @@
 //! same readings go under their reading ids. Round 1 stored 76 of the first test's 1,000.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::broker::{connect_persistent, receive_v4, send_v4};
 use crate::support::bridge::{Bridge, BridgeSpec};
+use crate::support::paho::PahoDevice;
 use crate::support::proxy::Proxy;
 use crate::support::publish::publish_lines_qos1;
+use crate::support::raw_v4::{connect_persistent, receive_v4, send_v4};
+use crate::support::soak_setting;
+use crate::support::telemetry::{telemetry_index, with_shipped_pipelines};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
-const SHIPPED_TELEMETRY: &str = include_str!("../../pipelines/telemetry.yaml");
-const SHIPPED_DEFAULT: &str = include_str!("../../pipelines/zz-default.yaml");
-
 const TOPIC: &str = "sensors/lab/pi-01/telemetry";
-
-/// The shipped pipelines, telemetry routed into the bridge's own prefix: `setup` makes
-/// `{prefix}telemetry-*` the time-series streams, as it makes `mqtt2es-telemetry-*` for users.
-pub(crate) fn with_shipped_pipelines(spec: BridgeSpec) -> BridgeSpec {
-    spec.pipeline(
-        "telemetry.yaml",
-        SHIPPED_TELEMETRY.replace("mqtt2es-telemetry-{{site}}", "telemetry-{{site}}"),
-    )
-    .pipeline("zz-default.yaml", SHIPPED_DEFAULT)
-}
 
 /// mqtt2es as the broker with the shipped pipelines; and its port.
 fn embedded() -> (Bridge, u16) {
@@ -39,10 +28,6 @@ fn embedded() -> (Bridge, u16) {
     let port = bridge.broker_port();
     bridge.wait_ready();
     (bridge, port)
-}
-
-pub(crate) fn telemetry_index(bridge: &Bridge) -> String {
-    format!("{}telemetry-lab", bridge.prefix())
 }
 
 /// `mosquitto_pub -l -q 1 -d`, one message per line; how many the broker acknowledged. Debian's
@@ -71,7 +56,7 @@ async fn stored(
     assert!(
         count >= acked as u64,
         "{count} stored of {acked} acknowledged:\n{}",
-        tail(bridge)
+        bridge.log_tail()
     );
     let sources = sources(node, index).await;
     assert!(
@@ -108,17 +93,16 @@ fn distinct_seqs(sources: &[Value]) -> BTreeSet<u64> {
 /// explicit refresh, then a second count); returns the stored documents' sources.
 async fn exactly(node: &SearchNode, index: &str, expected: u64, bridge: &Bridge) -> Vec<Value> {
     let stored = wait_for_count(node, index, expected, Duration::from_secs(90)).await;
-    assert_eq!(stored, expected, "stored in {index}:\n{}", tail(bridge));
+    assert_eq!(
+        stored,
+        expected,
+        "stored in {index}:\n{}",
+        bridge.log_tail()
+    );
     let sources = sources(node, index).await;
     assert_eq!(sources.len() as u64, expected);
     assert_eq!(node.count(index).await, expected, "a duplicate came late");
     sources
-}
-
-pub(crate) fn tail(bridge: &Bridge) -> String {
-    let logs = bridge.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn seqs(sources: &[Value]) -> BTreeSet<u64> {
@@ -198,7 +182,7 @@ async fn a_hundred_byte_identical_payloads_are_a_hundred_documents_on_telemetry_
     let messages = publish_lines(port, "lab/door", &same);
 
     stored(node, &telemetry_index(&bridge), telemetry, 100, &bridge).await;
-    let index = format!("{}mqtt2es-messages", bridge.prefix());
+    let index = bridge.messages_index();
     stored(node, &index, messages, 100, &bridge).await;
 }
 
@@ -256,134 +240,6 @@ async fn a_thousand_readings_without_a_time_through_mosquitto_are_a_thousand_doc
     distinct_seqs(&sources);
 }
 
-/// A Python paho-mqtt device (tests/clients/python/mqtt_publish.py) publishing numbered
-/// readings with a persistent session; killed on drop.
-pub(crate) struct PahoDevice {
-    child: Option<std::process::Child>,
-    /// What it prints, drained as it comes: a full pipe would stop paho's network thread
-    /// (it prints from its callbacks) and the device would fall silent for our harness's sake.
-    output: Vec<std::thread::JoinHandle<String>>,
-}
-
-impl PahoDevice {
-    /// A device with keep-alive 30 s that publishes `count` readings `interval_s` apart.
-    fn start_at(port: u16, device: &str, count: usize, interval_s: f64) -> Self {
-        Self::spawn(port, device, count, interval_s, 30, 120)
-    }
-
-    pub(crate) fn start(
-        port: u16,
-        device: &str,
-        count: usize,
-        keepalive_s: u64,
-        timeout_s: u64,
-    ) -> Self {
-        Self::spawn(port, device, count, 0.25, keepalive_s, timeout_s)
-    }
-
-    fn spawn(
-        port: u16,
-        device: &str,
-        count: usize,
-        interval_s: f64,
-        keepalive_s: u64,
-        timeout_s: u64,
-    ) -> Self {
-        Self::spawn_at_qos(port, device, 1, count, interval_s, keepalive_s, timeout_s)
-    }
-
-    /// A device publishing at `qos` a reading every 0.25 s (at QoS 0 it waits for nothing).
-    pub(crate) fn start_at_qos(
-        port: u16,
-        device: &str,
-        qos: u8,
-        count: usize,
-        keepalive_s: u64,
-        timeout_s: u64,
-    ) -> Self {
-        Self::spawn_at_qos(port, device, qos, count, 0.25, keepalive_s, timeout_s)
-    }
-
-    fn spawn_at_qos(
-        port: u16,
-        device: &str,
-        qos: u8,
-        count: usize,
-        interval_s: f64,
-        keepalive_s: u64,
-        timeout_s: u64,
-    ) -> Self {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/clients/python/mqtt_publish.py");
-        let child = Command::new(crate::thermometer::python())
-            .arg(script)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-q", &qos.to_string(), "-c", "-d"])
-            .args([
-                "-i",
-                device,
-                "-t",
-                &format!("sensors/lab/{device}/telemetry"),
-            ])
-            .args([
-                "-n",
-                &count.to_string(),
-                "--interval",
-                &interval_s.to_string(),
-            ])
-            .args(["--keepalive", &keepalive_s.to_string()])
-            .args(["--timeout", &timeout_s.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the Python paho device");
-        let mut child = child;
-        let drain = |mut from: Box<dyn std::io::Read + Send>| {
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = from.read_to_end(&mut text);
-                String::from_utf8_lossy(&text).into_owned()
-            })
-        };
-        let output = vec![
-            drain(Box::new(child.stdout.take().expect("stdout"))),
-            drain(Box::new(child.stderr.take().expect("stderr"))),
-        ];
-        PahoDevice {
-            child: Some(child),
-            output,
-        }
-    }
-
-    /// Waits for the device to finish (every reading acknowledged); returns what it printed.
-    pub(crate) fn finish(mut self) -> String {
-        let mut child = self.child.take().expect("running");
-        let status = child.wait().expect("the device ends");
-        let text: String = std::mem::take(&mut self.output)
-            .into_iter()
-            .map(|reader| reader.join().unwrap_or_default())
-            .collect();
-        assert!(status.success(), "the device failed:\n{text}");
-        text
-    }
-}
-
-impl Drop for PahoDevice {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-pub(crate) fn soak_setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The CI variant of `scripts/soak outage` (5 devices, keep-alive 5 s, a 20 s outage); the soak
 /// runs it with 20 devices, keep-alive 60 s and a 5-minute outage (MQTT2ES_SOAK_* settings).
 #[tokio::test(flavor = "multi_thread")]
@@ -396,7 +252,7 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
     let mut node = SearchNode::start_private();
     // paho's own window is 20 publishes in flight: the broker's limit is reached while the
     // node is down, and a device that keeps to it must still be served.
-    let spec = BridgeSpec::embedded(&node.url()).broker_lines("  max_inflight: 20\n");
+    let spec = BridgeSpec::embedded(&node.url()).broker("max_inflight", 20);
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     let port = bridge.broker_port();
     bridge.wait_ready();
@@ -406,7 +262,7 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
         .map(|n| PahoDevice::start(port, &format!("pi-{n}"), count, keepalive_s, outage_s + 300))
         .collect();
     let before = wait_for_count(&node, &index, devices as u64, Duration::from_secs(60)).await;
-    assert!(before >= devices as u64, "{}", tail(&bridge));
+    assert!(before >= devices as u64, "{}", bridge.log_tail());
 
     node.stop();
     // The outage itself is what is under test: readings keep coming, none can be stored.
@@ -447,15 +303,15 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
             about(&device_id)
         );
     }
-    assert_eq!(expired, 0, "{}", tail(&bridge));
+    assert_eq!(expired, 0, "{}", bridge.log_tail());
     assert!(
         !bridge.logs().contains("taking over the session"),
         "{}",
-        tail(&bridge)
+        bridge.log_tail()
     );
     let total = (devices * count) as u64;
     let stored = wait_for_count(&node, &index, total, Duration::from_secs(120)).await;
-    assert_eq!(stored, total, "{}", tail(&bridge));
+    assert_eq!(stored, total, "{}", bridge.log_tail());
     // Per device: every reading once (more than a search may return, so counted and
     // aggregated: any seq held by two documents is a reading stored twice).
     for n in 0..devices {
@@ -484,7 +340,9 @@ async fn devices_stay_connected_through_a_search_node_outage_and_every_reading_i
 /// A bulk request slot for each reading of a window of 20: while the node's answers are
 /// swallowed every slot stays busy, and a reading that found none would wait in mqtt2es,
 /// neither stored nor acknowledged. With a slot each, the whole window is stored unacknowledged.
-const SLOT_PER_READING: &str = "batch:\n  flush_interval_ms: 200\n  concurrent_requests: 20\n";
+fn slot_per_reading(spec: BridgeSpec) -> BridgeSpec {
+    spec.flush_interval_ms(200).concurrent_requests(20)
+}
 
 /// A proxy in front of the shared node, passing its answers on for now.
 async fn proxy(node: &SearchNode) -> Proxy {
@@ -503,8 +361,7 @@ async fn readings_resent_by_paho_after_mqtt2es_was_sigkilled_are_stored_once() {
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let port = crate::support::free_port();
-    let mut spec = BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}"));
-    spec.extra = SLOT_PER_READING.into();
+    let spec = slot_per_reading(BridgeSpec::embedded(&proxy.url).bind(format!("127.0.0.1:{port}")));
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_ready();
     let index = telemetry_index(&bridge);
@@ -513,7 +370,7 @@ async fn readings_resent_by_paho_after_mqtt2es_was_sigkilled_are_stored_once() {
     let device = PahoDevice::start_at(port, "pi-01", READINGS, 0.01);
     // Stored, not one acknowledged: the node's answers never reached mqtt2es.
     let stored = wait_for_count(node, &index, WINDOW, Duration::from_secs(60)).await;
-    assert_eq!(stored, WINDOW, "{}", tail(&bridge));
+    assert_eq!(stored, WINDOW, "{}", bridge.log_tail());
     bridge.kill();
     proxy.swallow_answers(false);
     bridge.restart();
@@ -538,8 +395,7 @@ async fn readings_mosquitto_redelivers_after_mqtt2es_was_sigkilled_are_stored_on
     let node = SearchNode::shared();
     let proxy = proxy(node).await;
     let broker = Mosquitto::start();
-    let mut spec = BridgeSpec::new(broker.port(), &proxy.url);
-    spec.extra = SLOT_PER_READING.into();
+    let spec = slot_per_reading(BridgeSpec::new(broker.port(), &proxy.url));
     let mut bridge = Bridge::start(&with_shipped_pipelines(spec));
     bridge.wait_subscribed();
     let index = telemetry_index(&bridge);
@@ -551,7 +407,7 @@ async fn readings_mosquitto_redelivers_after_mqtt2es_was_sigkilled_are_stored_on
     // Mosquitto acknowledges these at once and holds them for mqtt2es.
     let acked = publish_lines(broker.port(), TOPIC, &lines);
     let stored = wait_for_count(node, &index, WINDOW, Duration::from_secs(60)).await;
-    assert_eq!(stored, WINDOW, "{}", tail(&bridge));
+    assert_eq!(stored, WINDOW, "{}", bridge.log_tail());
     bridge.kill();
     proxy.swallow_answers(false);
     bridge.restart();

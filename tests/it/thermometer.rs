@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::simulate::shipped_telemetry_bridge;
 use crate::support::certs::Certs;
+use crate::support::paho::python;
 use crate::support::subscriber::{self, Subscriber};
-use crate::support::{Mosquitto, SearchNode, free_port, unique, wait_for_count};
+use crate::support::telemetry::shipped_telemetry_bridge;
+use crate::support::{Mosquitto, SearchNode, unique, wait_for_count};
 
 const GOOD_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=e1 YES\n5b 01 4b 46 7f ff 05 10 e1 t=21437\n";
@@ -23,18 +24,6 @@ const BAD_CRC_W1: &str =
     "5b 01 4b 46 7f ff 05 10 e1 : crc=00 NO\n5b 01 4b 46 7f ff 05 10 e1 t=85000\n";
 const POWER_ON_W1: &str =
     "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n";
-
-/// The Python that runs the thermometer, from `MQTT2ES_TEST_PYTHON`.
-pub(crate) fn python() -> PathBuf {
-    let python = std::env::var_os("MQTT2ES_TEST_PYTHON").unwrap_or_else(|| {
-        panic!(
-            "MQTT2ES_TEST_PYTHON is not set: it must name a python3 that has paho-mqtt 2.x and \
-             pytest, e.g. `python3 -m venv /tmp/venv && /tmp/venv/bin/pip install 'paho-mqtt>=2,<3' \
-             pytest` then MQTT2ES_TEST_PYTHON=/tmp/venv/bin/python (scripts/test sets it)"
-        )
-    });
-    PathBuf::from(python)
-}
 
 fn program_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("devices/pi-thermometer")
@@ -218,7 +207,9 @@ fn readings_from_a_fake_ds18b20_and_dht22_reach_a_real_subscriber_as_schema_json
     sysfs.ds18b20(GOOD_W1).dht22(24_500, 48_200);
     let battery = sysfs.path().join("capacity");
     fs::write(&battery, "87\n").expect("battery file");
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/#"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/#"))
+        .qos(1)
+        .start();
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
 
     let mut thermometer = Thermometer::start(
@@ -271,7 +262,9 @@ fn a_crc_failure_or_the_power_on_value_is_skipped_not_published_as_a_temperature
     let site = unique("thermo");
     let sysfs = FakeSysfs::new();
     sysfs.ds18b20(BAD_CRC_W1);
-    let sub = Subscriber::start(&broker, &format!("sensors/{site}/+/telemetry"), &[]);
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .start();
 
     let mut thermometer = Thermometer::start(
         &broker,
@@ -306,7 +299,7 @@ fn the_last_will_says_offline_when_the_thermometer_is_killed() {
     let broker = Mosquitto::start();
     let site = unique("thermo");
     let status_topic = format!("sensors/{site}/pi-1/status");
-    let sub = Subscriber::start(&broker, &status_topic, &[]);
+    let sub = Subscriber::on(&broker, &status_topic).qos(1).start();
     let mut thermometer = Thermometer::start(&broker, &site, &["--simulate", "--interval", "0.2"]);
     sub.wait_until("online", Duration::from_secs(20), |m| {
         states_of(m, &site) == ["online"]
@@ -357,11 +350,10 @@ fn readings_taken_while_the_broker_is_down_are_delivered_after_it_returns() {
     let site = unique("thermo");
     // A persistent session, so the subscriber misses nothing while both reconnect.
     let sub_id = unique("sub");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-c", "-i", &sub_id],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .persistent(&sub_id)
+        .start();
     let mut thermometer = Thermometer::start(
         &broker,
         &site,
@@ -440,39 +432,16 @@ fn help_explains_the_sensors_the_broker_options_and_simulation() {
     }
 }
 
-/// A broker that wants a user name and password, with a TLS listener beside the plain one.
-pub(crate) fn broker_with_tls_and_a_password(certs: &Certs, dir: &Path) -> (Mosquitto, u16) {
-    let passwords = dir.join("passwords");
-    let status = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&passwords)
-        .args(["pi", "s3cret"])
-        .status()
-        .expect("run mosquitto_passwd");
-    assert!(status.success(), "mosquitto_passwd failed");
-    let tls_port = free_port();
-    let broker = Mosquitto::start_with(&[
-        "allow_anonymous false",
-        &format!("password_file {}", passwords.display()),
-        &format!("listener {tls_port} 127.0.0.1"),
-        &format!("cafile {}", certs.ca().display()),
-        &format!("certfile {}", certs.server_cert().display()),
-        &format!("keyfile {}", certs.server_key().display()),
-    ]);
-    (broker, tls_port)
-}
-
 #[test]
 fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
     let certs = Certs::generate();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, tls_port) = broker_with_tls_and_a_password(&certs, dir.path());
+    let (broker, tls_port) = Mosquitto::start_with_tls_and_a_password(&certs, dir.path());
     let site = unique("thermo");
-    let sub = Subscriber::start(
-        &broker,
-        &format!("sensors/{site}/+/telemetry"),
-        &["-u", "pi", "-P", "s3cret"],
-    );
+    let sub = Subscriber::on(&broker, &format!("sensors/{site}/+/telemetry"))
+        .qos(1)
+        .credentials("pi", "s3cret")
+        .start();
     let ca = certs.ca();
     let mut thermometer = Thermometer::start_with_env(
         &broker,
@@ -499,7 +468,7 @@ fn the_thermometer_publishes_over_tls_with_a_user_name_and_password() {
 fn a_wrong_password_is_logged_as_refused_and_retried() {
     let certs = Certs::generate();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = broker_with_tls_and_a_password(&certs, dir.path());
+    let (broker, _) = Mosquitto::start_with_tls_and_a_password(&certs, dir.path());
     let site = unique("thermo");
     let mut thermometer = Thermometer::start_with_env(
         &broker,

@@ -2,12 +2,13 @@
 //! screen in a real terminal (tmux), and the plain `--once` snapshot.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bridge_basics::readings_pipeline;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_lines_qos1, readings};
+use crate::support::publish::{publish, publish_lines_qos1};
+use crate::support::readings::{readings, readings_pipeline};
+use crate::support::subscriber::Subscriber;
 use crate::support::{SearchNode, free_port, unique, wait_for_count};
 
 /// Readings published and stored before `top` looks.
@@ -190,26 +191,11 @@ fn shows_what_was_sent(screen: &str, stream: &str) -> bool {
         && line(screen, stream).ends_with(&format!(" {READINGS}"))
 }
 
-/// A device that stays connected while `top` looks: `mosquitto_sub`, killed when dropped.
-struct Device(Child);
-
-impl Device {
-    fn connect(bridge: &mut Bridge) -> Device {
-        let child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &bridge.broker_port().to_string()])
-            .args(["-t", "it/top/nothing", "-i", &unique("it-top-device")])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub (Debian package mosquitto-clients)");
-        Device(child)
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A device that stays connected while `top` looks: a `mosquitto_sub`, killed when dropped.
+fn connect_device(bridge: &mut Bridge) -> Subscriber {
+    Subscriber::to(bridge.broker_port(), "it/top/nothing")
+        .args(&["-i", &unique("it-top-device")])
+        .start()
 }
 
 fn top(args: &[&str]) -> Output {
@@ -226,7 +212,7 @@ fn top(args: &[&str]) -> Output {
 async fn top_in_a_terminal_shows_the_published_figures_fits_80_by_24_and_quits_on_q() {
     let node = SearchNode::shared();
     let (mut bridge, url, stream) = bridge_with_readings(node).await;
-    let _device = Device::connect(&mut bridge);
+    let _device = connect_device(&mut bridge);
     // The exit status goes to a file through a shell: tmux 3.3a sometimes leaves an exited
     // pane process unreaped (a zombie, the pane dead with no status), so its own
     // #{pane_dead_status} cannot be relied on.

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::bridge_basics::{readings_pipeline, start_readings_bridge_with};
 use crate::support::bridge::{Bridge, BridgeSpec};
 use crate::support::certs::Certs;
-use crate::support::publish::{publish, publish_lines_qos1, publish_with, readings};
+use crate::support::publish::{Publisher, publish, publish_lines_qos1};
+use crate::support::readings::readings;
+use crate::support::readings::{readings_pipeline, start_readings_bridge_with};
 use crate::support::{Mosquitto, SearchNode, free_port, wait_for_count};
 
 const TOPIC: &str = "sensors/lab/pi-05/telemetry";
@@ -69,34 +70,22 @@ fn assert_no_password(bridge: &Bridge) {
 #[tokio::test(flavor = "multi_thread")]
 async fn under_mqtt5_readings_from_v311_and_v5_publishers_land_and_user_properties_are_kept() {
     let node = SearchNode::shared();
-    let broker = crate::bridge_basics::broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.upstream_extra = "  protocol: \"5\"\n".into();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url()).upstream_v5();
     let (bridge, index) = start_readings_bridge_with(spec);
 
     let port = broker.port();
     publish(port, TOPIC, 1, &reading(1));
-    publish_with(port, &["-V", "mqttv5"], TOPIC, 1, &reading(2));
-    publish_with(
-        port,
-        &[
-            "-V",
-            "mqttv5",
-            "-D",
-            "publish",
-            "user-property",
-            "site",
-            "lab",
-            "-D",
-            "publish",
-            "user-property",
-            "unit",
-            "C",
-        ],
-        TOPIC,
-        1,
-        &reading(3),
-    );
+    Publisher::to(port)
+        .qos(1)
+        .version("mqttv5")
+        .send(TOPIC, reading(2));
+    Publisher::to(port)
+        .qos(1)
+        .version("mqttv5")
+        .args(&["-D", "publish", "user-property", "site", "lab"])
+        .args(&["-D", "publish", "user-property", "unit", "C"])
+        .send(TOPIC, reading(3));
 
     assert_eq!(
         wait_for_count(node, &index, 3, Duration::from_secs(30)).await,
@@ -124,9 +113,10 @@ async fn under_mqtt5_readings_from_v311_and_v5_publishers_land_and_user_properti
 #[tokio::test(flavor = "multi_thread")]
 async fn under_mqtt5_a_broker_restart_resumes_the_session_and_loses_nothing() {
     let node = SearchNode::shared();
-    let mut broker = crate::bridge_basics::broker();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.upstream_extra = "  protocol: \"5\"\n  session_expiry_s: 3600\n".into();
+    let mut broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .upstream_v5()
+        .upstream("session_expiry_s", 3600);
     let (mut bridge, index) = start_readings_bridge_with(spec);
 
     let mut sent = publish_lines_qos1(broker.port(), TOPIC, &readings("pi-05", 0, 2000));
@@ -153,20 +143,15 @@ async fn a_username_and_password_file_get_the_bridge_into_a_broker_that_refuses_
 {
     let node = SearchNode::shared();
     let (broker, dir) = broker_with_password();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.upstream_extra = format!(
-        "  username: {USER}\n  password_file: {}\n",
-        password_file(dir.path(), PASSWORD)
-    );
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .upstream("username", USER)
+        .upstream("password_file", password_file(dir.path(), PASSWORD));
     let (bridge, index) = start_readings_bridge_with(spec);
 
-    publish_with(
-        broker.port(),
-        &["-u", USER, "-P", PASSWORD],
-        TOPIC,
-        1,
-        &reading(1),
-    );
+    Publisher::to(broker.port())
+        .qos(1)
+        .credentials(USER, PASSWORD)
+        .send(TOPIC, reading(1));
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1,
@@ -181,12 +166,10 @@ async fn a_wrong_password_is_logged_as_a_refused_connection_and_retried_with_bac
     let node = SearchNode::shared();
     let (broker, dir) = broker_with_password();
     let wrong = format!("{PASSWORD}-wrong");
-    let mut spec =
-        BridgeSpec::new(broker.port(), &node.url()).pipeline("readings.yaml", readings_pipeline());
-    spec.upstream_extra = format!(
-        "  username: {USER}\n  password_file: {}\n",
-        password_file(dir.path(), &wrong)
-    );
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .pipeline("readings.yaml", readings_pipeline())
+        .upstream("username", USER)
+        .upstream("password_file", password_file(dir.path(), &wrong));
     let mut bridge = Bridge::start(&spec);
 
     // Three refusals, with the process alive throughout (wait_for_log fails if it exits).
@@ -213,20 +196,16 @@ async fn a_wrong_password_is_logged_as_a_refused_connection_and_retried_with_bac
 async fn the_password_is_in_no_log_line_even_with_every_crate_logging_at_trace() {
     let node = SearchNode::shared();
     let (broker, _dir) = broker_with_password();
-    let mut spec = BridgeSpec::new(broker.port(), &node.url());
-    spec.upstream_extra = format!("  username: {USER}\n");
-    spec.env
-        .push(("MQTT2ES_UPSTREAM__PASSWORD".into(), PASSWORD.into()));
-    spec.env.push(("RUST_LOG".into(), "trace".into()));
+    let spec = BridgeSpec::new(broker.port(), &node.url())
+        .upstream("username", USER)
+        .env("MQTT2ES_UPSTREAM__PASSWORD", PASSWORD)
+        .env("RUST_LOG", "trace");
     let (mut bridge, index) = start_readings_bridge_with(spec);
 
-    publish_with(
-        broker.port(),
-        &["-u", USER, "-P", PASSWORD],
-        TOPIC,
-        1,
-        &reading(1),
-    );
+    Publisher::to(broker.port())
+        .qos(1)
+        .credentials(USER, PASSWORD)
+        .send(TOPIC, reading(1));
     assert_eq!(
         wait_for_count(node, &index, 1, Duration::from_secs(30)).await,
         1
@@ -256,10 +235,9 @@ async fn a_bridge_trusting_the_brokers_ca_stores_readings_over_tls_by_ip_and_by_
     let (broker, tls_port) = broker_with_tls(&certs);
     let mut bridges = Vec::new();
     for host in ["127.0.0.1", "localhost"] {
-        let mut spec = BridgeSpec::new(tls_port, &node.url());
-        spec.upstream_extra = format!("  tls:\n    ca_file: {}\n", certs.ca().display());
-        spec.env
-            .push(("MQTT2ES_UPSTREAM__HOST".into(), host.into()));
+        let spec = BridgeSpec::new(tls_port, &node.url())
+            .upstream_ca(&certs.ca())
+            .env("MQTT2ES_UPSTREAM__HOST", host);
         let (bridge, index) = start_readings_bridge_with(spec);
         bridges.push((host, bridge, index));
     }
@@ -280,9 +258,9 @@ async fn a_bridge_with_a_ca_that_did_not_sign_the_brokers_certificate_logs_why_a
     let node = SearchNode::shared();
     let certs = Certs::generate();
     let (_broker, tls_port) = broker_with_tls(&certs);
-    let mut spec =
-        BridgeSpec::new(tls_port, &node.url()).pipeline("readings.yaml", readings_pipeline());
-    spec.upstream_extra = format!("  tls:\n    ca_file: {}\n", certs.other_ca().display());
+    let spec = BridgeSpec::new(tls_port, &node.url())
+        .pipeline("readings.yaml", readings_pipeline())
+        .upstream_ca(&certs.other_ca());
     let mut bridge = Bridge::start(&spec);
 
     bridge.wait_for_log("UnknownIssuer", 2, Duration::from_secs(30));

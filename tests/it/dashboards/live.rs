@@ -4,8 +4,7 @@
 //! letter, all carried by the real mqtt2es binary in upstream mode.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
@@ -13,9 +12,9 @@ use serde_json::{Value, json};
 use super::query::{LayerQuery, translate};
 use super::saved_objects::{Catalog, layers, panels};
 use super::schema::rewrite_prefix;
-use crate::bridge_basics::broker;
 use crate::support::bridge::{Bridge, BridgeSpec};
-use crate::support::publish::{publish, publish_with};
+use crate::support::publish::{Publisher, publish};
+use crate::support::subscriber::Subscriber;
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 /// The shipped telemetry pipeline, routed under the test bridge's own prefix: `route` prepends
@@ -36,57 +35,27 @@ fn shipped_pipeline(file: &str) -> String {
 /// A subscriber with a last will, killed (SIGKILL, no DISCONNECT) so the broker publishes the
 /// will: what a thermometer losing power looks like to the bridge.
 struct WillHolder {
-    child: Option<Child>,
+    subscriber: Option<Subscriber>,
 }
 
 impl WillHolder {
-    /// Connects and waits, by the broker's log, until the broker holds the will.
+    /// Connects and waits until subscribed: the broker holds the will from the CONNECT on.
     fn connect(broker: &Mosquitto, site: &str, device: &str) -> WillHolder {
-        let client_id = format!("thermometer-{device}");
-        let child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port().to_string(),
-                "-q",
-                "1",
-            ])
-            .args(["-i", &client_id])
-            .args(["-t", &format!("sensors/{site}/{device}/command")])
-            .args(["--will-topic", &format!("sensors/{site}/{device}/status")])
-            .args(["--will-payload", r#"{"state":"offline"}"#])
-            .args(["--will-qos", "1", "--will-retain"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        let holder = WillHolder { child: Some(child) };
-        let needle = format!("Sending SUBACK to {client_id}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !broker.log().contains(&needle) {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not log {needle:?}:\n{}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let subscriber = Subscriber::on(broker, &format!("sensors/{site}/{device}/command"))
+            .qos(1)
+            .args(&["-i", &format!("thermometer-{device}")])
+            .args(&["--will-topic", &format!("sensors/{site}/{device}/status")])
+            .args(&["--will-payload", r#"{"state":"offline"}"#])
+            .args(&["--will-qos", "1", "--will-retain"])
+            .start();
+        WillHolder {
+            subscriber: Some(subscriber),
         }
-        holder
     }
 
+    /// Kills it (dropping a `Subscriber` kills its process group).
     fn die(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for WillHolder {
-    fn drop(&mut self) {
-        self.die();
+        self.subscriber.take();
     }
 }
 
@@ -169,7 +138,7 @@ async fn run(node: &SearchNode, query: &LayerQuery) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_panel_query_finds_data_from_the_real_pipeline_and_a_misspelt_field_finds_none() {
     let node = SearchNode::shared();
-    let broker = broker();
+    let broker = Mosquitto::start_unbounded();
     let spec = BridgeSpec::new(broker.port(), &node.url())
         .pipeline("status.yaml", shipped_pipeline("status.yaml"))
         .pipeline("telemetry.yaml", shipped_pipeline("telemetry.yaml"));
@@ -182,11 +151,8 @@ async fn every_panel_query_finds_data_from_the_real_pipeline_and_a_misspelt_fiel
     let devices = ["pi-1", "pi-2", "pi-3"];
     let mut will = WillHolder::connect(&broker, "lab", "pi-3");
     for device in devices {
-        publish_with(
-            port,
-            &["-r"],
+        Publisher::to(port).qos(1).retain().send(
             &format!("sensors/lab/{device}/status"),
-            1,
             br#"{"state":"online"}"#,
         );
     }

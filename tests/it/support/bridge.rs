@@ -1,6 +1,7 @@
 //! The real `mqtt2es` binary as a child process, configured in its own temporary directory,
 //! either subscribed to an upstream broker or as the broker itself (`BridgeSpec::embedded`).
 
+use std::fmt::Display;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,46 +10,43 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// What a test wants its bridge to be: a broker port, a search node URL, pipelines, and any
-/// extra YAML sections (appended verbatim, so a test may override whole sections).
+use super::process;
+
+/// What a test wants its bridge to be: where its broker and search node are, its pipelines,
+/// and the settings it changes, each through a method that names it. The rest of the config is
+/// the harness's defaults (fast flushes and retries, metrics on a free port; see `sections`).
 pub struct BridgeSpec {
-    pub broker_port: u16,
-    pub search_url: String,
-    pub pipelines: Vec<(&'static str, String)>,
-    /// Extra YAML lines inside the `upstream:` section (indented by the caller with two spaces).
-    pub upstream_extra: String,
-    /// Extra YAML lines inside the `metrics:` section (indented by the caller with two spaces).
-    /// The section always binds the endpoint to a free loopback port: see `metrics_address`.
-    pub metrics_extra: String,
-    /// Extra top-level YAML sections.
-    pub extra: String,
+    broker_port: u16,
+    search_url: String,
+    pipelines: Vec<(&'static str, String)>,
+    /// `(section, key, value)`, applied over the defaults in order: a key already there is
+    /// replaced, a new one appended, a new section added at the end.
+    settings: Vec<(&'static str, String, String)>,
     /// `MQTT2ES_…` overrides for the process: configuration through the environment.
-    pub env: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     /// `Some`: no `upstream` section; mqtt2es runs its embedded broker.
-    pub broker: Option<EmbeddedBroker>,
+    broker: Option<EmbeddedBroker>,
 }
 
-/// The `broker:` section of an embedded-broker bridge.
-pub struct EmbeddedBroker {
+/// The listeners of an embedded-broker bridge.
+struct EmbeddedBroker {
     /// The TCP listener's address; port 0 (the default) is resolved from the `listening` log.
-    pub bind: String,
-    /// Extra YAML lines inside `broker:` (indented by the caller with two spaces).
-    pub extra: String,
+    bind: String,
     /// Listeners after the TCP one, each a YAML flow mapping (`{transport: ws, bind: ...}`).
-    pub listeners: Vec<String>,
-    /// The `auth:` value (a YAML flow mapping); anonymous clients allowed when `None`.
-    pub auth: Option<String>,
+    listeners: Vec<String>,
 }
+
+/// The shipped catch-all pipeline: JSON as fields, text in `message`, topic in `mqtt.topic`.
+const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/zz-default.yaml");
 
 impl BridgeSpec {
+    /// mqtt2es subscribed to the broker on 127.0.0.1:`broker_port`, writing to `search_url`.
     pub fn new(broker_port: u16, search_url: &str) -> Self {
         BridgeSpec {
             broker_port,
             search_url: search_url.to_string(),
             pipelines: Vec::new(),
-            upstream_extra: String::new(),
-            metrics_extra: String::new(),
-            extra: String::new(),
+            settings: Vec::new(),
             env: Vec::new(),
             broker: None,
         }
@@ -60,27 +58,110 @@ impl BridgeSpec {
         BridgeSpec {
             broker: Some(EmbeddedBroker {
                 bind: "127.0.0.1:0".into(),
-                extra: String::new(),
                 listeners: Vec::new(),
-                auth: None,
             }),
             ..BridgeSpec::new(0, search_url)
         }
     }
 
-    /// A fixed listener address, for tests that restart the bridge and reconnect to it.
-    pub fn bind(mut self, address: impl Into<String>) -> Self {
-        if let Some(broker) = &mut self.broker {
-            broker.bind = address.into();
-        }
+    /// A pipeline file.
+    pub fn pipeline(mut self, file: &'static str, yaml: impl Into<String>) -> Self {
+        self.pipelines.push((file, yaml.into()));
         self
     }
 
-    /// Extra lines for the `broker:` section, each indented by two spaces.
-    pub fn broker_lines(mut self, lines: &str) -> Self {
-        if let Some(broker) = &mut self.broker {
-            broker.extra.push_str(lines);
-        }
+    /// The shipped catch-all pipeline (`pipelines/zz-default.yaml`): what no other pipeline
+    /// takes lands in `<prefix>mqtt2es-messages` (`Bridge::messages_index`).
+    pub fn default_pipeline(self) -> Self {
+        self.pipeline("zz-default.yaml", DEFAULT_PIPELINE)
+    }
+
+    /// An environment variable for the process (`MQTT2ES_…` overrides config keys).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// `key: value` in the config's `section`, replacing the default if there is one. The
+    /// value is YAML: a scalar or a flow mapping (`{dir: /tmp/spool}`). The escape hatch for a
+    /// setting no method here names (a nested mapping such as `delivery.spool`); prefer a
+    /// method, which says what the test changes.
+    pub fn set(mut self, section: &'static str, key: &str, value: impl Display) -> Self {
+        self.settings
+            .push((section, key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// `key: value` in the `upstream:` section (see `set`).
+    pub fn upstream(self, key: &str, value: impl Display) -> Self {
+        assert!(self.broker.is_none(), "an embedded bridge has no upstream");
+        self.set("upstream", key, value)
+    }
+
+    /// `key: value` in the `broker:` section of an embedded bridge (see `set`).
+    pub fn broker(self, key: &str, value: impl Display) -> Self {
+        assert!(
+            self.broker.is_some(),
+            "only an embedded bridge has a broker"
+        );
+        self.set("broker", key, value)
+    }
+
+    /// `key: value` in the `metrics:` section (see `set`). Its endpoint always binds a free
+    /// loopback port: see `Bridge::metrics_address`.
+    pub fn metrics(self, key: &str, value: impl Display) -> Self {
+        self.set("metrics", key, value)
+    }
+
+    /// Subscribes upstream with MQTT 5.
+    pub fn upstream_v5(self) -> Self {
+        self.upstream("protocol", "\"5\"")
+    }
+
+    /// Trusts the CA in `ca_file` for TLS to the upstream broker.
+    pub fn upstream_ca(self, ca_file: &Path) -> Self {
+        self.upstream("tls", format!("{{ca_file: \"{}\"}}", ca_file.display()))
+    }
+
+    /// The largest MQTT packet mqtt2es accepts, on whichever side it receives: the upstream
+    /// connection, or the embedded broker.
+    pub fn max_packet_bytes(self, bytes: usize) -> Self {
+        let section = if self.broker.is_some() {
+            "broker"
+        } else {
+            "upstream"
+        };
+        self.set(section, "max_packet_bytes", bytes)
+    }
+
+    /// The largest payload a pipeline takes; larger ones are dead letters.
+    pub fn max_payload_bytes(self, bytes: usize) -> Self {
+        self.set("pipelines", "max_payload_bytes", bytes)
+    }
+
+    /// How long the batcher waits before it sends a partial batch (the harness's default: 200).
+    pub fn flush_interval_ms(self, ms: u64) -> Self {
+        self.set("batch", "flush_interval_ms", ms)
+    }
+
+    /// How many bulk requests may be in flight at once.
+    pub fn concurrent_requests(self, requests: usize) -> Self {
+        self.set("batch", "concurrent_requests", requests)
+    }
+
+    /// Delivery through the on-disk spool instead of acknowledging on store.
+    pub fn spool(self) -> Self {
+        self.set("delivery", "mode", "spool")
+    }
+
+    /// Whether mqtt2es sets up templates and data streams at start.
+    pub fn setup_on_start(self, on: bool) -> Self {
+        self.set("setup", "on_start", on)
+    }
+
+    /// A fixed listener address, for tests that restart the bridge and reconnect to it.
+    pub fn bind(mut self, address: impl Into<String>) -> Self {
+        self.broker.as_mut().expect("an embedded bridge").bind = address.into();
         self
     }
 
@@ -88,23 +169,97 @@ impl BridgeSpec {
     /// `{transport: wss, bind: "127.0.0.1:0", cert_file: /tmp/c.pem, key_file: /tmp/k.pem}`.
     /// Find where it listens with `Bridge::listener_address`.
     pub fn listener(mut self, mapping: impl Into<String>) -> Self {
-        if let Some(broker) = &mut self.broker {
-            broker.listeners.push(mapping.into());
-        }
+        let broker = self.broker.as_mut().expect("an embedded bridge");
+        broker.listeners.push(mapping.into());
         self
     }
 
     /// Replaces the default `auth: {allow_anonymous: true}` with this YAML flow mapping.
-    pub fn auth(mut self, mapping: impl Into<String>) -> Self {
-        if let Some(broker) = &mut self.broker {
-            broker.auth = Some(mapping.into());
-        }
-        self
+    pub fn broker_auth(self, mapping: impl Into<String>) -> Self {
+        self.broker("auth", mapping.into())
     }
 
-    pub fn pipeline(mut self, file: &'static str, yaml: impl Into<String>) -> Self {
-        self.pipelines.push((file, yaml.into()));
-        self
+    /// The config's sections, in order: the harness's defaults, then the test's settings.
+    fn sections(
+        &self,
+        prefix: &str,
+        client_id: &str,
+    ) -> Vec<(&'static str, Vec<(String, String)>)> {
+        let section = |name, pairs: &[(&str, String)]| {
+            let pairs = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            (name, pairs)
+        };
+        let source = match &self.broker {
+            None => section(
+                "upstream",
+                &[
+                    ("host", "127.0.0.1".into()),
+                    ("port", self.broker_port.to_string()),
+                    ("client_id", client_id.into()),
+                    ("reconnect_initial_ms", "50".into()),
+                    ("reconnect_max_ms", "1000".into()),
+                ],
+            ),
+            Some(broker) => {
+                let tcp = format!("{{transport: tcp, bind: \"{}\"}}", broker.bind);
+                let listeners = std::iter::once(&tcp).chain(&broker.listeners);
+                let listeners: Vec<&str> = listeners.map(String::as_str).collect();
+                section(
+                    "broker",
+                    &[
+                        ("listeners", format!("[{}]", listeners.join(", "))),
+                        ("state_dir", "state".into()),
+                        ("auth", "{allow_anonymous: true}".into()),
+                    ],
+                )
+            }
+        };
+        let mut sections = vec![
+            source,
+            section("elasticsearch", &[("url", self.search_url.clone())]),
+            section(
+                "index",
+                &[
+                    ("prefix", prefix.into()),
+                    ("default_index", format!("{prefix}default")),
+                ],
+            ),
+            section(
+                "dead_letter",
+                &[
+                    ("index", format!("{prefix}deadletter")),
+                    ("file", "deadletter.ndjson".into()),
+                ],
+            ),
+            section("batch", &[("flush_interval_ms", "200".into())]),
+            section(
+                "retry",
+                &[
+                    ("initial_backoff_ms", "50".into()),
+                    ("max_backoff_ms", "1000".into()),
+                ],
+            ),
+            section("shutdown", &[("grace_ms", "10000".into())]),
+            section("metrics", &[("bind", "127.0.0.1:0".into())]),
+        ];
+        for (name, key, value) in &self.settings {
+            let index = match sections.iter().position(|(n, _)| n == name) {
+                Some(index) => index,
+                None => {
+                    sections.push((name, Vec::new()));
+                    sections.len() - 1
+                }
+            };
+            let pairs = &mut sections[index].1;
+            match pairs.iter_mut().find(|(k, _)| k == key) {
+                Some(pair) => pair.1 = value.clone(),
+                None => pairs.push((key.clone(), value.clone())),
+            }
+        }
+        sections
     }
 }
 
@@ -158,7 +313,9 @@ impl Bridge {
             .append(true)
             .open(self.log_path())
             .expect("bridge log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqtt2es"))
+        // Through `process`, so a bridge does not outlive a test binary that aborts.
+        let mut command = process::command(env!("CARGO_BIN_EXE_mqtt2es"), None);
+        command
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("mqtt2es.yaml"))
@@ -167,9 +324,8 @@ impl Bridge {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start mqtt2es");
+            .stderr(log);
+        let child = process::spawn(command).expect("start mqtt2es");
         self.child = Some(child);
         self.starts += 1;
         self.log_at_start = self.logs().len();
@@ -233,6 +389,11 @@ impl Bridge {
         &self.spec_prefix
     }
 
+    /// The data stream of the shipped default pipeline (`BridgeSpec::default_pipeline`).
+    pub fn messages_index(&self) -> String {
+        format!("{}mqtt2es-messages", self.spec_prefix)
+    }
+
     /// The data stream of dead letters for this bridge.
     pub fn dead_letter_index(&self) -> String {
         format!("{}deadletter", self.spec_prefix)
@@ -248,6 +409,13 @@ impl Bridge {
             let _ = file.read_to_string(&mut text);
         }
         text
+    }
+
+    /// The last 40 lines of the log, for failure messages of tests whose log is long.
+    pub fn log_tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// Waits until the log contains `needle` `count` times; panics with the log on timeout.
@@ -350,37 +518,12 @@ fn write_config(dir: &Path, spec: &BridgeSpec, prefix: &str, client_id: &str) {
     for (file, yaml) in &spec.pipelines {
         std::fs::write(pipelines.join(file), yaml).expect("write pipeline");
     }
-    let source = match &spec.broker {
-        None => format!(
-            "upstream:\n  host: 127.0.0.1\n  port: {port}\n  client_id: {client_id}\n  reconnect_initial_ms: 50\n  reconnect_max_ms: 1000\n{upstream_extra}",
-            port = spec.broker_port,
-            upstream_extra = spec.upstream_extra,
-        ),
-        Some(broker) => format!(
-            "broker:\n  listeners:\n    - {{transport: tcp, bind: \"{bind}\"}}\n{listeners}  state_dir: state\n  auth: {auth}\n{extra}",
-            bind = broker.bind,
-            listeners = broker
-                .listeners
-                .iter()
-                .map(|l| format!("    - {l}\n"))
-                .collect::<String>(),
-            auth = broker.auth.as_deref().unwrap_or("{allow_anonymous: true}"),
-            extra = broker.extra,
-        ),
-    };
-    let config = format!(
-        "{source}\
-elasticsearch:\n  url: {url}\n\
-index:\n  prefix: {prefix}\n  default_index: {prefix}default\n\
-dead_letter:\n  index: {prefix}deadletter\n  file: deadletter.ndjson\n\
-batch:\n  flush_interval_ms: 200\n\
-retry:\n  initial_backoff_ms: 50\n  max_backoff_ms: 1000\n\
-shutdown:\n  grace_ms: 10000\n\
-metrics:\n  bind: 127.0.0.1:0\n{metrics_extra}\
-{extra}",
-        url = spec.search_url,
-        metrics_extra = spec.metrics_extra,
-        extra = spec.extra,
-    );
+    let mut config = String::new();
+    for (section, pairs) in spec.sections(prefix, client_id) {
+        config.push_str(&format!("{section}:\n"));
+        for (key, value) in pairs {
+            config.push_str(&format!("  {key}: {value}\n"));
+        }
+    }
     std::fs::write(dir.join("mqtt2es.yaml"), config).expect("write config");
 }

@@ -6,13 +6,14 @@
 
 use std::fs::{self, File};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::certs::Certs;
 use super::{free_port, process, tail};
 
 const HOST: &str = "127.0.0.1";
@@ -66,6 +67,12 @@ impl Mosquitto {
         };
         broker.launch();
         broker
+    }
+
+    /// A broker with no cap on messages queued for a disconnected persistent session (its
+    /// default of 1000 drops the rest, which would be the broker losing data, not the bridge).
+    pub fn start_unbounded() -> Mosquitto {
+        Mosquitto::start_with(&["max_queued_messages 0"])
     }
 
     pub fn host(&self) -> &'static str {
@@ -142,5 +149,29 @@ impl Drop for Mosquitto {
         if let Some(mut child) = self.child.take() {
             process::kill_group(&mut child);
         }
+    }
+}
+
+impl Mosquitto {
+    /// A broker that wants a user name and password, with a TLS listener beside the plain one.
+    pub fn start_with_tls_and_a_password(certs: &Certs, dir: &Path) -> (Mosquitto, u16) {
+        let passwords = dir.join("passwords");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args(["pi", "s3cret"])
+            .status()
+            .expect("run mosquitto_passwd");
+        assert!(status.success(), "mosquitto_passwd failed");
+        let tls_port = free_port();
+        let broker = Mosquitto::start_with(&[
+            "allow_anonymous false",
+            &format!("password_file {}", passwords.display()),
+            &format!("listener {tls_port} 127.0.0.1"),
+            &format!("cafile {}", certs.ca().display()),
+            &format!("certfile {}", certs.server_cert().display()),
+            &format!("keyfile {}", certs.server_key().display()),
+        ]);
+        (broker, tls_port)
     }
 }
