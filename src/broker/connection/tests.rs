@@ -9,8 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::broker::auth::{Anonymous, AuthSettings};
+use crate::broker::auth::{Anonymous, Auth, AuthSettings};
 use crate::broker::listener::Transport;
+use crate::broker::session::Registry;
+use crate::record::Settlement;
+use std::sync::atomic::AtomicUsize;
 
 /// A connection task on a loopback socket; the client end, and the pipeline's end.
 async fn serve_one(max_inflight: u16) -> (TcpStream, mpsc::Receiver<Record>, CancellationToken) {
