@@ -313,3 +313,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -205,3 +205,6 @@ fn outgoing(delivery: &Delivery, pkid: u16, dup: bool, now: SystemTime) -> Outgo
         subscription_ids: delivery.subscription_ids.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;

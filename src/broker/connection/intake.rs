@@ -514,3 +514,6 @@ pub(super) async fn reserve(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

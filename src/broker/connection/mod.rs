@@ -401,3 +401,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod harness;

@@ -118,3 +118,6 @@ pub(super) fn on_unsubscribe(
     out.reply(&Reply::UnsubAck { pkid, existed });
     None
 }
+
+#[cfg(test)]
+mod tests;

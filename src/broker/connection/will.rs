@@ -102,3 +102,6 @@ pub(super) fn publish_will(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
