@@ -7,7 +7,8 @@ use rumqttc::mqttbytes::{QoS as QoS4, v4};
 use rumqttc::v5::mqttbytes::v5;
 use tokio::time::Instant;
 
-use super::harness::{connect5, connected, connected5, context};
+use super::harness::{connect5, connected, connected5, context, qos1};
+use crate::record::Settlement;
 
 #[tokio::test(start_paused = true)]
 async fn an_mqtt5_client_silent_for_one_and_a_half_keep_alives_is_disconnected_with_0x8d() {
@@ -35,6 +36,27 @@ async fn a_pingreq_within_the_keep_alive_keeps_the_connection() {
         let answer = served.client.next().await;
         assert!(matches!(answer, Some(v4::Packet::PingResp)), "{answer:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_not_read_for_longer_than_its_keep_alive_gets_a_fresh_one_when_reading_resumes() {
+    let mut connect = v4::Connect::new("pi");
+    connect.keep_alive = 1; // we close after 1.5 s of silence
+    let mut served = connected(&context(1), connect, 1).await;
+    // The second reading is held (max_inflight 1): reading stops, and nothing else is sent,
+    // so no packet parsed later restarts the client's time.
+    served.client.send(&[qos1(1), qos1(2)]).await;
+    let first = served.pipeline.recv().await.expect("the first record");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.ack.settle(Settlement::Stored);
+    let answer = served.client.next().await;
+    assert!(
+        matches!(answer, Some(v4::Packet::PubAck(ref ack)) if ack.pkid == 1),
+        "{answer:?}"
+    );
+    served.client.send(&[v4::Packet::PingReq]).await;
+    let answer = served.client.next().await;
+    assert!(matches!(answer, Some(v4::Packet::PingResp)), "{answer:?}");
 }
 
 #[tokio::test]
