@@ -1,197 +1,103 @@
-//! One connection served over a real loopback socket, with the pipeline played by the test:
-//! it holds the records channel and settles what it takes, so backpressure is on cue.
+//! The connection loop, over an in-memory connection: keep-alive, protocol breaches the loop
+//! itself catches, and shutdown.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rumqttc::mqttbytes::{QoS as QoS4, v4};
+use rumqttc::v5::mqttbytes::v5;
+use tokio::time::Instant;
 
-use super::*;
-use crate::broker::auth::{Anonymous, AuthSettings};
-use crate::broker::listener::Transport;
+use super::harness::{connect5, connected, connected5, context, qos1};
+use crate::record::Settlement;
 
-/// A connection task on a loopback socket; the client end, and the pipeline's end.
-async fn serve_one(max_inflight: u16) -> (TcpStream, mpsc::Receiver<Record>, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let client = TcpStream::connect(listener.local_addr().expect("address"))
-        .await
-        .expect("connect");
-    let (server, peer) = listener.accept().await.expect("accept");
-    let context = Arc::new(Context {
-        registry: Arc::new(Registry::new()),
-        auth: Arc::new(
-            Auth::load(&AuthSettings {
-                allow_anonymous: Some(Anonymous::Anywhere),
-                ..AuthSettings::default()
-            })
-            .expect("auth"),
-        ),
-        limits: Limits {
-            max_packet_bytes: 1 << 20,
-            max_connections: 10,
-            max_inflight,
-            connect_timeout: Duration::from_secs(5),
-            max_keepalive_s: None,
-        },
-        live: AtomicUsize::new(0),
-    });
-    // Room for one record: the pipeline is full after the first.
-    let (records, pipeline) = mpsc::channel(1);
-    let intake = CancellationToken::new();
-    let accepted = Accepted {
-        stream: Box::new(server),
-        peer,
-        transport: Transport::Tcp,
-        client_certificate_cn: None,
-    };
-    tokio::spawn(serve(accepted, context, records, intake.clone()));
-    (client, pipeline, intake)
-}
-
-async fn send(stream: &mut TcpStream, packets: &[Packet]) {
-    let mut buf = BytesMut::new();
-    for packet in packets {
-        packet.write(&mut buf, 1 << 20).expect("encode");
-    }
-    stream.write_all(&buf).await.expect("send");
-}
-
-async fn receive(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
-    loop {
-        match Packet::read(buf, 1 << 20) {
-            Ok(packet) => return Some(packet),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(error) => panic!("undecodable: {error}"),
-        }
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(buf))
-            .await
-            .expect("an answer within 10 s")
-            .expect("read");
-        if read == 0 {
-            return None;
-        }
-    }
-}
-
-/// A connection of client `pi` past its CONNACK; the client end with its read buffer, and the
-/// pipeline's end.
-async fn connected(
-    max_inflight: u16,
-    connect: Connect,
-) -> (
-    TcpStream,
-    BytesMut,
-    mpsc::Receiver<Record>,
-    CancellationToken,
-) {
-    let (mut client, pipeline, intake) = serve_one(max_inflight).await;
-    send(&mut client, &[Packet::Connect(connect)]).await;
-    let mut buf = BytesMut::new();
-    assert!(matches!(
-        receive(&mut client, &mut buf).await,
-        Some(Packet::ConnAck(_))
-    ));
-    (client, buf, pipeline, intake)
-}
-
-fn publish(pkid: u16) -> Packet {
-    publish_of(pkid, "{}", false)
-}
-
-fn publish_of(pkid: u16, payload: &str, dup: bool) -> Packet {
-    let mut publish = Publish::new(
-        "sensors/lab/pi/telemetry",
-        rumqttc::mqttbytes::QoS::AtLeastOnce,
-        payload,
+#[tokio::test(start_paused = true)]
+async fn an_mqtt5_client_silent_for_one_and_a_half_keep_alives_is_disconnected_with_0x8d() {
+    let mut connect = connect5("pi");
+    connect.keep_alive = 2;
+    let mut served = connected5(&context(10), connect, 1).await;
+    let silent_since = Instant::now();
+    let goodbye = served.client.next5().await;
+    assert!(
+        matches!(goodbye, Some(v5::Packet::Disconnect(ref d))
+            if d.reason_code == v5::DisconnectReasonCode::KeepAliveTimeout),
+        "{goodbye:?}"
     );
-    publish.pkid = pkid;
-    publish.dup = dup;
-    Packet::Publish(publish)
+    assert_eq!(silent_since.elapsed(), Duration::from_secs(3));
 }
 
-#[tokio::test]
-async fn a_client_held_back_longer_than_its_keep_alive_is_not_taken_for_silent() {
-    let mut connect = Connect::new("pi");
+#[tokio::test(start_paused = true)]
+async fn a_pingreq_within_the_keep_alive_keeps_the_connection() {
+    let mut connect = v4::Connect::new("pi");
+    connect.keep_alive = 2;
+    let mut served = connected(&context(10), connect, 1).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        served.client.send(&[v4::Packet::PingReq]).await;
+        let answer = served.client.next().await;
+        assert!(matches!(answer, Some(v4::Packet::PingResp)), "{answer:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_not_read_for_longer_than_its_keep_alive_gets_a_fresh_one_when_reading_resumes() {
+    let mut connect = v4::Connect::new("pi");
     connect.keep_alive = 1; // we close after 1.5 s of silence
-    let (mut client, mut buf, mut pipeline, _intake) = connected(1, connect).await;
-
-    // The first reading goes on; the second waits for it (max_inflight 1), and the PINGREQ
-    // sent with it waits, read but not handled, behind it.
-    send(&mut client, &[publish(1)]).await;
-    let first = pipeline.recv().await.expect("the first record");
-    send(&mut client, &[publish(2), Packet::PingReq]).await;
-    // Held back for twice the client's keep-alive: the stall under test, not a synchronisation.
+    let mut served = connected(&context(1), connect, 1).await;
+    // The second reading is held (max_inflight 1): reading stops, and nothing else is sent,
+    // so no packet parsed later restarts the client's time.
+    served.client.send(&[qos1(1), qos1(2)]).await;
+    let first = served.pipeline.recv().await.expect("the first record");
     tokio::time::sleep(Duration::from_secs(3)).await;
-
     first.ack.settle(Settlement::Stored);
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        match receive(&mut client, &mut buf).await {
-            Some(packet) => seen.push(packet),
-            None => panic!("closed after {seen:?}"),
-        }
-    }
+    let answer = served.client.next().await;
     assert!(
-        matches!(seen[0], Packet::PubAck(ref ack) if ack.pkid == 1),
-        "{seen:?}"
+        matches!(answer, Some(v4::Packet::PubAck(ref ack)) if ack.pkid == 1),
+        "{answer:?}"
     );
-    assert!(matches!(seen[1], Packet::PingResp), "{seen:?}");
-    // Still connected: the second reading goes on and is acknowledged.
-    let second = pipeline.recv().await.expect("the second record");
-    second.ack.settle(Settlement::Stored);
+    served.client.send(&[v4::Packet::PingReq]).await;
+    let answer = served.client.next().await;
+    assert!(matches!(answer, Some(v4::Packet::PingResp)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_second_connect_is_a_protocol_error() {
+    let mut served = connected5(&context(10), connect5("pi"), 1).await;
+    served
+        .client
+        .send5(&[v5::Packet::Connect(connect5("pi"), None, None)])
+        .await;
+    let goodbye = served.client.next5().await;
     assert!(
-        matches!(receive(&mut client, &mut buf).await, Some(Packet::PubAck(ref ack)) if ack.pkid == 2)
+        matches!(goodbye, Some(v5::Packet::Disconnect(ref d))
+            if d.reason_code == v5::DisconnectReasonCode::ProtocolError),
+        "{goodbye:?}"
     );
 }
 
 #[tokio::test]
-async fn a_reading_sent_after_every_earlier_one_was_acknowledged_is_acknowledged_too() {
-    // Between the two the connection has nothing outstanding, so it keeps no channel for
-    // settlements: the second reading needs a new one.
-    let (mut client, mut buf, mut pipeline, _intake) = connected(10, Connect::new("pi")).await;
-    for pkid in [1, 2] {
-        send(&mut client, &[publish(pkid)]).await;
-        let record = pipeline.recv().await.expect("the record");
-        record.ack.settle(Settlement::Stored);
-        let answer = receive(&mut client, &mut buf).await;
-        assert!(
-            matches!(answer, Some(Packet::PubAck(ref ack)) if ack.pkid == pkid),
-            "{answer:?}"
-        );
-    }
+async fn a_broker_shutdown_tells_an_mqtt5_client_so() {
+    let mut served = connected5(&context(10), connect5("pi"), 1).await;
+    served.intake.cancel();
+    let goodbye = served.client.next5().await;
+    assert!(
+        matches!(goodbye, Some(v5::Packet::Disconnect(ref d))
+            if d.reason_code == v5::DisconnectReasonCode::ServerShuttingDown),
+        "{goodbye:?}"
+    );
+    served.task.await.expect("the connection ends");
 }
 
 #[tokio::test]
-async fn a_resend_with_dup_of_a_reading_not_yet_stored_is_acknowledged_once_with_it() {
-    let (mut client, mut buf, mut pipeline, _intake) = connected(10, Connect::new("pi")).await;
-    send(&mut client, &[publish_of(1, "first", false)]).await;
-    let first = pipeline.recv().await.expect("the first record");
-    send(
-        &mut client,
-        &[publish_of(1, "first", true), publish_of(2, "second", false)],
-    )
-    .await;
-    let next = pipeline.recv().await.expect("the next record");
-    assert_eq!(
-        &next.message.payload[..],
-        b"second",
-        "the resend went on as a reading"
-    );
-    first.ack.settle(Settlement::Stored);
-    next.ack.settle(Settlement::Stored);
-    send(&mut client, &[Packet::PingReq]).await;
-    let mut seen = Vec::new();
-    while !matches!(seen.last(), Some(Packet::PingResp)) {
-        seen.push(receive(&mut client, &mut buf).await.expect("an answer"));
-    }
-    let acked: Vec<u16> = seen
-        .iter()
-        .filter_map(|packet| match packet {
-            Packet::PubAck(ack) => Some(ack.pkid),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acked, [1, 2], "{seen:?}");
+async fn a_broker_shutdown_does_not_publish_the_will() {
+    let mut connect = v4::Connect::new("pi");
+    connect.last_will = Some(v4::LastWill::new(
+        "sensors/lab/pi/status",
+        "offline",
+        QoS4::AtMostOnce,
+        false,
+    ));
+    let mut served = connected(&context(10), connect, 1).await;
+    served.intake.cancel();
+    assert!(served.client.is_closed().await);
+    assert!(served.pipeline.recv().await.is_none(), "a will went out");
 }
