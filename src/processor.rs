@@ -2,10 +2,10 @@
 //! channel and the sink's, and the one policy applied before any pipeline sees a payload (its
 //! size). The pipelines themselves are pure (`pipeline`); this is their I/O edge.
 //!
-//! The decision a reader would question: one task, taking up to `PROCESSOR_BATCH` records per
-//! wake-up and reserving room for all of them in the sink's channel at once, rather than a task
-//! per connection: the pipelines cost microseconds per reading, and one channel operation each
-//! way per batch costs less than the parallelism would gain on the two cores we size for.
+//! The decision a reader would question: one task for every connection, not the pipelines run on
+//! each connection's own task. The connections then only read, assign and ack; under load this
+//! task takes up to `PROCESSOR_BATCH` records per wake-up and reserves room for all of them in
+//! the sink's channel at once, so a batch costs one channel operation each way.
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use crate::pipeline::Pipelines;
 use crate::record::{Message, Record};
 use crate::sink::{Routed, dead_letter::PAYLOAD_TOO_LARGE};
 
-/// Records the processor takes from its channel at most per wake-up (well under
-/// the channels' capacity, which `reserve_many` needs).
+/// Records the processor takes from its channel at most per wake-up (well under the channels'
+/// capacity, which `reserve_many` needs).
 const PROCESSOR_BATCH: usize = 256;
 
 /// Runs one message through the pipelines, refusing oversized payloads before any parsing.
