@@ -166,7 +166,7 @@ impl Intake {
     }
 
     /// Stages what held records were assigned, all in one go, before any of them goes on.
-    fn write_kept(&mut self, client: &Client) {
+    pub(super) fn write_kept(&mut self, client: &Client) {
         if !self.unkept.is_empty() {
             client
                 .context

@@ -71,8 +71,7 @@ pub async fn serve(
         )
         .await;
     let broke_a_rule = matches!(end, End::Violation(..));
-    Box::pin(opened.connection.finish(end, intake)).await;
-    opened.done.cancel();
+    Box::pin(opened.connection.finish(end, intake, &opened.done)).await;
     if broke_a_rule {
         Box::pin(linger(&mut opened.reader)).await;
     }
@@ -325,8 +324,13 @@ impl Connection {
         }
     }
 
-    /// Says goodbye, hands the session back, and publishes the will if the end calls for it.
-    async fn finish(mut self, end: End, intake: CancellationToken) {
+    /// Says goodbye, hands the session back (then cancels `done`), passes on what it still
+    /// held, and publishes the will if the end calls for it.
+    ///
+    /// The session goes back before the held records go on: passing them on waits for room in
+    /// the pipeline, which under backpressure can take longer than a client waits for CONNACK,
+    /// and a connection taking this session over waits for `done`.
+    async fn finish(mut self, end: End, intake: CancellationToken, done: &CancellationToken) {
         let client = &self.client;
         match &end {
             End::Violation(_, reason) => {
@@ -359,7 +363,8 @@ impl Connection {
         }
         let _ = self.out.flush().await;
         let _ = self.out.shutdown().await;
-        self.intake.pass_on_held(&self.client, &intake).await;
+        // What held records were assigned goes into the session before the session goes back.
+        self.intake.write_kept(&self.client);
 
         // Outgoing messages not yet acknowledged go back to the session (QoS 1/2), so a
         // persistent subscriber gets them after reconnecting: those in flight under their
@@ -374,6 +379,8 @@ impl Connection {
             unsent,
             self.intake.take_readings(),
         );
+        done.cancel();
+        self.intake.pass_on_held(&self.client, &intake).await;
 
         if end.publishes_will()
             && let Some(will) = self.will.take()

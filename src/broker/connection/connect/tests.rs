@@ -2,11 +2,14 @@
 
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::broker::auth::AuthSettings;
 use crate::broker::connection::harness::{
-    LOOPBACK, anyone, connect5, connected5, context, context_with, limits, serve_from,
+    LOOPBACK, anyone, connect5, connected, connected5, context, context_with, limits, qos1,
+    serve_from,
 };
 
 /// The CONNACK code a 3.1.1 `connect` from `peer` gets; the connection must close after it.
@@ -126,4 +129,37 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
         "{goodbye:?}"
     );
     assert!(first.client.is_closed().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_is_answered_at_once_while_the_previous_connection_holds_readings_for_a_full_pipeline()
+ {
+    let context = context(10);
+    // Room for one record, which nobody takes yet: the next two readings are held.
+    let mut first = connected(&context, v4::Connect::new("pi"), 1).await;
+    first
+        .client
+        .send(&[qos1(1), qos1(2), qos1(3), v4::Packet::PingReq])
+        .await;
+    // Answered once all three were read.
+    assert!(matches!(
+        first.client.next().await,
+        Some(v4::Packet::PingResp)
+    ));
+
+    // The first hands the session back before it waits for room for what it held: were it the
+    // other way round, CONNACK would wait for the pipeline (here forever; the takeover gives
+    // up after 5 s, as long as a client waits for CONNACK by default).
+    let started = Instant::now();
+    let _second = connected(&context, v4::Connect::new("pi"), 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "CONNACK after {:?}",
+        started.elapsed()
+    );
+    // What it held still goes on, in order, once the pipeline has room.
+    for pkid in 1..=3u16 {
+        let record = first.pipeline.recv().await.expect("a held record");
+        assert_eq!(&record.message.payload[..], b"{}", "reading {pkid}");
+    }
 }
