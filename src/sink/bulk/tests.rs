@@ -647,3 +647,34 @@ fn very_long_reasons_are_truncated() {
     let error = json!({"type": "t", "reason": long});
     assert!(describe(500, Some(&error)).len() < MAX_REASON_CHARS + 50);
 }
+
+/// What a gzip reader (flate2's, as the search node's would) makes of `gzipped`.
+fn gunzip(gzipped: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut out)
+        .expect("a valid gzip stream");
+    out
+}
+
+#[test]
+fn gzip_bodies_one_after_another_each_decompress_to_themselves() {
+    // Pseudo-random bytes do not compress: the output outgrows its first allocation.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let ndjson = b"{\"create\":{\"_index\":\"t\"}}\n{\"temperature_c\":21.5}\n".repeat(5000);
+    // The same thread's deflate state serves each in turn, reset in between.
+    for body in [&ndjson[..], &[][..], &noise[..], b"{}\n", &ndjson[..]] {
+        let gzipped = gzip(body);
+        assert_eq!(gunzip(&gzipped), body, "a body of {} bytes", body.len());
+    }
+    assert!(gzip(&ndjson).len() < ndjson.len() / 5, "NDJSON compresses");
+}
