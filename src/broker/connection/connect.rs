@@ -20,7 +20,7 @@ use super::socket::{Outbound, receive};
 use crate::broker::auth::Refusal;
 use crate::broker::codec::{self, CodecError, Connect, ConnectCode, Packet, Reply, Version, Will};
 use crate::broker::listener::{Accepted, Stream};
-use crate::broker::session::{Attached, Resumed};
+use crate::broker::session::{Attached, Handover, Resumed};
 use crate::metrics;
 
 /// How long a new connection waits for the one it takes over to hand the session back.
@@ -41,10 +41,9 @@ pub(super) struct Admitted {
     pub(super) reader: ReadHalf<Box<dyn Stream>>,
     pub(super) keep_alive_s: u16,
     pub(super) resumed: Resumed,
-    /// Cancelled when a new connection takes the session over.
-    pub(super) kick: CancellationToken,
-    /// Cancelled once the session is handed back (a connection taking it over waits for it).
-    pub(super) done: CancellationToken,
+    /// Kicked when a new connection takes the session over, which waits until this one has
+    /// handed the session back.
+    pub(super) handover: Arc<Handover>,
     pub(super) live: Live,
     pub(super) connected: metrics::Connection,
 }
@@ -191,9 +190,9 @@ pub(super) async fn open(
         }
     };
 
-    if let Some(done) = context.registry.kick(&client_id) {
+    if let Some(previous) = context.registry.kick(&client_id) {
         debug!(%client_id, "taking over the session from its previous connection");
-        if tokio::time::timeout(TAKEOVER_WAIT, done.cancelled())
+        if tokio::time::timeout(TAKEOVER_WAIT, previous.handed_back())
             .await
             .is_err()
         {
@@ -201,8 +200,7 @@ pub(super) async fn open(
         }
     }
     let id = context.registry.next_connection_id();
-    let kick = CancellationToken::new();
-    let done = CancellationToken::new();
+    let handover = Arc::new(Handover::default());
     let resumed = context.registry.attach(
         &client_id,
         connect.clean_start,
@@ -210,8 +208,7 @@ pub(super) async fn open(
         Attached {
             connection: id,
             deliver: None,
-            kick: kick.clone(),
-            done: done.clone(),
+            handover: Arc::clone(&handover),
         },
     );
     let mut accepted = connack(
@@ -258,8 +255,7 @@ pub(super) async fn open(
         reader,
         keep_alive_s,
         resumed,
-        kick,
-        done,
+        handover,
         live: live_guard,
         connected,
     })

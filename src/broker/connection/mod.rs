@@ -38,6 +38,7 @@ pub use context::{Context, Limits, TOPIC_ALIAS_MAX};
 
 use crate::broker::codec::{self, CodecError, Goodbye, Packet, Reply, Will};
 use crate::broker::listener::{Accepted, Stream};
+use crate::broker::session::Handover;
 use crate::metrics;
 use crate::record::Record;
 use connect::Admitted;
@@ -66,12 +67,12 @@ pub async fn serve(
         .run(
             &mut opened.reader,
             opened.keep_alive_s,
-            &opened.kick,
+            &opened.handover,
             &intake,
         )
         .await;
     let broke_a_rule = matches!(end, End::Violation(..));
-    Box::pin(opened.connection.finish(end, intake, &opened.done)).await;
+    Box::pin(opened.connection.finish(end, intake, &opened.handover)).await;
     if broke_a_rule {
         Box::pin(linger(&mut opened.reader)).await;
     }
@@ -82,9 +83,8 @@ struct Opened {
     connection: Connection,
     reader: ReadHalf<Box<dyn Stream>>,
     keep_alive_s: u16,
-    kick: CancellationToken,
-    /// Cancelled once the session is handed back (a connection taking it over waits for it).
-    done: CancellationToken,
+    /// Kicked by a connection taking the session over, told when it is handed back.
+    handover: Arc<Handover>,
     /// Held until the task ends.
     _live: Live,
     _connected: metrics::Connection,
@@ -108,8 +108,7 @@ async fn open(
         reader,
         keep_alive_s,
         resumed,
-        kick,
-        done,
+        handover,
         live,
         connected,
     } = connect::open(accepted, context, intake).await?;
@@ -130,8 +129,7 @@ async fn open(
         connection,
         reader,
         keep_alive_s,
-        kick,
-        done,
+        handover,
         _live: live,
         _connected: connected,
     })
@@ -156,7 +154,7 @@ impl Connection {
         &mut self,
         reader: &mut R,
         keep_alive_s: u16,
-        kick: &CancellationToken,
+        handover: &Handover,
         intake: &CancellationToken,
     ) -> End {
         let keep_alive =
@@ -190,7 +188,7 @@ impl Connection {
             let awaits_settlements = self.intake.awaits_settlements();
             tokio::select! {
                 biased;
-                _ = kick.cancelled() => return End::TakenOver,
+                () = handover.kicked() => return End::TakenOver,
                 _ = intake.cancelled(), if self.intake.is_running() => self.intake.stop(&self.client),
                 room = reserve(waiting_for_room), if wants_room => match room {
                     Ok(permit) => {
@@ -324,13 +322,13 @@ impl Connection {
         }
     }
 
-    /// Says goodbye, hands the session back (then cancels `done`), passes on what it still
-    /// held, and publishes the will if the end calls for it.
+    /// Says goodbye, hands the session back (and says so through `handover`), passes on what
+    /// it still held, and publishes the will if the end calls for it.
     ///
     /// The session goes back before the held records go on: passing them on waits for room in
     /// the pipeline, which under backpressure can take longer than a client waits for CONNACK,
-    /// and a connection taking this session over waits for `done`.
-    async fn finish(mut self, end: End, intake: CancellationToken, done: &CancellationToken) {
+    /// and a connection taking this session over waits for the hand-back.
+    async fn finish(mut self, end: End, intake: CancellationToken, handover: &Handover) {
         let client = &self.client;
         match &end {
             End::Violation(_, reason) => {
@@ -379,7 +377,7 @@ impl Connection {
             unsent,
             self.intake.take_readings(),
         );
-        done.cancel();
+        handover.hand_back();
         self.intake.pass_on_held(&self.client, &intake).await;
 
         if end.publishes_will()

@@ -7,6 +7,7 @@
 //!
 //! The files, each importing only those listed before it:
 //! - `queue`    — the offline queues and their bounds.
+//! - `handover` — the two signals of a takeover: the kick, and the session handed back.
 //! - `entry`    — one client id's session, the connection that holds it, what it left unfinished.
 //! - `sharing`  — the shared subscriptions' member lists: joining, leaving, giving a message out.
 //! - `registry` — `Registry`: the maps under its one lock, and what connections ask of them.
@@ -15,12 +16,14 @@
 
 pub use super::delivery::Delivery;
 pub use super::subscription::Subscription;
-pub use entry::{Attached, Session, Unfinished};
+pub use entry::{Attached, Session, Sessions, Unfinished};
+pub use handover::Handover;
 pub use queue::{Queue, QueueLimits};
 pub use registry::{Registry, Resumed, Subscribed};
 
 mod entry;
 mod fanout;
+mod handover;
 mod persist;
 mod queue;
 mod registry;

@@ -80,7 +80,9 @@ impl Registry {
                 for subscription in &session.subscriptions {
                     join(&mut inner.shares, &saved.client_id, &subscription.filter);
                 }
-                inner.sessions.insert(saved.client_id.clone(), session);
+                inner
+                    .sessions
+                    .insert(saved.client_id.clone(), Box::new(session));
                 inner.reindex(&saved.client_id);
             }
             for message in state.retained {

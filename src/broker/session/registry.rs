@@ -9,14 +9,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::entry::{Attached, Session, Unfinished};
+use super::entry::{Attached, Sessions, Unfinished};
+use super::handover::Handover;
 use super::queue::{QueueLimits, Queues};
 use super::sharing::{join, leave, share_out};
 use crate::broker::delivery::Delivery;
@@ -68,7 +69,7 @@ impl Dirty {
 
 #[derive(Default)]
 pub(super) struct Inner {
-    pub(super) sessions: HashMap<String, Session>,
+    pub(super) sessions: Sessions,
     /// The client ids whose sessions have subscriptions: fan-out walks these only, so a fleet
     /// of publish-only devices costs nothing per message.
     pub(super) subscribers: HashSet<String>,
@@ -203,11 +204,11 @@ impl Registry {
     }
 
     /// Tells the connection that holds `client_id` to go; returns what to await until it has.
-    pub fn kick(&self, client_id: &str) -> Option<CancellationToken> {
+    pub fn kick(&self, client_id: &str) -> Option<Arc<Handover>> {
         let inner = self.lock();
         let attached = inner.sessions.get(client_id)?.attached.as_ref()?;
-        attached.kick.cancel();
-        Some(attached.done.clone())
+        attached.handover.kick();
+        Some(Arc::clone(&attached.handover))
     }
 
     /// Gives `client_id`'s session to a new connection, after any old one was kicked.

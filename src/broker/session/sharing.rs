@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::entry::Session;
+use super::entry::Sessions;
 use super::queue::Queues;
 use crate::broker::delivery::Delivery;
 use crate::broker::share::{Reach, Share};
@@ -42,7 +42,7 @@ pub(super) fn leave(shares: &mut HashMap<String, Share>, client_id: &str, filter
 /// asks (QoS, Retain As Published, identifier); false if no member could take it. The caller
 /// trims the queues to their total bounds after.
 pub(super) fn share_out(
-    sessions: &mut HashMap<String, Session>,
+    sessions: &mut Sessions,
     queues: &mut Queues,
     share: &mut Share,
     message: &Delivery,

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::broker::codec::MessageProperties;
@@ -16,8 +15,7 @@ fn attached(connection: u64) -> Attached {
     Attached {
         connection,
         deliver: None,
-        kick: CancellationToken::new(),
-        done: CancellationToken::new(),
+        handover: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::broker::session::Session;
+use crate::broker::session::Sessions;
 use crate::record::QoS;
 
 /// A message on `topic` whose topic and payload take `bytes` bytes.
@@ -38,14 +38,14 @@ fn topics(queue: &Queue) -> Vec<String> {
 }
 
 /// Sessions `a` and `b`, each with an empty queue.
-fn sessions() -> HashMap<String, Session> {
+fn sessions() -> Sessions {
     HashMap::from([
-        ("a".to_owned(), Session::default()),
-        ("b".to_owned(), Session::default()),
+        ("a".to_owned(), Box::default()),
+        ("b".to_owned(), Box::default()),
     ])
 }
 
-fn push(queues: &mut Queues, sessions: &mut HashMap<String, Session>, id: &str, m: Delivery) {
+fn push(queues: &mut Queues, sessions: &mut Sessions, id: &str, m: Delivery) {
     let session = sessions.get_mut(id).expect("session");
     queues.push(id, &mut session.queued, m);
     queues.trim(sessions);

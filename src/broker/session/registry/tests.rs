@@ -15,8 +15,7 @@ fn attached(connection: u64) -> Attached {
     Attached {
         connection,
         deliver: None,
-        kick: CancellationToken::new(),
-        done: CancellationToken::new(),
+        handover: Default::default(),
     }
 }
 
@@ -141,7 +140,7 @@ fn the_old_connection_of_a_taken_over_session_cannot_detach_the_new_one() {
     let a = attached(1);
     registry.attach("pi", false, 60, a.clone());
     registry.kick("pi").expect("attached");
-    assert!(a.kick.is_cancelled());
+    assert!(a.handover.is_kicked());
     let b = attached(2);
     registry.attach("pi", false, 60, b);
     // The old connection hands back late: it no longer owns the session.
