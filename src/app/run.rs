@@ -210,7 +210,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             retry: config.retry.clone(),
             dead_letter: config.dead_letter.clone(),
             time_series_prefixes,
-            gzip: config.elasticsearch.gzip,
+            gzip: config.elasticsearch.gzips(),
         },
     )
     .committing(kept)

@@ -20,7 +20,7 @@ use elasticsearch::http::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{ClientError, ElasticsearchSettings, build_client};
+use super::client::{ClientError, ElasticsearchSettings, Gzip, build_client};
 use crate::secret::Secret;
 
 /// The import endpoint (default space).
@@ -87,7 +87,7 @@ impl KibanaSettings {
             api_key_file: self.api_key_file.clone(),
             ca_file: self.ca_file.clone(),
             request_timeout_ms: self.request_timeout_ms,
-            gzip: false,
+            gzip: Gzip::Never,
             ..ElasticsearchSettings::default()
         }
     }

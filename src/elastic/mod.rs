@@ -21,7 +21,7 @@ pub mod nodes;
 pub mod setup;
 pub mod templates;
 
-pub use client::{ClientError, ElasticsearchSettings, build_client, build_cluster};
+pub use client::{ClientError, ElasticsearchSettings, Gzip, build_client, build_cluster};
 pub use engine::{Engine, Features};
 pub use kibana::{KibanaError, KibanaSettings, import_dashboards};
 pub use nodes::Nodes;

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::bridge::BridgeSpec;
 use crate::support::publish::{publish, publish_in_parallel};
-use crate::support::readings::{DeviceLoad, readings, start_readings_bridge};
+use crate::support::readings::{
+    DeviceLoad, readings, start_readings_bridge, start_readings_bridge_with,
+};
 use crate::support::{Mosquitto, SearchNode, wait_for_count};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -36,10 +39,14 @@ async fn a_reading_published_with_mosquitto_pub_becomes_one_document_with_the_pi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ten_thousand_qos1_messages_across_fifty_topics_land_as_exactly_as_many_documents() {
+async fn ten_thousand_qos1_messages_across_fifty_topics_land_gzipped_as_exactly_as_many_documents()
+{
     let node = SearchNode::shared();
     let broker = Mosquitto::start_unbounded();
-    let (mut bridge, index) = start_readings_bridge(&broker, node);
+    // The node is on loopback, where `gzip: auto` sends bodies plain: compressed on purpose
+    // here, so that the real node's unpacking of our gzip is proven too.
+    let spec = BridgeSpec::new(broker.port(), &node.url()).gzip(true);
+    let (mut bridge, index) = start_readings_bridge_with(spec);
 
     let port = broker.port();
     let loads = (0..50)

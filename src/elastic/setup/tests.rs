@@ -41,7 +41,6 @@ use crate::{
 fn client(url: &str) -> Elasticsearch {
     build_client(&ElasticsearchSettings {
         url: url.to_owned(),
-        gzip: false,
         ..ElasticsearchSettings::default()
     })
     .expect("client")

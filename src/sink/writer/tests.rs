@@ -93,7 +93,6 @@ impl Setup {
     fn writer_with_time_series(&self, url: &str, prefixes: &[&str]) -> Writer {
         let client = build_client(&ElasticsearchSettings {
             url: url.to_owned(),
-            gzip: false,
             request_timeout_ms: self.request_timeout_ms,
             ..ElasticsearchSettings::default()
         })

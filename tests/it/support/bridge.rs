@@ -149,6 +149,12 @@ impl BridgeSpec {
         self.set("batch", "concurrent_requests", requests)
     }
 
+    /// Gzip bulk bodies (`true`) or not (`false`); unset, `auto` sends them plain to the test's
+    /// node on loopback.
+    pub fn gzip(self, on: bool) -> Self {
+        self.set("elasticsearch", "gzip", on)
+    }
+
     /// Delivery through the on-disk spool instead of acknowledging on store.
     pub fn spool(self) -> Self {
         self.set("delivery", "mode", "spool")
