@@ -158,7 +158,7 @@ impl ElasticsearchSettings {
                 self.sniff
                     || !self
                         .urls()
-                        .is_ok_and(|urls| urls.iter().all(|url| is_this_machine(url)))
+                        .is_ok_and(|urls| urls.iter().all(is_this_machine))
             }
         }
     }
