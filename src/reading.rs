@@ -14,7 +14,7 @@
 //! stream, where Elasticsearch identifies a document by its series and `@timestamp`, a reading
 //! without a device time therefore never meets another's id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -89,8 +89,10 @@ impl Assigned {
 
 /// What each QoS 1/2 message of one sender not acknowledged yet was assigned, by packet id:
 /// the broker connection's for a device, the upstream driver's for the broker it subscribes to.
+/// A `BTreeMap`: it holds at most a sender's window, and empty it is 24 bytes with no random
+/// state, where a `HashMap` is 48 (it sits in every connection and every session).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Assignments(HashMap<u16, Assigned>);
+pub struct Assignments(BTreeMap<u16, Assigned>);
 
 impl Assignments {
     /// A resend (DUP) of a message still unacknowledged gets what its first copy got; anything
@@ -132,7 +134,7 @@ impl Assignments {
 
 impl From<HashMap<u16, Assigned>> for Assignments {
     fn from(map: HashMap<u16, Assigned>) -> Self {
-        Assignments(map)
+        Assignments(map.into_iter().collect())
     }
 }
 
