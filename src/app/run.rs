@@ -201,7 +201,12 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         Err(error) => return Err(error),
     };
     metrics.setup_finished();
-    info!("elasticsearch ready: writing documents");
+    // Whether bulk bodies are gzipped (`elasticsearch.gzip`, `auto` by default) is said here:
+    // with `auto` it depends on where the nodes are.
+    info!(
+        gzip = config.elasticsearch.gzips(),
+        "elasticsearch ready: writing documents"
+    );
 
     let writer = sink::Writer::new(
         client,
