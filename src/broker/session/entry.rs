@@ -127,13 +127,7 @@ pub struct Unfinished {
 }
 
 /// What `queue` trims when the queues together are over a bound: it knows sessions only as
-/// what holds a queue.
-impl AsMut<Queue> for Session {
-    fn as_mut(&mut self) -> &mut Queue {
-        &mut self.queued
-    }
-}
-
+/// what holds a queue (boxed, as `Sessions` keeps them).
 impl AsMut<Queue> for Box<Session> {
     fn as_mut(&mut self) -> &mut Queue {
         &mut self.queued
