@@ -203,10 +203,8 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     metrics.setup_finished();
     // Whether bulk bodies are gzipped (`elasticsearch.gzip`, `auto` by default) is said here:
     // with `auto` it depends on where the nodes are.
-    info!(
-        gzip = config.elasticsearch.gzips(),
-        "elasticsearch ready: writing documents"
-    );
+    let gzip = config.elasticsearch.gzips();
+    info!(gzip, "elasticsearch ready: writing documents");
 
     let writer = sink::Writer::new(
         client,
@@ -215,7 +213,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
             retry: config.retry.clone(),
             dead_letter: config.dead_letter.clone(),
             time_series_prefixes,
-            gzip: config.elasticsearch.gzips(),
+            gzip,
         },
     )
     .committing(kept)
