@@ -56,11 +56,29 @@ impl ReadingId {
 
 impl fmt::Display for ReadingId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A reading id's 22 characters, on the stack: every document carries one, and writing it
+/// needs no `String`.
+#[derive(Clone, Copy)]
+pub struct ReadingText([u8; 22]);
+
+impl ReadingId {
+    pub fn text(self) -> ReadingText {
         let mut text = [0u8; 22];
-        let written = URL_SAFE_NO_PAD
+        URL_SAFE_NO_PAD
             .encode_slice(self.0.to_be_bytes(), &mut text)
             .expect("16 bytes encode to 22 base64url characters");
-        f.write_str(std::str::from_utf8(&text[..written]).expect("base64 is ASCII"))
+        ReadingText(text)
+    }
+}
+
+impl ReadingText {
+    /// Base64url: nothing in it needs escaping in JSON.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base64 is ASCII")
     }
 }
 

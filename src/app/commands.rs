@@ -107,10 +107,10 @@ pub fn try_sample(config: &Config, sample: Sample) -> anyhow::Result<String> {
         // The reading's own id unless the pipeline made one (on a time-series stream the
         // node derives the _id from the series and @timestamp instead).
         Processed::Document(doc) => serde_json::json!({
+            "document": doc.as_stored(&message),
             "pipeline": &*doc.pipeline,
             "index": doc.index,
             "id": doc.id.unwrap_or_else(|| message.reading.to_string()),
-            "document": doc.source,
         }),
         Processed::Dropped { pipeline, stage } => serde_json::json!({
             "dropped": {"pipeline": pipeline, "stage": stage},

@@ -63,10 +63,11 @@ impl Input {
 }
 
 /// `Processed` as fixture JSON (the shared type has no `Serialize` of its own).
-pub fn to_json(processed: &Processed) -> Value {
+pub fn to_json(processed: &Processed, message: &Message) -> Value {
     match processed {
         Processed::Document(doc) => json!({"document": {
-            "pipeline": &*doc.pipeline, "index": doc.index, "id": doc.id, "source": doc.source,
+            "pipeline": &*doc.pipeline, "index": doc.index, "id": doc.id,
+            "source": doc.as_stored(message),
         }}),
         Processed::Dropped { pipeline, stage } => {
             json!({"dropped": {"pipeline": pipeline, "stage": stage}})
@@ -115,10 +116,11 @@ fn shipped_pipelines_match_their_golden_fixtures() {
             let text = fs::read_to_string(&input).expect("readable input");
             let parsed: Input =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+            let message = parsed.message(&input);
             let processed = pipelines
-                .process_with(name, &parsed.message(&input))
+                .process_with(name, &message)
                 .unwrap_or_else(|| panic!("{}: no pipeline named {name:?}", dir.display()));
-            let actual = to_json(&processed);
+            let actual = to_json(&processed, &message);
             let expected_path = PathBuf::from(
                 input
                     .to_string_lossy()
@@ -181,7 +183,10 @@ fn shipped_pipelines_route_status_and_telemetry_before_the_catch_all() {
         };
         match pipelines.process(&message) {
             Processed::Document(doc) => (doc.pipeline.to_string(), doc.index),
-            other => panic!("{topic}: expected a document, got {}", to_json(&other)),
+            other => panic!(
+                "{topic}: expected a document, got {}",
+                to_json(&other, &message)
+            ),
         }
     };
     let expect = |pipeline: &str, index: &str| (pipeline.to_owned(), index.to_owned());

@@ -77,6 +77,7 @@ pub fn pipeline(
         .collect::<Result<Vec<_>, _>>()
         .map_err(at)?;
     let payload = Payload::parse(raw.payload).map_err(at)?;
+    let stages_name_mqtt = raw.stages.iter().any(names_mqtt);
     let stages = raw
         .stages
         .into_iter()
@@ -90,8 +91,29 @@ pub fn pipeline(
         payload,
         limits: limits.clone(),
         stages,
+        stages_name_mqtt,
         default_index: policy.default_index.clone(),
     })
+}
+
+/// Whether a stage's YAML names `mqtt` anywhere (a field path, a template, a topic capture, a
+/// condition; as a key or inside a string), other than as part of `mqtt2es`. Every path a stage
+/// reads or writes is spelled out in its options, so a stage that does not name `mqtt` cannot
+/// see or change the metadata, and the pipeline may leave it to the encoder. Erring the other
+/// way (a value that merely contains the word) only costs the deferral.
+fn names_mqtt(config: &Value) -> bool {
+    let names = |text: &str| {
+        text.match_indices("mqtt")
+            .any(|(at, _)| !text[at + 4..].starts_with("2es"))
+    };
+    match config {
+        Value::String(text) => names(text),
+        Value::Array(items) => items.iter().any(names_mqtt),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| names(key) || names_mqtt(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 fn stage(
@@ -243,5 +265,23 @@ mod tests {
         let limits = DecodeLimits { max_depth: 0 };
         let err = pipeline("t.yaml", "topics: ['#']", &IndexPolicy::default(), &limits);
         assert!(matches!(err, Err(LoadError::MaxDepth(0))));
+    }
+
+    #[test]
+    fn a_stage_names_mqtt_in_any_key_or_string_but_not_as_part_of_mqtt2es() {
+        let names = |yaml: &str| names_mqtt(&serde_yaml_value(yaml));
+        assert!(!names("route: {index: 'mqtt2es-telemetry-{{site}}'}"));
+        assert!(!names("remove: {fields: [mqtt2es.timestamp_fallback, t]}"));
+        assert!(names("set: {field: origin, value: '{{ mqtt.topic }}'}"));
+        assert!(names(
+            "drop: {if: {all: [{field: mqtt.retain, equals: true}]}}"
+        ));
+        assert!(names("topic: {pattern: 'a/{mqtt}', target: x}"));
+        assert!(names("set: {field: x, value: {mqtt: 1}}"));
+        assert!(names("rename: {from: a, to: mqtt2esmqtt}"));
+    }
+
+    fn serde_yaml_value(yaml: &str) -> Value {
+        Yaml::from_str::<Value>(yaml).expect("valid YAML")
     }
 }

@@ -6,15 +6,19 @@
 //! of the same name: a payload's own `mqtt` or `@timestamp` is overwritten, because every
 //! document in a data stream must have a well-typed `@timestamp`. Devices send their own time
 //! under another key (`ts`) and a `timestamp` stage moves it, as the shipped pipelines do.
+//!
+//! `mqtt`, and `mqtt2es` when it holds only the reading id, are left to the bulk encoder
+//! ([`Deferred`]) when no stage can see them: the stored document is the same, without two
+//! `serde_json` objects built per reading only to be written out and freed.
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::decode::{DecodeLimits, Payload};
 use super::error::StageError;
 use super::stages::{Draft, Flow, Stage};
-use crate::document::{Document, Processed, Rejection, payload_digest};
+use crate::document::{Deferred, Document, Processed, Rejection, payload_digest, write_mqtt};
 use crate::object::Object;
 use crate::reading;
 use crate::record::Message;
@@ -29,6 +33,9 @@ pub struct Pipeline {
     pub(super) payload: Payload,
     pub(super) limits: DecodeLimits,
     pub(super) stages: Vec<Stage>,
+    /// Whether any stage's options name `mqtt` (see `load::names_mqtt`): then the metadata is
+    /// in the document before the stages run; otherwise the bulk encoder writes it.
+    pub(super) stages_name_mqtt: bool,
     pub(super) default_index: String,
 }
 
@@ -56,7 +63,16 @@ impl Pipeline {
             index: None,
             id: None,
         };
-        add_metadata(&mut draft.source, message);
+        let mut deferred = Deferred::default();
+        if self.stages_name_mqtt {
+            add_metadata(&mut draft.source, message);
+        } else {
+            // Written by the encoder from the message; a payload's own `mqtt` is replaced as
+            // it would be here.
+            draft.source.remove("mqtt");
+            deferred.mqtt = true;
+        }
+        add_timestamp(&mut draft.source, message);
         for stage in &self.stages {
             match stage.apply(&mut draft, message) {
                 Ok(Flow::Continue) => {}
@@ -69,12 +85,18 @@ impl Pipeline {
                 Err(err) => return self.reject(stage.key(), &err),
             }
         }
-        add_reading_id(&mut draft.source, message, draft.id.is_some());
+        let field_id = draft.id.is_some();
+        if field_id || draft.source.get("mqtt2es").is_some() {
+            add_reading_id(&mut draft.source, message, field_id);
+        } else {
+            deferred.reading_id = true;
+        }
         Processed::Document(Document {
             pipeline: Arc::clone(&self.name),
             index: draft.index.unwrap_or_else(|| self.default_index.clone()),
             id: draft.id,
             source: draft.source,
+            deferred,
         })
     }
 
@@ -88,25 +110,19 @@ impl Pipeline {
     }
 }
 
-/// `@timestamp` (receive time, RFC 3339 UTC with milliseconds) and `mqtt.{topic, qos, retain,
-/// user_properties}`. User properties are a list of `{key, value}` objects: MQTT allows a key
-/// to repeat, and keys chosen by devices must not become Elasticsearch field names.
+/// `mqtt.{topic, qos, retain, user_properties}`, as the encoder would write it
+/// ([`write_mqtt`]), for pipelines whose stages read or change it.
 fn add_metadata(source: &mut Object, message: &Message) {
-    let mut mqtt = Map::new();
-    mqtt.insert("topic".to_owned(), Value::from(message.topic.as_str()));
-    mqtt.insert("qos".to_owned(), Value::from(message.qos.level()));
-    mqtt.insert("retain".to_owned(), Value::from(message.retain));
-    if !message.user_properties.is_empty() {
-        let properties = message
-            .user_properties
-            .iter()
-            .map(|(key, value)| json!({"key": key, "value": value}))
-            .collect();
-        mqtt.insert("user_properties".to_owned(), Value::Array(properties));
-    }
+    let mut json = Vec::with_capacity(128);
+    write_mqtt(&mut json, message);
+    let mqtt: Value = serde_json::from_slice(&json).expect("write_mqtt writes JSON");
+    source.insert("mqtt", mqtt);
+}
+
+/// `@timestamp`: the receive time, RFC 3339 UTC, until a `timestamp` stage sets the device's.
+fn add_timestamp(source: &mut Object, message: &Message) {
     let received = reading::rfc3339(message.received_at);
     source.insert("@timestamp", Value::String(received));
-    source.insert("mqtt", Value::Object(mqtt));
 }
 
 /// `mqtt2es.reading_id`, after the stages so that none can change or remove it: a 409 from

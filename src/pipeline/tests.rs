@@ -38,9 +38,10 @@ fn load(files: &[(&str, &str)]) -> Result<Pipelines, LoadError> {
     )
 }
 
-fn source(processed: Processed) -> Value {
+/// The document as stored: with what the encoder writes from the message.
+fn source(processed: Processed, message: &Message) -> Value {
     match processed {
-        Processed::Document(doc) => Value::from(doc.source),
+        Processed::Document(doc) => Value::from(doc.as_stored(message)),
         other => panic!("expected a document, got {other:?}"),
     }
 }
@@ -88,11 +89,9 @@ fn documents_carry_mqtt_metadata_that_stages_can_read() {
     let yaml =
         "topics: ['#']\nstages:\n  - set: {field: origin, value: '{{mqtt.topic}} q{{mqtt.qos}}'}";
     let pipelines = load(&[("a.yaml", yaml)]).expect("valid");
+    let door = message("home/door", br#"{"mqtt": "spoofed", "open": true}"#);
     assert_eq!(
-        source(pipelines.process(&message(
-            "home/door",
-            br#"{"mqtt": "spoofed", "open": true}"#
-        ))),
+        source(pipelines.process(&door), &door),
         json!({
             "open": true,
             "origin": "home/door q1",
@@ -289,7 +288,8 @@ fn the_reference_example_is_a_valid_pipeline() {
     )
     .expect("the reference example is valid");
     let payload = br#"{"t": 21.5, "ts": "2026-11-22 10:00:00", "humidity": "40", "seq": 7}"#;
-    let doc = source(pipeline.process(&message("lab/kitchen/pi7/x", payload)));
+    let kitchen = message("lab/kitchen/pi7/x", payload);
+    let doc = source(pipeline.process(&kitchen), &kitchen);
     assert_eq!(
         doc["origin"],
         json!({"room": "kitchen", "device": "pi7", "label": "kitchen/pi7"})

@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 
 use super::item::{ACTION_START, Conflict, Item, Kind};
 use super::reasons::DOCUMENT_TOO_LARGE;
-use crate::document::{Processed, Rejection};
-use crate::object::Object;
+use crate::document::{Document, Processed, Rejection, write_mqtt, write_mqtt2es};
 use crate::record::{Ack, Message};
 use crate::sink::{dead_letter, routed::Routed};
 
@@ -54,21 +53,18 @@ pub fn prepare(
             let time_series = time_series_prefixes
                 .iter()
                 .any(|prefix| doc.index.starts_with(prefix.as_str()));
-            let own_id;
+            let own_id = message.reading.text();
             let (id, conflict) = match (time_series, doc.id.as_deref()) {
                 (true, _) => (None, Conflict::Check { time_series: true }),
                 (false, Some(id)) => (Some(id), Conflict::Check { time_series: false }),
-                (false, None) => {
-                    own_id = message.reading.to_string();
-                    (Some(own_id.as_str()), Conflict::Ours)
-                }
+                (false, None) => (Some(own_id.as_str()), Conflict::Ours),
             };
             let Encoded {
                 ndjson,
                 source_at,
                 stamp_at,
                 timestamp_at,
-            } = encode_document(&doc.index, id, &doc.source, time_series);
+            } = encode_document(&doc, &message, id, time_series);
             if ndjson.len() > max_bytes {
                 let rejection = Rejection {
                     pipeline: Some(doc.pipeline.to_string()),
@@ -142,9 +138,16 @@ struct Encoded {
 /// the document's own `event` already holds `ingested` or is not an object (the pipeline set it,
 /// or the name means something else there). With `time_first`, `@timestamp` follows it, at a
 /// known place, so a time-series reading can move to a later time without encoding it again.
-fn encode_document(index: &str, id: Option<&str>, source: &Object, time_first: bool) -> Encoded {
+/// The members the pipeline deferred come last, written from the message.
+fn encode_document(
+    doc: &Document,
+    message: &Message,
+    id: Option<&str>,
+    time_first: bool,
+) -> Encoded {
+    let source = &doc.source;
     let mut out = Vec::with_capacity(512);
-    action_line(&mut out, index, id);
+    action_line(&mut out, &doc.index, id);
     let source_at = out.len();
     let mut fields = Fields::open(&mut out);
     let mut stamp_at = None;
@@ -174,9 +177,13 @@ fn encode_document(index: &str, id: Option<&str>, source: &Object, time_first: b
         timestamp_at = Some(out.len() + 1); // after the opening quote
         write_json(out, time.as_str());
     }
+    let deferred = doc.deferred;
     for (key, value) in source.iter() {
         let out = match key {
             "@timestamp" if time.is_some() => continue,
+            // Not there by construction; never written twice (a duplicate key is a 400).
+            "mqtt" if deferred.mqtt => continue,
+            "mqtt2es" if deferred.reading_id => continue,
             "@timestamp" => {
                 let out = fields.name(key);
                 if value.is_string() {
@@ -187,6 +194,12 @@ fn encode_document(index: &str, id: Option<&str>, source: &Object, time_first: b
             _ => fields.name(key),
         };
         write_json(out, value);
+    }
+    if deferred.mqtt {
+        write_mqtt(fields.name("mqtt"), message);
+    }
+    if deferred.reading_id {
+        write_mqtt2es(fields.name("mqtt2es"), message);
     }
     out.extend_from_slice(b"}\n");
     Encoded {

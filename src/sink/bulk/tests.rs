@@ -24,6 +24,7 @@ fn document(id: Option<&str>) -> Processed {
     let source = json!({"@timestamp": "2025-03-01T12:00:00Z", "t": 21.5});
     Processed::Document(Document {
         pipeline: "thermometers".into(),
+        deferred: Default::default(),
         index: "mqtt2es-temp".to_owned(),
         id: id.map(str::to_owned),
         source: source.as_object().expect("an object").clone().into(),
@@ -45,6 +46,7 @@ fn sent_at() -> DateTime<Utc> {
 fn document_with(index: &str, id: Option<&str>, source: Value) -> Processed {
     Processed::Document(Document {
         pipeline: "telemetry".into(),
+        deferred: Default::default(),
         index: index.to_owned(),
         id: id.map(str::to_owned),
         source: source.as_object().expect("an object").clone().into(),
@@ -677,4 +679,144 @@ fn gzip_bodies_one_after_another_each_decompress_to_themselves() {
         assert_eq!(gunzip(&gzipped), body, "a body of {} bytes", body.len());
     }
     assert!(gzip(&ndjson).len() < ndjson.len() / 5, "NDJSON compresses");
+}
+
+/// Runs `payload` on `topic` through the pipeline in `yaml` and encodes the document: what the
+/// pipeline deferred and its source as stored, and the encoded source (without the
+/// `event.ingested` each attempt stamps).
+fn stored_both_ways(
+    yaml: &str,
+    topic: &str,
+    payload: &str,
+    user_properties: &[(&str, &str)],
+) -> (crate::document::Deferred, Value, Value) {
+    use crate::pipeline::{DecodeLimits, IndexPolicy, Pipelines};
+    let pipeline = Pipelines::from_yaml(
+        "t.yaml",
+        yaml,
+        &IndexPolicy::default(),
+        &DecodeLimits::default(),
+    )
+    .expect("a valid pipeline");
+    let mut message = message(payload.as_bytes());
+    message.topic = topic.to_owned();
+    message.user_properties = user_properties
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let doc = match pipeline.process(&message) {
+        Processed::Document(doc) => doc,
+        other => panic!("expected a document, got {other:?}"),
+    };
+    let (deferred, shown) = (doc.deferred, Value::from(doc.as_stored(&message)));
+    let routed = Routed {
+        message,
+        processed: Processed::Document(doc),
+        ack: Ack::none(),
+    };
+    let item = sent(prepare(routed, "mqtt2es-dead-letter", 1 << 20, &[]));
+    let mut encoded: Value = serde_json::from_slice(item.source()).expect("a JSON source");
+    let event = encoded.as_object_mut().expect("an object").remove("event");
+    assert!(event.is_some_and(|e| e["ingested"].is_string()));
+    (deferred, shown, encoded)
+}
+
+#[test]
+fn a_document_whose_metadata_the_encoder_writes_is_stored_as_the_pipeline_shows_it() {
+    let route = "topics: ['#']\nstages:\n  - route: {index: mqtt2es-messages}";
+    type Properties<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, &str, Properties); 4] = [
+        (r#"{"t": 21.5}"#, "home/\"quoted\"/t", &[]),
+        // The payload's own `mqtt` is replaced, as the metadata always replaced it.
+        (
+            r#"{"mqtt": "spoofed", "t": 1}"#,
+            "home/t",
+            &[("unit", "°C"), ("unit", "K")],
+        ),
+        (r#"{"nested": {"mqtt": 1}}"#, "a/b", &[("", "")]),
+        ("{}", "x", &[]),
+    ];
+    for (payload, topic, properties) in cases {
+        let (deferred, shown, encoded) = stored_both_ways(route, topic, payload, properties);
+        assert!(deferred.mqtt && deferred.reading_id, "{payload}");
+        assert_eq!(encoded, shown, "{payload}");
+        assert_eq!(encoded["mqtt"]["topic"], json!(topic));
+        assert_eq!(
+            encoded["mqtt2es"]["reading_id"].as_str().map(str::len),
+            Some(22)
+        );
+    }
+    let (_, shown, _) = stored_both_ways(route, "home/t", "{}", &[("unit", "°C"), ("unit", "K")]);
+    assert_eq!(
+        shown["mqtt"],
+        json!({"topic": "home/t", "qos": 1, "retain": false, "user_properties": [
+            {"key": "unit", "value": "°C"}, {"key": "unit", "value": "K"}]})
+    );
+}
+
+#[test]
+fn a_document_whose_stages_see_the_metadata_is_stored_as_the_pipeline_shows_it() {
+    let cases = [
+        // A stage that reads `mqtt`: it is in the document before the stages.
+        "topics: ['#']\nstages:\n  - set: {field: origin, value: '{{mqtt.topic}}'}",
+        "topics: ['#']\nstages:\n  - remove: {fields: [mqtt.retain]}",
+        // A stage that writes under `mqtt2es`: the reading id joins it.
+        "topics: ['#']\nstages:\n  - timestamp: {field: ts, on_skew: receive_time, max_future_s: 1}",
+        // Fields make the `_id`: the payload digest goes with the reading id.
+        "topics: ['#']\nstages:\n  - id: {fields: [n]}",
+    ];
+    // The timestamp stage refuses to write under a device's own non-object `mqtt2es`.
+    let payload = r#"{"n": 7, "ts": "2999-01-01T00:00:00Z", "mqtt2es": {"firmware": 2}}"#;
+    for yaml in cases {
+        let (deferred, shown, encoded) = stored_both_ways(yaml, "home/t", payload, &[]);
+        assert_eq!(encoded, shown, "{yaml}");
+        assert!(encoded["mqtt2es"]["reading_id"].is_string(), "{yaml}");
+        assert!(
+            encoded["mqtt"]["qos"].is_number() || !deferred.mqtt,
+            "{yaml}"
+        );
+    }
+    let (deferred, shown, _) = stored_both_ways(cases[0], "home/t", "{}", &[]);
+    assert!(!deferred.mqtt);
+    assert_eq!(shown["origin"], json!("home/t"));
+    let (deferred, shown, _) = stored_both_ways(cases[1], "home/t", "{}", &[]);
+    assert!(!deferred.mqtt);
+    assert_eq!(shown["mqtt"], json!({"topic": "home/t", "qos": 1}));
+    let (deferred, shown, _) = stored_both_ways(cases[2], "home/t", payload, &[]);
+    assert!(!deferred.reading_id);
+    assert!(shown["mqtt2es"]["timestamp_fallback"].is_string());
+}
+
+#[test]
+fn the_shipped_pipelines_leave_the_metadata_to_the_encoder() {
+    use crate::pipeline::{DecodeLimits, IndexPolicy, Pipelines};
+    let pipelines = Pipelines::load_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("pipelines")
+            .as_path(),
+        &IndexPolicy::default(),
+        &DecodeLimits::default(),
+    )
+    .expect("the shipped pipelines load");
+    let received = crate::reading::rfc3339(message(b"").received_at);
+    let telemetry = format!(r#"{{"temp_c": 21.5, "ts": "{received}"}}"#);
+    for (topic, payload) in [
+        ("sensors/home/pi1/telemetry", telemetry.as_str()),
+        ("sensors/home/pi1/status", r#"{"state": "online"}"#),
+        ("anything/else", "hello"),
+    ] {
+        let mut message = message(payload.as_bytes());
+        message.topic = topic.to_owned();
+        match pipelines.process(&message) {
+            Processed::Document(doc) => assert_eq!(
+                doc.deferred,
+                crate::document::Deferred {
+                    mqtt: true,
+                    reading_id: true
+                },
+                "{topic}"
+            ),
+            other => panic!("{topic}: expected a document, got {other:?}"),
+        }
+    }
 }

@@ -141,6 +141,7 @@ fn reading_doc(n: usize) -> Processed {
 fn doc(n: usize) -> Processed {
     Processed::Document(Document {
         pipeline: "thermometers".into(),
+        deferred: Default::default(),
         index: "mqtt2es-temp".to_owned(),
         id: Some(format!("id-{n}")),
         source: json!({"@timestamp": "2025-03-01T12:00:00Z", "n": n})
@@ -524,6 +525,7 @@ async fn a_time_series_reading_whose_time_another_reading_holds_moves_to_a_later
     let setup = Setup::new();
     let reading = Processed::Document(Document {
         pipeline: "telemetry".into(),
+        deferred: Default::default(),
         index: "mqtt2es-telemetry-lab".to_owned(),
         id: None,
         source: json!({"@timestamp": "2025-03-01T12:00:00.000000250Z", "site": "lab"})
@@ -714,6 +716,7 @@ async fn a_document_larger_than_max_bytes_is_never_sent() {
     setup.max_bytes = 2000;
     let big = Processed::Document(Document {
         pipeline: "thermometers".into(),
+        deferred: Default::default(),
         index: "mqtt2es-temp".to_owned(),
         id: None,
         source: json!({"blob": "x".repeat(5000)})
