@@ -82,7 +82,7 @@ impl Kept {
         // One small entry per message in flight, a few thousand at most: the churn of keep +
         // forget flushes and compacts away early.
         let assigned = db.keyspace("assigned", || {
-            fjall::KeyspaceCreateOptions::default().max_memtable_size(2 << 20)
+            fjall::KeyspaceCreateOptions::default().max_memtable_size(512 << 10)
         })?;
         Ok(Kept {
             db: db.clone(),
