@@ -52,10 +52,18 @@ fn main() {
             let assigned = Assigned::now();
             Message {
                 topic: format!("sensors/bench/pub{}/telemetry", i % 4),
+                // The reading of bench/publish.rs (what `bench/fast` sends), `ts` a plausible
+                // device time in epoch milliseconds.
                 payload: Arc::from(
                     format!(
-                        r#"{{"temp_c":21.{i},"humidity":48.2,"battery":0.93,"ts":"{}","seq":{i},"status":"ok"}}"#,
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        concat!(
+                            r#"{{"ts":{},"temp_c":21.{},"humidity":48.2,"pressure_hpa":1013.2,"#,
+                            r#""battery":0.93,"rssi_dbm":-61,"seq":{},"status":"ok","#,
+                            r#""firmware":"pi-therm 2.4.1","location":{{"room":"lab","floor":2}}}}"#
+                        ),
+                        chrono::Utc::now().timestamp_millis(),
+                        i % 10,
+                        i
                     )
                     .into_bytes(),
                 ),
