@@ -17,8 +17,8 @@
 //!   `config`).
 //! - `record`    — `Record`, `Message` and the `Ack` handle: what flows through the system.
 //! - `reading` — a reading's own id and receive time, assigned once, kept for its redeliveries.
-//! - `state`   — the state directory's embedded database (fjall), shared by `kept` and the broker.
-//! - `kept`    — what each unacknowledged message was assigned, on disk, for resends.
+//! - `state`   — the state directory's embedded database (fjall), for the broker's store.
+//! - `kept`    — what each unacknowledged message was assigned, in a journal on disk, for resends.
 //! - `spool`     — store and forward (`delivery.mode: spool`): segment files, writer, shipper.
 //! - `acks`      — releases acknowledgements in arrival order as records settle out of order.
 //! - `document`  — what pipelines produce: `Document`, `Rejection`, `Processed`.

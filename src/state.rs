@@ -1,10 +1,10 @@
-//! The one embedded database under a state directory (`<state_dir>/store`), shared by what
-//! each part keeps there in its own keyspaces: `kept` (what unacknowledged messages were
-//! assigned) and, for the embedded broker, `broker::store` (sessions, retained messages,
-//! offline queues).
+//! The embedded database under a state directory (`<state_dir>/store`), where the embedded
+//! broker's `broker::store` keeps sessions, retained messages and offline queues in keyspaces
+//! of their own. `kept` keeps its journal beside it (`<state_dir>/kept.journal`) and opens the
+//! database too, in upstream mode only for its lock.
 //!
-//! One database, not one per kind of state: fjall keeps one journal per database, so a batch
-//! that spans keyspaces is one append, and one background `fsync` (`Kept::run_syncer`) covers
+//! fjall keeps one journal per database, so a batch that spans keyspaces is one append, and
+//! one background `fsync` (`Kept::run_syncer`, which also syncs kept's journal) covers
 //! everything. fjall locks the directory, so a second mqtt2es on the same `state_dir` is
 //! refused at start instead of corrupting it.
 

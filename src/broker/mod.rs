@@ -92,7 +92,7 @@ impl Broker {
         let store = Store::open(&db, &settings.state_dir)?;
         let mut registry = Registry::restore(store.load()?, settings.offline_queue);
         registry.keep_in(store);
-        let kept = Kept::within(&db)?;
+        let kept = Kept::within(&db, &settings.state_dir)?;
         registry.adopt(kept.clone())?;
         info!(
             state_dir = ?settings.state_dir,

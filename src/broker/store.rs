@@ -11,7 +11,7 @@
 //! one session, a retained publish one message, a message queued for an offline session that
 //! message, and its hand-over one deletion.
 //!
-//! fjall because it is already here for `kept`, and because its writes are what this needs: a
+//! fjall because its writes are what this needs: a
 //! batch is one append to its journal, in the OS when the call returns (a SIGKILL loses none of
 //! it) and crash-safe (recovery keeps whole batches only), with compaction in the background;
 //! separate keyspaces keep a burst of session churn from rewriting the retained messages beside

@@ -1,12 +1,12 @@
-//! What was assigned to each message not yet acknowledged, kept on disk (keyspace `assigned`
-//! of the state directory's database, see `state`), so that a resend after mqtt2es itself
-//! crashed is still the same reading (see `reading`).
+//! What was assigned to each message not yet acknowledged, kept on disk (`kept.journal` in the
+//! state directory, see `journal`), so that a resend after mqtt2es itself crashed is still the
+//! same reading (see `reading`).
 //!
-//! The store is fjall, an embedded log-structured key-value store: a write is an append to
-//! its journal, so keeping or forgetting one message costs O(that message), never a rewrite of
-//! the whole state. Each write reaches the operating system before the call returns, which is
-//! what survives a SIGKILL of mqtt2es; a background `fsync` every second bounds what a power
-//! loss can take (then a resend may be stored a second time; nothing acknowledged is lost).
+//! A write is an append to the journal, so keeping or forgetting one message costs O(that
+//! message), never a rewrite of the whole state. Each write reaches the operating system
+//! before the call returns, which is what survives a SIGKILL of mqtt2es; a background `fsync`
+//! every second (of the journal and of the state database beside it) bounds what a power loss
+//! can take (then a resend may be stored a second time; nothing acknowledged is lost).
 //!
 //! The order of writes is the promise. An assignment is on disk *before* the bulk request that
 //! carries its reading is sent, and forgotten on disk *before* the acknowledgement goes out. So
@@ -14,17 +14,20 @@
 //! acknowledged, whose resend (DUP, same packet id) it is; and no reading reached
 //! Elasticsearch under an identity a resend would not get back.
 //!
-//! Writes are group commits. Connections *stage* what they keep and forget (a push under a
-//! lock, no I/O); whoever needs it on disk *commits*, and one commit writes everything staged
-//! by anyone so far in one journal append. The sink commits once before each bulk request
-//! (the keeps of every reading in it were staged before the reading left its connection); a
-//! connection commits its forgets before it sends acks, and commits that overlap coalesce. So
-//! the store costs one journal write per bulk request and per release of acks, not one per
-//! message.
+//! Writes are group commits. Connections *stage* what they keep and forget (records appended
+//! to a buffer under a lock, no I/O); whoever needs it on disk *commits*, and one commit writes
+//! everything staged by anyone so far in one append. The sink commits once before each bulk
+//! request (the keeps of every reading in it were staged before the reading left its
+//! connection); a connection commits its forgets before it sends acks, and commits that
+//! overlap coalesce. So the store costs one write per bulk request and per release of acks,
+//! not one per message.
 //!
-//! Keys are `<owner>\0<packet id, big-endian>`; the owner is the broker session's client id
-//! or `upstream/<client id>`. Values are the reading id (16 bytes) and the receive time in
-//! nanoseconds since the epoch (8 bytes, big-endian).
+//! Owners are the broker session's client id or `upstream/<client id>`. Values are the reading
+//! id (16 bytes) and the receive time in nanoseconds since the epoch (8 bytes, big-endian).
+//! Earlier versions kept these in the state database's keyspace `assigned`: what is found there
+//! at start moves into the journal once.
+
+mod journal;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,11 +39,15 @@ use chrono::DateTime;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use self::journal::Journal;
 use crate::reading::{Assigned, ReadingId};
 use crate::state::{self, OpenError};
 
 /// How often what was written is also fsynced.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The journal's file name in the state directory.
+const JOURNAL: &str = "kept.journal";
 
 #[derive(Debug, Error)]
 pub enum KeptError {
@@ -48,22 +55,25 @@ pub enum KeptError {
     Open(#[from] OpenError),
     #[error("the state store failed: {0}")]
     Io(#[from] fjall::Error),
+    #[error("the kept journal {path:?} failed: {source}")]
+    Journal {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Handle to the store; clones share it.
 #[derive(Clone)]
 pub struct Kept {
+    /// The state database: held for its lock on the directory, synced with the journal.
     db: fjall::Database,
-    assigned: fjall::Keyspace,
-    /// What was staged and not yet committed, in the order it was staged.
-    staged: Arc<Mutex<Vec<Op>>>,
-    /// Held while a commit writes: a committer that finds the stage empty after taking its
-    /// turn knows that what it staged was written by the one before it.
-    turn: Arc<Mutex<()>>,
+    journal: Arc<Mutex<Journal>>,
+    path: Arc<Path>,
+    /// Records staged and not yet committed, in the order they were staged. A committer takes
+    /// them while it holds the journal: one that finds them empty after taking its turn knows
+    /// that what it staged was written by the one before it.
+    staged: Arc<Mutex<Vec<u8>>>,
 }
-
-/// One staged change: keep (key, value) or forget (key, None).
-type Op = (Vec<u8>, Option<[u8; 24]>);
 
 impl std::fmt::Debug for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,24 +82,59 @@ impl std::fmt::Debug for Kept {
 }
 
 impl Kept {
-    /// Opens (or creates) the store in `state_dir/store` (see `state`).
+    /// Opens (or creates) the store in `state_dir` (see `state`).
     pub fn open(state_dir: &Path) -> Result<Kept, KeptError> {
-        Kept::within(&state::open(state_dir)?)
+        Kept::within(&state::open(state_dir)?, state_dir)
     }
 
-    /// The store as a keyspace of `db`, which others may share.
-    pub fn within(db: &fjall::Database) -> Result<Kept, KeptError> {
-        // One small entry per message in flight, a few thousand at most: the churn of keep +
-        // forget flushes and compacts away early.
-        let assigned = db.keyspace("assigned", || {
-            fjall::KeyspaceCreateOptions::default().max_memtable_size(512 << 10)
-        })?;
-        Ok(Kept {
+    /// The store in `state_dir`, whose database `db` is (opened by the caller, who may share it).
+    pub fn within(db: &fjall::Database, state_dir: &Path) -> Result<Kept, KeptError> {
+        let path: Arc<Path> = state_dir.join(JOURNAL).into();
+        let failed = |source| KeptError::Journal {
+            path: path.to_path_buf(),
+            source,
+        };
+        let journal = Journal::open(&path).map_err(failed)?;
+        let kept = Kept {
             db: db.clone(),
-            assigned,
+            journal: Arc::new(Mutex::new(journal)),
+            path: Arc::clone(&path),
             staged: Arc::default(),
-            turn: Arc::default(),
-        })
+        };
+        kept.move_from_keyspace()?;
+        Ok(kept)
+    }
+
+    /// Moves what an earlier version kept in the database's keyspace `assigned` into the
+    /// journal, written before the keyspace is dropped.
+    fn move_from_keyspace(&self) -> Result<(), KeptError> {
+        const OLD: &str = "assigned";
+        if !self.db.keyspace_exists(OLD) {
+            return Ok(());
+        }
+        let old = self
+            .db
+            .keyspace(OLD, fjall::KeyspaceCreateOptions::default)?;
+        let mut moved = 0usize;
+        for guard in old.iter() {
+            let (key, value) = guard.into_inner()?;
+            let Some(end) = key.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let owner = String::from_utf8_lossy(&key[..end]);
+            if let Some((pkid, assigned)) = decode(&key, &value) {
+                self.stage(&owner, &[(pkid, assigned)], &[]);
+                moved += 1;
+            }
+        }
+        self.commit()?;
+        self.sync()?;
+        self.db.delete_keyspace(old)?;
+        tracing::info!(
+            moved,
+            "what unacknowledged messages were assigned moved to {JOURNAL}"
+        );
+        Ok(())
     }
 
     /// Stages keeping `keep` and forgetting `forget` of `owner`; nothing is written until the
@@ -98,33 +143,34 @@ impl Kept {
         if keep.is_empty() && forget.is_empty() {
             return;
         }
-        let ops = keep
-            .iter()
-            .map(|&(pkid, assigned)| (key(owner, pkid), Some(value(assigned))))
-            .chain(forget.iter().map(|&pkid| (key(owner, pkid), None)));
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(ops);
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        for &(pkid, assigned) in keep {
+            journal::encode(&mut staged, owner, pkid, Some(&value(assigned)));
+        }
+        for &pkid in forget {
+            journal::encode(&mut staged, owner, pkid, None);
+        }
     }
 
-    /// Writes everything staged so far, by any clone, in one journal append that reaches the
-    /// OS before this returns. Cheap when nothing is staged.
+    /// Writes everything staged so far, by any clone, in one append that reaches the OS before
+    /// this returns. Cheap when nothing is staged.
     pub fn commit(&self) -> Result<(), KeptError> {
-        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        let ops = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
-        if ops.is_empty() {
+        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let records =
+            std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
+        if records.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch();
-        for (key, value) in ops {
-            match value {
-                Some(value) => batch.insert(&self.assigned, key, value),
-                None => batch.remove(&self.assigned, key),
-            }
+        journal
+            .append(&records)
+            .map_err(|source| self.failed(source))
+    }
+
+    fn failed(&self, source: std::io::Error) -> KeptError {
+        KeptError::Journal {
+            path: self.path.to_path_buf(),
+            source,
         }
-        batch.commit()?;
-        Ok(())
     }
 
     /// Stages `keep` and `forget` of `owner` and commits everything staged: for changes that must
@@ -142,52 +188,35 @@ impl Kept {
     /// Forgets everything of `owner` (its session ended, or the broker has none for us), after
     /// what was staged before, so a staged keep cannot bring an entry back.
     pub fn forget_all(&self, owner: &str) -> Result<(), KeptError> {
-        self.commit()?;
-        let keys: Vec<_> = self
-            .assigned
-            .prefix(prefix(owner))
-            .map(|guard| guard.key())
-            .collect::<Result<_, _>>()?;
-        for key in keys {
-            self.assigned.remove(key)?;
-        }
-        Ok(())
+        journal::encode_forget_all(
+            &mut self.staged.lock().unwrap_or_else(PoisonError::into_inner),
+            owner,
+        );
+        self.commit()
     }
 
     /// What `owner`'s messages not yet acknowledged were assigned.
     pub fn of(&self, owner: &str) -> Result<HashMap<u16, Assigned>, KeptError> {
-        let mut kept = HashMap::new();
-        for guard in self.assigned.prefix(prefix(owner)) {
-            let (key, value) = guard.into_inner()?;
-            if let Some((pkid, assigned)) = decode(&key, &value) {
-                kept.insert(pkid, assigned);
-            }
-        }
-        Ok(kept)
+        let journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(journal.live.get(owner).map(assignments).unwrap_or_default())
     }
 
     /// Every owner with something kept, and what.
     pub fn all(&self) -> Result<HashMap<String, HashMap<u16, Assigned>>, KeptError> {
-        let mut all: HashMap<String, HashMap<u16, Assigned>> = HashMap::new();
-        for guard in self.assigned.iter() {
-            let (key, value) = guard.into_inner()?;
-            let Some(end) = key.iter().position(|&b| b == 0) else {
-                continue;
-            };
-            let owner = String::from_utf8_lossy(&key[..end]).into_owned();
-            if let Some((pkid, assigned)) = decode(&key, &value) {
-                all.entry(owner).or_default().insert(pkid, assigned);
-            }
-        }
-        Ok(all)
+        let journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(journal
+            .live
+            .iter()
+            .map(|(owner, of)| (owner.clone(), assignments(of)))
+            .collect())
     }
 
-    /// Writes what is in the OS's buffers to the disk.
+    /// Writes what is in the OS's buffers to the disk: the journal and the state database.
     pub fn sync(&self) -> Result<(), KeptError> {
         self.db.persist(fjall::PersistMode::SyncData)?;
-        Ok(())
+        let journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        journal.sync().map_err(|source| self.failed(source))
     }
-
     /// Fsyncs every second until `stop`, then once more.
     pub async fn run_syncer(self: Arc<Self>, stop: CancellationToken) {
         loop {
@@ -227,17 +256,11 @@ pub fn logged(result: Result<(), KeptError>) {
     }
 }
 
-fn prefix(owner: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(owner.len() + 3);
-    key.extend_from_slice(owner.as_bytes());
-    key.push(0);
-    key
-}
-
-fn key(owner: &str, pkid: u16) -> Vec<u8> {
-    let mut key = prefix(owner);
-    key.extend_from_slice(&pkid.to_be_bytes());
-    key
+/// The value of each packet id, decoded.
+fn assignments(of: &HashMap<u16, journal::Value>) -> HashMap<u16, Assigned> {
+    of.iter()
+        .filter_map(|(&pkid, value)| Some((pkid, assigned(value)?)))
+        .collect()
 }
 
 fn value(assigned: Assigned) -> [u8; 24] {
@@ -251,17 +274,19 @@ fn value(assigned: Assigned) -> [u8; 24] {
     value
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Option<(u16, Assigned)> {
-    let pkid = u16::from_be_bytes(key.get(key.len().checked_sub(2)?..)?.try_into().ok()?);
+fn assigned(value: &[u8]) -> Option<Assigned> {
     let reading = u128::from_be_bytes(value.get(..16)?.try_into().ok()?);
     let nanos = i64::from_be_bytes(value.get(16..24)?.try_into().ok()?);
-    Some((
-        pkid,
-        Assigned {
-            reading: ReadingId::from_u128(reading),
-            received_at: DateTime::from_timestamp_nanos(nanos),
-        },
-    ))
+    Some(Assigned {
+        reading: ReadingId::from_u128(reading),
+        received_at: DateTime::from_timestamp_nanos(nanos),
+    })
+}
+
+/// A key of the keyspace `assigned` of earlier versions: `<owner>\0<packet id, big-endian>`.
+fn decode(key: &[u8], value: &[u8]) -> Option<(u16, Assigned)> {
+    let pkid = u16::from_be_bytes(key.get(key.len().checked_sub(2)?..)?.try_into().ok()?);
+    Some((pkid, assigned(value)?))
 }
 
 #[cfg(test)]
@@ -344,5 +369,34 @@ mod tests {
         let text = error.to_string();
         assert!(text.starts_with("cannot open the state store"), "{text}");
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn what_an_earlier_version_kept_in_the_database_moves_into_the_journal_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let assigned = Assigned::now();
+        {
+            let db = state::open(dir.path()).expect("open the database");
+            let old = db
+                .keyspace("assigned", fjall::KeyspaceCreateOptions::default)
+                .expect("the old keyspace");
+            let mut key = b"upstream/pi\0".to_vec();
+            key.extend_from_slice(&7u16.to_be_bytes());
+            old.insert(key, value(assigned)).expect("insert");
+            db.persist(fjall::PersistMode::SyncAll).expect("persist");
+        }
+        {
+            let kept = Kept::open(dir.path()).expect("open");
+            assert_eq!(
+                kept.of("upstream/pi").expect("read"),
+                HashMap::from([(7, assigned)])
+            );
+            assert!(!kept.db.keyspace_exists("assigned"), "dropped once moved");
+        }
+        let kept = Kept::open(dir.path()).expect("reopen");
+        assert_eq!(
+            kept.all().expect("read"),
+            HashMap::from([("upstream/pi".to_owned(), HashMap::from([(7, assigned)]))])
+        );
     }
 }
