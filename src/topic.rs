@@ -151,7 +151,12 @@ fn parse_levels(raw: &str, filter: &str) -> Result<Vec<Level>, TopicError> {
 /// Matches `topic` against `levels`, calling `on_plus(index, value)` for each level a `+`
 /// matched, so that patterns can capture without a second walk.
 fn walk<'t>(levels: &[Level], topic: &'t str, mut on_plus: impl FnMut(usize, &'t str)) -> bool {
-    if topic.is_empty() || topic.len() > MAX_LEN || topic.contains(['+', '#', '\0']) {
+    // Bytes, not chars: the three are ASCII, which no byte of a multi-byte UTF-8 sequence
+    // equals, and a byte loop is several times faster than a char searcher on every match.
+    if topic.is_empty()
+        || topic.len() > MAX_LEN
+        || topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+    {
         return false;
     }
     // Topics such as `$SYS/…` are server-internal: wildcards in the first level never match them.

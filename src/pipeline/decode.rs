@@ -167,6 +167,12 @@ fn kind(value: &Value) -> &'static str {
 /// Rejects text whose `{`/`[` nesting (outside strings) exceeds `max`. Malformed JSON is left
 /// for the parser to describe.
 fn check_depth(text: &str, max: usize) -> Result<(), StageError> {
+    // Nesting never exceeds the number of opening brackets, wherever they are: a count that
+    // vectorises settles nearly every payload (a reading has one or two) without the
+    // byte-by-byte walk below, which was a twentieth of mqtt2es's CPU per reading.
+    if text.bytes().filter(|&b| b == b'{' || b == b'[').count() <= max {
+        return Ok(());
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

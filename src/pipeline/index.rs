@@ -146,7 +146,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err("it is \".\" or \"..\"".to_owned());
     }
-    if let Some(c) = name.chars().find(|&c| !is_name_char(c)) {
+    // Every allowed character is ASCII, so a byte scan finds the first that is not (every
+    // route renders a name per reading); the error then names the character it starts.
+    if let Some(at) = name.bytes().position(|b| !is_name_char(char::from(b))) {
+        let c = name[at..].chars().next().unwrap_or_default();
         return Err(format!(
             "it contains {c:?}; only a-z, 0-9, '.', '_' and '-' are allowed"
         ));
@@ -165,11 +168,12 @@ fn check_segment(value: &str) -> Result<(), String> {
         Some(_) => {}
     }
     match value
-        .chars()
-        .find(|&c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        .bytes()
+        .position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
     {
-        Some(c) => Err(format!(
-            "it contains {c:?}; only a-z, 0-9, '_' and '-' are allowed"
+        Some(at) => Err(format!(
+            "it contains {:?}; only a-z, 0-9, '_' and '-' are allowed",
+            value[at..].chars().next().unwrap_or_default()
         )),
         None => Ok(()),
     }
@@ -188,6 +192,16 @@ mod tests {
     fn render(raw: &str, site: &str) -> Result<String, StageError> {
         let doc = json!({ "site": site });
         route(raw).render(&Object::from(doc.as_object().expect("an object").clone()))
+    }
+
+    #[test]
+    fn a_character_outside_ascii_is_named_whole_in_the_rejection() {
+        let err = render("mqtt2es-telemetry-{{site}}", "zürich").expect_err("invalid");
+        assert!(err.to_string().contains("it contains 'ü'"), "{err}");
+        assert_eq!(
+            check_name("mqtt2es-✓"),
+            Err("it contains '✓'; only a-z, 0-9, '.', '_' and '-' are allowed".to_owned())
+        );
     }
 
     #[test]
