@@ -81,6 +81,7 @@ row() { rows+=("$(printf -- "$@")"); printf -- "$@" >&2; echo >&2; } # kept, and
 
 run_tmp=$(mktemp -d -t mqtt2es-bench.XXXXXX)
 chmod 755 "$run_tmp"
+base_tmp=$run_tmp # run_tmp may move into a subdirectory per round (bench/fast); this goes at exit
 pids=() # process group leaders (setsid) we started
 stop_group() { # $1: pgid; TERM, then KILL after 10 s
 	local pgid=$1 i
@@ -95,7 +96,7 @@ alive() { ps -o stat= -g "$1" 2>/dev/null | grep -qv '^Z'; } # a live process in
 cleanup() {
 	local pid
 	for pid in "${pids[@]}"; do stop_group "$pid"; done
-	if [[ -z ${BENCH_KEEP:-} ]]; then rm -rf "$run_tmp"; else say "kept $run_tmp"; fi
+	if [[ -z ${BENCH_KEEP:-} ]]; then rm -rf "$base_tmp"; else say "kept $base_tmp"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
