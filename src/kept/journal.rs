@@ -14,7 +14,10 @@
 //! value (reading id, receive time: see `super::value`). Kinds: 1 keep, 0 forget, 2 forget
 //! everything of the owner. Replay stops at the first record that is cut short or fails its
 //! CRC (a write torn by a power loss: only the last can be), and the file is cut back there so
-//! that what is appended next is read again after the next restart.
+//! that what is appended next is read again after the next restart. (The spool's frames,
+//! `spool::log`, carry a magic and a sequence number so that a reader can skip a damaged record
+//! in the middle and go on; here nothing after a damaged record could be trusted to be in order,
+//! so replay simply stops.)
 //!
 //! The rewrite goes to a new file that is synced and renamed over the journal, so a crash
 //! during it leaves either the old journal or the new one, never a mix.
@@ -23,8 +26,6 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-
-use flate2::Crc;
 
 /// A keep record's value: reading id (16 bytes) and receive time in nanoseconds (8).
 pub type Value = [u8; 24];
@@ -65,9 +66,10 @@ fn record(out: &mut Vec<u8>, kind: u8, owner: &str, pkid: u16, value: Option<&Va
         out.extend_from_slice(value);
     }
     let body = &out[start + HEADER..];
-    let mut crc = Crc::new();
-    crc.update(body);
-    let (length, sum) = ((body.len() as u32).to_le_bytes(), crc.sum().to_le_bytes());
+    let (length, sum) = (
+        (body.len() as u32).to_le_bytes(),
+        crc32fast::hash(body).to_le_bytes(),
+    );
     out[start..start + 4].copy_from_slice(&length);
     out[start + 4..start + HEADER].copy_from_slice(&sum);
 }
@@ -114,9 +116,7 @@ fn next_record(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let length = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let sum = u32::from_le_bytes(header[4..].try_into().ok()?);
     let body = bytes.get(at + HEADER..at + HEADER + length)?;
-    let mut crc = Crc::new();
-    crc.update(body);
-    (crc.sum() == sum).then_some((body, at + HEADER + length))
+    (crc32fast::hash(body) == sum).then_some((body, at + HEADER + length))
 }
 
 fn parse(body: &[u8]) -> Option<(u8, &str, u16, Option<Value>)> {
