@@ -53,9 +53,14 @@ pub fn encode_forget_all(out: &mut Vec<u8>, owner: &str) {
 }
 
 fn record(out: &mut Vec<u8>, kind: u8, owner: &str, pkid: u16, value: Option<&Value>) {
-    // An MQTT client id is at most 65,535 bytes; anything longer is cut to fit the field
-    // (the same cut on replay, so it still names one owner).
-    let owner = &owner.as_bytes()[..owner.len().min(usize::from(u16::MAX))];
+    // An owner (`upstream/` and a client id of up to 65,535 bytes) longer than the field is cut
+    // to fit, at a character boundary so that replay reads it back as text (a cut inside a
+    // character would stop the replay there); the same cut every time names one owner.
+    let mut end = owner.len().min(usize::from(u16::MAX));
+    while !owner.is_char_boundary(end) {
+        end -= 1;
+    }
+    let owner = &owner.as_bytes()[..end];
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     out.push(kind);
@@ -240,6 +245,22 @@ mod tests {
                 ("pi-1".to_owned(), HashMap::from([(2, value(2))])),
                 ("pi-2".to_owned(), HashMap::from([(1, value(3))])),
             ])
+        );
+    }
+
+    #[test]
+    fn an_owner_longer_than_the_field_is_cut_at_a_character_and_read_back() {
+        // 10 bytes, then two-byte characters: byte 65,535 falls inside one.
+        let long = format!("upstream/x{}", "ü".repeat(40_000));
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &long, 1, Some(&value(1)));
+        encode(&mut bytes, "pi-1", 2, Some(&value(2)));
+        let mut live = Live::new();
+        assert_eq!(apply(&mut live, &bytes), bytes.len(), "both records replay");
+        assert_eq!(live.len(), 2);
+        assert!(
+            live.keys()
+                .any(|owner| long.starts_with(owner.as_str()) && owner.len() <= 65_535)
         );
     }
 
