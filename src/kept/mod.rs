@@ -90,11 +90,7 @@ impl Kept {
     /// The store in `state_dir`, whose database `db` is (opened by the caller, who may share it).
     pub fn within(db: &fjall::Database, state_dir: &Path) -> Result<Kept, KeptError> {
         let path: Arc<Path> = state_dir.join(JOURNAL).into();
-        let failed = |source| KeptError::Journal {
-            path: path.to_path_buf(),
-            source,
-        };
-        let journal = Journal::open(&path).map_err(failed)?;
+        let journal = Journal::open(&path).map_err(|source| journal_failed(&path, source))?;
         let kept = Kept {
             db: db.clone(),
             journal: Arc::new(Mutex::new(journal)),
@@ -167,10 +163,7 @@ impl Kept {
     }
 
     fn failed(&self, source: std::io::Error) -> KeptError {
-        KeptError::Journal {
-            path: self.path.to_path_buf(),
-            source,
-        }
+        journal_failed(&self.path, source)
     }
 
     /// Stages `keep` and `forget` of `owner` and commits everything staged: for changes that must
@@ -253,6 +246,13 @@ pub fn logged(result: Result<(), KeptError>) {
                 "cannot keep what a message was assigned; a resend after a crash may be stored twice"
             );
         }
+    }
+}
+
+fn journal_failed(path: &Path, source: std::io::Error) -> KeptError {
+    KeptError::Journal {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

@@ -53,11 +53,15 @@ pub fn prepare(
             let time_series = time_series_prefixes
                 .iter()
                 .any(|prefix| doc.index.starts_with(prefix.as_str()));
-            let own_id = message.reading.text();
+            // Only documents that go with their reading's own `_id` need its text.
+            let own_id;
             let (id, conflict) = match (time_series, doc.id.as_deref()) {
                 (true, _) => (None, Conflict::Check { time_series: true }),
                 (false, Some(id)) => (Some(id), Conflict::Check { time_series: false }),
-                (false, None) => (Some(own_id.as_str()), Conflict::Ours),
+                (false, None) => {
+                    own_id = message.reading.text();
+                    (Some(own_id.as_str()), Conflict::Ours)
+                }
             };
             let Encoded {
                 ndjson,
