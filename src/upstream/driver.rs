@@ -7,44 +7,33 @@
 //! settled, then sends DISCONNECT behind those acks. Publishes that arrive after intake stopped
 //! are not acked, so a persistent session redelivers them on the next start.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::session::{AckKey, Client, Inbound, log_inbound_state};
+use super::link::Client;
+use super::session::{AckKey, Inbound, log_inbound_state};
 use crate::acks::AckQueue;
 use crate::kept::{self, Kept};
 use crate::metrics::{self, Source};
 use crate::reading::{Assigned, Assignments};
-use crate::record::{Ack, Message, QoS, Record, Settled};
+use crate::record::{Ack, Message, Record, Settled};
 
 /// Inbound events the driver takes per wake-up at most: under load one wake-up moves many.
 const INBOUND_PER_WAKE: usize = 64;
 
-/// How soon acks that did not fit in rumqttc's request queue are offered again, when nothing
-/// else wakes the driver first.
-const UNSENT_RETRY: Duration = Duration::from_millis(20);
-
 pub struct Driver {
     connection: usize,
     client: Client,
-    filters: Arc<[String]>,
-    qos: QoS,
     /// `None` once intake stopped: dropping it tells the pipeline no more records come from here.
     records: Option<mpsc::Sender<Record>>,
     /// Cloned into each `Ack`. Dropped with intake, so `settled` closes when the last ack is gone.
     settle_to: Option<mpsc::UnboundedSender<Settled>>,
     queue: AckQueue<AckKey>,
-    /// Released acks that did not fit in rumqttc's request queue yet. The pump stops draining
-    /// that queue while it waits for us (a full pipeline), so with a large in-flight window
-    /// (MQTT 5 receive maximum, `max_inflight_messages 0`, Mosquitto < 2.0.13) thousands of acks
-    /// can be due at once. Dropping them would leave those messages unacknowledged until a
-    /// reconnect and stall the broker's window; they wait here, in order, instead.
-    unsent: VecDeque<AckKey>,
+    /// The connection the acks released now answer (see `link`): set at each CONNACK.
+    epoch: u64,
     /// What each QoS 1/2 publish not yet acknowledged was assigned, by packet id: the broker's
     /// redelivery (DUP, after a reconnect into the same session) is the same reading and is
     /// stored once. Forgotten when its ack goes out, or when the broker has no session for us.
@@ -60,8 +49,6 @@ impl Driver {
     pub fn new(
         connection: usize,
         client: Client,
-        filters: Arc<[String]>,
-        qos: u8,
         records: mpsc::Sender<Record>,
         (kept, owner): (Kept, String),
     ) -> Self {
@@ -75,12 +62,10 @@ impl Driver {
         Driver {
             connection,
             client,
-            filters,
-            qos: QoS::saturating(qos),
             records: Some(records),
             settle_to: None,
             queue: AckQueue::default(),
-            unsent: VecDeque::new(),
+            epoch: 0,
             readings,
             online: None,
             kept,
@@ -95,8 +80,6 @@ impl Driver {
         let mut inbound_open = true;
         let mut events = Vec::with_capacity(INBOUND_PER_WAKE);
         let mut disconnect_due = false;
-        let mut retry = tokio::time::interval(UNSENT_RETRY);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -115,7 +98,6 @@ impl Driver {
                         disconnect_due = true;
                     }
                 },
-                _ = retry.tick(), if !self.unsent.is_empty() => self.send_acks(),
                 _ = intake.cancelled(), if self.records.is_some() => {
                     info!(connection = self.connection, outstanding = self.queue.outstanding(), "stopping intake");
                     self.records = None;
@@ -132,14 +114,14 @@ impl Driver {
                 }
                 else => break,
             }
-            // DISCONNECT goes behind every ack, so only once none is left waiting.
-            if disconnect_due && self.unsent.is_empty() {
+            // DISCONNECT goes behind every ack: the link writes requests in order.
+            if disconnect_due {
                 disconnect_due = false;
                 debug!(
                     connection = self.connection,
                     "every record settled; disconnecting"
                 );
-                if let Err(error) = self.client.disconnect().await {
+                if let Err(error) = self.client.disconnect() {
                     debug!(connection = self.connection, %error, "disconnect not sent");
                     break;
                 }
@@ -150,31 +132,20 @@ impl Driver {
         }
     }
 
-    /// Queues the acks that are due, in order. What each was assigned is forgotten on disk
-    /// first: kept past its ack, it could be taken for that of a later message with the same
-    /// packet id after a crash.
+    /// Hands the acks that are due to the link, in order, as one request: it writes them in
+    /// one go. What each was assigned is forgotten on disk first: kept past its ack, it could
+    /// be taken for that of a later message with the same packet id after a crash.
     fn release(&mut self) {
         let ready = self.queue.pop_ready();
+        if ready.is_empty() {
+            return;
+        }
         let forget = self.readings.forget_each(ready.iter().map(|key| key.pkid));
         if !forget.is_empty() {
             kept::logged(self.kept.write(&self.owner, &[], &forget));
         }
-        self.unsent.extend(ready);
-        self.send_acks();
-    }
-
-    /// Hands waiting acks to rumqttc in order, stopping at the first that does not fit.
-    fn send_acks(&mut self) {
-        while let Some(&key) = self.unsent.front() {
-            if self.client.ack(key).is_err() {
-                debug!(
-                    connection = self.connection,
-                    waiting = self.unsent.len(),
-                    "request queue full; acks wait for the event loop"
-                );
-                return;
-            }
-            self.unsent.pop_front();
+        if let Err(error) = self.client.ack(self.epoch, ready) {
+            debug!(connection = self.connection, %error, "acks not sent");
         }
     }
 
@@ -197,25 +168,18 @@ impl Driver {
     async fn handle(&mut self, event: Inbound) {
         log_inbound_state(self.connection, &event);
         match event {
-            Inbound::Connected { session_present } => {
+            Inbound::Connected {
+                session_present,
+                epoch,
+            } => {
                 self.online
                     .get_or_insert_with(|| metrics::connected(Source::Upstream));
                 // A new connection: acks for the old one's packet ids must not be sent on it.
                 self.queue.reset();
-                self.unsent.clear();
+                self.epoch = epoch;
                 if !session_present {
                     self.readings.clear();
                     kept::logged(self.kept.forget_all(&self.owner));
-                }
-                if !session_present && self.records.is_some() {
-                    match self.client.subscribe(&self.filters, self.qos) {
-                        Ok(()) => {
-                            info!(connection = self.connection, filters = ?self.filters, "subscribing")
-                        }
-                        Err(error) => {
-                            error!(connection = self.connection, %error, "subscribe not queued")
-                        }
-                    }
                 }
             }
             Inbound::Publish {

@@ -1,18 +1,20 @@
 //! The upstream subscriber: mqtt2es as a client of an existing broker (Mosquitto, VerneMQ,
 //! EMQX, HiveMQ), with manual acks sent only once a record is durable.
 //!
-//! Each connection is two tasks: a pump that polls rumqttc's event loop (see `session`) and a
-//! driver that turns publishes into records and releases acks in arrival order (see `acks`).
+//! Each connection is two tasks: a link that owns the socket (see `link`) and a driver that
+//! turns publishes into records and releases acks in arrival order (see `acks`).
 //! Several connections may share one `$share` group: the broker's in-flight window applies per
 //! connection, so N connections give N windows while every ack still means "durable".
 //! What each unacknowledged message was assigned is kept in `state_dir` (`crate::kept`), so a
 //! redelivery after a crash is the same reading.
 //!
-//! - `session`  — one connection, 3.1.1 or 5, and its pump.
+//! - `link`     — one connection, 3.1.1 or 5: connect, read, write acks, reconnect.
+//! - `session`  — what a link and its driver share: events, ack keys, failures, backoff.
 //! - `driver`   — publishes into records, acks in arrival order, the kept assignments.
 //! - `settings` — the `upstream:` section.
 
 mod driver;
+mod link;
 pub mod session;
 pub mod settings;
 
@@ -30,7 +32,7 @@ use crate::record::Record;
 use crate::secret::Secret;
 use session::SessionError;
 
-/// Events buffered between a pump and its driver. Small: the broker's flow control and TCP are
+/// Events buffered between a link and its driver. Small: the broker's flow control and TCP are
 /// the real buffers, and a full channel is how a slow pipeline slows the socket.
 const INBOUND_CAPACITY: usize = 256;
 
@@ -102,21 +104,22 @@ async fn run(
         .collect();
     let mut tasks = JoinSet::new();
     for connection in 0..settings.connections.max(1) {
-        let (client, pump) = session::open(&settings, connection, password.as_ref())?;
+        let (client, link) = link::open(
+            &settings,
+            connection,
+            password.as_ref(),
+            Arc::clone(&filters),
+        )?;
         let (to_driver, inbound) = mpsc::channel(INBOUND_CAPACITY);
-        tasks.spawn(pump.run(Arc::clone(&settings), to_driver));
+        tasks.spawn(
+            link.run(to_driver)
+                .instrument(tracing::info_span!("upstream", connection)),
+        );
         let owner = format!("upstream/{}", settings.client_id_for(connection));
         tasks.spawn(
-            driver::Driver::new(
-                connection,
-                client,
-                Arc::clone(&filters),
-                settings.qos,
-                records.clone(),
-                (kept.clone(), owner),
-            )
-            .run(inbound, intake.clone())
-            .instrument(tracing::info_span!("upstream", connection)),
+            driver::Driver::new(connection, client, records.clone(), (kept.clone(), owner))
+                .run(inbound, intake.clone())
+                .instrument(tracing::info_span!("upstream", connection)),
         );
     }
     drop(records);
@@ -146,11 +149,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    #[should_panic(expected = "pump failed")]
+    #[should_panic(expected = "link failed")]
     async fn a_panicking_connection_task_ends_the_run_while_the_others_still_wait() {
         let mut tasks = JoinSet::new();
         tasks.spawn(std::future::pending::<()>());
-        tasks.spawn(async { panic!("pump failed") });
+        tasks.spawn(async { panic!("link failed") });
         // Bounded, so that a regression fails the test instead of hanging it.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join(tasks)).await;
     }
