@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::bridge::BridgeSpec;
-use crate::support::publish::{publish, publish_in_parallel};
+use crate::support::publish::{Publisher, publish, publish_in_parallel};
 use crate::support::readings::{
     DeviceLoad, readings, start_readings_bridge, start_readings_bridge_with,
 };
@@ -78,5 +78,35 @@ async fn ten_thousand_qos1_messages_across_fifty_topics_land_gzipped_as_exactly_
         )
         .await;
     assert_eq!(devices["aggregations"]["d"]["value"], 50, "{devices}");
+    let _ = bridge.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_qos2_messages_are_each_stored_once_and_every_exchange_completes() {
+    let node = SearchNode::shared();
+    let broker = Mosquitto::start_unbounded();
+    let spec = BridgeSpec::new(broker.port(), &node.url()).upstream("qos", 2);
+    let (mut bridge, index) = start_readings_bridge_with(spec);
+
+    let published = Publisher::to(broker.port())
+        .qos(2)
+        .send_lines("sensors/lab/pi-q2/telemetry", &readings("pi-q2", 0, 100));
+    let sent = published.log.matches("received PUBCOMP").count();
+    assert!(sent >= 50, "mosquitto_pub completed only {sent} of 100");
+
+    // Mosquitto keeps at most 20 QoS 2 messages in flight to the bridge until it answers each
+    // PUBREL with a PUBCOMP: without those, the stream would stop at 20.
+    let stored = wait_for_count(node, &index, sent as u64, Duration::from_secs(60)).await;
+    assert_eq!(
+        stored, sent as u64,
+        "documents stored vs exchanges completed"
+    );
+    let seqs = node
+        .search(
+            &index,
+            json!({"size": 0, "aggs": {"s": {"cardinality": {"field": "seq"}}}}),
+        )
+        .await;
+    assert_eq!(seqs["aggregations"]["s"]["value"], sent, "{seqs}");
     let _ = bridge.terminate(Duration::from_secs(30));
 }
