@@ -211,7 +211,8 @@ pub fn rfc3339(time: DateTime<Utc>) -> String {
         true => put(nanos / 1_000_000, 3, b'Z'),
         false => put(nanos, 9, b'Z'),
     }
-    String::from_utf8_lossy(&out[..at]).into_owned()
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&out[..at]).expect("ASCII").to_owned()
 }
 
 /// Reads back a time as `rfc3339` writes it (`YYYY-MM-DDTHH:MM:SS`, 1 to 9 fraction digits,
