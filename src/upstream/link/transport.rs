@@ -112,3 +112,44 @@ fn certificates(
     }
     Ok(chain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with_ca(path: std::path::PathBuf) -> UpstreamSettings {
+        UpstreamSettings {
+            tls: Some(TlsSettings {
+                ca_file: path,
+                client_cert_file: None,
+                client_key_file: None,
+            }),
+            ..UpstreamSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_stops_the_start_naming_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").expect("write");
+        let error = Transport::new(&settings_with_ca(path))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("tls.ca_file"), "{error}");
+        assert!(error.contains("ca.pem"), "{error}");
+        assert!(error.contains("no PEM certificate"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let error = Transport::new(&settings_with_ca(dir.path().join("absent.pem")))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("tls.ca_file"), "{error}");
+        assert!(error.contains("absent.pem"), "{error}");
+    }
+}
