@@ -74,12 +74,20 @@ impl Broker {
 }
 
 async fn start(inbound_capacity: usize) -> (TcpListener, Client, mpsc::Receiver<Inbound>) {
+    start_with(inbound_capacity, 30).await
+}
+
+async fn start_with(
+    inbound_capacity: usize,
+    keep_alive_s: u64,
+) -> (TcpListener, Client, mpsc::Receiver<Inbound>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let settings = Arc::new(UpstreamSettings {
         host: "127.0.0.1".into(),
         port: listener.local_addr().expect("addr").port(),
         reconnect_initial_ms: 1,
         reconnect_max_ms: 5,
+        keep_alive_s,
         ..UpstreamSettings::default()
     });
     let filters: Arc<[String]> = Arc::from(vec!["sensors/#".to_owned()]);
@@ -189,4 +197,28 @@ async fn acks_go_out_while_the_driver_takes_no_more_publishes() {
         other => panic!("expected PUBACK 1, got {other:?}"),
     }
     drop(inbound);
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_pings_is_left_and_connected_to_again() {
+    let (listener, _client, mut inbound) = start_with(16, 5).await;
+    let mut silent = Broker::accept(&listener).await;
+    silent.connack(true).await;
+    connected(&mut inbound).await;
+    assert!(matches!(
+        silent.next().await,
+        Some(v4::Packet::Subscribe(_))
+    ));
+    // Keep alive is at least 5 s: the first PINGREQ comes then, and without its PINGRESP the
+    // link gives up on the connection one keep alive later.
+    assert!(matches!(silent.next().await, Some(v4::Packet::PingReq)));
+    match timeout(PATIENCE, inbound.recv()).await {
+        Ok(Some(Inbound::Disconnected { error, .. })) => {
+            assert!(error.contains("PINGRESP"), "{error}")
+        }
+        other => panic!("expected the connection to be given up, got {other:?}"),
+    }
+    let mut second = Broker::accept(&listener).await;
+    second.connack(true).await;
+    connected(&mut inbound).await;
 }
