@@ -37,6 +37,24 @@ impl QoS {
         }
     }
 
+    /// As rumqttc's MQTT 3.1.1 codec names it.
+    pub fn v4(self) -> rumqttc::mqttbytes::QoS {
+        match self {
+            QoS::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
+        }
+    }
+
+    /// As rumqttc's MQTT 5 codec names it.
+    pub fn v5(self) -> rumqttc::v5::mqttbytes::QoS {
+        match self {
+            QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+        }
+    }
+
     /// The QoS of a level checked before (by the codec, the settings or a store that wrote it):
     /// anything above 2 reads as 2.
     pub fn saturating(level: u8) -> QoS {

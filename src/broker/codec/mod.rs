@@ -15,7 +15,7 @@ pub use packet::{
     AckReason, CodecError, Connect, ConnectCode, Filter, Goodbye, MessageProperties, Outgoing,
     Packet, Publish, Reply, RetainHandling, SubCode, Version, Will,
 };
-pub use read::{MAX_CONNECT_BYTES, read};
+pub use read::{MAX_CONNECT_BYTES, read, take_bare_disconnect};
 pub use write::write;
 
 mod packet;

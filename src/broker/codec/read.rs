@@ -196,10 +196,20 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError>
     }))
 }
 
-fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError> {
-    // See the module doc: rumqttc's v5 decoder wants a reason code in every DISCONNECT.
-    if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0x00 {
+/// Takes an MQTT 5 DISCONNECT with no reason code (`E0 00`: reason 0 left out, as MQTT 5
+/// allows) off the front of `buf`, which rumqttc 0.25's v5 decoder refuses; true if there was
+/// one. Both directions meet it: Mosquitto's clients send it to the broker, and a broker may
+/// send it to the upstream link.
+pub fn take_bare_disconnect(buf: &mut BytesMut) -> bool {
+    if buf.starts_with(&[0xE0, 0x00]) {
         let _ = buf.split_to(2);
+        return true;
+    }
+    false
+}
+
+fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, CodecError> {
+    if take_bare_disconnect(buf) {
         return Ok(Some(Packet::Disconnect {
             publish_will: false,
             session_expiry_s: None,

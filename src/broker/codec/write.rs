@@ -7,28 +7,11 @@
 //! connection says it), so the connection need not ask which version it speaks to answer.
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::{self as m4, v4};
+use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::{self as m5, v5};
 
 use super::packet::{AckReason, CodecError, ConnectCode, Goodbye, Reply, SubCode, Version};
 use super::strict;
-use crate::record::QoS;
-
-fn v4_qos(qos: QoS) -> m4::QoS {
-    match qos {
-        QoS::AtMostOnce => m4::QoS::AtMostOnce,
-        QoS::AtLeastOnce => m4::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => m4::QoS::ExactlyOnce,
-    }
-}
-
-fn v5_qos(qos: QoS) -> m5::QoS {
-    match qos {
-        QoS::AtMostOnce => m5::QoS::AtMostOnce,
-        QoS::AtLeastOnce => m5::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => m5::QoS::ExactlyOnce,
-    }
-}
 
 /// Appends `reply` to `buf`. `max` is the client's maximum packet size (MQTT 5): a PUBLISH
 /// larger than that is refused with `TooLarge`, and the caller skips it as MQTT 5 requires.
@@ -67,7 +50,7 @@ fn write_v4(reply: &Reply, buf: &mut BytesMut) -> Result<(), CodecError> {
         )),
         Reply::Publish(out) => {
             let mut publish =
-                v4::Publish::from_bytes(out.topic.clone(), v4_qos(out.qos), out.payload.clone());
+                v4::Publish::from_bytes(out.topic.clone(), out.qos.v4(), out.payload.clone());
             publish.retain = out.retain;
             publish.dup = out.dup;
             publish.pkid = out.pkid;
@@ -82,7 +65,7 @@ fn write_v4(reply: &Reply, buf: &mut BytesMut) -> Result<(), CodecError> {
             codes
                 .iter()
                 .map(|code| match code {
-                    SubCode::Granted(qos) => v4::SubscribeReasonCode::Success(v4_qos(*qos)),
+                    SubCode::Granted(qos) => v4::SubscribeReasonCode::Success(qos.v4()),
                     _ => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
@@ -193,7 +176,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
             });
             let mut publish = v5::Publish::new(
                 out.topic.clone(),
-                v5_qos(out.qos),
+                out.qos.v5(),
                 out.payload.clone(),
                 properties,
             );
@@ -219,7 +202,7 @@ fn write_v5(reply: &Reply, buf: &mut BytesMut, max: Option<u32>) -> Result<(), C
             return_codes: codes
                 .iter()
                 .map(|code| match code {
-                    SubCode::Granted(qos) => v5::SubscribeReasonCode::Success(v5_qos(*qos)),
+                    SubCode::Granted(qos) => v5::SubscribeReasonCode::Success(qos.v5()),
                     SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                     SubCode::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                 })

@@ -7,6 +7,7 @@ use rumqttc::mqttbytes::{self as m4, v4};
 use rumqttc::v5::mqttbytes::{self as m5, v5};
 use thiserror::Error;
 
+use crate::broker::codec::take_bare_disconnect;
 use crate::record::QoS;
 
 use super::super::session::AckKey;
@@ -68,9 +69,6 @@ pub struct Hello<'a> {
     pub receive_maximum: u16,
     pub max_packet_bytes: usize,
 }
-
-/// MQTT 5's zero-length DISCONNECT (reason 0 left out), which rumqttc 0.25's decoder refuses.
-const BARE_DISCONNECT: [u8; 2] = [0xE0, 0x00];
 
 pub fn write_connect(protocol: Protocol, hello: &Hello, out: &mut BytesMut) {
     match protocol {
@@ -134,7 +132,7 @@ pub fn write_subscribe(
             pkid,
             filters: filters
                 .iter()
-                .map(|f| v4::SubscribeFilter::new(f.clone(), v4_qos(qos)))
+                .map(|f| v4::SubscribeFilter::new(f.clone(), qos.v4()))
                 .collect(),
         }
         .write(out)
@@ -143,7 +141,7 @@ pub fn write_subscribe(
             pkid,
             filters: filters
                 .iter()
-                .map(|f| v5::Filter::new(f.clone(), v5_qos(qos)))
+                .map(|f| v5::Filter::new(f.clone(), qos.v5()))
                 .collect(),
             properties: None,
         }
@@ -226,8 +224,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Option<FromBroker>, WireErr
 }
 
 fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<FromBroker>, WireError> {
-    if buf.starts_with(&BARE_DISCONNECT) {
-        let _ = buf.split_to(BARE_DISCONNECT.len());
+    if take_bare_disconnect(buf) {
         return Ok(Some(FromBroker::Disconnect {
             reason: "NormalDisconnection".to_owned(),
         }));
@@ -281,22 +278,6 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Option<FromBroker>, WireErr
         },
         _ => FromBroker::Other,
     }))
-}
-
-fn v4_qos(qos: QoS) -> m4::QoS {
-    match qos {
-        QoS::AtMostOnce => m4::QoS::AtMostOnce,
-        QoS::AtLeastOnce => m4::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => m4::QoS::ExactlyOnce,
-    }
-}
-
-fn v5_qos(qos: QoS) -> m5::QoS {
-    match qos {
-        QoS::AtMostOnce => m5::QoS::AtMostOnce,
-        QoS::AtLeastOnce => m5::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => m5::QoS::ExactlyOnce,
-    }
 }
 
 #[cfg(test)]
