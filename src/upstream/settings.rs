@@ -150,6 +150,24 @@ impl UpstreamSettings {
                 "a password is configured but no username",
             ));
         }
+        // CONNECT carries each with a two-byte length, and rumqttc's encoder cuts a longer one's
+        // length without a word: the broker would read a corrupt CONNECT on every attempt.
+        let longest_id = self.client_id_for(self.connections - 1);
+        let strings = [
+            ("upstream.client_id", Some(longest_id.as_str())),
+            ("upstream.username", self.username.as_deref()),
+            ("upstream.password", password.as_ref().map(Secret::expose)),
+        ];
+        for (key, text) in strings {
+            if let Some(text) = text
+                && text.len() > usize::from(u16::MAX)
+            {
+                return Err(key_error(
+                    key,
+                    format!("is {} bytes; MQTT allows at most 65535", text.len()),
+                ));
+            }
+        }
         Ok(password)
     }
 
@@ -194,5 +212,29 @@ mod tests {
             settings.subscription_for("sensors/#"),
             "$share/bridge/sensors/#"
         );
+    }
+
+    #[test]
+    fn a_client_id_or_password_too_long_for_mqtt_is_refused_at_start_without_showing_it() {
+        // 65,534 bytes pass alone, but connection 10 of 11 makes the id `…-10`.
+        let settings = UpstreamSettings {
+            client_id: "c".repeat(65_534),
+            connections: 11,
+            shared_group: Some("g".into()),
+            ..Default::default()
+        };
+        let error = settings.check(1024).expect_err("refused").to_string();
+        assert!(error.contains("upstream.client_id"), "{error}");
+        assert!(error.contains("65537 bytes"), "{error}");
+
+        let secret = "p".repeat(70_000);
+        let settings = UpstreamSettings {
+            username: Some("bridge".into()),
+            password: Some(Secret::new(secret)),
+            ..Default::default()
+        };
+        let error = settings.check(1024).expect_err("refused").to_string();
+        assert!(error.contains("upstream.password"), "{error}");
+        assert!(!error.contains("ppp"), "{error}");
     }
 }

@@ -79,7 +79,8 @@ pub fn write_connect(protocol: Protocol, hello: &Hello, out: &mut BytesMut) {
             if let Some((user, password)) = hello.login {
                 connect.set_login(user, password);
             }
-            // Only a client id over 65,535 bytes fails to encode; settings refuse those first.
+            // rumqttc writes a string over 65,535 bytes with a cut length; `UpstreamSettings::check`
+            // refuses such a client id, username or password at start.
             let _ = connect.write(out);
         }
         Protocol::V5 => {
