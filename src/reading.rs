@@ -180,9 +180,11 @@ pub fn receive_time() -> DateTime<Utc> {
 /// outside 0–9999, a leap second) go through chrono.
 pub fn rfc3339(time: DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};
-    let nanos = time.nanosecond();
+    // The UTC fields once: each accessor of a `DateTime` adds its (zero) offset again.
+    let utc = time.naive_utc();
+    let nanos = utc.nanosecond();
     let millis_only = nanos.is_multiple_of(1_000_000);
-    let year = time.year();
+    let year = utc.year();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
         let digits = match millis_only {
             true => SecondsFormat::Millis,
@@ -202,11 +204,11 @@ pub fn rfc3339(time: DateTime<Utc>) -> String {
         at += width + 1;
     };
     put(year as u32, 4, b'-');
-    put(time.month(), 2, b'-');
-    put(time.day(), 2, b'T');
-    put(time.hour(), 2, b':');
-    put(time.minute(), 2, b':');
-    put(time.second(), 2, b'.');
+    put(utc.month(), 2, b'-');
+    put(utc.day(), 2, b'T');
+    put(utc.hour(), 2, b':');
+    put(utc.minute(), 2, b':');
+    put(utc.second(), 2, b'.');
     match millis_only {
         true => put(nanos / 1_000_000, 3, b'Z'),
         false => put(nanos, 9, b'Z'),

@@ -78,12 +78,18 @@ pub fn pipeline(
         .map_err(at)?;
     let payload = Payload::parse(raw.payload).map_err(at)?;
     let stages_name_mqtt = raw.stages.iter().any(names_mqtt);
+    let stages_name_timestamp: Vec<bool> = raw
+        .stages
+        .iter()
+        .map(|config| names_field(config, "@timestamp"))
+        .collect();
     let stages = raw
         .stages
         .into_iter()
         .enumerate()
         .map(|(index, config)| stage(file, index, config, policy))
         .collect::<Result<Vec<_>, _>>()?;
+    let receive_time_overwritten = receive_time_overwritten(&stages, &stages_name_timestamp);
     Ok(Pipeline {
         name: name.into(),
         file: file.to_owned(),
@@ -92,6 +98,7 @@ pub fn pipeline(
         limits: limits.clone(),
         stages,
         stages_name_mqtt,
+        receive_time_overwritten,
         default_index: policy.default_index.clone(),
     })
 }
@@ -114,6 +121,39 @@ fn names_mqtt(config: &Value) -> bool {
             .any(|(key, value)| names(key) || names_mqtt(value)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
+}
+
+/// Whether a stage's YAML names `field` anywhere: as a key or inside a string (a path, a
+/// template, a condition). Erring towards yes only costs the receive time's formatting.
+fn names_field(config: &Value, field: &str) -> bool {
+    match config {
+        Value::String(text) => text.contains(field),
+        Value::Array(items) => items.iter().any(|item| names_field(item, field)),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains(field) || names_field(value, field)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Whether the receive time a document's `@timestamp` starts as is always replaced before any
+/// stage could read it: the first stage that touches `@timestamp` is a `timestamp` stage that
+/// writes it (which it always does, with the device's time or the receive time) and reads
+/// neither its field nor its fallback from there. Stages have no conditions, so that stage
+/// runs for every document that is not dropped or rejected before it (neither of which is
+/// stored). The receive time is then not formatted twice per reading (issue 9).
+fn receive_time_overwritten(stages: &[Stage], stages_name_timestamp: &[bool]) -> bool {
+    for (stage, names_it) in stages.iter().zip(stages_name_timestamp) {
+        if let Stage::Timestamp(timestamp) = stage
+            && timestamp.only_writes("@timestamp")
+        {
+            return true;
+        }
+        if *names_it {
+            return false;
+        }
+    }
+    false
 }
 
 fn stage(

@@ -36,6 +36,10 @@ pub struct Pipeline {
     /// Whether any stage's options name `mqtt` (see `load::names_mqtt`): then the metadata is
     /// in the document before the stages run; otherwise the bulk encoder writes it.
     pub(super) stages_name_mqtt: bool,
+    /// Whether a `timestamp` stage replaces `@timestamp` before any stage could read it (see
+    /// `load::receive_time_overwritten`): then it starts as a placeholder, in the place the
+    /// receive time would have had, rather than the receive time formatted for nothing.
+    pub(super) receive_time_overwritten: bool,
     pub(super) default_index: String,
 }
 
@@ -72,7 +76,11 @@ impl Pipeline {
             draft.source.remove("mqtt");
             deferred.mqtt = true;
         }
-        add_timestamp(&mut draft.source, message);
+        if self.receive_time_overwritten {
+            draft.source.insert("@timestamp", Value::Null);
+        } else {
+            add_timestamp(&mut draft.source, message);
+        }
         for stage in &self.stages {
             match stage.apply(&mut draft, message) {
                 Ok(Flow::Continue) => {}

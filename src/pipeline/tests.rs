@@ -296,3 +296,76 @@ fn the_reference_example_is_a_valid_pipeline() {
     );
     assert_eq!(doc["@timestamp"], json!("2026-11-22T10:00:00.000Z"));
 }
+
+#[test]
+fn the_receive_time_is_left_unformatted_only_when_a_timestamp_stage_replaces_it_unread() {
+    let overwritten = |stages: &str| {
+        let yaml = format!("topics: ['#']\nstages:\n{stages}");
+        let pipelines = load(&[("a.yaml", &yaml)]).expect("valid");
+        pipelines.pipelines[0].receive_time_overwritten
+    };
+    let cases = [
+        ("  - timestamp: {field: ts}", true),
+        ("  - timestamp: {field: ts, target: '@timestamp'}", true),
+        (
+            "  - set: {field: a, value: 1}\n  - timestamp: {field: ts}",
+            true,
+        ),
+        (
+            "  - set: {field: seen, value: '{{@timestamp}}'}\n  - timestamp: {field: ts}",
+            false,
+        ),
+        (
+            "  - rename: {from: '@timestamp', to: received}\n  - timestamp: {field: ts}",
+            false,
+        ),
+        ("  - timestamp: {field: '@timestamp'}", false),
+        ("  - timestamp: {field: ts, target: device_time}", false),
+        ("  - set: {field: a, value: 1}", false),
+    ];
+    for (stages, expected) in cases {
+        assert_eq!(overwritten(stages), expected, "{stages}");
+    }
+    let shipped = Pipelines::load_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"),
+        &IndexPolicy::default(),
+        &DecodeLimits::default(),
+    )
+    .expect("the shipped pipelines load");
+    let telemetry = shipped.pipelines.iter().find(|p| p.name() == "telemetry");
+    assert!(
+        telemetry
+            .expect("a telemetry pipeline")
+            .receive_time_overwritten
+    );
+}
+
+#[test]
+fn a_stage_that_reads_the_receive_time_before_the_timestamp_stage_gets_it() {
+    let yaml = "topics: ['#']\nstages:\n  - rename: {from: '@timestamp', to: received}\n  - timestamp: {field: ts, formats: [epoch_ms]}";
+    let pipelines = load(&[("a.yaml", yaml)]).expect("valid");
+    let reading = message("x", br#"{"ts": 1795341600000}"#);
+    let doc = source(pipelines.process(&reading), &reading);
+    assert_eq!(doc["received"], json!("2026-11-22T10:00:05.250Z"));
+    assert_eq!(doc["@timestamp"], json!("2026-11-22T10:00:00.000Z"));
+}
+
+#[test]
+fn a_replaced_receive_time_keeps_its_place_among_the_members() {
+    let yaml = "topics: ['#']\nstages:\n  - set: {field: added, value: 1}\n  - timestamp: {field: ts, formats: [epoch_ms]}";
+    let pipelines = load(&[("a.yaml", yaml)]).expect("valid");
+    for payload in [&br#"{"ts": 1795341600000, "a": 1}"#[..], br#"{"a": 1}"#] {
+        let reading = message("x", payload);
+        let Processed::Document(doc) = pipelines.process(&reading) else {
+            panic!("a document");
+        };
+        // As written: member order is the document's, not a map's.
+        let text = serde_json::to_string(&doc.source).expect("JSON");
+        let at = |name: &str| text.find(&format!("\"{name}\":")).expect("written");
+        assert!(
+            at("a") < at("@timestamp") && at("@timestamp") < at("added"),
+            "{text}"
+        );
+        assert!(!doc.source.get("@timestamp").expect("set").is_null());
+    }
+}

@@ -104,6 +104,13 @@ impl Timestamp {
         })
     }
 
+    /// Whether this stage writes `path` and reads nothing under it (neither its field nor,
+    /// writing the reason for a fallback, its fallback path).
+    pub fn only_writes(&self, path: &str) -> bool {
+        let under = |other: &FieldPath| other.as_str().starts_with(path);
+        self.target.as_str() == path && !under(&self.field) && !under(&self.fallback)
+    }
+
     pub fn apply(&self, draft: &mut Draft, message: &Message) -> Result<(), StageError> {
         let now = message.received_at;
         let outcome = match self.field.get(&draft.source) {
