@@ -269,7 +269,7 @@ fn try_main() -> Result<(), Failure> {
         Command::Setup => runtime()?
             .block_on(app::setup(&config))
             .map_err(Failure::of_run),
-        Command::Run => runtime()?
+        Command::Run => runtime_with(run_workers(&config))?
             .block_on(app::run(config, secrets))
             .map_err(Failure::of_run),
         Command::Passwd { .. } | Command::Simulate(_) | Command::Top(_) => {
@@ -389,10 +389,40 @@ fn print(result: anyhow::Result<String>) -> Result<(), Failure> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+/// A runtime with `workers` threads, or tokio's default (one per core, or
+/// `TOKIO_WORKER_THREADS`).
+fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|error| Failure::of_run(error.into()))
+}
+
+/// Worker threads for `run` when they should not be one per core: subscribed to a broker, one
+/// per upstream connection (at most one per core). The embedded broker's many connections use
+/// every core; one upstream connection is a single stream that a second thread only passes
+/// back and forth, each hand-over waking a parked thread. bench/README.md, 2026-12-03:
+/// `up-q0-null` 3.3-4.1 against 4.6-5.3 us of CPU per reading, peak RSS 17 against 21-23 MB,
+/// in three alternations. `TOKIO_WORKER_THREADS` (tokio's own variable) still overrides.
+fn run_workers(config: &Config) -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let overridden = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
+    workers_for(config, cores, overridden)
+}
+
+fn workers_for(config: &Config, cores: usize, overridden: bool) -> Option<usize> {
+    if overridden {
+        return None;
+    }
+    let connections = config.upstream.as_ref()?.connections.max(1);
+    Some(connections.min(cores))
 }
 
 fn init_logs(settings: &LogSettings) {
@@ -419,5 +449,26 @@ mod tests {
         assert_eq!(mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
         mi_option_set(MI_OPTION_PURGE_DELAY, 10);
         assert_eq!(mi_option_get(MI_OPTION_PURGE_DELAY), 10);
+    }
+
+    #[test]
+    fn a_bridge_subscribed_upstream_runs_a_worker_per_connection_and_the_broker_one_per_core() {
+        let config = |yaml: &str| {
+            Config::from_yaml(yaml, std::path::Path::new("/"))
+                .expect("valid")
+                .0
+        };
+        let one = config("upstream: {host: broker}\n");
+        let three = config("upstream: {host: broker, connections: 3, shared_group: g}\n");
+        let broker = config("broker: {}\n");
+        assert_eq!(workers_for(&one, 8, false), Some(1));
+        assert_eq!(workers_for(&three, 8, false), Some(3));
+        assert_eq!(workers_for(&three, 2, false), Some(2));
+        assert_eq!(workers_for(&broker, 8, false), None);
+        assert_eq!(
+            workers_for(&one, 8, true),
+            None,
+            "TOKIO_WORKER_THREADS decides"
+        );
     }
 }

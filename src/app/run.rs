@@ -88,9 +88,11 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let filters = pipelines.topic_filters();
     // The embedded broker binds (and logs `listening`) before anything else starts, so a
     // taken port ends the start with its reason instead of a half-running bridge.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let source = match &config.upstream {
         Some(upstream) => {
             info!(
+                workers,
                 pipelines = ?pipelines.names(),
                 filters = ?filters,
                 broker = %format!("{}:{}", upstream.host, upstream.port),
@@ -103,6 +105,7 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
         }
         None => {
             info!(
+                workers,
                 pipelines = ?pipelines.names(),
                 elasticsearch = %config.elasticsearch.target(),
                 "mqtt2es starting with the embedded broker"
