@@ -30,7 +30,8 @@
 //! - `sink`      — batching, `_bulk` encoding and per-item classification, the writer, dead letters.
 //! - `elastic`   — the Elasticsearch client and its node pool; setup: engine detection,
 //!   templates, lifecycle, data streams, and the Kibana dashboard import.
-//! - `upstream`  — the rumqttc subscriber with ordered manual acks.
+//! - `upstream`  — the subscriber: a connection loop of our own on rumqttc's packet codec, acks
+//!   in arrival order once durable.
 //! - `broker`    — the embedded mini-broker (the default source): codec, connections, sessions,
 //!   fan-out, retained messages, persisted state, listeners, auth; acks only once durable.
 //! - `metrics`   — own figures: Prometheus `/metrics`, `/healthz`, `/readyz`, shipped documents.
