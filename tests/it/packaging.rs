@@ -803,7 +803,8 @@ fn build_context() -> Vec<PathBuf> {
 /// is a temp dir; `target/` is kept in this repository's `target/dockerfile` so a second
 /// run is incremental; TARGETARCH is this machine's, so the cross-compiling branch (apt-get of
 /// a cross gcc for the other architecture) does not run; the release profile is built without
-/// optimisation (`CARGO_PROFILE_RELEASE_OPT_LEVEL=0`). Not exercised at all: the base images,
+/// optimisation and LTO (`CARGO_PROFILE_RELEASE_OPT_LEVEL=0`, `..._LTO=false`, 256 codegen
+/// units, as for `profile.demo`). Not exercised at all: the base images,
 /// the runtime stage's apt-get and useradd, and arm64 (no Docker engine, no arm64 machine).
 #[test]
 fn the_dockerfile_builder_steps_run_here_as_written() {
@@ -897,10 +898,13 @@ fn the_dockerfile_builder_steps_run_here_as_written() {
                     .env("TARGETARCH", docker_arch())
                     .env("BUILDARCH", docker_arch())
                     .env_remove("CARGO_TARGET_DIR")
-                    // The steps and commands are the Dockerfile's; only the optimisation is
-                    // left out, which would triple this test's share of a cold CI run
-                    // (bench/ builds and runs the optimised binary).
+                    // The steps and commands are the Dockerfile's; only the optimisation (and
+                    // the release profile's LTO in one codegen unit, which would build every
+                    // crate on one core) is left out, which would triple this test's share of
+                    // a cold CI run (bench/ builds and runs the optimised binary).
                     .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
+                    .env("CARGO_PROFILE_RELEASE_LTO", "false")
+                    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "256")
                     .output()
                     .expect("run sh");
                 assert!(
