@@ -86,9 +86,9 @@ pub async fn run(config: Config, secrets: Secrets) -> anyhow::Result<()> {
     let metrics = Metrics::start(&config.metrics, mode, &client, &config.index.prefix).await?;
 
     let filters = pipelines.topic_filters();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     // The embedded broker binds (and logs `listening`) before anything else starts, so a
     // taken port ends the start with its reason instead of a half-running bridge.
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let source = match &config.upstream {
         Some(upstream) => {
             info!(

@@ -78,18 +78,19 @@ pub fn pipeline(
         .map_err(at)?;
     let payload = Payload::parse(raw.payload).map_err(at)?;
     let stages_name_mqtt = raw.stages.iter().any(names_mqtt);
-    let stages_name_timestamp: Vec<bool> = raw
+    // Stages up to the first that names `@timestamp` (all of them if none does).
+    let timestamp_unnamed = raw
         .stages
         .iter()
-        .map(|config| names_field(config, "@timestamp"))
-        .collect();
+        .position(|config| mentions(config, &|text| text.contains("@timestamp")))
+        .map_or(raw.stages.len(), |first| first + 1);
     let stages = raw
         .stages
         .into_iter()
         .enumerate()
         .map(|(index, config)| stage(file, index, config, policy))
         .collect::<Result<Vec<_>, _>>()?;
-    let receive_time_overwritten = receive_time_overwritten(&stages, &stages_name_timestamp);
+    let receive_time_overwritten = receive_time_overwritten(&stages[..timestamp_unnamed]);
     Ok(Pipeline {
         name: name.into(),
         file: file.to_owned(),
@@ -109,51 +110,34 @@ pub fn pipeline(
 /// see or change the metadata, and the pipeline may leave it to the encoder. Erring the other
 /// way (a value that merely contains the word) only costs the deferral.
 fn names_mqtt(config: &Value) -> bool {
-    let names = |text: &str| {
+    mentions(config, &|text| {
         text.match_indices("mqtt")
             .any(|(at, _)| !text[at + 4..].starts_with("2es"))
-    };
-    match config {
-        Value::String(text) => names(text),
-        Value::Array(items) => items.iter().any(names_mqtt),
-        Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| names(key) || names_mqtt(value)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
+    })
 }
 
-/// Whether a stage's YAML names `field` anywhere: as a key or inside a string (a path, a
-/// template, a condition). Erring towards yes only costs the receive time's formatting.
-fn names_field(config: &Value, field: &str) -> bool {
+/// Whether any key or string in a stage's YAML is one that `names` accepts.
+fn mentions(config: &Value, names: &dyn Fn(&str) -> bool) -> bool {
     match config {
-        Value::String(text) => text.contains(field),
-        Value::Array(items) => items.iter().any(|item| names_field(item, field)),
+        Value::String(text) => names(text),
+        Value::Array(items) => items.iter().any(|item| mentions(item, names)),
         Value::Object(map) => map
             .iter()
-            .any(|(key, value)| key.contains(field) || names_field(value, field)),
+            .any(|(key, value)| names(key) || mentions(value, names)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
 /// Whether the receive time a document's `@timestamp` starts as is always replaced before any
-/// stage could read it: the first stage that touches `@timestamp` is a `timestamp` stage that
-/// writes it (which it always does, with the device's time or the receive time) and reads
-/// neither its field nor its fallback from there. Stages have no conditions, so that stage
-/// runs for every document that is not dropped or rejected before it (neither of which is
-/// stored). The receive time is then not formatted twice per reading (issue 9).
-fn receive_time_overwritten(stages: &[Stage], stages_name_timestamp: &[bool]) -> bool {
-    for (stage, names_it) in stages.iter().zip(stages_name_timestamp) {
-        if let Stage::Timestamp(timestamp) = stage
-            && timestamp.only_writes("@timestamp")
-        {
-            return true;
-        }
-        if *names_it {
-            return false;
-        }
-    }
-    false
+/// stage could read it, given the stages up to the first whose YAML names `@timestamp`: one of
+/// them is a `timestamp` stage that writes it (which it always does, with the device's time or
+/// the receive time) and reads neither its field nor its fallback from there. Stages have no
+/// conditions, so that stage runs for every document not dropped or rejected before it (neither
+/// of which is stored). The receive time is then not formatted twice per reading (issue 9).
+fn receive_time_overwritten(stages_before_a_reader: &[Stage]) -> bool {
+    stages_before_a_reader.iter().any(
+        |stage| matches!(stage, Stage::Timestamp(timestamp) if timestamp.only_writes("@timestamp")),
+    )
 }
 
 fn stage(
